@@ -1,0 +1,55 @@
+# Board HAL of the emulated board: the MicroPython Unix port over a silicon model.
+# Same surface as boards/rp2040 and boards/esp32 (docs/protocol.md, "Board HAL"); the die lives
+# in the file named by QLINK_DIE, outside the device filesystem, as silicon does.
+from micropython import const
+import os
+import silicon
+
+NAME = "unix"
+_EXIT_RESET = const(3)  # exit status the rig reads as "board asked for a reset"
+
+
+class Board:
+    name = NAME
+
+    def __init__(self, die):
+        self._die = die
+        self._sram = b""
+
+    def sram_bits(self, nbytes):
+        # One power-up state per process (a process is one power cycle): later calls in the same
+        # boot see the same SRAM content, extended with fresh cells if more is asked for.
+        if nbytes > len(self._sram):
+            more = self._die.power_up(nbytes)
+            self._sram = self._sram + more[len(self._sram) :]
+        return self._sram[:nbytes]
+
+    def noise(self, n):
+        # Raw samples of a modelled 8-bit ADC: mid-scale plus the sum of two 6-bit uniform noise
+        # terms (a triangular spread, so not every value is equally likely: max p = 64/4096,
+        # min-entropy 6 bits per sample). Unconditioned, like a real ADC's low bits.
+        out = bytearray(n)
+        for i in range(n):
+            if not i & 63:
+                raw = os.urandom(128)  # 64 samples' worth, so nothing large is allocated
+            j = (i & 63) << 1
+            out[i] = 64 + (raw[j] & 0x3F) + (raw[j + 1] & 0x3F)
+        return bytes(out)
+
+    def unique_id(self):
+        return self._die.uid()
+
+    def cold_boot(self):
+        # A process start is a power-on unless the rig says it emulates a warm reset.
+        return os.getenv("QLINK_WARM_BOOT") != "1"
+
+    def reset(self):
+        # The rig restarts the process: that is the reset.
+        raise SystemExit(_EXIT_RESET)
+
+    def led(self, on):
+        print("D board: led", "on" if on else "off")
+
+
+def make(die_path=None):
+    return Board(silicon.load(die_path))

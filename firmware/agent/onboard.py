@@ -1,0 +1,101 @@
+# Onboarding (docs/protocol.md "Onboarding API"): hello -> sign the exact proof message ->
+# proof with the CSR -> store the certificate and broker settings.
+# Loaded only while the device has no certificate; main.py drops it afterwards.
+import hashlib
+import binascii
+from agent import store
+from agent.errors import LinkError, OnboardingError
+from agent.log import log
+
+_LABEL = b"qlink-onboard-v1\x00"  # domain separation: this signature means nothing elsewhere
+_HELLO = "/v1/onboard/hello"
+_PROOF = "/v1/onboard/proof"
+
+
+def proof_digest(challenge, device_id, host):
+    # SHA-256(label || challenge (32 bytes) || device_id (64 ASCII hex) || 0x00 || host name).
+    # The host name is the one our TLS stack verified against the pinned root: the proof is
+    # bound to this server and cannot be replayed to another (docs/protocol.md).
+    h = hashlib.sha256(_LABEL)
+    h.update(challenge)
+    h.update(device_id.encode())
+    h.update(b"\x00")
+    h.update(host.encode())
+    return h.digest()
+
+
+def _hex(b):
+    return binascii.hexlify(b).decode()
+
+
+def _unhex(s, nbytes):
+    # Lowercase hex of exactly nbytes bytes, else None.
+    if not isinstance(s, str) or len(s) != 2 * nbytes or s.lower() != s:
+        return None
+    try:
+        return binascii.unhexlify(s)
+    except ValueError:
+        return None
+
+
+def _b64(s):
+    if not isinstance(s, str):
+        return None
+    try:
+        return binascii.a2b_base64(s)
+    except ValueError:
+        return None
+
+
+def _answer(step, status, doc):
+    # 200 with a JSON object continues; a 4xx with {"error", "detail"} is the server's refusal;
+    # anything else (5xx, not JSON) is treated as a link problem and retried with backoff.
+    if status == 200 and isinstance(doc, dict):
+        return doc
+    if 400 <= status < 500 and isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        detail = doc.get("detail")
+        err = OnboardingError(doc["error"], detail if isinstance(detail, str) else "", status)
+        log("E", "onboard", "server refused: %s", err)
+        raise err
+    raise LinkError("onboard: %s answered HTTP %d" % (step, status))
+
+
+def _bad(step, what):
+    # The server said 200 but the answer breaks the contract: refuse it, do not store it.
+    log("E", "onboard", "%s answer unusable: %s", step, what)
+    return OnboardingError("bad_answer", step + ": " + what, 200)
+
+
+def run(client, ident, data_dir="data"):
+    # client: agent.https.Client (or a test double with .host and .post(path, obj)).
+    # Returns the agent.store.Stored it saved.
+    device_id = ident.device_id
+    log("I", "onboard", "hello %s as %s...", client.host, device_id[:12])
+    status, doc = client.post(
+        _HELLO, {"device_id": device_id, "public_key": _hex(ident.public_key)}
+    )
+    doc = _answer("hello", status, doc)
+    cid = doc.get("challenge_id")
+    challenge = _unhex(doc.get("challenge"), 32)
+    if _unhex(cid, 16) is None or challenge is None:
+        raise _bad("hello", "challenge_id or challenge malformed")
+    digest = proof_digest(challenge, device_id, client.host)
+    sig = ident.sign_digest(digest)
+    csr = binascii.b2a_base64(ident.csr()).decode().strip()
+    status, doc = client.post(_PROOF, {"challenge_id": cid, "signature": _hex(sig), "csr_b64": csr})
+    del csr
+    doc = _answer("proof", status, doc)
+    if doc.get("device_id") != device_id:
+        raise _bad("proof", "device_id is not ours")
+    cert = _b64(doc.get("certificate_b64"))
+    if cert is None:
+        raise _bad("proof", "certificate_b64 malformed")
+    broker = doc.get("broker")
+    topics = doc.get("topics")
+    policy = doc.get("policy")
+    reason = store.check_answer(device_id, ident.public_key, cert, broker, topics, policy)
+    if reason is not None:
+        raise _bad("proof", reason)
+    stored = store.save(data_dir, device_id, cert, broker, topics, policy)
+    log("I", "onboard", "certificate stored; broker %s:%d", stored.broker_host, stored.broker_port)
+    return stored

@@ -1,0 +1,194 @@
+"""A managed Mosquitto: the server writes its configuration, starts it and stops it.
+
+The broker runs from `/usr/sbin/mosquitto` with a config under `data_dir/broker/`; it is never
+the system service. TLS with client certificates is mandatory; the certificate's CN becomes the
+MQTT user name, and the dynamic-security plugin decides what each user may do. The plugin keeps
+its state in `dynamic-security.json`, which is written here only when missing, so devices
+registered before a restart keep their access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import pwd
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from host.server import ServerError
+from host.server.ca import ADMIN_CN, CertificateAuthority
+from host.server.files import atomic_write
+
+log = logging.getLogger("qlink.broker")
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+_DYNSEC_GLOB = "/usr/lib/*/mosquitto_dynamic_security.so"
+ADMIN_ROLE = "qlink-admin"
+CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
+
+
+class BrokerError(ServerError):
+    pass
+
+
+def find_dynsec_plugin() -> str:
+    found = sorted(glob.glob(_DYNSEC_GLOB))
+    if not found:
+        raise BrokerError(
+            "the Mosquitto dynamic-security plugin is missing; install Debian's mosquitto package"
+        )
+    return found[0]
+
+
+def free_port(host: str) -> int:
+    """A port the OS considers free right now (the broker binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def initial_dynsec() -> dict[str, object]:
+    """Deny by default; the admin client manages the plugin and reads every qlink topic."""
+    return {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": [
+            {"username": ADMIN_CN, "textname": "qlink server", "roles": [{"rolename": ADMIN_ROLE}]}
+        ],
+        "groups": [],
+        "roles": [
+            {
+                "rolename": ADMIN_ROLE,
+                "acls": [
+                    {"acltype": "publishClientSend", "topic": CONTROL_TOPIC, "allow": True},
+                    {"acltype": "publishClientReceive", "topic": CONTROL_TOPIC, "allow": True},
+                    {"acltype": "subscribePattern", "topic": CONTROL_TOPIC, "allow": True},
+                    {"acltype": "subscribePattern", "topic": "qlink/#", "allow": True},
+                    {"acltype": "publishClientReceive", "topic": "qlink/#", "allow": True},
+                    {"acltype": "unsubscribePattern", "topic": "#", "allow": True},
+                ],
+            }
+        ],
+    }
+
+
+class ManagedBroker:
+    """One Mosquitto process with its own config; `start()` returns once it accepts TCP."""
+
+    def __init__(
+        self, broker_dir: Path, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.dir = broker_dir
+        self.ca = ca
+        self.host = host
+        self.port = port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "mosquitto.conf"
+
+    @property
+    def dynsec_path(self) -> Path:
+        return self.dir / "dynamic-security.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "mosquitto.log"
+
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        if not self.dynsec_path.exists():
+            atomic_write(self.dynsec_path, json.dumps(initial_dynsec(), indent=2).encode(), 0o600)
+        lines = [
+            "# written by qlink on every start; edits are lost",
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+            "per_listener_settings false",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp true",
+            "allow_anonymous false",
+            f"plugin {find_dynsec_plugin()}",
+            f"plugin_opt_config_file {self.dynsec_path}",
+            f"listener {self.port} {self.host}",
+            "protocol mqtt",
+            f"cafile {self.ca.bundle_path}",
+            f"certfile {self.ca.cert_path('broker')}",
+            f"keyfile {self.ca.key_path('broker')}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "set_tcp_nodelay true",
+        ]
+        atomic_write(self.config_path, ("\n".join(lines) + "\n").encode(), 0o600)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self.port == 0:
+            self.port = free_port(self.host)
+        self.write_config()
+        log_file = self.log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        finally:
+            log_file.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise BrokerError(
+                    f"mosquitto exited with status {self._proc.returncode} at start; "
+                    f"see {self.log_path}:\n{self.log_tail()}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.5),
+            ):
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(
+                    f"mosquitto did not accept connections on {self.host}:{self.port} within "
+                    f"{timeout_s:.0f} s; see {self.log_path}"
+                )
+            time.sleep(0.05)
+        log.info("event=broker_started pid=%d port=%d", self._proc.pid, self.port)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("event=broker_stopped status=%s", proc.returncode)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None

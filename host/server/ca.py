@@ -1,0 +1,316 @@
+"""The platform CA: a root, an issuing CA, the service certificates and device certificates.
+
+Layout of `data_dir/ca/` (keys 0600, everything written atomically):
+    root.pem root.der root.key        self-signed root (P-256); root.der is what devices pin
+    issuing.pem issuing.key           issuing CA, signed by the root; signs every leaf
+    bundle.pem                        root + issuing, the broker's `cafile`
+    server.pem server.key             HTTPS leaf + issuing CA (the chain the server serves)
+    broker.pem broker.key             the broker's TLS leaf + issuing CA
+    admin.pem admin.key               client certificate (CN qlink-admin) of the server's own
+                                      MQTT connection
+Each item is loaded when present and consistent, created otherwise, so a crash between two
+writes heals on the next start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from host.server import ServerError
+from host.server.files import atomic_write
+
+ADMIN_CN = "qlink-admin"
+_ROOT_DAYS = 3650
+_ISSUING_DAYS = 1825
+_SERVICE_DAYS = 825
+# Devices' clocks may lag (no RTC until NTP): certificates start a little in the past.
+_BACKDATE = dt.timedelta(minutes=5)
+
+
+class CaError(ServerError):
+    pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def random_serial() -> int:
+    """A random 128-bit serial, positive and non-zero (RFC 5280 4.1.2.2)."""
+    return int.from_bytes(secrets.token_bytes(16), "big") or 1
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Signer:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+def _builder(
+    subject: x509.Name, issuer: _Signer | None, public_key: ec.EllipticCurvePublicKey, days: int
+) -> x509.CertificateBuilder:
+    now = _now()
+    issuer_name = issuer.cert.subject if issuer else subject
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    aki_key = issuer.cert.public_key() if issuer else public_key
+    assert isinstance(aki_key, ec.EllipticCurvePublicKey)
+    return b.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(aki_key), critical=False
+    )
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _leaf_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _leaf(
+    builder: x509.CertificateBuilder, eku: list[x509.ObjectIdentifier]
+) -> x509.CertificateBuilder:
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    )
+
+
+def _service_sans(public_host: str) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(public_host)))
+    except ValueError:
+        if public_host != "localhost":
+            names.append(x509.DNSName(public_host))
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    if loopback not in names:
+        names.append(loopback)
+    return x509.SubjectAlternativeName(names)
+
+
+class CertificateAuthority:
+    """The CA files under one directory; see the module docstring for the layout."""
+
+    def __init__(self, ca_dir: Path, root: _Signer, issuing: _Signer) -> None:
+        self.dir = ca_dir
+        self._root = root
+        self._issuing = issuing
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def root_pem_path(self) -> Path:
+        return self.dir / "root.pem"
+
+    @property
+    def root_der_path(self) -> Path:
+        return self.dir / "root.der"
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.dir / "bundle.pem"
+
+    def cert_path(self, service: str) -> Path:
+        """`server`, `broker` or `admin`: the PEM with the leaf followed by the issuing CA."""
+        return self.dir / f"{service}.pem"
+
+    def key_path(self, service: str) -> Path:
+        return self.dir / f"{service}.key"
+
+    # -- certificates ------------------------------------------------------------------------
+    @property
+    def root_cert(self) -> x509.Certificate:
+        return self._root.cert
+
+    @property
+    def issuing_cert(self) -> x509.Certificate:
+        return self._issuing.cert
+
+    def root_der(self) -> bytes:
+        return self._root.cert.public_bytes(serialization.Encoding.DER)
+
+    def issuing_der(self) -> bytes:
+        return self._issuing.cert.public_bytes(serialization.Encoding.DER)
+
+    @classmethod
+    def load(cls, ca_dir: Path) -> CertificateAuthority:
+        """Load an existing CA; CaError if there is none."""
+        root = _load_signer(ca_dir, "root")
+        issuing = _load_signer(ca_dir, "issuing")
+        if root is None or issuing is None or not _issued_by(issuing.cert, root.cert):
+            raise CaError(
+                f"no complete CA in {ca_dir}; start the server once (qlink server) to create it"
+            )
+        return cls(ca_dir, root, issuing)
+
+    @classmethod
+    def load_or_create(cls, ca_dir: Path, public_host: str = "localhost") -> CertificateAuthority:
+        """Load the CA, creating whatever is missing, inconsistent or not valid for the host."""
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        ca_dir.chmod(0o700)
+        root = _load_signer(ca_dir, "root")
+        if root is None:
+            root = _create_root(ca_dir)
+        root_der = root.cert.public_bytes(serialization.Encoding.DER)
+        der_path = ca_dir / "root.der"
+        if not der_path.exists() or der_path.read_bytes() != root_der:
+            atomic_write(der_path, root_der)
+        issuing = _load_signer(ca_dir, "issuing")
+        if issuing is None or not _issued_by(issuing.cert, root.cert):
+            issuing = _create_issuing(ca_dir, root)
+        ca = cls(ca_dir, root, issuing)
+        bundle = _pem(issuing.cert, root.cert)
+        if not ca.bundle_path.exists() or ca.bundle_path.read_bytes() != bundle:
+            atomic_write(ca.bundle_path, bundle)
+        sans = _service_sans(public_host)
+        for service in ("server", "broker"):
+            ca._ensure_leaf(service, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+        ca._ensure_leaf("admin", ExtendedKeyUsageOID.CLIENT_AUTH, None)
+        return ca
+
+    def _ensure_leaf(
+        self,
+        service: str,
+        eku: x509.ObjectIdentifier,
+        sans: x509.SubjectAlternativeName | None,
+    ) -> None:
+        current = _load_signer(self.dir, service)
+        if current is not None and _issued_by(current.cert, self._issuing.cert):
+            have = None
+            if sans is not None:
+                try:
+                    ext = current.cert.extensions.get_extension_for_class(
+                        x509.SubjectAlternativeName
+                    )
+                    have = set(ext.value)
+                except x509.ExtensionNotFound:
+                    have = set()
+            if sans is None or set(sans).issubset(have or set()):
+                if current.cert.not_valid_after_utc > _now() + dt.timedelta(days=30):
+                    return
+        key = ec.generate_private_key(ec.SECP256R1())
+        cn = ADMIN_CN if service == "admin" else f"qlink-{service}"
+        b = _leaf(_builder(_name(cn), self._issuing, key.public_key(), _SERVICE_DAYS), [eku])
+        if sans is not None:
+            b = b.add_extension(sans, critical=False)
+        cert = b.sign(self._issuing.key, hashes.SHA256())
+        atomic_write(self.key_path(service), _key_pem(key), 0o600)
+        atomic_write(self.cert_path(service), _pem(cert, self._issuing.cert))
+
+    def issue_device(
+        self, csr: x509.CertificateSigningRequest, device_id: str, validity_days: int
+    ) -> x509.Certificate:
+        """A client certificate for `device_id` over the CSR's (already verified) key."""
+        key = csr.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise CaError("device key must be an EC P-256 key")
+        b = _leaf(
+            _builder(_name(device_id), self._issuing, key, validity_days),
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+        )
+        return b.sign(self._issuing.key, hashes.SHA256())
+
+
+def _load_signer(ca_dir: Path, name: str) -> _Signer | None:
+    cert_path, key_path = ca_dir / f"{name}.pem", ca_dir / f"{name}.key"
+    if not cert_path.exists() or not key_path.exists():
+        return None
+    try:
+        cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ValueError:
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        return None
+    return _Signer(cert, key)
+
+
+def _create_root(ca_dir: Path) -> _Signer:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder(_name("qlink root CA"), None, key.public_key(), _ROOT_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    atomic_write(ca_dir / "root.key", _key_pem(key), 0o600)
+    atomic_write(ca_dir / "root.pem", _pem(cert))
+    atomic_write(ca_dir / "root.der", cert.public_bytes(serialization.Encoding.DER))
+    return _Signer(cert, key)
+
+
+def _create_issuing(ca_dir: Path, root: _Signer) -> _Signer:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder(_name("qlink issuing CA"), root, key.public_key(), _ISSUING_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .sign(root.key, hashes.SHA256())
+    )
+    atomic_write(ca_dir / "issuing.key", _key_pem(key), 0o600)
+    atomic_write(ca_dir / "issuing.pem", _pem(cert))
+    return _Signer(cert, key)

@@ -1,0 +1,324 @@
+"""The device API: `hello` hands out a challenge, `proof` turns a signed challenge and a CSR
+into a certificate (docs/protocol.md is the contract).
+
+Every refusal is an `OnboardingRefused` with the status, code and sentence of the protocol;
+each request logs one structured line (request ID, device ID, outcome) and never a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from host.server import ServerError
+from host.server.ca import CertificateAuthority
+from host.server.policy import PolicyDriver, PolicyError, device_topic_prefix
+from host.server.registry import (
+    STATE_ONBOARDED,
+    STATE_REGISTERED,
+    ChallengeInfo,
+    DeviceInfo,
+    Registry,
+)
+from host.server.settings import Settings
+
+log = logging.getLogger("qlink.onboard")
+
+DOMAIN_LABEL = b"qlink-onboard-v1\x00"
+_MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
+_CHALLENGE_KEEP_S = 3600  # expired challenges stay this long (replay answers stay precise)
+
+
+class OnboardingRefused(ServerError):
+    """A request the protocol refuses: HTTP status, error code and a sentence to act on."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.device_id = "-"  # filled in once known, for the log line
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+def _bad(detail: str) -> OnboardingRefused:
+    return OnboardingRefused(400, "bad_request", detail)
+
+
+def proof_message(challenge: bytes, device_id: str, host: str) -> bytes:
+    """What the device signs (SHA-256 of it, ECDSA P-256), per docs/protocol.md."""
+    return DOMAIN_LABEL + challenge + device_id.encode("ascii") + b"\x00" + host.encode("ascii")
+
+
+def _hex_field(body: dict[str, Any], name: str, length: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or len(value) != length:
+        raise _bad(f"{name} must be a string of {length} hex characters")
+    value = value.lower()
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise _bad(f"{name} must be a string of {length} hex characters") from None
+    return value
+
+
+def _uncompressed(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+
+@dataclass
+class BrokerEndpoint:
+    host: str
+    port: int
+
+
+class Onboarding:
+    """The onboarding rules over a registry, a CA and a policy driver (no HTTP in here)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        ca: CertificateAuthority,
+        policy: PolicyDriver,
+        broker: BrokerEndpoint,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.ca = ca
+        self.policy = policy
+        self.broker = broker
+
+    def _eligible(self, device_id: str) -> DeviceInfo:
+        dev = self.registry.device(device_id)
+        if (
+            dev is None
+            or not dev.batch_active
+            or dev.state
+            not in (
+                STATE_REGISTERED,
+                STATE_ONBOARDED,
+            )
+        ):
+            raise OnboardingRefused(
+                403,
+                "not_registered",
+                f"device {device_id} is not registered in an active batch; "
+                "ask the operator to import it (qlink batch import)",
+            )
+        return dev
+
+    def hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        device_id = _hex_field(body, "device_id", 64)
+        pub_hex = _hex_field(body, "public_key", 130)
+        pub = bytes.fromhex(pub_hex)
+        if hashlib.sha256(pub).hexdigest() != device_id:
+            raise OnboardingRefused(
+                400, "id_mismatch", "device_id must be SHA-256 of the uncompressed public key"
+            )
+        dev = self._eligible(device_id)
+        if dev.public_key != pub:
+            raise OnboardingRefused(
+                403, "not_registered", f"device {device_id} is registered with another key"
+            )
+        now = time.time()
+        cid = secrets.token_hex(16)
+        challenge = secrets.token_bytes(32)
+        expires = math.ceil(now + self.settings.challenge_ttl_s)
+        self.registry.purge_challenges(now - _CHALLENGE_KEEP_S)
+        self.registry.add_challenge(cid, device_id, challenge, expires)
+        return {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
+
+    def proof(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Returns (device_id, answer); the device ID is also known for logging on refusal."""
+        cid = _hex_field(body, "challenge_id", 32)
+        sig_hex = _hex_field(body, "signature", 128)
+        csr_b64 = body.get("csr_b64")
+        if not isinstance(csr_b64, str) or not 0 < len(csr_b64) <= _MAX_CSR_B64:
+            raise _bad(f"csr_b64 must be a base64 string of at most {_MAX_CSR_B64} characters")
+        try:
+            csr_der = base64.b64decode(csr_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad("csr_b64 is not valid base64") from None
+
+        ch = self.registry.challenge(cid)
+        if ch is None:
+            raise OnboardingRefused(
+                403, "unknown_challenge", "no such challenge; start again with hello"
+            )
+        device_id = ch.device_id
+        try:
+            return device_id, self._proof(ch.id, device_id, ch, sig_hex, csr_der)
+        except OnboardingRefused as e:
+            e.device_id = device_id
+            raise
+
+    def _proof(
+        self, cid: str, device_id: str, ch: ChallengeInfo, sig_hex: str, csr_der: bytes
+    ) -> dict[str, Any]:
+        now = time.time()
+        if ch.used_at is not None:
+            raise OnboardingRefused(
+                403, "challenge_used", "this challenge was used already; start again with hello"
+            )
+        if now > ch.expires:
+            raise OnboardingRefused(
+                403, "challenge_expired", "the challenge expired; start again with hello"
+            )
+        dev = self._eligible(device_id)
+        registered = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), dev.public_key)
+
+        sig = bytes.fromhex(sig_hex)
+        r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+        message = proof_message(ch.challenge, device_id, self.settings.public_host)
+        try:
+            registered.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            raise OnboardingRefused(
+                403,
+                "bad_signature",
+                "the signature does not verify over the challenge, device ID and server host "
+                f"name {self.settings.public_host!r} with the registered key",
+            ) from None
+
+        try:
+            csr = x509.load_der_x509_csr(csr_der)
+            valid = csr.is_signature_valid
+            csr_key = csr.public_key()
+            attrs = list(csr.subject)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise OnboardingRefused(400, "bad_csr", "csr_b64 is not a PKCS#10 request") from None
+        if not valid:
+            raise OnboardingRefused(400, "bad_csr", "the CSR's self-signature does not verify")
+        if not isinstance(csr_key, ec.EllipticCurvePublicKey) or (
+            _uncompressed(csr_key) != dev.public_key
+        ):
+            raise OnboardingRefused(
+                403, "csr_key_mismatch", "the CSR key must be the device's registered key"
+            )
+        if not (
+            len(attrs) == 1 and attrs[0].oid == NameOID.COMMON_NAME and attrs[0].value == device_id
+        ):
+            raise OnboardingRefused(
+                403, "csr_subject_mismatch", f"the CSR subject must be exactly CN={device_id}"
+            )
+
+        # A retry gets the certificate it may have missed; one that expired is replaced.
+        if dev.state == STATE_ONBOARDED and dev.cert_der and (dev.not_after or 0) > now:
+            cert_der = dev.cert_der
+            cert = x509.load_der_x509_certificate(cert_der)
+        else:
+            cert = self.ca.issue_device(csr, device_id, self.settings.cert_validity_days)
+            cert_der = cert.public_bytes(serialization.Encoding.DER)
+
+        # The broker must know the device before the device learns its certificate.
+        try:
+            self.policy.register_device(dev.tenant, device_id)
+        except PolicyError as e:
+            raise OnboardingRefused(
+                503, "broker_unavailable", f"the broker could not register the device ({e}); retry"
+            ) from None
+
+        done = self.registry.complete_onboarding(
+            cid,
+            device_id,
+            cert_der,
+            cert.serial_number,
+            cert.not_valid_after_utc.timestamp(),
+            now,
+        )
+        if not done:
+            raise OnboardingRefused(
+                403, "challenge_used", "this challenge was used already; start again with hello"
+            )
+        b64 = base64.b64encode
+        prefix = device_topic_prefix(dev.tenant, device_id)
+        return {
+            "device_id": device_id,
+            "certificate_b64": b64(cert_der).decode(),
+            "chain_b64": [b64(self.ca.issuing_der()).decode()],
+            "broker": {
+                "host": self.broker.host,
+                "port": self.broker.port,
+                "ca_b64": b64(self.ca.root_der()).decode(),
+            },
+            "topics": {t: f"{prefix}/{t}" for t in ("telemetry", "event", "cmd")},
+            "policy": {"telemetry_interval_ms": self.settings.telemetry_interval_ms},
+        }
+
+
+def error_response(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _bad("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object")
+    return body
+
+
+router = APIRouter(prefix="/v1/onboard")
+
+
+def _service(request: Request) -> Onboarding:
+    service: Onboarding = request.app.state.onboarding
+    return service
+
+
+@router.post("/hello")
+async def hello(request: Request) -> JSONResponse:
+    rid = secrets.token_hex(4)
+    device = "-"
+    try:
+        body = await _json_body(request)
+        if isinstance(body.get("device_id"), str):
+            device = body["device_id"][:64]
+        answer = await run_in_threadpool(_service(request).hello, body)
+    except OnboardingRefused as e:
+        log.info(
+            "event=hello request=%s device=%s outcome=%s status=%d", rid, device, e.code, e.status
+        )
+        return error_response(e.status, e.code, e.detail)
+    log.info("event=hello request=%s device=%s outcome=ok status=200", rid, device)
+    return JSONResponse(answer)
+
+
+@router.post("/proof")
+async def proof(request: Request) -> JSONResponse:
+    rid = secrets.token_hex(4)
+    try:
+        body = await _json_body(request)
+        device, answer = await run_in_threadpool(_service(request).proof, body)
+    except OnboardingRefused as e:
+        device = e.device_id
+        log.info(
+            "event=proof request=%s device=%s outcome=%s status=%d", rid, device, e.code, e.status
+        )
+        return error_response(e.status, e.code, e.detail)
+    log.info("event=proof request=%s device=%s outcome=ok status=200", rid, device)
+    return JSONResponse(answer)

@@ -1,0 +1,59 @@
+"""Policy drivers: how the server tells a broker what a device may do."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from host.server import ServerError
+
+
+class PolicyError(ServerError):
+    """The broker did not accept a policy change; the operation can be retried."""
+
+
+class PolicyDriver(Protocol):
+    def register_device(self, tenant: str, device_id: str) -> None:
+        """Let `device_id` connect and use `qlink/<tenant>/<device_id>/#`; idempotent."""
+
+    def disable_device(self, device_id: str) -> None:
+        """Refuse the device's connections and drop its live one; idempotent."""
+
+    def enable_device(self, device_id: str) -> None:
+        """Undo `disable_device`; idempotent."""
+
+    def delete_device(self, device_id: str) -> None:
+        """Remove every trace of the device from the broker; idempotent."""
+
+    def close(self) -> None: ...
+
+
+def device_topic_prefix(tenant: str, device_id: str) -> str:
+    return f"qlink/{tenant}/{device_id}"
+
+
+class MemoryPolicy:
+    """A driver that only records calls: for in-process API tests without a broker."""
+
+    def __init__(self) -> None:
+        self.registered: dict[str, str] = {}
+        self.disabled: set[str] = set()
+        self.fail_next: PolicyError | None = None
+
+    def register_device(self, tenant: str, device_id: str) -> None:
+        if self.fail_next is not None:
+            err, self.fail_next = self.fail_next, None
+            raise err
+        self.registered[device_id] = tenant
+
+    def disable_device(self, device_id: str) -> None:
+        self.disabled.add(device_id)
+
+    def enable_device(self, device_id: str) -> None:
+        self.disabled.discard(device_id)
+
+    def delete_device(self, device_id: str) -> None:
+        self.registered.pop(device_id, None)
+        self.disabled.discard(device_id)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,157 @@
+"""Mosquitto dynamic security: one role and one client per device, set over MQTT.
+
+Commands go to `$CONTROL/dynamic-security/v1` as JSON; the plugin answers on
+`.../v1/response` with the same `correlationData`. Each call waits for its answer and checks
+its `error`; "already exists" / "not found" answers make every operation idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from host.server.ca import CertificateAuthority
+from host.server.mqtt import MqttError, connect_admin
+from host.server.policy import PolicyError, device_topic_prefix
+
+log = logging.getLogger("qlink.policy")
+
+CONTROL = "$CONTROL/dynamic-security/v1"
+RESPONSE = CONTROL + "/response"
+_EXISTS = ("already exists",)
+_MISSING = ("not found",)
+
+
+def device_role(device_id: str) -> str:
+    return f"dev-{device_id}"
+
+
+def device_acls(tenant: str, device_id: str) -> list[dict[str, Any]]:
+    pattern = device_topic_prefix(tenant, device_id) + "/#"
+    return [
+        {"acltype": t, "topic": pattern, "priority": 0, "allow": True}
+        for t in ("publishClientSend", "subscribePattern", "publishClientReceive")
+    ]
+
+
+class MosquittoDynsec:
+    """PolicyDriver over one persistent admin connection."""
+
+    def __init__(
+        self, ca: CertificateAuthority, host: str, port: int, timeout_s: float = 5.0
+    ) -> None:
+        self._timeout = timeout_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._subscribed = threading.Event()
+        try:
+            self._client = connect_admin(
+                ca,
+                host,
+                port,
+                f"qlink-policy-{secrets.token_hex(4)}",
+                on_connected=self._on_connected,
+                configure=self._configure,
+            )
+        except MqttError as e:
+            raise PolicyError(str(e)) from e
+        if not self._subscribed.wait(timeout_s):
+            self.close()
+            raise PolicyError("the broker did not confirm the dynamic-security subscription")
+
+    def _configure(self, client: mqtt.Client) -> None:
+        client.on_message = self._on_message
+        client.on_subscribe = lambda *_a: self._subscribed.set()
+
+    def _on_connected(self, client: mqtt.Client) -> None:
+        client.subscribe(RESPONSE, qos=1)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            responses = json.loads(msg.payload)["responses"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("event=dynsec_bad_response topic=%s", msg.topic)
+            return
+        for r in responses:
+            corr = r.get("correlationData") if isinstance(r, dict) else None
+            with self._lock:
+                waiter = self._pending.get(corr) if isinstance(corr, str) else None
+            if waiter is not None:
+                waiter[1].append(r)
+                waiter[0].set()
+
+    def command(self, command: str, **fields: Any) -> str | None:
+        """Send one command and wait for its answer; returns the plugin's error text or None."""
+        error = self.request(command, **fields).get("error")
+        return str(error) if error else None
+
+    def request(self, command: str, **fields: Any) -> dict[str, Any]:
+        """Send one command and return the plugin's whole answer (`error`, `data`)."""
+        corr = secrets.token_hex(8)
+        done: threading.Event = threading.Event()
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            self._pending[corr] = (done, out)
+        try:
+            body = {"commands": [{"command": command, **fields, "correlationData": corr}]}
+            info = self._client.publish(CONTROL, json.dumps(body), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise PolicyError(
+                    f"cannot send {command} to the broker ({mqtt.error_string(info.rc)})"
+                )
+            if not done.wait(self._timeout):
+                raise PolicyError(
+                    f"the broker did not answer {command} within {self._timeout:.0f} s; retry"
+                )
+        finally:
+            with self._lock:
+                self._pending.pop(corr, None)
+        return out[0]
+
+    def _check(self, command: str, error: str | None, tolerated: tuple[str, ...]) -> None:
+        if error is None or any(t in error.lower() for t in tolerated):
+            return
+        raise PolicyError(f"the broker refused {command}: {error}")
+
+    def register_device(self, tenant: str, device_id: str) -> None:
+        role = device_role(device_id)
+        err = self.command("createRole", rolename=role, acls=device_acls(tenant, device_id))
+        self._check("createRole", err, _EXISTS)
+        err = self.command(
+            "createClient", username=device_id, roles=[{"rolename": role, "priority": 0}]
+        )
+        self._check("createClient", err, _EXISTS)
+        if err is not None and role not in self._client_roles(device_id):
+            # The client existed without its role (created by hand or half-deleted).
+            err = self.command("addClientRole", username=device_id, rolename=role, priority=0)
+            self._check("addClientRole", err, ())
+        log.info("event=policy_registered device=%s tenant=%s", device_id, tenant)
+
+    def _client_roles(self, device_id: str) -> set[str]:
+        answer = self.request("getClient", username=device_id)
+        self._check("getClient", answer.get("error"), ())
+        try:
+            roles = answer["data"]["client"]["roles"]
+            return {str(r["rolename"]) for r in roles}
+        except (KeyError, TypeError) as e:
+            raise PolicyError("the broker's getClient answer has no role list") from e
+
+    def disable_device(self, device_id: str) -> None:
+        self._check("disableClient", self.command("disableClient", username=device_id), ())
+
+    def enable_device(self, device_id: str) -> None:
+        self._check("enableClient", self.command("enableClient", username=device_id), ())
+
+    def delete_device(self, device_id: str) -> None:
+        self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
+        role = device_role(device_id)
+        self._check("deleteRole", self.command("deleteRole", rolename=role), _MISSING)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()

@@ -1,0 +1,63 @@
+"""One typed settings object for the server, the CLI and the rig."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_DATA_DIR = "QLINK_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(ENV_DATA_DIR, "./qlink-data"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the server keeps its state and how devices reach it.
+
+    Port 0 (API or broker) asks the OS for a free port; the chosen ports are published in
+    `data_dir/server.json` once the server accepts connections.
+    """
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    bind_host: str = "127.0.0.1"
+    api_port: int = 8443
+    public_host: str = "localhost"  # the name devices verify in TLS and sign into their proof
+    broker_port: int = 8883
+    challenge_ttl_s: int = 60
+    cert_validity_days: int = 365
+    tenant: str = "default"
+    telemetry_interval_ms: int = 2000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+        for name in ("api_port", "broker_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be between 0 and 65535, not {port}")
+        if self.challenge_ttl_s < 1:
+            raise ValueError("challenge TTL must be at least 1 second")
+        if self.cert_validity_days < 1:
+            raise ValueError("certificate validity must be at least 1 day")
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "registry.sqlite"
+
+    @property
+    def server_json(self) -> Path:
+        return self.data_dir / "server.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"

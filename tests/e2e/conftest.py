@@ -1,0 +1,69 @@
+"""A real `qlink server` (real TLS, real managed Mosquitto) for the end-to-end tests, started
+once per session, and a pool of simulated devices registered in it through the CLI."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.serverproc import ServerProcess
+from hil.simdevice import SimDevice
+
+# The expiry test's own server: short enough to wait for, long enough for hello + proof.
+# (The shared server keeps the default TTL: an emulated board's P-256 signing takes seconds.)
+SHORT_TTL_S = 2
+POOL = 12
+
+
+class Fleet:
+    """Devices registered in batch `e2e`; `take()` hands out one not used by another test."""
+
+    def __init__(self, server: ServerProcess, size: int = POOL) -> None:
+        self.server = server
+        root = server.root_der()
+        self._free = [SimDevice(server.api_url, root) for _ in range(size)]
+        csv = server.data_dir / "e2e-devices.csv"
+        csv.write_text("\n".join(d.csv_line() for d in self._free) + "\n")
+        server.cli("batch", "create", "e2e", "--tenant", "acme")
+        server.cli("batch", "import", "e2e", str(csv))
+
+    def take(self) -> SimDevice:
+        return self._free.pop()
+
+    def stranger(self) -> SimDevice:
+        return SimDevice(self.server.api_url, self.server.root_der())
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of devices and batches, straight from the database file."""
+        with sqlite3.connect(self.server.data_dir / "registry.sqlite") as db:
+            return {
+                table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                for table in ("devices", "batches")
+            }
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data: Path = tmp_path_factory.mktemp("qlink-e2e")
+    proc = ServerProcess(data).start()
+    yield proc
+    status = proc.stop()
+    # SIGTERM is handled: uvicorn shuts down, stops the broker, then re-raises the signal.
+    assert status in (0, -15), proc.log_tail()
+
+
+@pytest.fixture(scope="session")
+def fleet(server: ServerProcess) -> Fleet:
+    return Fleet(server)
+
+
+@pytest.fixture(scope="module")
+def short_ttl_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A second server whose challenges live SHORT_TTL_S seconds, with two devices."""
+    proc = ServerProcess(tmp_path_factory.mktemp("qlink-ttl"), challenge_ttl=SHORT_TTL_S).start()
+    yield Fleet(proc, size=2)
+    assert proc.stop() in (0, -15), proc.log_tail()

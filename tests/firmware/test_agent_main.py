@@ -1,0 +1,248 @@
+# agent.main.run end to end over fakes: stored certificate -> MQTT publishes with exact payload
+# shapes; onboarding when nothing is stored; refusals back off long; link failures back off
+# with a capped, jittered, counted delay.
+# heapsize: 96k
+import os
+import json
+import binascii
+from agent import main, store, tlslink, telemetry
+from agent import log as logmod
+from agent.errors import OnboardingError, LinkError
+
+PUB = b"\x04" + bytes(range(1, 65))
+DEVICE_ID = "ab" * 32
+CERT = b"\x30\x43\x04\x41" + PUB
+CA = b"\x30\x03\x02\x01\x07"
+B64CA = binascii.b2a_base64(CA).decode().strip()
+TOPIC = "qlink/acme/%s/telemetry" % DEVICE_ID
+D = "/tmp/qlink-main-test"
+
+
+class FakeIdentity:
+    device_id = DEVICE_ID
+    public_key = PUB
+
+    def private_key_der(self):
+        return b"\x30\x02\x05\x00"
+
+
+def boot(board, data_dir):
+    return FakeIdentity()
+
+
+class FakeSock:
+    def __init__(self, incoming):
+        self.inp = incoming
+        self.pos = 0
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, b):
+        self.out += bytes(b)
+        return len(b)
+
+    def readinto(self, buf):
+        k = min(len(buf), len(self.inp) - self.pos)
+        buf[:k] = self.inp[self.pos : self.pos + k]
+        self.pos += k
+        return k
+
+    def close(self):
+        self.closed = True
+
+
+def broker_answers(n):
+    b = bytearray(b"\x20\x02\x00\x00")
+    for pid in range(1, n + 1):
+        b.extend(b"\x40\x02\x00" + bytes([pid]))
+    return b
+
+
+class Env:
+    # Patches the module seams and restores them afterwards.
+    def __init__(self, socks):
+        self.socks = list(socks)
+        self.opened = []
+        self.sleeps = []
+        self.lines = []
+        self.onboards = 0
+        self.onboard_result = None
+
+    def __enter__(self):
+        self.saved = (tlslink.connect, main._sleep_ms, main._onboard)
+        tlslink.connect = self.connect
+        main.tlslink.connect = self.connect
+        main._sleep_ms = self.sleeps.append
+        main._onboard = self.onboard
+        logmod._sink = self.lines.append
+        return self
+
+    def __exit__(self, *a):
+        tlslink.connect, main._sleep_ms, main._onboard = self.saved
+        logmod._sink = None
+
+    def connect(self, host, port, ca, timeout, cert=None, key=None):
+        self.opened.append((host, port, ca, cert, key))
+        s = self.socks.pop(0)
+        if isinstance(s, Exception):
+            raise s
+        return s, None
+
+    def onboard(self, cfg, ident, data_dir):
+        self.onboards += 1
+        r = self.onboard_result
+        if isinstance(r, Exception):
+            raise r
+        return store.save(
+            data_dir,
+            DEVICE_ID,
+            CERT,
+            {"host": "broker.local", "port": 8883, "ca_b64": B64CA},
+            {"telemetry": TOPIC},
+            {"telemetry_interval_ms": 250},
+        )
+
+
+def setup(extra, stored=True):
+    try:
+        os.mkdir(D)
+    except OSError:
+        pass
+    with open(D + "/ca.der", "wb") as f:
+        f.write(CA)
+    doc = {
+        "server": "https://localhost:8443",
+        "root_ca": D + "/ca.der",
+        "telemetry_interval_ms": 2000,
+    }
+    for k in extra:
+        doc[k] = extra[k]
+    with open(D + "/config.json", "w") as f:
+        f.write(json.dumps(doc))
+    store.clear(D)
+    if stored:
+        store.save(
+            D,
+            DEVICE_ID,
+            CERT,
+            {"host": "localhost", "port": 8883, "ca_b64": B64CA},
+            {"telemetry": TOPIC},
+            {},
+        )
+    return D + "/config.json"
+
+
+def published(out):
+    # Splits the client's output into (topic, payload, pid) of each PUBLISH after CONNECT.
+    res = []
+    i = 0
+    while i < len(out):
+        first = out[i]
+        n = 0
+        shift = 0
+        i += 1
+        while True:
+            b = out[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        body = bytes(out[i : i + n])
+        i += n
+        if first & 0xF0 == 0x30:
+            tl = (body[0] << 8) | body[1]
+            res.append(
+                (body[2 : 2 + tl].decode(), json.loads(body[4 + tl :]), body[2 + tl : 4 + tl])
+            )
+    return res
+
+
+def test_publishes_max_messages_with_qos1_and_stops():
+    p = setup({"max_messages": 3})
+    sock = FakeSock(broker_answers(3))
+    with Env([sock]) as env:
+        st = main.run(None, p, D, boot)
+    assert st.sent == 3 and st.failures == 0
+    # mTLS with the stored certificate and the identity's key, to the stored broker.
+    assert env.opened == [("localhost", 8883, CA, CERT, b"\x30\x02\x05\x00")]
+    assert bytes(sock.out[:4]) == b"\x10\x4c\x00\x04"  # CONNECT, client id = device ID
+    assert bytes(sock.out[14:78]) == DEVICE_ID.encode()
+    msgs = published(sock.out)
+    assert [m[0] for m in msgs] == [TOPIC] * 3
+    assert [m[1]["seq"] for m in msgs] == [1, 2, 3]
+    assert [m[2] for m in msgs] == [b"\x00\x01", b"\x00\x02", b"\x00\x03"]
+    assert sorted(msgs[0][1].keys()) == ["fw", "mem_free", "seq", "uptime_ms"]
+    assert msgs[0][1]["fw"] == "0.1.0"
+    assert bytes(sock.out[-2:]) == b"\xe0\x00"  # DISCONNECT
+    assert sock.closed
+    assert "I telemetry: published seq=1" in env.lines
+    assert "I telemetry: published seq=3" in env.lines
+    # Two intervals slept between three messages, in keep-alive slices of at most 1 s.
+    assert sum(env.sleeps) == 4000
+
+
+def test_onboards_when_nothing_stored_and_uses_the_policy_interval():
+    p = setup({"max_messages": 2}, stored=False)
+    with Env([FakeSock(broker_answers(2))]) as env:
+        main.run(None, p, D, boot)
+    assert env.onboards == 1
+    assert env.opened[0][0:2] == ("broker.local", 8883)
+    assert env.sleeps == [250]
+
+
+def test_refusal_backs_off_long_and_gives_up_at_max_failures():
+    p = setup({"max_failures": 2}, stored=False)
+    with Env([]) as env:
+        env.onboard_result = OnboardingError("not_registered", "register it", 403)
+        st = main.run(None, p, D, boot)
+    assert st.failures == 2 and env.onboards == 2
+    assert env.sleeps == [300000]  # one long wait between the two refusals, none after the last
+    assert env.lines[-1] == "E agent: giving up after 2 failures"
+
+
+def test_stale_challenge_retries_soon():
+    p = setup({"max_failures": 2}, stored=False)
+    with Env([]) as env:
+        env.onboard_result = OnboardingError("challenge_expired", "", 403)
+        main.run(None, p, D, boot)
+    assert len(env.sleeps) == 1 and env.sleeps[0] <= 1000
+
+
+def test_link_failures_back_off_then_recover_and_seq_continues():
+    p = setup({"max_messages": 2})
+    # First session: CONNACK, then the link drops before PUBACK of seq 1.
+    first = FakeSock(bytearray(b"\x20\x02\x00\x00"))
+    with Env([LinkError("tls: refused"), first, FakeSock(broker_answers(2))]) as env:
+        st = main.run(None, p, D, boot)
+    assert st.sent == 2
+    assert len(env.opened) == 3
+    assert [m[1]["seq"] for m in published(first.out)] == [1]  # lost, sent again below
+    assert env.lines.count("I telemetry: published seq=1") == 1
+    # A session that reached CONNACK resets the failure count: both waits are first-step waits.
+    assert 500 <= env.sleeps[0] <= 1000 and 500 <= env.sleeps[1] <= 1000
+    assert env.sleeps[2:] == [1000, 1000]
+
+
+def test_broker_refusal_clears_the_certificate_to_onboard_again():
+    p = setup({"max_messages": 1})
+    with Env([FakeSock(bytearray(b"\x20\x02\x00\x05")), FakeSock(broker_answers(1))]) as env:
+        main.run(None, p, D, boot)
+    assert env.onboards == 1
+    want = "E agent: mqtt: connection refused: not authorized (5); onboarding again"
+    assert want in env.lines
+
+
+def test_backoff_is_capped_and_jittered():
+    seen = set()
+    for f in range(1, 40):
+        w = main.backoff_ms(f)
+        assert 0 < w <= 60000
+        seen.add(w)
+    assert main.backoff_ms(1) <= 1000
+    assert 30000 <= main.backoff_ms(30) <= 60000
+    assert len(seen) > 10  # jitter: not one fixed schedule
+
+
+def test_telemetry_payload_exact():
+    assert telemetry.payload(1, 2, 3) == b'{"seq": 1, "uptime_ms": 2, "mem_free": 3, "fw": "0.1.0"}'

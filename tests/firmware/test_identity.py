@@ -1,0 +1,328 @@
+# Device identity (firmware/qdid/identity.py) over the unix board's silicon model.
+# Sources are compiled on import here, which needs more heap than the .mpy files a board runs;
+# tests/host/test_identity_host.py runs the same code from .mpy in the 64 KiB identity budget.
+# heapsize: 160k
+# timeout: 300
+import os
+import json
+import hashlib
+import binascii
+import board
+from qdid import QdidError
+from qdid import identity
+from qdid import fuzzy
+from qdid import entropy
+from qdid import p256
+from qdid.hmac import hkdf
+
+SEED_A = "00112233445566778899aabbccddeeff"
+SEED_B = "ffeeddccbbaa99887766554433221100"
+
+
+def _raises(exc, fn, *args):
+    try:
+        fn(*args)
+    except exc as e:
+        return str(e)
+    raise AssertionError("expected %s" % exc.__name__)
+
+
+def _tmpdir():
+    path = "/tmp/qlink-test-" + "".join("%02x" % b for b in os.urandom(6))
+    os.mkdir(path)
+    return path
+
+
+def _rmtree(path):
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+class Rig:
+    # A die file and a data dir in /tmp; power_up() is a fresh board object (a power cycle).
+    def __init__(self, seed=SEED_A):
+        self.root = _tmpdir()
+        self.die = self.root + "/die.json"
+        self.data = self.root + "/data"
+        with open(self.die, "w") as f:
+            f.write(json.dumps({"seed": seed}))
+
+    def power_up(self):
+        return board.make(self.die)
+
+    def boot(self, b=None):
+        return identity.boot(b or self.power_up(), self.data)
+
+    def helper(self):
+        with open(self.data + "/helper.bin", "rb") as f:
+            return f.read()
+
+    def close(self):
+        _rmtree(self.root)
+
+
+class FakeBoard:
+    # Board with a scripted SRAM read and cold/warm flag; noise from urandom.
+    name = "fake"
+
+    def __init__(self, sram, cold=True):
+        self._sram = sram
+        self._cold = cold
+
+    def sram_bits(self, n):
+        return self._sram[:n]
+
+    def noise(self, n):
+        return os.urandom(n)
+
+    def unique_id(self):
+        return b"fakeuid0"
+
+    def cold_boot(self):
+        return self._cold
+
+
+def test_same_device_id_on_every_boot():
+    rig = Rig()
+    try:
+        first = rig.boot()
+        helper = rig.helper()
+        for _ in range(5):
+            again = rig.boot()
+            assert again.device_id == first.device_id
+            assert again.public_key == first.public_key
+        assert rig.helper() == helper  # enrolled once, never rewritten
+    finally:
+        rig.close()
+
+
+def test_device_id_is_sha256_of_the_uncompressed_public_key():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        assert len(ident.public_key) == 65 and ident.public_key[0] == 4
+        assert p256.is_valid_public_key(ident.public_key)
+        want = binascii.hexlify(hashlib.sha256(ident.public_key).digest()).decode()
+        assert ident.device_id == want
+        assert len(ident.device_id) == 64 and ident.device_id == ident.device_id.lower()
+        assert p256.public_key(p256.scalar_from_seed(ident.seed(0))) == ident.public_key
+    finally:
+        rig.close()
+
+
+def test_different_dies_get_different_ids():
+    a = Rig(SEED_A)
+    b = Rig(SEED_B)
+    try:
+        assert a.boot().device_id != b.boot().device_id
+    finally:
+        a.close()
+        b.close()
+
+
+def test_re_enrolling_the_same_die_gives_a_new_id():
+    # The identity is bound to the enrolment (fresh key and response), not to the die alone.
+    rig = Rig()
+    try:
+        first = rig.boot().device_id
+        os.remove(rig.data + "/helper.bin")
+        assert rig.boot().device_id != first
+    finally:
+        rig.close()
+
+
+def test_seeds_follow_hkdf_over_the_fuzzy_secret():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        helper = rig.helper()
+        secret = fuzzy.reproduce(rig.power_up().sram_bits(fuzzy.RESPONSE_LEN), helper)
+        salt = hashlib.sha256(helper).digest()
+        for i in range(8):
+            assert ident.seed(i) == hkdf(secret, salt, b"qlink/seed/" + str(i).encode(), 16)
+    finally:
+        rig.close()
+
+
+def test_seeds_are_pairwise_distinct_16_byte_values():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        seeds = [ident.seed(i) for i in range(8)]
+        for s in seeds:
+            assert len(s) == 16
+        for i in range(8):
+            for j in range(i + 1, 8):
+                assert seeds[i] != seeds[j]
+        _raises(ValueError, ident.seed, 8)
+        _raises(ValueError, ident.seed, -1)
+    finally:
+        rig.close()
+
+
+def test_nothing_secret_under_the_data_dir():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        ident = rig.boot()  # a reconstructing boot must not write either
+        helper = rig.helper()
+        secret = fuzzy.reproduce(rig.power_up().sram_bits(fuzzy.RESPONSE_LEN), helper)
+        secrets = [ident.seed(i) for i in range(8)]
+        secrets.append(ident._d.to_bytes(32, "big"))
+        secrets.append(secret)
+        secrets.append(bytes(ident._prk))
+        names = os.listdir(rig.data)
+        assert names == ["helper.bin"]  # no temporary file left either
+        for name in names:
+            with open(rig.data + "/" + name, "rb") as f:
+                content = f.read()
+            hexed = binascii.hexlify(content)
+            for s in secrets:
+                # Any 8-byte window of a secret, raw or as hex, is absent.
+                for k in range(0, len(s) - 7, 4):
+                    assert s[k : k + 8] not in content
+                    assert binascii.hexlify(s[k : k + 8]) not in hexed
+    finally:
+        rig.close()
+
+
+def test_warm_boot_refuses_to_enrol():
+    rig = Rig()
+    try:
+        sram = rig.power_up().sram_bits(fuzzy.RESPONSE_LEN)
+        msg = _raises(identity.EnrolmentRefused, rig.boot, FakeBoard(sram, cold=False))
+        assert "power" in msg
+        _raises(OSError, os.stat, rig.data + "/helper.bin")
+    finally:
+        rig.close()
+
+
+def test_warm_boot_reconstructs_when_the_sram_kept_its_power_up_state():
+    rig = Rig()
+    try:
+        first = rig.boot().device_id
+        sram = rig.power_up().sram_bits(fuzzy.RESPONSE_LEN)
+        assert rig.boot(FakeBoard(sram, cold=False)).device_id == first
+    finally:
+        rig.close()
+
+
+def test_warm_boot_with_overwritten_sram_says_power_cycle():
+    rig = Rig()
+    try:
+        rig.boot()
+        written = bytes(i * 37 & 0xFF for i in range(fuzzy.RESPONSE_LEN))  # balanced, not the die
+        msg = _raises(fuzzy.ReconstructionError, rig.boot, FakeBoard(written, cold=False))
+        assert "warm reset" in msg
+    finally:
+        rig.close()
+
+
+def test_clone_die_with_a_copied_helper_is_rejected():
+    a = Rig(SEED_A)
+    try:
+        a.boot()
+        with open(a.die, "w") as f:
+            f.write(json.dumps({"seed": SEED_B}))
+        clone = a.power_up()
+        _raises(fuzzy.ReconstructionError, a.boot, clone)
+    finally:
+        a.close()
+
+
+def test_sram_health_checks():
+    rig = Rig()
+    try:
+        n = fuzzy.RESPONSE_LEN
+        msg = _raises(identity.SramHealthError, rig.boot, FakeBoard(bytes(n)))
+        assert "all 0" in msg
+        msg = _raises(identity.SramHealthError, rig.boot, FakeBoard(b"\xff" * n))
+        assert "all 1" in msg
+
+        # Hamming weight bounds 35 %..65 % of 3968 bits: 1389 = 35.005 % passes, 1388 fails.
+        def weighted(w):
+            out = bytearray(n)
+            for i in range(w):
+                out[i // 8] |= 1 << (i % 8)
+            return bytes(out)
+
+        for bad in (1388, 2580):
+            msg = _raises(identity.SramHealthError, identity.check_sram, weighted(bad))
+            assert "35-65" in msg
+        identity.check_sram(weighted(1389))
+        identity.check_sram(weighted(2579))
+        _raises(OSError, os.stat, rig.data + "/helper.bin")
+    finally:
+        rig.close()
+
+
+def test_sign_digest_verifies_against_the_public_key():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        digest = hashlib.sha256(b"qlink").digest()
+        sig = ident.sign_digest(digest)
+        assert len(sig) == 64
+        assert p256.verify_digest(ident.public_key, digest, sig)
+        assert not p256.verify_digest(ident.public_key, hashlib.sha256(b"x").digest(), sig)
+    finally:
+        rig.close()
+
+
+def test_csr_and_private_key_der_carry_the_identity():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        csr = ident.csr()
+        assert csr[0] == 0x30
+        assert ident.device_id.encode() in csr
+        assert ident.public_key in csr
+        key = ident.private_key_der()
+        assert key[0] == 0x30 and ident._d.to_bytes(32, "big") in key
+    finally:
+        rig.close()
+
+
+def test_wipe_drops_the_key():
+    rig = Rig()
+    try:
+        ident = rig.boot()
+        device_id = ident.device_id
+        ident.wipe()
+        assert ident._prk == bytearray(32)
+        assert ident._d is None
+        digest = bytes(32)
+        _raises(identity.IdentityWiped, ident.sign_digest, digest)
+        _raises(identity.IdentityWiped, ident.seed, 0)
+        _raises(identity.IdentityWiped, ident.csr)
+        _raises(identity.IdentityWiped, ident.private_key_der)
+        assert ident.device_id == device_id  # public values stay
+        assert issubclass(identity.IdentityWiped, QdidError)
+    finally:
+        rig.close()
+
+
+def test_corrupt_helper_file_is_a_qdid_error():
+    rig = Rig()
+    try:
+        rig.boot()
+        with open(rig.data + "/helper.bin", "wb") as f:
+            f.write(b"\x01\x1f")
+        _raises(fuzzy.HelperError, rig.boot)
+    finally:
+        rig.close()
+
+
+def test_entropy_is_ready_after_boot():
+    rig = Rig()
+    try:
+        entropy._drbg = None
+        rig.boot()
+        assert entropy.ready()
+    finally:
+        rig.close()

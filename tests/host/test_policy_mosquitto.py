@@ -1,0 +1,247 @@
+"""The managed Mosquitto with dynamic security, as the server sets it up.
+
+Mosquitto 2.0.11 with `use_identity_as_username` skips the password check entirely: any
+certificate the CA issued connects, and the dynamic-security plugin decides per message with
+the user name = certificate CN. So an unregistered device can connect but can neither publish
+nor subscribe. "Does not arrive" is proven without sleeping: after the forbidden publish is
+acknowledged, the same test publishes an allowed sentinel; the broker handles one client's
+messages in order, so once the sentinel arrived, the forbidden message would have too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+
+from host.server.broker import ManagedBroker
+from host.server.ca import CertificateAuthority
+from host.server.mqtt import connect_admin
+from host.server.policy.mosquitto import MosquittoDynsec, device_role
+
+TENANT = "acme"
+
+
+class Device:
+    def __init__(self, ca: CertificateAuthority, workdir: Path) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        self.id = hashlib.sha256(pub).hexdigest()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.id)]))
+            .sign(key, hashes.SHA256())
+        )
+        cert = ca.issue_device(csr, self.id, 1)
+        self.cert = workdir / f"{self.id[:8]}.pem"
+        self.key = workdir / f"{self.id[:8]}.key"
+        self.cert.write_bytes(
+            cert.public_bytes(serialization.Encoding.PEM)
+            + ca.issuing_cert.public_bytes(serialization.Encoding.PEM)
+        )
+        self.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.ca = ca
+        self.client: mqtt.Client | None = None
+
+    def topic(self, tenant: str = TENANT, device_id: str | None = None) -> str:
+        return f"qlink/{tenant}/{device_id or self.id}/telemetry"
+
+    def connect(self, port: int) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.id, protocol=mqtt.MQTTv311)
+        c.tls_set(str(self.ca.bundle_path), str(self.cert), str(self.key))
+        done = threading.Event()
+        codes: list[mqtt.ReasonCode] = []
+        c.on_connect = lambda _c, _u, _f, rc, _p: (codes.append(rc), done.set())
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        assert done.wait(5), "no CONNACK"
+        assert not codes[0].is_failure, codes
+        self.client = c
+        return c
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        assert self.client is not None
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(5)
+        assert info.is_published()  # PUBACK: the broker handled it (delivered or dropped)
+
+    def subscribe(self, topic: str) -> list[mqtt.ReasonCode]:
+        assert self.client is not None
+        got: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
+        self.client.on_subscribe = lambda _c, _u, _m, codes, _p: got.put(list(codes))
+        self.client.subscribe(topic, qos=1)
+        return got.get(timeout=5)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+class Listener:
+    """The admin connection, subscribed to every qlink topic."""
+
+    def __init__(self, ca: CertificateAuthority, port: int) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        subscribed = threading.Event()
+
+        def configure(c: mqtt.Client) -> None:
+            c.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload))
+            c.on_subscribe = lambda *_a: subscribed.set()
+
+        self.client = connect_admin(
+            ca, "127.0.0.1", port, "test-listener", lambda c: c.subscribe("qlink/#", 1), configure
+        )
+        assert subscribed.wait(5)
+
+    def until(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
+        """Everything received up to and including (topic, payload)."""
+        seen = []
+        while True:
+            msg = self.messages.get(timeout=5)
+            seen.append(msg)
+            if msg == (topic, payload):
+                return seen
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    root = tmp_path_factory.mktemp("broker")
+    ca = CertificateAuthority.load_or_create(root / "ca")
+    broker = ManagedBroker(root / "broker", ca)
+    broker.start()
+    policy = MosquittoDynsec(ca, "127.0.0.1", broker.port)
+    listener = Listener(ca, broker.port)
+    devices = [Device(ca, root) for _ in range(3)]
+    a, b, stranger = devices
+    policy.register_device(TENANT, a.id)
+    policy.register_device(TENANT, b.id)
+    for d in devices:
+        d.connect(broker.port)
+    yield {
+        "ca": ca,
+        "broker": broker,
+        "policy": policy,
+        "listener": listener,
+        "a": a,
+        "b": b,
+        "stranger": stranger,
+    }
+    for d in devices:
+        d.close()
+    listener.client.disconnect()
+    listener.client.loop_stop()
+    policy.close()
+    broker.stop()
+
+
+def test_device_publish_to_own_topic_arrives(env: dict) -> None:
+    a, listener = env["a"], env["listener"]
+    a.publish(a.topic(), b'{"seq":1}')
+    assert listener.until(a.topic(), b'{"seq":1}') == [(a.topic(), b'{"seq":1}')]
+
+
+def test_device_publish_to_other_device_topic_does_not_arrive(env: dict) -> None:
+    a, b, listener = env["a"], env["b"], env["listener"]
+    a.publish(a.topic(device_id=b.id), b"forged")
+    a.publish(a.topic(), b"sentinel-1")
+    assert listener.until(a.topic(), b"sentinel-1") == [(a.topic(), b"sentinel-1")]
+
+
+def test_device_publish_under_other_tenant_does_not_arrive(env: dict) -> None:
+    a, listener = env["a"], env["listener"]
+    a.publish(a.topic(tenant="other"), b"forged")
+    a.publish(a.topic(), b"sentinel-2")
+    assert listener.until(a.topic(), b"sentinel-2") == [(a.topic(), b"sentinel-2")]
+
+
+def test_unregistered_device_cannot_publish_anywhere(env: dict) -> None:
+    s, a, listener = env["stranger"], env["a"], env["listener"]
+    for topic in (s.topic(), a.topic(), "qlink/x", "other/topic", "$CONTROL/dynamic-security/v1"):
+        s.publish(topic, b"from-stranger")
+    a.publish(a.topic(), b"sentinel-3")
+    assert listener.until(a.topic(), b"sentinel-3") == [(a.topic(), b"sentinel-3")]
+
+
+def test_subscriptions_limited_to_own_topics(env: dict) -> None:
+    a, b, stranger = env["a"], env["b"], env["stranger"]
+    assert [c.is_failure for c in a.subscribe(f"qlink/{TENANT}/{a.id}/cmd")] == [False]
+    assert [c.is_failure for c in a.subscribe(f"qlink/{TENANT}/{b.id}/cmd")] == [True]
+    assert [c.is_failure for c in a.subscribe("qlink/#")] == [True]
+    assert [c.is_failure for c in stranger.subscribe(stranger.topic())] == [True]
+
+
+def test_register_is_idempotent(env: dict) -> None:
+    policy, a = env["policy"], env["a"]
+    policy.register_device(TENANT, a.id)
+    answer = policy.request("getClient", username=a.id)
+    assert answer.get("error") is None
+    roles = [r["rolename"] for r in answer["data"]["client"]["roles"]]
+    assert roles == [device_role(a.id)]
+
+
+def test_role_grants_exactly_the_device_prefix(env: dict) -> None:
+    policy, a = env["policy"], env["a"]
+    role = policy.request("getRole", rolename=device_role(a.id))["data"]["role"]
+    acls = sorted((x["acltype"], x["topic"], x["allow"]) for x in role["acls"])
+    prefix = f"qlink/{TENANT}/{a.id}/#"
+    assert acls == [
+        ("publishClientReceive", prefix, True),
+        ("publishClientSend", prefix, True),
+        ("subscribePattern", prefix, True),
+    ]
+
+
+def test_broker_files(env: dict) -> None:
+    broker = env["broker"]
+    conf = broker.config_path.read_text().splitlines()
+    for line in (
+        "require_certificate true",
+        "use_identity_as_username true",
+        "allow_anonymous false",
+        "persistence false",
+        "set_tcp_nodelay true",
+        f"listener {broker.port} 127.0.0.1",
+    ):
+        assert line in conf
+    dynsec = json.loads(broker.dynsec_path.read_text())
+    assert dynsec["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": True,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    assert stat.S_IMODE(broker.dynsec_path.stat().st_mode) == 0o600
+
+
+def test_broker_stops(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    broker = ManagedBroker(tmp_path / "broker", ca)
+    broker.start()
+    assert broker.running
+    broker.stop()
+    assert not broker.running
+    import socket
+
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", broker.port), 1):
+        pass

@@ -1,0 +1,192 @@
+"""Registry import: every bad row is named with its line number and nothing is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from host.server.registry import (
+    STATE_REGISTERED,
+    ImportRejected,
+    Registry,
+    RegistryError,
+    parse_import,
+)
+
+# P-256 field prime (SEC 2, 2.4.2): y = 1 with this x is not on the curve.
+_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+
+
+def identity() -> tuple[str, str]:
+    pub = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    return hashlib.sha256(pub).hexdigest(), pub.hex()
+
+
+def line(device_id: str, pub_hex: str) -> str:
+    return f"{device_id},{pub_hex}"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "registry.sqlite")
+    r.create_batch("b1", "acme")
+    yield r
+    r.close()
+
+
+def dump(registry: Registry) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with sqlite3.connect(registry.path) as db:
+        devices = db.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
+        batches = db.execute("SELECT * FROM batches ORDER BY id").fetchall()
+    return devices, batches
+
+
+def test_import_stores_every_row(registry: Registry) -> None:
+    ids = [identity() for _ in range(3)]
+    text = "# device_id,public_key\n\n" + "\n".join(line(*i) for i in ids)
+    assert registry.import_devices("b1", text.splitlines()) == 3
+    devs = {d.device_id: d for d in registry.devices()}
+    assert set(devs) == {i[0] for i in ids}
+    for device_id, pub_hex in ids:
+        d = devs[device_id]
+        assert d.public_key == bytes.fromhex(pub_hex)
+        assert (d.batch, d.tenant, d.state) == ("b1", "acme", STATE_REGISTERED)
+    assert [(b.name, b.devices) for b in registry.batches()] == [("b1", 3)]
+
+
+def test_import_accepts_uppercase_hex(registry: Registry) -> None:
+    device_id, pub = identity()
+    assert registry.import_devices("b1", [line(device_id.upper(), pub.upper())]) == 1
+    assert registry.device(device_id) is not None
+
+
+def _bad_cases() -> list[tuple[str, str, str]]:
+    good_id, good_pub = identity()
+    other_id, other_pub = identity()
+    pub = bytes.fromhex(good_pub)
+    compressed = bytes([2 + (pub[-1] & 1)]) + pub[1:33]
+    off_curve = b"\x04" + pub[1:33] + (1).to_bytes(32, "big")
+    too_big_x = b"\x04" + _P.to_bytes(32, "big") + pub[33:]
+    return [
+        ("one_field", good_id, "expected 2 fields"),
+        ("three_fields", f"{good_id},{good_pub},x", "expected 2 fields"),
+        ("short_id", f"{good_id[:63]},{good_pub}", "device ID must be 64 hex"),
+        ("non_hex_id", f"{'g' * 64},{good_pub}", "device ID must be 64 hex"),
+        ("short_key", f"{good_id},{good_pub[:128]}", "public key must be 130 hex"),
+        ("non_hex_key", f"{good_id},{'z' * 130}", "public key must be 130 hex"),
+        (
+            "compressed_key",
+            f"{hashlib.sha256(compressed).hexdigest()},{compressed.hex()}{'00' * 32}",
+            "starting with 04",
+        ),
+        (
+            "point_off_curve",
+            f"{hashlib.sha256(off_curve).hexdigest()},{off_curve.hex()}",
+            "not a point on the P-256 curve",
+        ),
+        (
+            "coordinate_not_below_p",
+            f"{hashlib.sha256(too_big_x).hexdigest()},{too_big_x.hex()}",
+            "not a point on the P-256 curve",
+        ),
+        ("id_of_other_key", f"{other_id},{good_pub}", "must equal SHA-256 of the public key"),
+        ("id_key_swapped_pair", f"{good_id},{other_pub}", "must equal SHA-256"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"), [(c[1], c[2]) for c in _bad_cases()], ids=[c[0] for c in _bad_cases()]
+)
+def test_bad_row_is_named_and_nothing_is_stored(registry: Registry, bad: str, reason: str) -> None:
+    good = [line(*identity()) for _ in range(2)]
+    before = dump(registry)
+    with pytest.raises(ImportRejected) as info:
+        registry.import_devices("b1", [good[0], bad, good[1]])
+    assert [(e.line, reason in e.reason) for e in info.value.errors] == [(2, True)]
+    assert "line 2" in str(info.value) and "nothing imported" in str(info.value)
+    assert dump(registry) == before
+
+
+def test_every_bad_row_is_listed_in_line_order(registry: Registry) -> None:
+    a = line(*identity())
+    rows = [a, "nonsense", line(*identity()), a, "", f"{'0' * 64},{'04' + '00' * 64}"]
+    with pytest.raises(ImportRejected) as info:
+        registry.import_devices("b1", rows)
+    assert [e.line for e in info.value.errors] == [2, 4, 6]
+    assert info.value.errors[1].reason == "duplicate of line 1"
+    assert registry.devices() == []
+
+
+def test_already_registered_device_rejects_the_whole_file(registry: Registry) -> None:
+    first = line(*identity())
+    registry.import_devices("b1", [first])
+    registry.create_batch("b2")
+    before = dump(registry)
+    with pytest.raises(ImportRejected) as info:
+        registry.import_devices("b2", [line(*identity()), first])
+    assert [(e.line, e.reason) for e in info.value.errors] == [(2, "device is already registered")]
+    assert dump(registry) == before
+
+
+def test_import_into_missing_batch_says_how_to_create_it(registry: Registry) -> None:
+    before = dump(registry)
+    with pytest.raises(RegistryError, match="qlink batch create nope"):
+        registry.import_devices("nope", [line(*identity())])
+    assert dump(registry) == before
+
+
+def test_batch_names_are_unique(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="already exists"):
+        registry.create_batch("b1")
+    assert [b.name for b in registry.batches()] == ["b1"]
+
+
+@pytest.mark.parametrize("name", ["", "a,b", "x" * 129])
+def test_bad_batch_name_is_refused(registry: Registry, name: str) -> None:
+    with pytest.raises(RegistryError, match="batch name"):
+        registry.create_batch(name)
+
+
+def test_parse_import_boundary_lengths() -> None:
+    device_id, pub = identity()
+    rows, errors = parse_import([line(device_id, pub)])
+    assert errors == [] and rows[0].line == 1 and rows[0].public_key == bytes.fromhex(pub)
+    _, errors = parse_import([line(device_id + "0", pub)])
+    assert errors[0].reason == "device ID must be 64 hex characters"
+    _, errors = parse_import([line(device_id, pub + "00")])
+    assert errors[0].reason == "public key must be 130 hex characters"
+
+
+def test_database_runs_in_wal_mode(registry: Registry) -> None:
+    with sqlite3.connect(registry.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_challenge_is_consumed_once(registry: Registry) -> None:
+    device_id, pub = identity()
+    registry.import_devices("b1", [line(device_id, pub)])
+    registry.add_challenge("c" * 32, device_id, b"\x01" * 32, 2**31)
+    assert registry.complete_onboarding("c" * 32, device_id, b"cert", 5, 1.0, 2.0)
+    assert not registry.complete_onboarding("c" * 32, device_id, b"other", 6, 1.0, 3.0)
+    d = registry.device(device_id)
+    assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
+    ch = registry.challenge("c" * 32)
+    assert ch is not None and ch.used_at == 2.0
+
+
+def test_telemetry_of_unknown_device_is_not_stored(registry: Registry) -> None:
+    assert not registry.record_telemetry("0" * 64, {"seq": 1}, 1.0)
+    device_id, pub = identity()
+    registry.import_devices("b1", [line(device_id, pub)])
+    assert registry.record_telemetry(device_id, {"seq": 7}, 5.0)
+    d = registry.device(device_id)
+    assert d is not None and (d.last_seen, d.last_telemetry) == (5.0, {"seq": 7})

@@ -1,0 +1,343 @@
+"""The device API in-process (no broker): every rule of docs/protocol.md, both sides of each
+boundary, and that a refusal changes nothing in the registry."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio.from_thread
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hil.simdevice import ApiResponse, SimDevice, make_csr
+from host.server.app import create_app
+from host.server.onboarding import proof_message
+from host.server.policy import MemoryPolicy, PolicyError
+from host.server.registry import Registry
+from host.server.settings import Settings
+
+
+class Api:
+    """Sync calls into the ASGI app through httpx's in-process transport."""
+
+    def __init__(
+        self,
+        portal: anyio.from_thread.BlockingPortal,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        policy: MemoryPolicy,
+    ) -> None:
+        self.portal = portal
+        self.client = client
+        self.settings = settings
+        self.policy = policy
+        self.registry = Registry(settings.db_path)
+        root = (settings.ca_dir / "root.der").read_bytes()
+        self.root = root
+
+    def device(self, register: bool = True, batch: str = "b1") -> SimDevice:
+        d = SimDevice("https://localhost", self.root)
+        if register:
+            self.registry.import_devices(batch, [d.csv_line()])
+        return d
+
+    def post(self, path: str, body: Any) -> ApiResponse:
+        if isinstance(body, bytes):
+            kw: dict[str, Any] = {"content": body, "headers": {"content-type": "application/json"}}
+        else:
+            kw = {"json": body}
+        r = self.portal.call(lambda: self.client.post(path, **kw))
+        return ApiResponse(r.status_code, r.json())
+
+    def get(self, path: str) -> httpx.Response:
+        return self.portal.call(self.client.get, path)
+
+    def hello(self, d: SimDevice) -> ApiResponse:
+        return self.post(
+            "/v1/onboard/hello", {"device_id": d.device_id, "public_key": d.public_key.hex()}
+        )
+
+    def proof(self, body: dict[str, Any]) -> ApiResponse:
+        return self.post("/v1/onboard/proof", body)
+
+    def dump(self) -> tuple[list[Any], list[Any]]:
+        with sqlite3.connect(self.settings.db_path) as db:
+            return (
+                db.execute("SELECT * FROM devices ORDER BY device_id").fetchall(),
+                db.execute("SELECT * FROM batches ORDER BY id").fetchall(),
+            )
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("srv"), challenge_ttl_s=60, broker_port=18883
+    )
+    policy = MemoryPolicy()
+    app = create_app(settings, policy=policy)
+    transport = httpx.ASGITransport(app=app)
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(app.router.lifespan_context(app)),
+    ):
+        client = httpx.AsyncClient(transport=transport, base_url="https://localhost")
+        a = Api(portal, client, settings, policy)
+        a.registry.create_batch("b1", "acme")
+        a.registry.create_batch("off", "acme")
+        a.registry.set_batch_active("off", False)
+        yield a
+        a.registry.close()
+        portal.call(client.aclose)
+
+
+def refused(r: ApiResponse, status: int, code: str) -> None:
+    assert (r.status, r.body.get("error")) == (status, code), r.body
+    assert set(r.body) == {"error", "detail"}
+    assert isinstance(r.body["detail"], str) and len(r.body["detail"]) > 10
+
+
+def test_happy_path(api: Api) -> None:
+    d = api.device()
+    h = api.hello(d)
+    assert h.status == 200
+    assert len(h.body["challenge_id"]) == 32 and len(bytes.fromhex(h.body["challenge"])) == 32
+    assert 59 <= h.body["expires"] - time.time() <= 61
+    r = api.proof(d.proof_body(h))
+    assert r.status == 200, r.body
+    cert = x509.load_der_x509_certificate(base64.b64decode(r.body["certificate_b64"]))
+    assert cert.subject.rfc4514_string() == f"CN={d.device_id}"
+    assert r.body["broker"] == {
+        "host": "localhost",
+        "port": 18883,
+        "ca_b64": base64.b64encode(api.root).decode(),
+    }
+    prefix = f"qlink/acme/{d.device_id}"
+    assert r.body["topics"] == {t: f"{prefix}/{t}" for t in ("telemetry", "event", "cmd")}
+    assert r.body["policy"] == {"telemetry_interval_ms": 2000}
+    assert api.policy.registered[d.device_id] == "acme"
+    dev = api.registry.device(d.device_id)
+    assert dev is not None and dev.state == "onboarded"
+    assert dev.cert_der == base64.b64decode(r.body["certificate_b64"])
+
+
+def test_retry_by_onboarded_device_returns_same_certificate(api: Api) -> None:
+    d = api.device()
+    first = api.proof(d.proof_body(api.hello(d)))
+    before = api.dump()
+    again = api.proof(d.proof_body(api.hello(d)))
+    assert again.status == 200 and again.body == first.body
+    assert api.dump() == before
+
+
+# -- hello ---------------------------------------------------------------------------------
+def test_hello_unregistered_device(api: Api) -> None:
+    before = api.dump()
+    refused(api.hello(api.device(register=False)), 403, "not_registered")
+    assert api.dump() == before
+
+
+def test_hello_device_in_inactive_batch(api: Api) -> None:
+    d = api.device(batch="off")
+    before = api.dump()
+    refused(api.hello(d), 403, "not_registered")
+    assert api.dump() == before
+
+
+def test_hello_id_must_be_hash_of_key(api: Api) -> None:
+    d, other = api.device(), api.device()
+    r = api.post(
+        "/v1/onboard/hello", {"device_id": d.device_id, "public_key": other.public_key.hex()}
+    )
+    refused(r, 400, "id_mismatch")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"device_id": "0" * 64},
+        {"device_id": "0" * 63, "public_key": "04" * 65},
+        {"device_id": "0" * 65, "public_key": "04" * 65},
+        {"device_id": "0" * 64, "public_key": "04" * 64},
+        {"device_id": "z" * 64, "public_key": "04" * 65},
+        {"device_id": 5, "public_key": "04" * 65},
+        ["not", "an", "object"],
+    ],
+    ids=["empty", "no_key", "id_63", "id_65", "key_128", "id_not_hex", "id_not_string", "array"],
+)
+def test_hello_malformed_fields(api: Api, body: Any) -> None:
+    refused(api.post("/v1/onboard/hello", body), 400, "bad_request")
+
+
+def test_hello_body_not_json(api: Api) -> None:
+    refused(api.post("/v1/onboard/hello", b"{nope"), 400, "bad_request")
+
+
+# -- proof ---------------------------------------------------------------------------------
+def _expect_refusal(api: Api, d: SimDevice, body: dict[str, Any], status: int, code: str) -> None:
+    before = api.dump()
+    refused(api.proof(body), status, code)
+    assert api.dump() == before
+    dev = api.registry.device(d.device_id)
+    assert dev is not None and dev.state == "registered"
+
+
+def test_proof_signed_for_another_host(api: Api) -> None:
+    d = api.device()
+    _expect_refusal(
+        api, d, d.proof_body(api.hello(d), sign_host="evil.example"), 403, "bad_signature"
+    )
+
+
+def test_proof_signed_by_another_key(api: Api) -> None:
+    d, other = api.device(), api.device(register=False)
+    h = api.hello(d)
+    sig = other.sign(bytes.fromhex(h.body["challenge"]))
+    _expect_refusal(api, d, d.proof_body(h, signature=sig), 403, "bad_signature")
+
+
+def test_proof_signature_over_other_challenge(api: Api) -> None:
+    d = api.device()
+    h = api.hello(d)
+    _expect_refusal(api, d, d.proof_body(h, signature=d.sign(b"\x00" * 32)), 403, "bad_signature")
+
+
+def test_proof_signature_out_of_range(api: Api) -> None:
+    d = api.device()
+    _expect_refusal(
+        api, d, d.proof_body(api.hello(d), signature=b"\xff" * 64), 403, "bad_signature"
+    )
+
+
+def test_proof_message_layout() -> None:
+    msg = proof_message(b"\x01" * 32, "ab" * 32, "localhost")
+    assert msg == b"qlink-onboard-v1\x00" + b"\x01" * 32 + b"ab" * 32 + b"\x00localhost"
+
+
+def test_proof_replayed(api: Api) -> None:
+    d = api.device()
+    body = d.proof_body(api.hello(d))
+    assert api.proof(body).status == 200
+    before = api.dump()
+    refused(api.proof(body), 403, "challenge_used")
+    assert api.dump() == before
+
+
+def test_proof_unknown_challenge(api: Api) -> None:
+    d = api.device()
+    body = d.proof_body(api.hello(d))
+    body["challenge_id"] = "0" * 32
+    _expect_refusal(api, d, body, 403, "unknown_challenge")
+
+
+def test_proof_expired_challenge(api: Api) -> None:
+    d = api.device()
+    h = api.hello(d)
+    # Expire the stored challenge rather than wait: the clock rule is the server's `now > expires`.
+    with sqlite3.connect(api.settings.db_path) as db:
+        db.execute(
+            "UPDATE challenges SET expires = ? WHERE id = ?",
+            (int(time.time()) - 1, h.body["challenge_id"]),
+        )
+    _expect_refusal(api, d, d.proof_body(h), 403, "challenge_expired")
+
+
+def test_proof_csr_with_another_key(api: Api) -> None:
+    d = api.device()
+    other = ec.generate_private_key(ec.SECP256R1())
+    _expect_refusal(api, d, d.proof_body(api.hello(d), csr_key=other), 403, "csr_key_mismatch")
+
+
+@pytest.mark.parametrize("subject", ["other", "UPPER", "0" * 64])
+def test_proof_csr_with_another_subject(api: Api, subject: str) -> None:
+    d = api.device()
+    cn = d.device_id.upper() if subject == "UPPER" else subject
+    _expect_refusal(api, d, d.proof_body(api.hello(d), csr_subject=cn), 403, "csr_subject_mismatch")
+
+
+def test_proof_csr_with_extra_subject_attribute(api: Api) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    d = api.device()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, d.device_id),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x"),
+        ]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(d.key, hashes.SHA256())
+    der = csr.public_bytes(serialization.Encoding.DER)
+    _expect_refusal(api, d, d.proof_body(api.hello(d), csr_der=der), 403, "csr_subject_mismatch")
+
+
+def test_proof_csr_not_der(api: Api) -> None:
+    d = api.device()
+    _expect_refusal(
+        api, d, d.proof_body(api.hello(d), csr_der=b"\x30\x03\x02\x01\x01"), 400, "bad_csr"
+    )
+
+
+def test_proof_csr_self_signature_broken(api: Api) -> None:
+    d = api.device()
+    der = bytearray(make_csr(d.key, d.device_id))
+    der[-5] ^= 0x01  # inside the signature's s value
+    _expect_refusal(api, d, d.proof_body(api.hello(d), csr_der=bytes(der)), 400, "bad_csr")
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"challenge_id": "0" * 31},
+        {"signature": "00" * 63},
+        {"csr_b64": "***"},
+        {"csr_b64": ""},
+        {"csr_b64": "A" * 4100},
+        {"csr_b64": 7},
+    ],
+    ids=["cid_short", "sig_short", "csr_not_b64", "csr_empty", "csr_too_long", "csr_not_string"],
+)
+def test_proof_malformed_fields(api: Api, patch: dict[str, Any]) -> None:
+    d = api.device()
+    body = {**d.proof_body(api.hello(d)), **patch}
+    _expect_refusal(api, d, body, 400, "bad_request")
+
+
+def test_policy_failure_leaves_device_retryable(api: Api) -> None:
+    d = api.device()
+    api.policy.fail_next = PolicyError("broker down")
+    h = api.hello(d)
+    before = api.dump()
+    refused(api.proof(d.proof_body(h)), 503, "broker_unavailable")
+    assert api.dump() == before
+    # The same challenge is still good: nothing was consumed.
+    assert api.proof(d.proof_body(h)).status == 200
+
+
+def test_unknown_path_is_json_error(api: Api) -> None:
+    r = api.get("/nope")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_retry_after_certificate_expiry_gets_a_new_certificate(api: Api) -> None:
+    d = api.device()
+    first = api.proof(d.proof_body(api.hello(d)))
+    dev = api.registry.device(d.device_id)
+    assert dev is not None and dev.onboarded_at is not None
+    with sqlite3.connect(api.settings.db_path) as db:
+        db.execute(
+            "UPDATE devices SET not_after = ? WHERE device_id = ?", (time.time() - 1, d.device_id)
+        )
+    again = api.proof(d.proof_body(api.hello(d)))
+    assert again.status == 200
+    assert again.body["certificate_b64"] != first.body["certificate_b64"]
+    after = api.registry.device(d.device_id)
+    assert after is not None and after.cert_der == base64.b64decode(again.body["certificate_b64"])
+    assert after.not_after is not None and after.not_after > time.time()
+    assert after.onboarded_at == dev.onboarded_at
