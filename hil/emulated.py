@@ -35,6 +35,17 @@ class BoardError(RuntimeError):
     """A board did something the rig did not expect; the message carries its console tail."""
 
 
+def _compile(src: Path, out: Path, name: str) -> None:
+    proc = subprocess.run(
+        [unixport.mpy_cross(), "-s", name, "-o", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BoardError(f"mpy-cross could not compile {src}: {proc.stderr.strip()}")
+
+
 class EmulatedBoard:
     def __init__(
         self,
@@ -62,16 +73,24 @@ class EmulatedBoard:
             self.die_path.write_text(json.dumps(die))
 
     # -- flashing -------------------------------------------------------------------------------
-    def flash(self, config: dict[str, Any], root_ca_der: bytes) -> None:
-        """Copy the firmware and the unix board HAL, and write config + pinned root CA."""
+    def flash(self, config: dict[str, Any], root_ca_der: bytes, *, compiled: bool = True) -> None:
+        """Install the firmware and the unix board HAL, and write config + pinned root CA.
+
+        As on a real board, packages go in as .mpy (compiled by mpy-cross; bytecode runs on any
+        port) unless `compiled` is False: compiling source on the device costs tens of KiB of
+        heap that a board does not have to spare. Entry points stay source, as boards run them.
+        """
         self.fs.mkdir(parents=True, exist_ok=True)
         for sub in _FIRMWARE_DIRS:
             dst = self.fs / sub
             if dst.exists():
                 shutil.rmtree(dst)
-            shutil.copytree(
-                unixport.FIRMWARE / sub, dst, ignore=shutil.ignore_patterns("__pycache__")
-            )
+            dst.mkdir()
+            for src in sorted((unixport.FIRMWARE / sub).glob("*.py")):
+                if compiled:
+                    _compile(src, dst / (src.stem + ".mpy"), f"{sub}/{src.name}")
+                else:
+                    shutil.copy2(src, dst / src.name)
         for name in _FIRMWARE_FILES:
             src = unixport.FIRMWARE / name
             if src.exists():

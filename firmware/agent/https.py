@@ -40,7 +40,7 @@ class _Reader:
         try:
             n = self.sock.readinto(self.buf)
         except OSError as e:
-            raise LinkError("http: read failed: %s" % tlslink._reason(e))
+            raise LinkError("http: read failed: %s" % tlslink.reason(e))
         if not n:
             return False
         self.pos = 0
@@ -200,7 +200,7 @@ def exchange(sock, host, port, path, obj, limit=_LIMIT):
         sock.write(request_bytes(host, port, path, body))
         sock.write(body)
     except OSError as e:
-        raise LinkError("http: write failed: %s" % tlslink._reason(e))
+        raise LinkError("http: write failed: %s" % tlslink.reason(e))
     status, raw = read_response(sock, limit)
     if not raw:
         return status, None

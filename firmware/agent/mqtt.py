@@ -60,6 +60,11 @@ def _put_str(buf, i, s):
     return i + 2 + n
 
 
+def _why(e):
+    # errno from the socket, or mbedTLS's negative error code; %s accepts either type.
+    return e.args[0] if e.args else "?"
+
+
 def _encoded(s):
     b = s.encode() if isinstance(s, str) else bytes(s)
     if len(b) > 0xFFFF:
@@ -93,7 +98,7 @@ class MQTTClient:
                     raise LinkError("mqtt: write made no progress")
                 mv = mv[n:]
         except OSError as e:
-            raise LinkError("mqtt: write failed: errno %d" % (e.args[0] if e.args else 0))
+            raise LinkError("mqtt: write failed: %s" % _why(e))
         self._last_tx = time.ticks_ms()
 
     def _send(self, first, body_end, payload=None):
@@ -128,7 +133,7 @@ class MQTTClient:
                     raise LinkError("mqtt: connection closed")
                 got += k
         except OSError as e:
-            raise LinkError("mqtt: read failed: errno %d" % (e.args[0] if e.args else 0))
+            raise LinkError("mqtt: read failed: %s" % _why(e))
 
     def _recv(self):
         # Reads one packet. Returns (first byte, remaining length, complete): the body is in

@@ -33,7 +33,7 @@ def connect(host, port, root_der, timeout_ms, cert_der=None, key_der=None):
                 raw.close()
             except OSError:
                 pass
-        raise LinkError("tls %s:%d: %s" % (host, port, _reason(e)))
+        raise LinkError("tls %s:%d: %s" % (host, port, reason(e)))
 
 
 def _tcp(host, port, timeout_ms):
@@ -52,7 +52,8 @@ def _tcp(host, port, timeout_ms):
     raise err if err is not None else OSError(-2)  # no address (EAI_NONAME)
 
 
-def _reason(e):
+def reason(e):
+    # A short public description of a socket or TLS exception, for LinkError messages.
     a = e.args
     if a and isinstance(a[0], int):
         return "errno %d" % a[0]

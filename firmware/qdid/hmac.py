@@ -19,6 +19,8 @@ def _pads(key):
     k[: len(key)] = key
     ipad = bytes(_IPAD[b] for b in k)
     opad = bytes(_OPAD[b] for b in k)
+    for i in range(_BLOCK):  # the padded key is key material: wipe the copy
+        k[i] = 0
     return ipad, opad
 
 

@@ -25,44 +25,46 @@ _NM2 = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC63254F)
 _PM2 = const(0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFD)  # p - 2
 _PMN = const(0x000000000000000000000000000000004319055358E8617B0C46353D039CDAAE)  # p - n
 
-# Fixed-base comb (Lim-Lee, 4 teeth 64 bits apart): entry j (1..15) is the affine point
-# sum(bit b of j) * 2^(64*b) * G, as x, y pairs; entry 1 is G itself. The device test
-# test_comb_table_matches_generator recomputes them from G.
-_COMB = (
-    0x6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296,
-    0x4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5,
-    0x0fa822bc2811aaa58492592e326e25de29493baaad651f7e90e75cb48e14db63,
-    0xbff44ae8f5dba80d6f4ad4bcb3df188b34b1a65050fe82f5e41124545f462ee7,
-    0x300a4bbc89d6726fb257c0de95e02789e96c98fd0d35f1fa93391ce2097992af,
-    0x72aac7e0d09b46447f1ddb25ff1e3c6f5bb1eeada9d806a5aa54a291c08127a0,
-    0x447d739beedb5e67fb982fd588c6766efc35ff7dc297eac357c84fc9d789bd85,
-    0x2d4825ab834131eee12e9d953a4aaff73d349b95a7fae5000c7e33c972e25b32,
-    0xef9519328a9c72ffddc6068bb91dfc60ef7fbd2b1a0a11b713949c932a1d367f,
-    0x611e9fc37dbb2c9bc1ee9807022c219c23183b0895ca1740196035a77376d8a8,
-    0x550663797b51f5d87dea6482e11238bf2936df5ec6c9bc36cae2b1920b57f4bc,
-    0x157164848aecb8510afa40018d9d50e59fb3d576dbdefbe144ffe216348a964c,
-    0xeb5d7745b21141eaa2e8f483f43e43917ccd84e70d715f26e48ecafffc5cde01,
-    0xeafd72ebdbecc17b0990e6a158006cee85f22cfe2844b645cac917e2731a3479,
-    0xa6d39677a78492762736ff8344315fc596439591a3c6b94a6cf20ffb313728be,
-    0x674f84749b0b881666b8babd2d27ecdf824a920c2284059bf2bab833c357f5f4,
-    0x4e769e7672c9ddad31855f7db8c7fedb74e02f080203a56b2df48c04677c8a3e,
-    0x42b99082de8306631ec0057206947281fb9ae16f3b9122a5a4c36165b824bbb0,
-    0x78878ef61c6ce04d7fdc1ca008a1c478d1f89e799c0ce1316ef95150dda868b9,
-    0xb6cb3f5d7b72c321de53142c12309def6ace570ebde08d4f9c62b9121fe0d976,
-    0x0c88bc4d716b1287595c5220812ffcae5b82dd5bd54fb4967f991ed2c31a3573,
-    0xdd5ddea3f3901dc618d1b5b39c04e6aa7c8181f4df2564f33a57bf635f48aca8,
-    0x68f344af6b317466efe0a423083e49f343a0a28c42ba792fe96a79fb3e72ad0c,
-    0x31b9c405f8540a20604ed93c24d67ff3668bfc2271f5c626cdfe17db3fb24d4a,
-    0x4052bf4b6f461db9663c62c3edbad7a00d1a10144ec39c28d36b4789a2582e7f,
-    0xfecf4d5190b0fc61862be6bd71d70cc8e724f33999bfcc5b235a27c3188d25eb,
-    0x1eddbae2c802e41a123202a8f62bff7aafdf5cc08526a7a474346c10a1d4cfac,
-    0x43104d86560ebcfc0c45f45273db33a036e06b7e4c7019178fa0af2dd603f844,
-    0xb48e26b484f7a21c0a4a46fb6aaf363a66b0de3225c4744b9615b5110d1d78e5,
-    0xfac015404d4d3dab64131bcdfed6f668c004e4048b7b0f9806ebb0f621a01b2d,
-)
+_M256 = const((1 << 256) - 1)  # low 256 bits: y of a packed table entry
 
-_GX = const(0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296)
-_GY = const(0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
+# Fixed-base comb (Lim-Lee, 8 teeth 32 bits apart, in two tables of 4 teeth). Entry j (1..15)
+# of _T1 is the affine point sum(bit b of j) * 2^(32*b) * G, of _T2 the same times 2^128;
+# each is packed as x << 256 | y so that a table scan touches one int per entry. Entry 1 of
+# _T1 is G. The device test test_comb_tables_match_generator recomputes both from G.
+_T1 = (
+    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,  # noqa: E501
+    0x7FE36B40AF22AF8921656B32262C71DA1AB919365C65DFB63A5A9E22185A5943E697D45825B636249F09F40407DCA6F174B3D5867B8AF212D50D152C699CA101,  # noqa: E501
+    0xE35798220CEDC02A608548C24AA7358F830895E4FCCC3AC216FC51FF8101E6E4700F948E1F433A2DF3E4B396768A3299F0570BEDC523E6EFAAD2B99852C392C3,  # noqa: E501
+    0x0FA822BC2811AAA58492592E326E25DE29493BAAAD651F7E90E75CB48E14DB63BFF44AE8F5DBA80D6F4AD4BCB3DF188B34B1A65050FE82F5E41124545F462EE7,  # noqa: E501
+    0x300A4BBC89D6726FB257C0DE95E02789E96C98FD0D35F1FA93391CE2097992AF72AAC7E0D09B46447F1DDB25FF1E3C6F5BB1EEADA9D806A5AA54A291C08127A0,  # noqa: E501
+    0x14CB5692606A4A62A9CAD33B680A7DAAE0D3EB336C224571D6E260F8EE4039A053098CFA3E1E4663878487ED997A9A3B5205EF8D8039927CFE93D3159D83BC01,  # noqa: E501
+    0xA5AB9E10958F1608C22C48C5FFEA17C1585A137EF5C4AD4230368CB6D945111ED3EBC6118B1AA09A629E17EBAD0648F446ED771C49A10F77C34A47B8785B4ED9,  # noqa: E501
+    0x4A5B506612A677A657880B3A18A2E902E9A521B074CA0141A84AA9397512218EEB13461CEAC089F1C42604FBE1627D40626DB15419E26D9D0BEADA7A4C4F3840,  # noqa: E501
+    0x418D68DEA064219700D1A0A5FD208DFB48F9C1875E98C12DC761C1FECC0497865D7B26F6A5BA6DD4435639622EF8D32017429C50C16CAAD0481EEF5551B50759,  # noqa: E501
+    0x0781B8291C6A220AC342967AA815C8575E52C4144103ECBCF9FAED0927A43281690CDE8DF015159397B2A14F1291643488F80EEEE54A05E35A8343CEEAC55F80,  # noqa: E501
+    0x57F62EECA7B5D4FB54A0FE5274647EBE82D789A6DD561BECC52C00CAE38E38205E5FF8BF89BFE2AD60E9C067EFEA8F480D300594EC356DCEAA60759D48F81460,  # noqa: E501
+    0x91C821D488E9843C27035D2627CAA74754D5DAD9289944395920D7B0FA3289D5DB7AECC78F879F44919ADC3734938DAC7B7DF6EA0408EBADE130DEAD9AA8A566,  # noqa: E501
+    0x06F0AFDB90422D81C9C6F5415BF70C35EDDF9C6C7E1C792EBC499EE7C6FAE6D777F9E8F73F9804C47BAB8955DDE6464641A7CF1AAF7AE617214F0AD04DBC747A,  # noqa: E501
+    0xBC07BB82D6536C0292052D44BCDF6567F0698FF75E4EC9655D01A765C96900D8EB165F9C1D90902AA17BF29FC7B19A1E635F210EC2E7BA735FE58CCF83762C71,  # noqa: E501
+    0xE018AAA22086A46C269843F16B47957BD86848C84760C41EAF972B45F2159928383F4DB07F10EE50F2FE8863BA0DBC83D36D88B34FED7BB921A0332299698420,  # noqa: E501
+)
+_T2 = (
+    0x447D739BEEDB5E67FB982FD588C6766EFC35FF7DC297EAC357C84FC9D789BD852D4825AB834131EEE12E9D953A4AAFF73D349B95A7FAE5000C7E33C972E25B32,  # noqa: E501
+    0x8A535F566EC73617F5622DF4373713269E4C35874AFDF43AAEE9C75DF7F82F2A0455C08468B08BD737E02819085A92BFCDE533864C8C7669C5F9A0AC223094B7,  # noqa: E501
+    0xFF25F55A2C214CD923FE7442010729ACEF8BF285DFD6C3F34193640BFBB7F12D94F114D38A40510000C15BA774A58D771A08EBC72AB82B74D77BF411F30F0FC8,  # noqa: E501
+    0xA6D39677A78492762736FF8344315FC596439591A3C6B94A6CF20FFB313728BE674F84749B0B881666B8BABD2D27ECDF824A920C2284059BF2BAB833C357F5F4,  # noqa: E501
+    0x68F344AF6B317466EFE0A423083E49F343A0A28C42BA792FE96A79FB3E72AD0C31B9C405F8540A20604ED93C24D67FF3668BFC2271F5C626CDFE17DB3FB24D4A,  # noqa: E501
+    0x0AC9835F0E6155FAEB3DF8BF9D6B4A9B60FF39EDFF736545270A098D637D797DD6882B263D00D534D8AC7B195C6872B2FA24F7333FE89B0850C04B69640BC0E9,  # noqa: E501
+    0x6A25FB201B4084CE8A404541B1F23D69561D30F51DC2D82E7B3068D03765581E5A0AEBFC19CFB424F5763393D06A40071E15941A5CF443D550180E1B60206329,  # noqa: E501
+    0x68F6B8542783DFEEEB5B06E70CE08FFEFD75F3FA01876BD86A703F10E895DF07CBE1FEBA92E40CE6FBC8044DFDA45028CF5293D2F310BF7F90C76F8A78712655,  # noqa: E501
+    0xBD6058B07B81568E83FB2D63C62CD05550D19D86ABC96FEDCC38452EF202481AF78E1FBEF8467E379EE514E409EF7DD9C51419ED83F257D4628271F170737BB6,  # noqa: E501
+    0xE51F547C5972A107B422D1E7BD6F85147ED031A0E45C2258EEE44B35702476B51C309A2B25BB1387A62F98B3A9FE9A068CA922EE097C184EA25BCD6FC9CF343D,  # noqa: E501
+    0x86699898A60BCD7758E0A73C3879D7D86DA147F00D75821E9BAF4D7AAAC4170AC0D84AECA4B075F432CA235D2AF12355428DEDE80187F877AE7CD4DA598A46EB,  # noqa: E501
+    0xFB0249AA28A8A8FBB7FBE79E03E042EA3478E062311CB1F3DCEAFEB7328FB9EF172F46339C5FBC3E48E514E109AA13A20E540E9F3D15281350B4BB44B8EE1B8B,  # noqa: E501
+    0xEBC3D35E8855A59ACBBD5F2012CA3C26846730AD139AD48C2FFBCF19DC0B10615290BEC161CE30304B3C37853FE325890DA658F5F8F4BE3A18644A975B93E742,  # noqa: E501
+    0xA176C395AE64D73870E00C7531905283D7768C940D8A6FB01E3081ABB7F6BE1F9EBDEC88947B45F151AB984B9FEEEA5C087565CE611FE5069E5850BC1FA3578C,  # noqa: E501
+    0x681D6BE2B2567AC59DE1E8E76080E0F8DADF6DCEC6AD55F11BCB36A57BCA0BC11DFCAB92C48087F3263F2166CF14E1B02A6A766EE58790F1DEB1EDD4763F4FCB,  # noqa: E501
+)
 
 
 def _dbl(X, Y, Z):
@@ -94,47 +96,53 @@ def _madd(X1, Y1, Z1, x2, y2):
 def _pick(idx, tbl, X, Y, Z, rinf):
     # R + tbl[idx] with idx secret: scan all 15 entries with masks (entry 0 is the point at
     # infinity and contributes nothing), then merge the infinity cases with masks.
-    tx = 0
-    ty = 0
+    sel = 0
     for j in range(1, 16):
-        m = ((idx ^ j) - 1) >> 8  # -1 when j == idx, else 0 (idx, j < 16)
-        tx |= tbl[2 * j - 2] & m
-        ty |= tbl[2 * j - 1] & m
+        sel |= tbl[j - 1] & (((idx ^ j) - 1) >> 8)  # mask -1 when j == idx, else 0 (< 16)
+    tx = sel >> 256
+    ty = sel & _M256
     nX, nY, nZ = _madd(X, Y, Z, tx, ty)
-    m = -(((idx - 1) >> 8) & 1)  # -1 when the entry is infinity: keep R
+    tinf = ((idx - 1) >> 8) & 1  # 1 when idx == 0
+    m = -tinf  # entry is infinity: keep R
     nX ^= (nX ^ X) & m
     nY ^= (nY ^ Y) & m
     nZ ^= (nZ ^ Z) & m
-    m = -rinf  # -1 when R is infinity: take the entry (Z = 1)
+    m = -rinf  # R is infinity: take the entry (Z = 1)
     nX ^= (nX ^ tx) & m
     nY ^= (nY ^ ty) & m
     nZ ^= (nZ ^ 1) & m
-    return nX, nY, nZ, rinf & (((idx - 1) >> 8) & 1)
+    return nX, nY, nZ, rinf & tinf
 
 
 def _mul_g(k):
-    # k * G for 0 <= k < n by the comb: 63 doublings and 64 table additions whatever k is.
-    # Column c adds T[idx] with idx bit b = bit (c + 64*b) of k, so R = sum 2^c T[idx_c] = kG.
-    # Before the addition R = sum_b A_b 2^(64b) G (A_b even, < 2^(64-c)) and
-    # T = sum_b e_b 2^(64b) G (e_b in {0, 1}). R = -T would need k >> c = 0 mod n, and R = T
-    # would need k = n + 2E (E = sum e_b 2^(64b)); neither holds for 0 < k < n, so the mixed
-    # addition only ever meets the infinity cases, which _pick masks.
-    tbl = _COMB
+    # k * G for 0 <= k < n by the comb: 31 doublings and 64 table additions whatever k is.
+    # With K_b the 32-bit limbs of k, column c adds _T1[idx] (idx bit b = bit c of K_b, b < 4)
+    # and _T2[idx'] (bit c of K_(b+4)), so R = sum 2^c (T1 + T2) = kG.
+    # Exceptional additions: before each one R = sum_b A_b 2^(32b) G with 0 <= A_b < 2^32
+    # and the entry is sum_b e_b 2^(32b) G with e_b in {0, 1}. R = -entry would need the
+    # limb-wise k >> c (<= k < n) to be 0 mod n, and R = entry would need k = n + (a sum of
+    # limb bits), k >= n; so for 0 <= k < n the mixed addition only meets the infinity cases,
+    # which _pick masks. k = 0 (u1 in verification) returns infinity.
+    t1 = _T1
+    t2 = _T2
     X = 0
     Y = 0
     Z = 1
     inf = 1
-    for c in range(63, -1, -1):
-        if c != 63:  # public: R is still infinity before the first column
+    k2 = k >> 128
+    for c in range(31, -1, -1):
+        if c != 31:  # public: R is still infinity before the first column
             X, Y, Z = _dbl(X, Y, Z)
-        idx = (k >> c) & 1 | (k >> (c + 63)) & 2 | (k >> (c + 126)) & 4 | (k >> (c + 189)) & 8
-        X, Y, Z, inf = _pick(idx, tbl, X, Y, Z, inf)
+        i = (k >> c) & 1 | (k >> (c + 31)) & 2 | (k >> (c + 62)) & 4 | (k >> (c + 93)) & 8
+        X, Y, Z, inf = _pick(i, t1, X, Y, Z, inf)
+        i = (k2 >> c) & 1 | (k2 >> (c + 31)) & 2 | (k2 >> (c + 62)) & 4 | (k2 >> (c + 93)) & 8
+        X, Y, Z, inf = _pick(i, t2, X, Y, Z, inf)
     return X, Y, Z, inf
 
 
 def _table(x, y):
-    # Affine j * Q for j = 1..15 as x, y pairs. (j-1)Q != +-Q for j >= 3 (Q has prime order n),
-    # so the mixed additions are regular; one inversion for all (Montgomery's trick).
+    # Affine j * Q for j = 1..15, packed x << 256 | y. (j-1)Q != +-Q for j >= 3 (Q has prime
+    # order n), so the mixed additions are regular; one inversion for all (Montgomery's trick).
     pts = [(x, y, 1), _dbl(x, y, 1)]
     for _ in range(13):
         X, Y, Z = pts[-1]
@@ -145,14 +153,13 @@ def _table(x, y):
         acc[j] = a
         a = a * pts[j][2] % _P
     inv = pow(a, _PM2, _P)
-    out = [0] * 30
+    out = [0] * 15
     for j in range(14, -1, -1):
         X, Y, Z = pts[j]
         zi = inv * acc[j] % _P  # 1 / Z_j
         inv = inv * Z % _P
         z2 = zi * zi % _P
-        out[2 * j] = X * z2 % _P
-        out[2 * j + 1] = Y * z2 % _P * zi % _P
+        out[j] = (X * z2 % _P) << 256 | Y * z2 % _P * zi % _P
     return out
 
 
@@ -270,12 +277,17 @@ def sign_digest(d, digest32, extra=b""):
     _check_scalar(d)
     _check_digest(digest32)
     e = int.from_bytes(digest32, "big")
-    seed = d.to_bytes(32, "big") + (e % N).to_bytes(32, "big") + extra  # int2octets || bits2octets
+    # int2octets(x) || bits2octets(h1) || k'; a bytearray so the key bytes can be wiped after.
+    seed = bytearray(d.to_bytes(32, "big"))
+    seed.extend((e % N).to_bytes(32, "big"))
+    seed.extend(extra)
     V = b"\x01" * 32
     K = hmac_sha256(b"\x00" * 32, V + b"\x00" + seed)
     V = hmac_sha256(K, V)
     K = hmac_sha256(K, V + b"\x01" + seed)
     V = hmac_sha256(K, V)
+    for i in range(len(seed)):
+        seed[i] = 0
     while True:
         V = hmac_sha256(K, V)
         k = int.from_bytes(V, "big")

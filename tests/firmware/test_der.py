@@ -210,6 +210,20 @@ def test_reader_rejects_malformed_certificates():
             _raises_der(fn, bad)
 
 
+def test_utctime_century_boundary_and_leap_day():
+    # RFC 5280 4.1.2.5.1: YY >= 50 is 19YY, YY < 50 is 20YY.
+    c = _with(_C3, b"491231235959Z", b"500101000000Z")
+    assert der.cert_not_after(c) == -631152000  # 1950-01-01 00:00:00Z
+    c = _with(_C3, b"491231235959Z", b"000229123001Z")
+    assert der.cert_not_after(c) == 951827401  # 2000-02-29 12:30:01Z
+
+
+def test_element_longer_than_its_container_is_rejected():
+    assert der._read(b"\x04\x02\x00\x00", 0, 4) == (4, 2, 4)
+    _raises_der(der._read, b"\x04\x02\x00\x00", 0, 3)  # one octet past the container
+    _raises_der(der._read, b"\x04\x81", 0, 2)  # length octet missing
+
+
 def test_reader_rejects_malformed_times():
     for old, new in (
         (b"271123120059Z", b"271323120059Z"),  # month 13

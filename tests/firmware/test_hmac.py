@@ -93,3 +93,15 @@ def test_compare_digest():
         b = bytearray(a)
         b[i] ^= 0x80
         assert not hmac.compare_digest(a, b), i
+
+
+def test_keys_at_the_block_size_edge():
+    # RFC 2104 section 3: a 64-byte key is used as is, a 65-byte key is hashed first.
+    # Known answers from CPython's hmac module.
+    msg = b"block-size edge"
+    assert hmac.hmac_sha256(b"\xaa" * 64, msg) == unhexlify(
+        "830f1ac7c2e753192dbc27a08c54fd7cbbfa7439a593d149666e848a9e44b436"
+    )
+    assert hmac.hmac_sha256(b"\xaa" * 65, msg) == unhexlify(
+        "3718e89fc258fed08335a02c185455e551a5660e3886d15db4eb4248f3b4ad1b"
+    )

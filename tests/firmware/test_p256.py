@@ -19,25 +19,25 @@ def _must_raise(fn, *args):
     raise AssertionError("no ValueError")
 
 
-def test_comb_table_matches_generator():
-    # Recompute the fixed-base table: entry j = sum(bit b of j) * 2^(64b) * G.
+def test_comb_tables_match_generator():
+    # Recompute the fixed-base tables: _T1 entry j = sum(bit b of j) * 2^(32b) * G (b < 4),
+    # _T2 entry j the same times 2^128, each packed x << 256 | y.
     base = []
-    for b in range(4):
-        x, y = _GX, _GY
-        X, Y, Z = x, y, 1
-        for _ in range(64 * b):
-            X, Y, Z = p256._dbl(X, Y, Z)
+    X, Y, Z = _GX, _GY, 1
+    for b in range(8):
         base.append(p256._affine(X, Y, Z))
-    for j in range(1, 16):
-        acc = None
-        for b in range(4):
-            if j >> b & 1:
-                if acc is None:
-                    acc = (base[b][0], base[b][1], 1, 0)
-                else:
-                    acc = p256._add_public(acc, (base[b][0], base[b][1], 1, 0))
-        x, y = p256._affine(acc[0], acc[1], acc[2])
-        assert p256._COMB[2 * j - 2] == x and p256._COMB[2 * j - 1] == y, j
+        for _ in range(32):
+            X, Y, Z = p256._dbl(X, Y, Z)
+    for tbl, part in ((p256._T1, base[:4]), (p256._T2, base[4:])):
+        assert len(tbl) == 15
+        for j in range(1, 16):
+            acc = None
+            for b in range(4):
+                if j >> b & 1:
+                    pt = (part[b][0], part[b][1], 1, 0)
+                    acc = pt if acc is None else p256._add_public(acc, pt)
+            x, y = p256._affine(acc[0], acc[1], acc[2])
+            assert tbl[j - 1] == (x << 256) | y, j
 
 
 def test_public_key_of_one_is_g_and_of_n_minus_one_is_minus_g():
@@ -158,3 +158,16 @@ def test_verify_reduces_x_of_r_mod_n():
     assert not p256.verify_digest(pub, digest, (0x303C).to_bytes(32, "big") + s)
     # the unreduced x itself is out of range for r
     assert not p256.verify_digest(pub, digest, (p256.N + 0x303B).to_bytes(32, "big") + s)
+
+
+def test_verify_does_not_wrap_r_plus_n_past_p():
+    # Constructed like the test above, with x(R) = 5 and r = 5 + p - n: r + n exceeds p, and
+    # comparing (r + n) mod p with x(R) would wrongly accept; x(R) mod n = 5 != r.
+    pub = bytes.fromhex(
+        "04fae9481740a548c03a115ac23b3329723989690b86e3a8b80604baea279e5172"
+        "ce136b2a38a18f95d4b22f454912ed0cb51150a7a370a249b787984947cdbf3e"
+    )
+    digest = hashlib.sha256(b"r + n >= p").digest()
+    r = 5 + _P - p256.N
+    s = (0x7654321).to_bytes(32, "big")
+    assert not p256.verify_digest(pub, digest, r.to_bytes(32, "big") + s)
