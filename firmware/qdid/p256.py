@@ -10,10 +10,11 @@
 # reducing after every step.
 #
 # Secret scalars (key generation, signing, ECDH) go through fixed sequences of point operations:
-# every window costs the same doublings and one addition, table entries are picked by scanning the
-# whole table with masks, never by a secret index, and the infinity cases are merged with masks
-# rather than branches. MicroPython's big ints are not constant-time themselves (their length
-# follows their value), so this removes the large leaks (branches, table indices), not every one.
+# every comb column or window costs the same doublings and additions, table entries are picked
+# by scanning the whole table with masks, never by a secret index, and the infinity cases are
+# merged with masks rather than branches. MicroPython's big ints are not constant-time themselves
+# (their length follows their value), so this removes the large leaks (branches, table
+# indices), not every one.
 from micropython import const
 import hashlib
 from qdid.hmac import hmac_sha256
@@ -277,7 +278,8 @@ def sign_digest(d, digest32, extra=b""):
     _check_scalar(d)
     _check_digest(digest32)
     e = int.from_bytes(digest32, "big")
-    # int2octets(x) || bits2octets(h1) || k'; a bytearray so the key bytes can be wiped after.
+    # int2octets(x) || bits2octets(h1) || k', in a bytearray wiped after use (the int d and the
+    # immutable HMAC inputs built from it are left to the GC: MicroPython cannot clear those).
     seed = bytearray(d.to_bytes(32, "big"))
     seed.extend((e % N).to_bytes(32, "big"))
     seed.extend(extra)

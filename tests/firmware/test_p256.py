@@ -171,3 +171,37 @@ def test_verify_does_not_wrap_r_plus_n_past_p():
     r = 5 + _P - p256.N
     s = (0x7654321).to_bytes(32, "big")
     assert not p256.verify_digest(pub, digest, r.to_bytes(32, "big") + s)
+
+
+def test_secret_scalars_take_the_same_point_operations_whatever_their_value():
+    # The comb and the window method run a fixed sequence: count the calls for very different
+    # scalars (few bits set, all bits set, zero digits at the top or bottom).
+    calls = [0, 0]
+    dbl = p256._dbl
+    madd = p256._madd
+
+    def count_dbl(X, Y, Z):
+        calls[0] += 1
+        return dbl(X, Y, Z)
+
+    def count_madd(X1, Y1, Z1, x2, y2):
+        calls[1] += 1
+        return madd(X1, Y1, Z1, x2, y2)
+
+    p256._dbl = count_dbl
+    p256._madd = count_madd
+    try:
+        seen = set()
+        for k in (1, 2, 1 << 255, p256.N - 1, (1 << 128) + 1, 0xF0F0F0F0 << 200):
+            calls[0] = calls[1] = 0
+            p256._mul_g(k)
+            seen.add(("comb", calls[0], calls[1]))
+            calls[0] = calls[1] = 0
+            p256._mul(k, _GX, _GY)
+            seen.add(("window", calls[0], calls[1]))
+    finally:
+        p256._dbl = dbl
+        p256._madd = madd
+    # comb: 31 doublings, 64 additions; window: 63 * 4 doublings and 64 additions plus the
+    # table (1 doubling, 13 additions)
+    assert seen == {("comb", 31, 64), ("window", 253, 77)}, seen
