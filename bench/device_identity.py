@@ -14,12 +14,11 @@ from hil.emulated import EmulatedBoard
 
 # Each snippet prints one line: "<name> <ms per op> <peak heap bytes>".
 _CRYPTO = """
-import time, gc, micropython
+import time, gc
 from qdid import p256
 import hashlib
 def bench(name, fn, n):
     gc.collect()
-    micropython.mem_peak() if False else None
     t0 = time.ticks_us()
     for _ in range(n):
         fn()
@@ -41,7 +40,8 @@ from qdid import identity
 b = board.make()
 t0 = time.ticks_us()
 i = identity.boot(b)
-print("BENCH", "boot_identity", "%.2f" % (time.ticks_diff(time.ticks_us(), t0) / 1000), gc.mem_alloc())
+ms = time.ticks_diff(time.ticks_us(), t0) / 1000
+print("BENCH", "boot_identity", "%.2f" % ms, gc.mem_alloc())
 """
 
 

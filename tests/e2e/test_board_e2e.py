@@ -38,7 +38,7 @@ def _dump(server: ServerProcess) -> dict[str, list[tuple[Any, ...]]]:
         for table in ("devices", "batches"):
             cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
             keep = ", ".join(c for c in cols if c not in _LIVE_COLUMNS)
-            dump[table] = db.execute(f"SELECT {keep} FROM {table} ORDER BY 1").fetchall()  # noqa: S608
+            dump[table] = db.execute(f"SELECT {keep} FROM {table} ORDER BY 1").fetchall()
         return dump
 
 
