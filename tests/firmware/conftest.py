@@ -3,7 +3,7 @@
 Each file runs once inside `micropython -X heapsize=<budget>` (budget from a `# heapsize: 96k`
 line in the file, 64k by default); each `test_*` function becomes one pytest item so that host
 and firmware results share one summary. MICROPYPATH holds firmware/ and boards/unix, as on a
-device; QLINK_VECTORS points at the NIST/RFC vectors of the `cryptography_vectors` package.
+device, compiled to .mpy as the boards run them; QLINK_VECTORS points at the NIST/RFC vectors of the `cryptography_vectors` package.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,30 @@ def _vectors_dir() -> str:
     except ImportError:  # the vectors are a test dependency; tests that need them say so
         return ""
     return str(Path(cryptography_vectors.__file__).parent)
+
+
+_COMPILED: Path | None = None
+
+
+def _compiled_firmware() -> Path:
+    """firmware/ and the unix board compiled to .mpy once per test process, as they ship:
+    compiling source on the device costs tens of KiB of heap that a board never spends."""
+    global _COMPILED
+    if _COMPILED is None:
+        out = Path(tempfile.mkdtemp(prefix="qlink-mpy-"))
+        sources = [(unixport.FIRMWARE, p) for p in unixport.FIRMWARE.rglob("*.py")]
+        sources += [(unixport.BOARDS / "unix", p) for p in (unixport.BOARDS / "unix").glob("*.py")]
+        for base, src in sources:
+            rel = src.relative_to(base)
+            dst = (out / rel).with_suffix(".mpy")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [unixport.mpy_cross(), "-s", str(rel), "-o", str(dst), str(src)],
+                check=True,
+                capture_output=True,
+            )
+        _COMPILED = out
+    return _COMPILED
 
 
 class MicroPythonFailure(Exception):
@@ -59,11 +84,27 @@ class MicroPythonFile(pytest.File):
             m = _TIMEOUT_RE.search(text)
             timeout = float(m.group(1)) if m else 300.0
             try:
+                # The test module runs as .mpy too, so that its own compilation does not eat
+                # the heap budget of the code under test.
+                compiled_test = _compiled_firmware() / "_tests" / (self.path.stem + ".mpy")
+                compiled_test.parent.mkdir(exist_ok=True)
+                subprocess.run(
+                    [
+                        unixport.mpy_cross(),
+                        "-s",
+                        self.path.name,
+                        "-o",
+                        str(compiled_test),
+                        str(self.path),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
                 proc = unixport.run(
-                    [str(HERE / "mpunit.py"), str(self.path)],
+                    [str(HERE / "mpunit.py"), str(compiled_test)],
                     heap=self.heap(),
                     env={"QLINK_VECTORS": _vectors_dir(), "QLINK_REPO": str(unixport.REPO)},
-                    path=[HERE],
+                    path=[HERE, _compiled_firmware()],
                     timeout=timeout,
                 )
                 self._output = proc.stdout + proc.stderr

@@ -31,8 +31,9 @@ def main():
     slash = path.rfind("/")
     folder = path[:slash] if slash > 0 else "."
     modname = path[slash + 1 :]
-    if modname.endswith(".py"):
-        modname = modname[:-3]
+    for ext in (".py", ".mpy"):
+        if modname.endswith(ext):
+            modname = modname[: -len(ext)]
     sys.path.insert(0, folder)
     mod = __import__(modname)
     names = wanted or sorted(n for n in dir(mod) if n.startswith("test_"))

@@ -1,7 +1,7 @@
 # agent.main.run end to end over fakes: stored certificate -> MQTT publishes with exact payload
 # shapes; onboarding when nothing is stored; refusals back off long; link failures back off
 # with a capped, jittered, counted delay.
-# heapsize: 96k
+# heapsize: 64k
 import os
 import json
 import binascii

@@ -4,11 +4,7 @@
 # _C2 subject CN=first, C=DE, CN="dévice ✓", notAfter GeneralizedTime 2051-02-28 23:59:58Z;
 # _C3 subject O=no cn, notBefore 1999-12-31 23:59:59Z, notAfter 2049-12-31 23:59:59Z (UTCTime).
 # Host-side checks of the writer (openssl, cryptography) are in tests/host/test_csr.py.
-# Heap: compiling this file, qdid.der and qdid.p256 from source in one process fragments a
-# 64 KiB heap (p256.py alone needs ~48 KiB to compile; a device loads .mpy instead), so this
-# file runs with 96 KiB. The 64 KiB budget for csr() and ec_private_key() is checked by
-# tests/host/test_csr.py, which runs them on the device under 64 KiB.
-# heapsize: 96k
+# heapsize: 64k
 from binascii import unhexlify
 import hashlib
 from qdid import QdidError

@@ -1,6 +1,6 @@
 # agent.mqtt against exact MQTT 3.1.1 bytes (OASIS section numbers in the names), over a fake
 # socket made of byte buffers. Malformed or truncated input must end in LinkError, nothing else.
-# heapsize: 96k
+# heapsize: 64k
 from agent import mqtt
 from agent.mqtt import MQTTClient
 from agent.errors import LinkError, BrokerRefusedError
