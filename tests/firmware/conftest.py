@@ -2,8 +2,9 @@
 
 Each file runs once inside `micropython -X heapsize=<budget>` (budget from a `# heapsize: 96k`
 line in the file, 64k by default); each `test_*` function becomes one pytest item so that host
-and firmware results share one summary. MICROPYPATH holds firmware/ and boards/unix, as on a
-device, compiled to .mpy as the boards run them; QLINK_VECTORS points at the NIST/RFC vectors of the `cryptography_vectors` package.
+and firmware results share one summary. MICROPYPATH holds firmware/ and boards/unix compiled
+to .mpy, as boards run them; QLINK_VECTORS points at the NIST/RFC vectors of the
+`cryptography_vectors` package.
 """
 
 from __future__ import annotations

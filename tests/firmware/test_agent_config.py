@@ -3,6 +3,7 @@ import os
 import json
 from agent import config
 from agent.errors import ConfigError
+from fwtest import raises
 
 D = "/tmp/qlink-config-test"
 CA = b"\x30\x82\x00\x04\x02\x01\x07\x00"  # long-form length
@@ -23,14 +24,6 @@ def setup(doc, ca=CA, raw=None):
         with open(D + "/ca.der", "wb") as f:
             f.write(ca)
     return D + "/config.json"
-
-
-def raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def test_documented_config_loads():

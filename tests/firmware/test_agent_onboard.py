@@ -6,6 +6,7 @@ import hashlib
 import binascii
 from agent import onboard, store
 from agent.errors import OnboardingError, LinkError
+from fwtest import raises
 
 PUB = b"\x04" + bytes(range(1, 65))
 DEVICE_ID = binascii.hexlify(hashlib.sha256(PUB).digest()).decode()
@@ -95,14 +96,6 @@ def tmpdir():
         pass
     store.clear(d)
     return d
-
-
-def raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def test_proof_digest_is_sha256_of_the_documented_message():

@@ -95,18 +95,11 @@ sys.path.insert(0, _tmp)
 import machine  # the fake above
 import board_rp2040
 import board_esp32
+from fwtest import raises_msg as _raises
 
 for _n in os.listdir(_tmp):
     os.remove(_tmp + "/" + _n)
 os.rmdir(_tmp)
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return str(e)
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def _power_on(base, nwords, cause=1):

@@ -2,6 +2,7 @@
 # heapsize: 64k
 import os
 from qdid import entropy
+from fwtest import raises_msg as _raises
 
 
 class FakeBoard:
@@ -25,14 +26,6 @@ class FakeBoard:
 
     def unique_id(self):
         return b"\x01\x02\x03\x04\x05\x06\x07\x08"
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return str(e)
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def _distinct(n):

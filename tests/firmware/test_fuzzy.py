@@ -6,19 +6,12 @@ import hashlib
 import silicon
 from qdid import fuzzy
 from qdid.hmac import hmac_sha256
+from fwtest import raises_msg as _raises
 
 SEED_A = "00112233445566778899aabbccddeeff"
 SEED_B = "ffeeddccbbaa99887766554433221100"
 KEY = bytes(range(0x10, 0x20))
 HDR = b"\x01\x1f\x00\x80"  # profile 1, R = 31, 128 key bits
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return str(e)
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def _response(seed=0x5A):

@@ -3,41 +3,8 @@
 # heapsize: 64k
 from agent import https
 from agent.errors import LinkError
-
-
-class FakeSock:
-    def __init__(self, incoming=b"", chunk=0, read_error=None):
-        self.inp = incoming
-        self.pos = 0
-        self.out = bytearray()
-        self.chunk = chunk
-        self.read_error = read_error
-
-    def write(self, b):
-        self.out += bytes(b)
-        return len(b)
-
-    def readinto(self, buf):
-        if self.read_error is not None:
-            raise self.read_error
-        n = len(buf)
-        if self.chunk:
-            n = min(n, self.chunk)
-        k = min(n, len(self.inp) - self.pos)
-        buf[:k] = self.inp[self.pos : self.pos + k]
-        self.pos += k
-        return k
-
-    def close(self):
-        pass
-
-
-def raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("expected %s" % exc.__name__)
+from fakesock import FakeSock
+from fwtest import raises
 
 
 def parse(raw, limit=8192, chunk=0):

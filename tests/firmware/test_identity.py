@@ -2,7 +2,7 @@
 # This module keeps every qdid module loaded at once (fuzzy, entropy, p256, hkdf) to look inside
 # the identity, which a boot never does; tests/host/test_identity_host.py runs the boot itself
 # in the 64 KiB identity budget.
-# heapsize: 80k
+# heapsize: 96k
 # timeout: 300
 import os
 import json
@@ -15,23 +15,10 @@ from qdid import fuzzy
 from qdid import entropy
 from qdid import p256
 from qdid.hmac import hkdf
+from fwtest import tmpdir as _tmpdir, raises_msg as _raises
 
 SEED_A = "00112233445566778899aabbccddeeff"
 SEED_B = "ffeeddccbbaa99887766554433221100"
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return str(e)
-    raise AssertionError("expected %s" % exc.__name__)
-
-
-def _tmpdir():
-    path = "/tmp/qlink-test-" + "".join("%02x" % b for b in os.urandom(6))
-    os.mkdir(path)
-    return path
 
 
 def _rmtree(path):

@@ -4,52 +4,12 @@
 from agent import mqtt
 from agent.mqtt import MQTTClient
 from agent.errors import LinkError, BrokerRefusedError
-
-
-class FakeSock:
-    # write() records, readinto() serves `incoming` (at most `chunk` bytes per call when set).
-    def __init__(self, incoming=b"", chunk=0, read_error=None, write_error=None):
-        self.inp = incoming
-        self.pos = 0
-        self.out = bytearray()
-        self.chunk = chunk
-        self.read_error = read_error
-        self.write_error = write_error
-        self.closed = False
-        self.writes = 0
-
-    def write(self, b):
-        if self.write_error is not None:
-            raise self.write_error
-        self.out += bytes(b)
-        self.writes += 1
-        return len(b)
-
-    def readinto(self, buf):
-        if self.read_error is not None:
-            raise self.read_error
-        n = len(buf)
-        if self.chunk:
-            n = min(n, self.chunk)
-        k = min(n, len(self.inp) - self.pos)
-        buf[:k] = self.inp[self.pos : self.pos + k]
-        self.pos += k
-        return k
-
-    def close(self):
-        self.closed = True
+from fakesock import FakeSock
+from fwtest import raises
 
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 CONNECT_DEV1 = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04dev1"
-
-
-def raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def connected(incoming=b"", chunk=0, on_message=None, prefixed=False):

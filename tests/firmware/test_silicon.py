@@ -5,6 +5,7 @@ import time
 import json
 import silicon
 import board
+from fwtest import tmpdir as _tmpdir, raises_msg as _raises
 
 SEED_A = "00112233445566778899aabbccddeeff"
 SEED_B = "ffeeddccbbaa99887766554433221100"
@@ -25,12 +26,6 @@ def _distance(a, b):
     return n / (8 * len(a))
 
 
-def _tmpdir():
-    path = "/tmp/qlink-test-" + "".join("%02x" % b for b in os.urandom(6))
-    os.mkdir(path)
-    return path
-
-
 def _write(path, text):
     with open(path, "w") as f:
         f.write(text)
@@ -40,14 +35,6 @@ def _die(seed=SEED_A, **params):
     p = {"seed": seed}
     p.update(params)
     return silicon.Die(p)
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return str(e)
-    raise AssertionError("expected %s" % exc.__name__)
 
 
 def test_same_die_seed_gives_the_same_cell_skews():
