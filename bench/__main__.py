@@ -1,30 +1,58 @@
-"""`python -m bench`: run every benchmark, write bench/results/<name>.json, print a table."""
+"""`python -m bench [NAME ...]`: run the benchmarks, write bench/results/<name>.json, print tables.
+
+A benchmark is a module in bench/ with `run() -> dict`; the dict holds at least "figures":
+{label: {unit: value, ...}}. Figures of one run are compared with each other (ratios), never
+with another run: the machine is shared and noisy.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
-from bench import device_identity
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 
-RESULTS = Path(__file__).resolve().parent / "results"
+
+def _modules(wanted: list[str]) -> list[str]:
+    names = sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_"))
+    unknown = set(wanted) - set(names)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; have: {names}")
+    return wanted or names
 
 
-def main() -> None:
+def _table(name: str, result: dict) -> None:
+    figures: dict[str, dict[str, float]] = result["figures"]
+    units = sorted({u for fig in figures.values() for u in fig})
+    print(f"\n{name}")
+    print(f"  {'figure':<28}" + "".join(f"{u:>18}" for u in units))
+    for label, fig in figures.items():
+        cells = "".join(f"{fig[u]:>18.6g}" if u in fig else f"{'':>18}" for u in units)
+        print(f"  {label:<28}{cells}")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
+
+
+def main(argv: list[str]) -> None:
     RESULTS.mkdir(exist_ok=True)
-    started = time.time()
-    result = device_identity.run()
-    result["machine"] = platform.machine()
-    result["when"] = int(started)
-    (RESULTS / "device_identity.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'figure':<16}{'ms/op':>12}{'heap alloc (B)':>18}")
-    for name, fig in result["figures"].items():  # type: ignore[union-attr]
-        print(f"{name:<16}{fig['ms']:>12.1f}{fig['heap_alloc_bytes']:>18.0f}")
-    print(f"(MicroPython Unix port, heap budget {result['heap_budget_bytes']} B)")
-    print(f"written: {RESULTS / 'device_identity.json'}")
+    for name in _modules(argv):
+        started = time.time()
+        module = importlib.import_module(f"bench.{name}")
+        print(f"running {name} ...", flush=True)
+        result = module.run()
+        result.update(
+            machine=platform.machine(), when=int(started), seconds=round(time.time() - started, 1)
+        )
+        out = RESULTS / f"{name}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        _table(name, result)
+        print(f"  written: {out.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -206,7 +206,31 @@ def ca_root(
         sys.stdout.write(data.decode())
 
 
+PLUGIN_GROUP = "qlink.cli"
+
+
+def _add_plugins() -> None:
+    """Command groups that other packages add (the rig's `qlink rig`, `qlink puf`) are found
+    through the `qlink.cli` entry points, so the server package never imports them. A group that
+    fails to load still shows up, and says why when it is used."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            sub = ep.load()
+        except Exception as e:  # a broken plug-in must not take the whole CLI down
+            reason = f"{type(e).__name__}: {e}"
+            sub = typer.Typer(help=f"(unavailable: {reason})")
+
+            @sub.callback(invoke_without_command=True)
+            def _unavailable(reason: str = reason, name: str = ep.name) -> None:
+                raise CliError(f"'qlink {name}' cannot load ({reason}); run: make setup")
+
+        app.add_typer(sub, name=ep.name)
+
+
 def main() -> None:
+    _add_plugins()
     try:
         app()
     except ServerError as e:
