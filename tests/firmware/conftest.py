@@ -125,6 +125,9 @@ class MicroPythonFile(pytest.File):
 
 class MicroPythonItem(pytest.Item):
     parent: MicroPythonFile
+    # No fixtures reach a test inside MicroPython; plugins that look at every item's fixture
+    # values (pytest-embedded's DUT check) find none here.
+    funcargs: dict[str, object] = {}  # noqa: RUF012 - read-only, shared empty mapping
 
     def runtest(self) -> None:
         results = self.parent.results()
