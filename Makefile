@@ -41,3 +41,13 @@ bench: setup ## Benchmarks; figures go to bench/results/*.json
 
 clean: ## Remove the virtualenv, build and run products
 	rm -rf $(VENV) run demo-data build *.egg-info .pytest_cache .ruff_cache
+
+flash: setup ## Flash the firmware to a board: make flash BOARD=rp2040|esp32 PORT=/dev/ttyACM0
+	@test -n "$(BOARD)" -a -n "$(PORT)" || { echo "usage: make flash BOARD=rp2040|esp32 PORT=/dev/ttyACM0"; exit 2; }
+	@$(PY) -m hil.rigcli flash --board $(BOARD) --port $(PORT)
+
+hil: setup ## Rig tests (pty boards, scenarios); on real boards: make hil BOARD_PORT=/dev/ttyACM0
+	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/hil tests/e2e/test_rig_scenarios.py $(if $(BOARD_PORT),--board $(BOARD_PORT))
+
+soak: setup ## 10-minute soak of one emulated board at the RP2040 heap budget (not in make test)
+	@QLINK_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_rig_soak.py

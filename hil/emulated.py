@@ -5,8 +5,11 @@ Layout of one board under its root folder:
     die.json    the silicon model's die (seed and parameters): outside the filesystem, like silicon
     console.log everything the board printed, across power cycles
 
-Power-on starts `micropython` in fs/ (boot.py, then main.py, as a board does); power-off kills
-the process at once, which is a power cut.
+Power-on starts `micropython` in fs/ (boot.py, then main.py, then the REPL, as a board does);
+power-off kills the process at once, which is a power cut. With `console="pty"` (the default) the
+board has a serial port (`board.port`, a /dev/pts/N) served by hil.ptyrelay: mpremote, pyserial
+and pytest-embedded drive it as they drive a USB board. `console="pipe"` is the plain process
+with its output on a pipe (no REPL), kept for comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from hil import unixport
+from hil import ptyrelay, unixport
 
 _FIRMWARE_DIRS = ("qdid", "agent")
 _FIRMWARE_FILES = ("boot.py", "main.py", "enrol.py")
@@ -55,7 +58,12 @@ class EmulatedBoard:
         die_seed: bytes | None = None,
         heap: int = unixport.HEAP_RP2040,
         die_params: dict[str, Any] | None = None,
+        console: str = "pty",
     ) -> None:
+        if console not in ("pty", "pipe"):
+            raise ValueError(f"console must be 'pty' or 'pipe', not {console!r}")
+        self.console = console
+        self._relay: ptyrelay.PtyRelay | None = None
         self.name = name
         self.root = root / name
         self.fs = self.root / "fs"
@@ -141,7 +149,49 @@ class EmulatedBoard:
                 return identity
         raise BoardError(f"{self.name}: enrol.py printed no QDID line:\n{out[-2000:]}")
 
+    # -- the serial port (pty console) ----------------------------------------------------------
+    @property
+    def relay(self) -> ptyrelay.PtyRelay:
+        if self.console != "pty":
+            raise BoardError(f"{self.name}: a console='pipe' board has no serial port")
+        if self._relay is None:
+            self._relay = ptyrelay.PtyRelay(self._spawn, self.console_path, self.name)
+        return self._relay
+
+    @property
+    def port(self) -> str:
+        """The board's serial port, as a USB board's /dev/ttyACM0."""
+        return self.relay.port
+
+    def _spawn(self, slave: int, cause: str) -> subprocess.Popen[bytes]:
+        code = "import boot" if cause == ptyrelay.SOFT_RESET_RAW else "import boot\nimport main"
+        env = self._env()
+        if cause != ptyrelay.POWER_ON:
+            env["QLINK_WARM_BOOT"] = "1"  # a reset keeps the SRAM powered
+        return subprocess.Popen(
+            [unixport.micropython(), "-X", f"heapsize={self.heap}", "-i", "-c", code],
+            cwd=self.fs,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+
+    def close(self) -> None:
+        """Power off and release the serial port."""
+        self.power_off()
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
+
     def power_on(self) -> None:
+        if self.console == "pty":
+            try:
+                self.relay.power_on()
+            except ptyrelay.RelayError as e:
+                raise BoardError(str(e)) from None
+            return
         if self._proc is not None and self._proc.poll() is None:
             raise BoardError(f"{self.name}: already powered")
         with self._cond:
@@ -182,14 +232,27 @@ class EmulatedBoard:
 
     @property
     def running(self) -> bool:
+        if self._relay is not None:
+            return self._relay.running
         return self._proc is not None and self._proc.poll() is None
 
     def lines(self) -> list[str]:
+        if self._relay is not None:
+            return self._relay.lines()
         with self._cond:
             return list(self._lines)
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """Wait until a console line of this power cycle matches `pattern` (a regex)."""
+        if self._relay is not None:
+            m = self._relay.wait_for(pattern, timeout)
+            if m is not None:
+                return m
+            state = "still running" if self.running else "stopped"
+            raise BoardError(
+                f"{self.name}: no console line matching {pattern!r} within {timeout:.0f}s; "
+                f"board {state}. Console tail:\n" + "\n".join(self.lines()[-30:])
+            )
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
@@ -218,6 +281,8 @@ class EmulatedBoard:
 
     def power_off(self) -> None:
         """Cut the power: the process dies at once, whatever it was doing."""
+        if self._relay is not None:
+            self._relay.power_off()
         if self._proc is None:
             return
         if self._proc.poll() is None:

@@ -7,6 +7,7 @@ Tests use the tamper hooks of `proof_body` to send what a broken or hostile devi
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.client
 import json
@@ -40,6 +41,13 @@ class ApiResponse:
     def error(self) -> str | None:
         value = self.body.get("error")
         return value if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_root_context(root_der: bytes) -> ssl.SSLContext:
+    """One context per pinned root for the HTTPS calls (loading the root costs CPU that a fleet
+    of simulated devices would otherwise spend on every request)."""
+    return _root_context(root_der)
 
 
 def _root_context(root_der: bytes) -> ssl.SSLContext:
@@ -96,7 +104,7 @@ class SimDevice:
             url.hostname or "",
             url.port,
             timeout=self.timeout_s,
-            context=_root_context(self.root_der),
+            context=_shared_root_context(self.root_der),
         )
         try:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -40,6 +40,7 @@ class Board:
             machine.mem32[_MARK_ADDR] & 0xFFFFFFFF != _MARK
         )
         self._sram = None
+        self._forgotten = False
         self._adc = None
         self._led = None
 
@@ -48,6 +49,8 @@ class Board:
         # mark it read.
         if nbytes < 0 or nbytes > PUF_BYTES:
             raise ValueError("esp32 PUF region is 1024 bytes")
+        if self._forgotten:
+            raise ValueError("SRAM power-up state was already used and forgotten this boot")
         if self._sram is None:
             buf = bytearray(PUF_BYTES)
             mem = machine.mem32
@@ -57,9 +60,17 @@ class Board:
                 buf[i + 1] = (w >> 8) & 0xFF
                 buf[i + 2] = (w >> 16) & 0xFF
                 buf[i + 3] = (w >> 24) & 0xFF
-            self._sram = bytes(buf)
+            self._sram = buf
             mem[_MARK_ADDR] = _MARK
-        return self._sram[:nbytes]
+        return bytes(self._sram[:nbytes])
+
+    def forget_sram(self):
+        # Zero and drop the snapshot once the identity has its copy (key material in RAM).
+        if self._sram is not None:
+            for i in range(len(self._sram)):
+                self._sram[i] = 0
+        self._sram = None
+        self._forgotten = True
 
     def noise(self, n):
         if self._adc is None:

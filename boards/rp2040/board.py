@@ -43,6 +43,7 @@ class Board:
             machine.mem32[_WD_SCRATCH0] != _MARK
         )
         self._sram = None
+        self._forgotten = False
         self._adc = None
         self._led = None
 
@@ -50,6 +51,8 @@ class Board:
         # Snapshot the region once per boot (word reads, the bus is 32-bit), then mark it read.
         if nbytes < 0 or nbytes > PUF_BYTES:
             raise ValueError("rp2040 PUF region is 2048 bytes")
+        if self._forgotten:
+            raise ValueError("SRAM power-up state was already used and forgotten this boot")
         if self._sram is None:
             buf = bytearray(PUF_BYTES)
             mem = machine.mem32
@@ -59,9 +62,17 @@ class Board:
                 buf[i + 1] = (w >> 8) & 0xFF
                 buf[i + 2] = (w >> 16) & 0xFF
                 buf[i + 3] = (w >> 24) & 0xFF
-            self._sram = bytes(buf)
+            self._sram = buf
             mem[_WD_SCRATCH0] = _MARK
-        return self._sram[:nbytes]
+        return bytes(self._sram[:nbytes])
+
+    def forget_sram(self):
+        # Zero and drop the snapshot once the identity has its copy (key material in RAM).
+        if self._sram is not None:
+            for i in range(len(self._sram)):
+                self._sram[i] = 0
+        self._sram = None
+        self._forgotten = True
 
     def noise(self, n):
         if self._adc is None:

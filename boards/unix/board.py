@@ -14,15 +14,28 @@ class Board:
 
     def __init__(self, die):
         self._die = die
-        self._sram = b""
+        self._sram = bytearray()
+        self._forgotten = False
 
     def sram_bits(self, nbytes):
         # One power-up state per process (a process is one power cycle): later calls in the same
         # boot see the same SRAM content, extended with fresh cells if more is asked for.
+        if self._forgotten:
+            raise ValueError("SRAM power-up state was already used and forgotten this boot")
         if nbytes > len(self._sram):
             more = self._die.power_up(nbytes)
             self._sram = self._sram + more[len(self._sram) :]
-        return self._sram[:nbytes]
+        return bytes(self._sram[:nbytes])
+
+    def forget_sram(self):
+        # Drop the snapshot once the identity has its copy: the power-up state is key material
+        # and a later read in this boot would not be a power-up state anyway (the region is in
+        # use on a real board).
+        sram = self._sram
+        for i in range(len(sram)):
+            sram[i] = 0
+        self._sram = bytearray()
+        self._forgotten = True
 
     def noise(self, n):
         # Raw samples of a modelled 8-bit ADC: mid-scale plus the sum of two 6-bit uniform noise

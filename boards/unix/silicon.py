@@ -9,13 +9,19 @@
 #     N  noisy?            P = noisy_share                 (quantised to 1/256)
 #     V  stable value      P(V=1) = bias                   (quantised to 1/256)
 #     T  noisy level       0..15, a noisy cell reads 1 with p = (2T+1)/32 (spread over the middle)
-#     M  marginal at this temperature: a stable cell with probability
-#        min(temp_coeff * |temperature_c - 25|, 0.5); hot and cold pick different cells, and a
-#        larger |dT| keeps the cells of a smaller one (threshold compare on the same draw).
+#     M  marginal under this stress: any cell with probability
+#        min(temp_coeff * |temperature_c - 25| + supply_coeff * |supply_v - 3.3|
+#            + age_coeff * age_years, 0.5)
+#        (temperature and supply move the transistors' threshold voltages, ageing by NBTI shifts
+#        them for good; Maes, "PUF-based key generation", 2013, ch. 4 measures all three); hot
+#        and cold pick different cells, and a larger stress keeps the cells of a smaller one
+#        (threshold compare on the same draw).
 #   per power-up, drawn fresh from os.urandom:
 #     noisy cell    -> 1 with its p
 #     stable cell   -> V, flipped with p = 1/256 (no cell is perfectly stable)
-#     marginal cell -> additionally flipped with p = 1/2
+#     marginal stable cell -> additionally flipped with p = 1/2
+#     marginal noisy cell  -> 1 with p = 1/2 (the stress moves its balance point to the middle:
+#                             temperature shifts noisy cells as well as stable ones)
 #
 # Every per-cell draw is bit-sliced: 2048 cells at a time as one big integer per bit-plane, so a
 # probability compare costs a handful of integer operations per plane, not a Python loop per
@@ -26,7 +32,8 @@
 #     p = (2T+1)/32, T uniform in 0..15: 2 * (1/2 - 5456/16384) = 1/3
 #   stable cells: 2 * (1/256) * (255/256) = 0.00778
 #   total: 26/256 * 1/3 + 230/256 * 0.00778 = 0.0339 + 0.0070 = 0.0408
-# (qdid/fuzzy.py sizes its code against this figure.)
+# A stress (temperature, supply, age) adds the marginal share s: about + s * 0.46 to the BER.
+# qdid/fuzzy.py is designed for 15 % i.i.d. BER, well above this model at any stress below s = 0.2.
 from micropython import const
 import hashlib
 import json
@@ -35,13 +42,18 @@ import os
 _CHUNK = const(256)  # bytes of SRAM modelled per bit-sliced step (2048 cells)
 _HASH = const(32)  # SHA-256 output, bytes
 _REF_C = const(25)  # reference temperature of the die parameters, degrees C
+_REF_V = 3.3  # reference supply of the die parameters, volts
 _STABLE_FLIP_PLANES = const(8)  # a stable cell flips when 8 fresh bits are all 1: p = 1/256
 
 DEFAULTS = {
     "noisy_share": 0.1,  # share of cells that noise decides
     "bias": 0.5,  # P(stable value = 1)
     "temperature_c": 25,  # die temperature at power-up, degrees C
-    "temp_coeff": 0.0015,  # share of stable cells made marginal per degree C away from 25
+    "temp_coeff": 0.0015,  # share of cells made marginal per degree C away from 25
+    "supply_v": 3.3,  # supply voltage at power-up, volts
+    "supply_coeff": 0.05,  # share of cells made marginal per volt away from 3.3 V
+    "age_years": 0,  # operating years since enrolment
+    "age_coeff": 0.004,  # share of cells made marginal per year of ageing
     "size": 8192,  # bytes of SRAM on the die
 }
 
@@ -79,12 +91,16 @@ class Die:
             raise DieError("die noisy_share and bias must lie in [0, 1]")
         if p["temp_coeff"] < 0 or p["size"] <= 0 or p["size"] % _CHUNK:
             raise DieError("die temp_coeff must be >= 0, size a positive multiple of 256")
+        if p["supply_coeff"] < 0 or p["age_coeff"] < 0 or p["age_years"] < 0:
+            raise DieError("die supply_coeff, age_coeff and age_years must be >= 0")
         self.size = p["size"]
         self.temperature_c = p["temperature_c"]
         self._t_noisy = _q8(p["noisy_share"])
         self._t_bias = _q8(p["bias"])
         dt = p["temperature_c"] - _REF_C
-        self._t_marg = _q8(min(p["temp_coeff"] * abs(dt), 0.5))
+        stress = p["temp_coeff"] * abs(dt) + p["supply_coeff"] * abs(p["supply_v"] - _REF_V)
+        stress += p["age_coeff"] * p["age_years"]
+        self._t_marg = _q8(min(stress, 0.5))
         self._hot = dt > 0
         self._all = (1 << (8 * _CHUNK)) - 1
         self._buf = bytearray(_CHUNK)
@@ -130,7 +146,7 @@ class Die:
 
     def skew(self, c):
         # The die's fixed cell parameters for chunk c (cells 2048*c ..): bit-planes of the
-        # noisy mask, the stable values, the marginal-at-this-temperature mask, and the four
+        # noisy mask, the stable values, the marginal-under-this-stress mask, and the four
         # bit-planes (MSB first) of each noisy cell's level T. Same die seed -> same planes.
         allb = self._all
         noisy = self._below(c, b"noisy", self._t_noisy)
@@ -138,7 +154,6 @@ class Die:
         marg = 0
         if self._t_marg:
             marg = self._below(c, b"hot" if self._hot else b"cold", self._t_marg)
-            marg &= noisy ^ allb
         levels = tuple(self._plane(c, b"level", j) for j in range(4))
         return noisy, value, marg, levels
 
@@ -156,10 +171,13 @@ class Die:
         flip = allb
         for _ in range(_STABLE_FLIP_PLANES):
             flip &= self._fresh()
+        noisy_out = lt & noisy
         if marg:
-            flip ^= marg & self._fresh()
+            coin = self._fresh()
+            flip ^= marg & coin
+            noisy_out = (noisy_out & (marg ^ allb)) | (coin & noisy & marg)
         stable = (value ^ flip) & (noisy ^ allb)
-        return ((lt & noisy) | stable).to_bytes(_CHUNK, "big")
+        return (noisy_out | stable).to_bytes(_CHUNK, "big")
 
     def power_up(self, nbytes):
         # A fresh power-up state of the first nbytes of the SRAM (bytearray).

@@ -1,7 +1,8 @@
 # config.json, written at flash time (docs/protocol.md "Device filesystem"):
 #   {"server": "https://localhost:8443", "root_ca": "ca.der", "telemetry_interval_ms": 2000}
 # Optional keys: "log_level" ("D" "I" "W" "E"), "max_messages" (stop after N telemetry messages,
-# 0 = never; for tests and bench), "max_failures" (give up after N consecutive failures, 0 = never).
+# 0 = never; for tests and bench), "max_failures" (give up after N consecutive failures, 0 = never),
+# "time_server" ("host:port" of an SNTP server; the clock is set from it before each TLS session).
 # A missing or corrupt file is a flashing mistake: ConfigError says which file and what to fix.
 # Needed once per boot: main.py loads it lazily and drops it after reading the file.
 import json
@@ -77,6 +78,18 @@ def load(path="config.json", root_dir=""):
     if lvl not in ("D", "I", "W", "E"):
         raise ConfigError("log_level must be one of D I W E")
     cfg.log_level = lvl
+    cfg.time_server = None
+    ts = doc.get("time_server")
+    if ts is not None:
+        if not isinstance(ts, str) or ts.rfind(":") <= 0:
+            raise ConfigError("time_server must be host:port")
+        try:
+            tport = int(ts[ts.rfind(":") + 1 :])
+        except ValueError:
+            raise ConfigError("time_server port is not a number")
+        if not 0 < tport < 65536:
+            raise ConfigError("time_server port out of range")
+        cfg.time_server = (ts[: ts.rfind(":")], tport)
     return cfg
 
 

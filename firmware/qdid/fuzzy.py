@@ -1,55 +1,102 @@
 # Code-offset fuzzy extractor (Dodis, Reyzin, Smith, "Fuzzy Extractors", EUROCRYPT 2004,
-# section 5; Juels-Wattenberg fuzzy commitment) over a repetition code.
+# section 5; Juels-Wattenberg fuzzy commitment) over a concatenated code: an outer binary
+# BCH(255, 131, t = 18) code and an inner repetition code R = 7 (the construction of Boesch et
+# al., CHES 2008, at the design point of Maes, "PUF-based key generation", 2013).
 #
-# Enrolment: k = 128 random bits; c = k repeated R times; helper w = response XOR c (public).
-# Reconstruction: c' = response' XOR w = c with the response noise on it; a majority vote per key
-# bit gives k, hence c, hence the enrolment response exactly = w XOR c. The secret is a
-# domain-separated SHA-256 of that corrected response. A tag, HMAC-SHA256 keyed by the secret over
-# the helper, makes a wrong reconstruction (too much noise, a tampered helper, another die) an
-# error instead of another key.
+# Enrolment: m = 131 random bits; c = m(x) * g(x), a codeword of BCH(255, 131) (non-systematic:
+# the codeword is uniform over the code, and nothing outside the code offset is stored);
+# C = each of the 255 code bits repeated 7 times; helper w = x XOR C (public), where x is the
+# 1785-bit SRAM response. Reconstruction: w XOR x' = C with the response noise on it; a majority
+# of each bit's 7 copies gives a word at most t = 18 bit errors from c with the probability below;
+# the BCH decoder (Berlekamp-Massey, Chien search) returns c, hence the enrolment response
+# x = w XOR C exactly. The secret is a domain-separated SHA-256 of x. A 128-bit tag, HMAC-SHA256
+# keyed by the secret over the helper (truncated, NIST SP 800-107 section 5.3.4), makes a wrong
+# reconstruction (too much noise, a tampered helper, another die) an error instead of another key.
 #
-# Profile 1: R = 31, interleaved: row j (16 bytes) of the response carries repetition j of the
-# 16 key bytes, so the 31 copies of a key bit sit 128 cells apart (physically neighbouring cells
-# share a word line and tend to fail together; spreading them keeps the errors of one key bit
-# independent). 31 * 128 = 3968 response bits = 496 bytes of SRAM.
+# Soft decisions where they pay: the majority vote also says how sure it is (a 4-3 vote is weak).
+# When hard decoding does not verify, the decoder erases the weak bits and decodes twice, once
+# with them all 0 and once all 1 (binary errors-and-erasures decoding, Blahut, "Algebraic Codes
+# for Data Transmission", 7.7): one of the two succeeds whenever 2 * (strong errors) + (weak
+# bits) <= 36, a pattern hard decoding cannot correct. Each candidate is checked by the tag.
+# It runs only after a hard failure, so a normal boot pays for one decode.
 #
-# Failure probability, exact for i.i.d. bit errors with rate p:
-#   block (one key bit) fails when >= 16 of its 31 bits flip:
-#     P_b = sum_{i=16..31} C(31,i) p^i (1-p)^(31-i)
-#   key fails when any of the 128 blocks fails: P_k = 1 - (1 - P_b)^128
-#   p = 0.0408 (unix silicon model defaults, 25 C; see boards/unix/silicon.py):
-#     P_b = 9.85e-15, P_k = 1.26e-12
-#   p = 0.081 (model at 85 C): P_b = 3.15e-10, P_k = 4.0e-8
-#   p = 0.10: P_k = 8.8e-7; p = 0.15: P_k = 2.6e-4 (R = 15 would give 4.9e-6 already at 0.0408)
+# Profile 2 layout: bit b of the 1785-bit response string is bit (1791 - b) of the 224 bytes read
+# (big-endian, the last byte's low 7 bits unused); as an integer X = int(224 bytes) >> 7, copy j of
+# code bit i is bit 255 * j + i, so the 7 copies of a code bit sit 255 cells apart (neighbouring
+# cells share a word line and tend to fail together; spreading them keeps the errors of one code
+# bit independent).
 #
-# Known limit of this first profile: the helper leaks the response's bias. With P(1) = b per cell,
-# the key's remaining entropy given the helper is 128 bits at b = 0.5, 123.5 at 0.52, 103 at 0.55,
-# 55.6 at 0.6 (sum over blocks of E[H(k_i | w_i)]). Real SRAM is close to 0.5; a debiasing step
-# (or stable-cell selection with index helper data) is the next profile.
+# Failure probability, exact for i.i.d. bit errors with rate p (host/puf/failure.py computes it,
+# docs/identity.md derives it): an inner block is wrong with P_b = P(Bin(7, p) >= 4); the hard
+# decoder fails iff more than 18 of the 255 blocks are wrong: P_k = P(Bin(255, P_b) >= 19).
+#   p = 0.15: P_k = 4.5e-10;  p = 0.20: P_k = 9.1e-4 (hard; the soft retry lowers it, measured by
+#   Monte Carlo in tests/host/test_puf_failure.py).
+# Residual entropy: k = 131 bits of code dimension for 128 bits of secret; the helper leaks the
+# response's bias, sum over the 255 blocks of I(c_i; w_i) (docs/identity.md; 0 at bias 0.5).
 from micropython import const
 import hashlib
 from qdid import QdidError
 from qdid.hmac import hmac_sha256, compare_digest
 
-PROFILE_REP31 = const(1)  # helper profile ID: repetition code, R = 31, interleaved rows
-_R = const(31)  # repetitions per key bit (odd: majority is defined)
-_KEY = const(16)  # key bytes (k = 128 bits)
-_RESP = const(496)  # response bytes used = _R * _KEY
-_HDR = const(4)  # profile (1), R (1), key bits (2, big-endian)
-_TAG = const(32)  # HMAC-SHA256 tag
-HELPER_LEN = const(532)  # _HDR + _RESP + _TAG
-RESPONSE_LEN = const(496)  # SRAM bytes the profile consumes
+PROFILE_REP7_BCH255 = const(2)  # helper profile ID
+_R = const(7)  # repetitions per code bit (odd: the majority is defined)
+_N = const(255)  # BCH code length
+_K = const(131)  # BCH code dimension: key bits
+_T = const(18)  # BCH error-correcting radius
+_T2 = const(36)  # 2t syndromes
+_RAW = const(1785)  # response bits used = _R * _N
+_PAD = const(7)  # unused low bits of the last response byte
+_RESP = const(224)  # response bytes = ceil(1785 / 8)
+_HDR = const(4)  # profile, R, t, key bits
+_TAG = const(16)  # truncated HMAC-SHA256 tag (128 bits)
+HELPER_LEN = const(244)  # _HDR + _RESP + _TAG
+RESPONSE_LEN = const(224)  # SRAM bytes the profile consumes
+KEY_LEN = const(17)  # bytes of random input to enrol(): the low 131 bits are the key
+RAW_BITS = const(1785)  # SRAM bits the profile consumes
+RADIUS = const(18)  # errors the BCH decoder corrects
+
+# g(x) of BCH(255, 131, 18) over GF(2^8) with x^8 + x^4 + x^3 + x^2 + 1: the product of the
+# minimal polynomials of alpha^1..alpha^36 (degree 124; bit i = coefficient of x^i). Derived by
+# host/puf/bch.py; tests check g(alpha^j) = 0 for j = 1..36 on the device.
+GENERATOR = const(0x11BCB6CCE6906958AA17F2231050EB39)
+_MASK_N = const((1 << 255) - 1)
 
 _SECRET_LABEL = b"qlink/fe/secret\x00"
 _TAG_LABEL = b"qlink/fe/tag\x00"
 
-# Buffers allocated once: the corrected response (secret material, zeroed after use) and the
-# decoded key.
-_work = bytearray(_RESP)
-_key = bytearray(_KEY)
+# GF(2^8) tables, built once: _EXP has 510 entries so that _EXP[log a + log b] needs no
+# reduction; _LOG[0] is unused.
+_EXP = bytearray(510)
+_LOG = bytearray(256)
+_x = 1
+for _i in range(255):
+    _EXP[_i] = _x
+    _EXP[_i + 255] = _x
+    _LOG[_x] = _i
+    _x <<= 1
+    if _x & 0x100:
+        _x ^= 0x11D
+del _x, _i
 
-# Popcount of a byte, for the response health check.
+# Buffers allocated once: the corrected response (secret material, zeroed after use), the
+# decoder's bit vector, syndromes and polynomials.
+_work = bytearray(_RESP)
+_bits = bytearray(_N)
+_syn = bytearray(_T2 + 1)
+_lam = bytearray(_T2 + 2)
+_prev = bytearray(_T2 + 2)
+_tmp = bytearray(_T2 + 2)
+
+# Popcount of a byte, for the response health check and the decoder's statistics.
 _POP = bytes(bin(i).count("1") for i in range(256))
+
+# Statistics of the last reproduce(), for the identity's health report (no secret in them:
+# the number of corrected errors is a function of the noise, not of the key).
+stats = {"corrected_bits": 0, "code_errors": 0, "margin": 0, "soft": 0}
+
+# The soft retry is on in the product; Monte Carlo checks of the exact (hard-decision) failure
+# formula turn it off.
+soft_retry = True
 
 
 class ReconstructionError(QdidError):
@@ -63,7 +110,7 @@ class HelperError(QdidError):
 
 
 def _header():
-    return bytes((PROFILE_REP31, _R, 0, _KEY * 8))
+    return bytes((PROFILE_REP7_BCH255, _R, _T, _K))
 
 
 def hamming_weight(buf):
@@ -71,6 +118,130 @@ def hamming_weight(buf):
     for b in buf:
         n += _POP[b]
     return n
+
+
+def _popint(v, nbytes):
+    return hamming_weight(v.to_bytes(nbytes, "big"))
+
+
+def _gmul(a, b):
+    if a == 0 or b == 0:
+        return 0
+    return _EXP[_LOG[a] + _LOG[b]]
+
+
+def _encode(m):
+    # c(x) = m(x) g(x) over GF(2): shift-and-add with a 0/1 multiplier instead of a branch on
+    # key bits.
+    c = 0
+    for i in range(_K):
+        c ^= (GENERATOR << i) * ((m >> i) & 1)
+    return c
+
+
+def _repeat(c):
+    full = 0
+    for j in range(_R):
+        full |= c << (_N * j)
+    return full
+
+
+def _syndromes(y):
+    # S_j = y(alpha^j) for j = 1..36: odd j directly (every position visited, a 0/-1 mask picks
+    # the term, so the work does not depend on which bits are set), even j as squares
+    # (S_2j = S_j^2 for binary words).
+    bits = _bits
+    for i in range(_N):
+        bits[i] = 0xFF * ((y >> i) & 1)
+    syn = _syn
+    for j in range(1, _T2, 2):
+        s = 0
+        e = 0
+        for i in range(_N):
+            s ^= _EXP[e] & bits[i]
+            e += j
+            if e >= _N:
+                e -= _N
+        syn[j] = s
+    for j in range(1, _T + 1):
+        s = syn[j]
+        syn[2 * j] = _EXP[2 * _LOG[s]] if s else 0
+
+
+def _berlekamp_massey():
+    # Error-locator polynomial Lambda from the 36 syndromes (Massey, IEEE Trans. IT-15, 1969):
+    # returns its degree L. _lam holds Lambda (coefficient i at index i).
+    syn = _syn
+    lam = _lam
+    prev = _prev
+    tmp = _tmp
+    for i in range(_T2 + 2):
+        lam[i] = 0
+        prev[i] = 0
+    lam[0] = 1
+    prev[0] = 1
+    el = 0
+    shift = 1
+    b = 1
+    for n in range(_T2):
+        d = syn[n + 1]
+        for i in range(1, el + 1):
+            d ^= _gmul(lam[i], syn[n + 1 - i])
+        if d == 0:
+            shift += 1
+            continue
+        coef = _EXP[_LOG[d] + 255 - _LOG[b]]  # d / b
+        if 2 * el <= n:
+            tmp[:] = lam
+            for i in range(_T2 + 2 - shift):
+                lam[i + shift] ^= _gmul(coef, prev[i])
+            el = n + 1 - el
+            prev[:] = tmp
+            b = d
+            shift = 1
+        else:
+            for i in range(_T2 + 2 - shift):
+                lam[i + shift] ^= _gmul(coef, prev[i])
+            shift += 1
+    return el
+
+
+def _chien(el):
+    # Roots of Lambda: position i is in error when Lambda(alpha^-i) = 0. Returns the error
+    # pattern as an integer, or -1 when Lambda does not have el distinct roots among the 255
+    # positions (more than t errors: decoding failure).
+    lam = _lam
+    reg = _tmp
+    for k in range(el + 1):
+        reg[k] = lam[k]
+    err = 0
+    found = 0
+    for i in range(_N):
+        s = 0
+        for k in range(el + 1):
+            s ^= reg[k]
+        if s == 0:
+            err |= 1 << i
+            found += 1
+        for k in range(1, el + 1):
+            r = reg[k]
+            if r:
+                reg[k] = _EXP[_LOG[r] + 255 - k]  # times alpha^-k
+    if found != el:
+        return -1
+    return err
+
+
+def _bch_decode(y):
+    # -> (codeword, number of corrected errors) or (-1, 0).
+    _syndromes(y)
+    el = _berlekamp_massey()
+    if el > _T:
+        return -1, 0
+    err = _chien(el)
+    if err < 0:
+        return -1, 0
+    return y ^ err, el
 
 
 def _finish(helper_body, hdr):
@@ -81,75 +252,101 @@ def _finish(helper_body, hdr):
     secret = h.digest()
     for i in range(_RESP):
         _work[i] = 0
-    tag = hmac_sha256(secret, _TAG_LABEL + hdr + helper_body)
+    tag = hmac_sha256(secret, _TAG_LABEL + hdr + helper_body)[:_TAG]
     return secret, tag
 
 
-def enrol(response, key):
-    # -> (helper bytes, 32-byte secret). key: 16 bytes from the DRBG, response: >= 496 bytes.
-    if len(key) != _KEY:
-        raise ValueError("key must be 16 bytes")
+def _response_int(response):
     if len(response) < _RESP:
         raise ValueError("response must be at least %d bytes" % _RESP)
+    return int.from_bytes(bytes(response[:_RESP]), "big") >> _PAD
+
+
+def enrol(response, key):
+    # -> (helper bytes, 32-byte secret). key: 17 bytes from the DRBG (its low 131 bits are used),
+    # response: >= 224 bytes of power-up SRAM.
+    if len(key) != KEY_LEN:
+        raise ValueError("key must be 17 bytes")
+    x = _response_int(response)
     hdr = _header()
-    body = bytearray(_RESP)
-    for j in range(_R):
-        o = j * _KEY
-        for b in range(_KEY):
-            body[o + b] = response[o + b] ^ key[b]
-            _work[o + b] = response[o + b]
+    m = int.from_bytes(bytes(key), "big") & ((1 << _K) - 1)
+    w = x ^ _repeat(_encode(m))
+    m = 0
+    body = (w << _PAD).to_bytes(_RESP, "big")
+    _work[:] = (x << _PAD).to_bytes(_RESP, "big")
+    x = 0
     secret, tag = _finish(body, hdr)
-    return hdr + bytes(body) + tag, secret
+    return hdr + body + tag, secret
 
 
 def _parse(helper):
     if len(helper) != HELPER_LEN:
-        raise HelperError("helper data is %d bytes, profile 1 has %d" % (len(helper), HELPER_LEN))
-    if helper[0] != PROFILE_REP31 or helper[1] != _R or helper[2] != 0 or helper[3] != _KEY * 8:
-        raise HelperError("helper data profile is unknown to this firmware")
+        raise HelperError(
+            "helper data is %d bytes, profile 2 has %d; re-enrol the device" % (len(helper), HELPER_LEN)
+        )
+    if helper[0] != PROFILE_REP7_BCH255 or helper[1] != _R or helper[2] != _T or helper[3] != _K:
+        raise HelperError("helper data profile is unknown to this firmware; re-enrol the device")
     mv = memoryview(helper)
     return mv[:_HDR], mv[_HDR : _HDR + _RESP], mv[_HDR + _RESP :]
 
 
-def _decode(response, body):
-    # Majority of the 31 copies of each key bit, eight bits at a time: a bit-sliced 5-bit
-    # counter (c4..c0) per byte column; count >= 16 of 31 is exactly c4. Same work whatever the
-    # data (no branch on secret bits); small ints only, nothing allocated per step.
-    for b in range(_KEY):
-        c0 = c1 = c2 = c3 = c4 = 0
-        for j in range(_R):
-            x = response[j * _KEY + b] ^ body[j * _KEY + b]
-            t = c0 & x
-            c0 ^= x
-            x = t
-            t = c1 & x
-            c1 ^= x
-            x = t
-            t = c2 & x
-            c2 ^= x
-            x = t
-            t = c3 & x
-            c3 ^= x
-            c4 ^= t  # cannot carry out: at most 31 rows
-        _key[b] = c4
+def _votes(y):
+    # Majority of the 7 copies of every code bit, all 255 at once: a bit-sliced 3-bit counter
+    # (c2 c1 c0) per code bit over the 7 rows; count >= 4 is exactly c2. Weak votes (3 or 4 of 7)
+    # are 011 and 100.
+    c0 = c1 = c2 = 0
+    for j in range(_R):
+        r = (y >> (_N * j)) & _MASK_N
+        t = c0 & r
+        c0 ^= r
+        t2 = c1 & t
+        c1 ^= t
+        c2 ^= t2  # cannot carry out: at most 7 rows
+    weak = ((c2 ^ _MASK_N) & c1 & c0) | (c2 & ((c1 | c0) ^ _MASK_N))
+    return c2, weak
+
+
+def _try(c, w, hdr, body, tag):
+    # Candidate codeword c -> the secret if the tag verifies it, else None.
+    _work[:] = ((w ^ _repeat(c)) << _PAD).to_bytes(_RESP, "big")
+    secret, want = _finish(body, hdr)
+    if compare_digest(want, tag):
+        return secret
+    return None
 
 
 def reproduce(response, helper):
-    # -> the 32-byte secret of enrolment, or ReconstructionError.
+    # -> the 32-byte secret of enrolment, or ReconstructionError. Updates `stats`.
     hdr, body, tag = _parse(helper)
-    if len(response) < _RESP:
-        raise ValueError("response must be at least %d bytes" % _RESP)
-    _decode(response, body)
-    for j in range(_R):
-        o = j * _KEY
-        for b in range(_KEY):
-            _work[o + b] = body[o + b] ^ _key[b]
-    for b in range(_KEY):
-        _key[b] = 0
-    secret, want = _finish(body, hdr)
-    if not compare_digest(want, tag):
+    x = _response_int(response)
+    w = int.from_bytes(bytes(body), "big") >> _PAD
+    y = x ^ w
+    hard, weak = _votes(y)
+    stats["soft"] = 0
+    c, errs = _bch_decode(hard)
+    secret = None
+    if c >= 0:
+        secret = _try(c, w, hdr, body, tag)
+    if secret is None and weak and soft_retry:
+        # Erasures filled with 0, then with 1 (see the top of this file).
+        nweak = _popint(weak, 32)
+        for fill in (hard & (weak ^ _MASK_N), hard | weak):
+            c, errs = _bch_decode(fill)
+            if c >= 0:
+                secret = _try(c, w, hdr, body, tag)
+                if secret is not None:
+                    errs = _popint(c ^ hard, 32)
+                    stats["soft"] = nweak
+                    break
+    if secret is None:
+        stats["corrected_bits"] = 0
+        stats["code_errors"] = 0
+        stats["margin"] = -1
         raise ReconstructionError(
             "SRAM response does not match this device's helper data (too noisy, helper altered, "
             "or another chip); power-cycle and retry, re-enrol if it persists"
         )
+    stats["corrected_bits"] = _popint(y ^ _repeat(c), 224)
+    stats["code_errors"] = errs
+    stats["margin"] = _T - errs
     return secret

@@ -9,6 +9,11 @@
 # (RFC 5869 2.3). Each seed is a separate PRF output under its own label, so no seed follows from
 # another seed plus public data. Seed 0 is the enrolment key: d = p256.scalar_from_seed(seed 0).
 #
+# PUF health (Identity.health, docs/identity.md): every failed check (not a power-up state,
+# Hamming weight outside 35-65 %, an all-0/all-1 or repeated block, a reconstruction failure,
+# too many corrected bits) fails closed with an error saying what to do, and increments a public
+# counter in data/puf_health.bin that the next successful boot reports.
+#
 # Warm boots: enrolment is refused (the SRAM may hold what the last run wrote, not a power-up
 # state, and enrolling that would bind the identity to firmware data). Reconstruction is allowed:
 # if the region still holds the power-up state (warm resets keep SRAM) it works, and if it was
@@ -22,8 +27,9 @@ from micropython import const
 import os
 import hashlib
 import binascii
+import sys
+import gc
 from qdid import QdidError
-from qdid import fuzzy
 from qdid import entropy
 from qdid.hmac import hkdf_extract, hkdf_expand
 
@@ -31,7 +37,10 @@ SEEDS = const(8)  # seeds per device
 _SEED_LEN = const(16)  # bytes per seed (128 bits)
 _HW_MIN_PCT = const(35)  # power-up Hamming weight bounds, percent of the bits read
 _HW_MAX_PCT = const(65)
+_BLOCK = const(16)  # bytes per block of the repeated-block check
+_MAX_RAW_BER_PCT = const(25)  # corrected response bits above this share of the read: fail closed
 _HELPER = "helper.bin"
+_HEALTH = "puf_health.bin"  # public counter of PUF health failures (4 bytes, big-endian)
 _SEED_INFO = b"qlink/seed/"
 
 
@@ -52,7 +61,11 @@ class IdentityWiped(QdidError):
 
 def check_sram(resp):
     # Reject reads that cannot be a power-up state before they reach the fuzzy extractor.
+    from qdid import fuzzy
+
     n = len(resp) * 8
+    if n == 0:
+        raise SramHealthError("SRAM read is empty: the board's PUF region is wrong")
     w = fuzzy.hamming_weight(resp)
     if w == 0 or w == n:
         raise SramHealthError(
@@ -64,6 +77,23 @@ def check_sram(resp):
             "SRAM power-up Hamming weight is %d%%, outside 35-65%%: the region was written before "
             "it was read, or the die is too biased to enrol" % (w * 100 // n)
         )
+    # Power-up SRAM never repeats a 16-byte block (2^-128 per pair at full entropy) and has no
+    # all-0 or all-1 block; memset/memcpy patterns and stack fills do.
+    mv = memoryview(resp)
+    nblk = len(resp) // _BLOCK
+    for i in range(nblk):
+        blk = mv[i * _BLOCK : (i + 1) * _BLOCK]
+        bw = fuzzy.hamming_weight(blk)
+        if bw == 0 or bw == _BLOCK * 8:
+            raise SramHealthError(
+                "SRAM power-up region has an all-%d block at byte %d: it was written before it "
+                "was read; power-cycle the board" % (1 if bw else 0, i * _BLOCK)
+            )
+        if i and blk == mv[(i - 1) * _BLOCK : i * _BLOCK]:
+            raise SramHealthError(
+                "SRAM power-up region repeats a block at byte %d: it was written before it was "
+                "read; power-cycle the board" % (i * _BLOCK)
+            )
 
 
 def _read(path):
@@ -90,10 +120,34 @@ def _ensure_dir(path):
         os.mkdir(path)
 
 
+def health_failures(data_dir="data"):
+    # PUF health failures recorded on this device so far (public; the agent reports it).
+    raw = _read(data_dir + "/" + _HEALTH)
+    if raw is None or len(raw) != 4:
+        return 0
+    return int.from_bytes(raw, "big")
+
+
+def _count_failure(data_dir):
+    # Count a failed health check before failing closed, so the next boot that succeeds can
+    # report it. Best effort: a filesystem error must not hide the health error itself.
+    try:
+        n = health_failures(data_dir) + 1
+        _ensure_dir(data_dir)
+        _write_atomic(data_dir + "/" + _HEALTH, n.to_bytes(4, "big"))
+    except OSError:
+        pass
+
+
 class Identity:
-    def __init__(self, prk):
+    def __init__(self, prk, health=None):
         from qdid import p256
 
+        # PUF health of this boot (public numbers, no secret): corrected_bits (raw SRAM bits the
+        # decoder corrected), code_errors (BCH symbols corrected), margin (errors the decoder
+        # could still have corrected: the "PUF health"), soft (erased weak bits when the soft
+        # retry was needed), health_failures (counter over the device's life).
+        self.health = health or {}
         self._prk = bytearray(prk)
         self._live = True
         self._d = p256.scalar_from_seed(self.seed(0))
@@ -143,37 +197,83 @@ class Identity:
 def boot(board, data_dir="data"):
     # The SRAM first: on a real board the power-up region is read before anything else runs
     # (the C stack and the heap only grow from here on).
-    resp = board.sram_bits(fuzzy.RESPONSE_LEN)
-    if not entropy.ready():
-        entropy.init(board)
-    path = data_dir + "/" + _HELPER
-    helper = _read(path)
-    if helper is None:
-        if not board.cold_boot():
-            raise EnrolmentRefused(
-                "enrolment needs a power-on SRAM state and this was a warm reset; remove power "
-                "from the board, then boot it again"
-            )
-        check_sram(resp)
-        key = bytearray(entropy.random_bytes(16))
-        helper, secret = fuzzy.enrol(resp, key)
-        for i in range(len(key)):
-            key[i] = 0
-        _ensure_dir(data_dir)
-        _write_atomic(path, helper)
-        if _read(path) != helper:
-            raise QdidError("helper data did not read back as written; check the filesystem")
-    else:
-        check_sram(resp)
+    # The fuzzy extractor (its GF(2^8) tables, buffers and decoder: ~7 KiB) is loaded for the
+    # boot only, unless someone had it loaded before.
+    preloaded = "qdid.fuzzy" in sys.modules
+    from qdid import fuzzy
+
+    resp = bytearray(board.sram_bits(fuzzy.RESPONSE_LEN))
+    forget = getattr(board, "forget_sram", None)
+    if forget:
+        forget()  # the board keeps no copy once the response is ours
+    try:
+        if not entropy.ready():
+            entropy.init(board)
+        path = data_dir + "/" + _HELPER
+        helper = _read(path)
         try:
-            secret = fuzzy.reproduce(resp, helper)
-        except fuzzy.ReconstructionError:
-            if not board.cold_boot():
-                raise fuzzy.ReconstructionError(
-                    "identity not reconstructed after a warm reset (the SRAM was overwritten "
-                    "since power-on); remove power from the board, then boot it again"
-                )
+            check_sram(resp)
+        except SramHealthError:
+            _count_failure(data_dir)
             raise
+        if helper is None:
+            if not board.cold_boot():
+                _count_failure(data_dir)
+                raise EnrolmentRefused(
+                    "enrolment needs a power-on SRAM state and this was a warm reset; remove "
+                    "power from the board, then boot it again"
+                )
+            key = bytearray(entropy.random_bytes(fuzzy.KEY_LEN))
+            helper, secret = fuzzy.enrol(resp, key)
+            for i in range(len(key)):
+                key[i] = 0
+            _ensure_dir(data_dir)
+            _write_atomic(path, helper)
+            if _read(path) != helper:
+                raise QdidError("helper data did not read back as written; check the filesystem")
+            health = {"corrected_bits": 0, "code_errors": 0, "margin": fuzzy.RADIUS, "soft": 0}
+        else:
+            try:
+                secret = fuzzy.reproduce(resp, helper)
+            except fuzzy.ReconstructionError:
+                _count_failure(data_dir)
+                if not board.cold_boot():
+                    raise fuzzy.ReconstructionError(
+                        "identity not reconstructed after a warm reset (the SRAM was overwritten "
+                        "since power-on); remove power from the board, then boot it again"
+                    )
+                raise
+            health = dict(fuzzy.stats)
+            if health["corrected_bits"] * 100 > _MAX_RAW_BER_PCT * fuzzy.RAW_BITS:
+                # The key came out right, but the SRAM is far noisier than any healthy die
+                # (ageing, out-of-range supply or temperature, or probing): fail closed before
+                # it fails open-endedly.
+                _count_failure(data_dir)
+                raise SramHealthError(
+                    "SRAM power-up noise is %d%% of the bits, above %d%%: the PUF is out of its "
+                    "operating range (temperature, supply, ageing); boot in range or re-enrol"
+                    % (health["corrected_bits"] * 100 // fuzzy.RAW_BITS, _MAX_RAW_BER_PCT)
+                )
+    finally:
+        for i in range(len(resp)):
+            resp[i] = 0
+    health["health_failures"] = health_failures(data_dir)
     prk = hkdf_extract(hashlib.sha256(helper).digest(), secret)
     secret = None
-    return Identity(prk)
+    helper = None
+    fuzzy = None
+    if not preloaded:
+        _drop_fuzzy()
+    return Identity(prk, health)
+
+
+def _drop_fuzzy():
+    # A lifecycle module: gone once the secret is out, its ~3 KiB back to the heap.
+    mod = sys.modules.get("qdid.fuzzy")
+    if mod is not None:
+        del sys.modules["qdid.fuzzy"]
+        import qdid
+
+        if getattr(qdid, "fuzzy", None) is mod:
+            del qdid.fuzzy
+    gc.collect()

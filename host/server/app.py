@@ -1,14 +1,24 @@
-"""The ASGI app and the process around it: broker, policy driver, telemetry, uvicorn over TLS."""
+"""The ASGI app and the process around it: broker, telemetry, uvicorn (one or more workers)
+over TLS.
+
+The main process owns the broker and the telemetry subscription; each uvicorn worker (the
+main process itself when there is one) serves the API with its own database pool and its own
+policy-driver connection to the broker.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import socket
+import ssl
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -16,12 +26,16 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from host.server.admin import ApiError, ca_router
+from host.server.admin import router as admin_router
 from host.server.broker import ManagedBroker
 from host.server.ca import CertificateAuthority
 from host.server.files import atomic_write
+from host.server.limits import RequestLimits
 from host.server.onboarding import BrokerEndpoint, Onboarding, error_response, router
 from host.server.policy import PolicyDriver
 from host.server.policy.mosquitto import MosquittoDynsec
@@ -30,44 +44,51 @@ from host.server.settings import Settings
 from host.server.telemetry import TelemetrySubscriber
 
 log = logging.getLogger("qlink.server")
+ENV_WORKER_SETTINGS = "QLINK_WORKER_SETTINGS"
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
-def create_app(settings: Settings, *, policy: PolicyDriver | None = None) -> FastAPI:
-    """The server app. With `policy` given (tests), no broker or telemetry is started and the
-    broker endpoint in answers is `settings.public_host:settings.broker_port`."""
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request does not match the API schema"
+
+
+def create_app(
+    settings: Settings, *, policy: PolicyDriver | None = None, broker_port: int | None = None
+) -> FastAPI:
+    """The server app. With `policy` given (tests), no broker is used and the broker endpoint in
+    answers is `settings.public_host:settings.broker_port`; else the app connects its policy
+    driver to the broker already listening on `broker_port` (see `serve`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host)
-        registry = Registry(settings.db_path)
-        broker: ManagedBroker | None = None
-        telemetry: TelemetrySubscriber | None = None
+        registry = Registry(settings.database)
         driver = policy
+        port = broker_port if broker_port is not None else settings.broker_port
         try:
             if driver is None:
-                broker = ManagedBroker(
-                    settings.broker_dir, ca, settings.bind_host, settings.broker_port
-                )
-                await asyncio.to_thread(broker.start)
-                driver = await asyncio.to_thread(
-                    MosquittoDynsec, ca, settings.bind_host, broker.port
-                )
-                telemetry = await asyncio.to_thread(
-                    TelemetrySubscriber, registry, ca, settings.bind_host, broker.port
-                )
-            port = broker.port if broker else settings.broker_port
+                driver = MosquittoDynsec(ca, settings.bind_host, port)
             app.state.broker_port = port
             app.state.onboarding = Onboarding(
                 settings, registry, ca, driver, BrokerEndpoint(settings.public_host, port)
             )
             yield
         finally:
-            if telemetry is not None:
-                telemetry.close()
             if driver is not None and policy is None:
                 driver.close()
-            if broker is not None:
-                broker.stop()
             registry.close()
 
     app = FastAPI(
@@ -76,15 +97,30 @@ def create_app(settings: Settings, *, policy: PolicyDriver | None = None) -> Fas
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     app.include_router(router)
+    app.include_router(admin_router)
+    app.include_router(ca_router)
+    app.add_middleware(
+        RequestLimits,
+        max_body=settings.max_body_bytes,
+        max_device_body=settings.max_device_body_bytes,
+        device_prefix="/v1/onboard/",
+        body_timeout_s=settings.body_timeout_s,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, "bad_request", _validation_detail(exc))
 
     @app.exception_handler(HTTPException)
     async def _http_error(_r: Request, exc: HTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "bad_request"
-        if exc.status_code == 405:
-            code = "method_not_allowed"
+        code = _STATUS_CODES.get(exc.status_code, "bad_request")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -99,11 +135,19 @@ def create_app(settings: Settings, *, policy: PolicyDriver | None = None) -> Fas
     return app
 
 
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker process (several workers): settings come from the env."""
+    raw = json.loads(os.environ[ENV_WORKER_SETTINGS])
+    port = int(raw.pop("_broker_port"))
+    configure_logging()
+    return create_app(Settings(**raw), broker_port=port)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(512)
+    sock.listen(1024)
     sock.set_inheritable(True)
     return sock
 
@@ -120,14 +164,29 @@ class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM once it has shut down, which ends the process before any
     code after `serve()` runs: `server.json` goes away as the shutdown begins instead."""
 
-    def __init__(self, config: uvicorn.Config, announcement: Path) -> None:
+    def __init__(self, config: uvicorn.Config, on_shutdown: list[object]) -> None:
         super().__init__(config)
-        self.announcement = announcement
+        self.on_shutdown = on_shutdown
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.announcement.unlink()
+        for fn in self.on_shutdown:
+            fn()  # type: ignore[operator]
         await super().shutdown(sockets)
+
+
+def _wait_ready(url: str, ca: CertificateAuthority, stop: threading.Event) -> bool:
+    """Poll /healthz over TLS until it answers (uvicorn has no readiness event for workers)."""
+    ctx = ssl.create_default_context(cafile=str(ca.bundle_path))
+    ctx.check_hostname = False
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url + "/healthz", context=ctx, timeout=2) as r:  # noqa: S310
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 def serve(settings: Settings) -> None:
@@ -136,48 +195,82 @@ def serve(settings: Settings) -> None:
     with contextlib.suppress(FileNotFoundError):
         settings.server_json.unlink()
     ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host)
+    Registry(settings.database).close()  # migrate once, before any worker starts
     sock = _listen(settings.bind_host, settings.api_port)
     api_port = int(sock.getsockname()[1])
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        ssl_certfile=str(ca.cert_path("server")),
-        ssl_keyfile=str(ca.key_path("server")),
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = _Server(config, settings.server_json)
+    broker = ManagedBroker(settings.broker_dir, ca, settings.bind_host, settings.broker_port)
+    broker.start()  # in the main thread: see ManagedBroker.start
+    telemetry: TelemetrySubscriber | None = None
+    stop = threading.Event()
+    stopped: list[bool] = []
 
-    async def announce() -> None:
-        # uvicorn has no readiness event; its `started` flag flips once it accepts connections.
-        while not server.started:
-            if server.should_exit:
-                return
-            await asyncio.sleep(0.02)
+    def unannounce() -> None:
+        stop.set()
+        with contextlib.suppress(FileNotFoundError):
+            settings.server_json.unlink()
+
+    def stop_broker() -> None:
+        if not stopped:
+            stopped.append(True)
+            if telemetry is not None:
+                telemetry.close()
+            broker.stop()
+
+    def announce() -> None:
+        if not _wait_ready(f"https://127.0.0.1:{api_port}", ca, stop):
+            return
         info = {
             "api_url": f"https://{settings.public_host}:{api_port}",
             "api_port": api_port,
             "broker_host": settings.public_host,
-            "broker_port": app.state.broker_port,
+            "broker_port": broker.port,
             "pid": os.getpid(),
         }
-        atomic_write(settings.server_json, json.dumps(info).encode())
-        log.info("event=server_ready api_port=%d broker_port=%d", api_port, info["broker_port"])
+        if not stop.is_set():
+            atomic_write(settings.server_json, json.dumps(info).encode())
+            log.info("event=server_ready api_port=%d broker_port=%d", api_port, broker.port)
 
-    async def main() -> None:
-        watcher = asyncio.create_task(announce())
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(FileNotFoundError):
-                settings.server_json.unlink()
-
+    ssl_args = {
+        "ssl_certfile": str(ca.cert_path("server")),
+        "ssl_keyfile": str(ca.key_path("server")),
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+        "timeout_keep_alive": 5,
+        "backlog": 1024,
+    }
+    started = False
     try:
-        asyncio.run(main())
+        telemetry = TelemetrySubscriber(
+            Registry(settings.database), ca, settings.bind_host, broker.port
+        )
+        threading.Thread(target=announce, name="announce", daemon=True).start()
+        if settings.workers == 1:
+            app = create_app(settings, broker_port=broker.port)
+            server = _Server(uvicorn.Config(app, **ssl_args), [unannounce, stop_broker])
+            try:
+                server.run(sockets=[sock])
+            finally:
+                started = server.started
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            raw = {
+                f.name: str(getattr(settings, f.name))
+                if isinstance(getattr(settings, f.name), Path)
+                else getattr(settings, f.name)
+                for f in dataclasses.fields(settings)
+            }
+            os.environ[ENV_WORKER_SETTINGS] = json.dumps({**raw, "_broker_port": broker.port})
+            config = uvicorn.Config(
+                "host.server.app:worker_app", factory=True, workers=settings.workers, **ssl_args
+            )
+            Multiprocess(config, sockets=[sock]).run()
+            started = True
     finally:
+        unannounce()
+        stop_broker()
         sock.close()
-    if not server.started:
+    if not started:
         raise SystemExit(1)

@@ -10,11 +10,13 @@ registered before a restart keep their access.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import json
 import logging
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import time
@@ -34,6 +36,24 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
 
 class BrokerError(ServerError):
     pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the broker's child process before exec: the kernel sends it SIGTERM when the server
+    dies, even by SIGKILL (prctl(2) PR_SET_PDEATHSIG), so no broker outlives its server."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _is_our_broker(pid: int, config: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(config).encode() in cmdline
 
 
 def find_dynsec_plugin() -> str:
@@ -105,6 +125,30 @@ class ManagedBroker:
     def log_path(self) -> Path:
         return self.dir / "mosquitto.log"
 
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "mosquitto.pid"
+
+    def stop_stale(self, timeout_s: float = 5.0) -> bool:
+        """Stop a broker a previous server left running on this directory (one started before
+        the parent-death signal, or by a server whose stop was cut short). True if there was one."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if not _is_our_broker(pid, self.config_path):
+            return False
+        log.warning("event=broker_stale pid=%d action=terminate", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _is_our_broker(pid, self.config_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _is_our_broker(pid, self.config_path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return True
+
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
@@ -137,6 +181,9 @@ class ManagedBroker:
         atomic_write(self.config_path, ("\n".join(lines) + "\n").encode(), 0o600)
 
     def start(self, timeout_s: float = 10.0) -> None:
+        """Start the broker. Call it from the thread that lives as long as the server (the main
+        thread): the parent-death signal follows the thread that started the child."""
+        self.stop_stale()
         if self.port == 0:
             self.port = free_port(self.host)
         self.write_config()
@@ -147,9 +194,11 @@ class ManagedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                preexec_fn=_die_with_parent,  # only prctl: async-signal-safe
             )
         finally:
             log_file.close()
+        atomic_write(self.pid_path, f"{self._proc.pid}\n".encode())
         deadline = time.monotonic() + timeout_s
         while True:
             if self._proc.poll() is not None:
@@ -180,6 +229,8 @@ class ManagedBroker:
     def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_path.unlink()
             return
         proc.terminate()
         try:
@@ -187,6 +238,8 @@ class ManagedBroker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
         log.info("event=broker_stopped status=%s", proc.returncode)
 
     @property

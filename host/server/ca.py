@@ -8,6 +8,7 @@ Layout of `data_dir/ca/` (keys 0600, everything written atomically):
     broker.pem broker.key             the broker's TLS leaf + issuing CA
     admin.pem admin.key               client certificate (CN qlink-admin) of the server's own
                                       MQTT connection
+    crl.der                           the issuing CA's CRL, rewritten on every revocation
 Each item is loaded when present and consistent, created otherwise, so a crash between two
 writes heals on the next start.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,22 @@ _BACKDATE = dt.timedelta(minutes=5)
 
 class CaError(ServerError):
     pass
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a kind of leaf certificate may be used for (RFC 5280 4.2.1.3, 4.2.1.12)."""
+
+    name: str
+    eku: tuple[x509.ObjectIdentifier, ...]
+    days: int
+
+
+DEVICE_PROFILE = Profile("device", (ExtendedKeyUsageOID.CLIENT_AUTH,), 365)
+SERVER_PROFILE = Profile("server", (ExtendedKeyUsageOID.SERVER_AUTH,), _SERVICE_DAYS)
+ADMIN_PROFILE = Profile("admin", (ExtendedKeyUsageOID.CLIENT_AUTH,), _SERVICE_DAYS)
+PROFILES = {p.name: p for p in (DEVICE_PROFILE, SERVER_PROFILE, ADMIN_PROFILE)}
+CRL_NEXT_UPDATE = dt.timedelta(days=1)
 
 
 def _now() -> dt.datetime:
@@ -265,14 +283,77 @@ class CertificateAuthority:
         self, csr: x509.CertificateSigningRequest, device_id: str, validity_days: int
     ) -> x509.Certificate:
         """A client certificate for `device_id` over the CSR's (already verified) key."""
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise CaError("device key must be an EC P-256 key")
-        b = _leaf(
-            _builder(_name(device_id), self._issuing, key, validity_days),
-            [ExtendedKeyUsageOID.CLIENT_AUTH],
-        )
+        return self.issue(csr.public_key(), device_id, DEVICE_PROFILE, validity_days)
+
+    def issue(
+        self,
+        key: object,
+        common_name: str,
+        profile: Profile,
+        validity_days: int | None = None,
+        sans: x509.SubjectAlternativeName | None = None,
+    ) -> x509.Certificate:
+        """A leaf of `profile` for an EC P-256 public key, signed by the issuing CA."""
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise CaError("the key must be an EC P-256 key")
+        days = validity_days if validity_days is not None else profile.days
+        if days < 1:
+            raise CaError("certificate validity must be at least 1 day")
+        b = _leaf(_builder(_name(common_name), self._issuing, key, days), list(profile.eku))
+        if sans is not None:
+            b = b.add_extension(sans, critical=False)
         return b.sign(self._issuing.key, hashes.SHA256())
+
+    # -- revocation ----------------------------------------------------------------------------
+    @property
+    def crl_path(self) -> Path:
+        return self.dir / "crl.der"
+
+    def make_crl(self, revoked: list[tuple[int, float]], number: int | None = None) -> bytes:
+        """The issuing CA's CRL (RFC 5280 5) over (serial, revocation time) pairs, DER."""
+        now = _now()
+        b = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._issuing.cert.subject)
+            .last_update(now - _BACKDATE)
+            .next_update(now + CRL_NEXT_UPDATE)
+            .add_extension(
+                x509.CRLNumber(number if number is not None else time.time_ns() // 1000),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self._issuing.cert.public_key()  # type: ignore[arg-type]
+                ),
+                critical=False,
+            )
+        )
+        for serial, at in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(dt.datetime.fromtimestamp(at, dt.UTC))
+                .build()
+            )
+        crl = b.sign(self._issuing.key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    def publish_crl(self, revoked: list[tuple[int, float]]) -> bytes:
+        der = self.make_crl(revoked)
+        atomic_write(self.crl_path, der)
+        return der
+
+    def current_crl(self, revoked: list[tuple[int, float]]) -> bytes:
+        """The published CRL, re-signed when missing or past half its lifetime."""
+        try:
+            der = self.crl_path.read_bytes()
+            crl = x509.load_der_x509_crl(der)
+            due = crl.next_update_utc
+            if due is not None and due - _now() > CRL_NEXT_UPDATE / 2:
+                return der
+        except (FileNotFoundError, ValueError):
+            pass
+        return self.publish_crl(revoked)
 
 
 def _load_signer(ca_dir: Path, name: str) -> _Signer | None:

@@ -33,10 +33,12 @@ from host.server.policy import PolicyDriver, PolicyError, device_topic_prefix
 from host.server.registry import (
     STATE_ONBOARDED,
     STATE_REGISTERED,
+    Actor,
     ChallengeInfo,
     DeviceInfo,
     Registry,
 )
+from host.server.schemas import HelloAnswer, HelloRequest, ProofAnswer, ProofRequest
 from host.server.settings import Settings
 
 log = logging.getLogger("qlink.onboard")
@@ -67,6 +69,22 @@ def _bad(detail: str) -> OnboardingRefused:
 def proof_message(challenge: bytes, device_id: str, host: str) -> bytes:
     """What the device signs (SHA-256 of it, ECDSA P-256), per docs/protocol.md."""
     return DOMAIN_LABEL + challenge + device_id.encode("ascii") + b"\x00" + host.encode("ascii")
+
+
+_HELLO_FIELDS = frozenset({"device_id", "public_key"})
+_PROOF_FIELDS = frozenset({"challenge_id", "signature", "csr_b64"})
+
+
+def _only(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        names = ", ".join(repr(u[:40]) for u in unknown[:5])
+        raise _bad(f"unknown field(s) {names}; allowed: {', '.join(sorted(allowed))}")
+
+
+def proof_digest(cid: str, sig_hex: str, csr_der: bytes) -> str:
+    """Names one exact proof: the same proof sent again is a retry, not a replay."""
+    return hashlib.sha256(cid.encode() + b"\x00" + sig_hex.encode() + b"\x00" + csr_der).hexdigest()
 
 
 def _hex_field(body: dict[str, Any], name: str, length: int) -> str:
@@ -103,18 +121,33 @@ class Onboarding:
         ca: CertificateAuthority,
         policy: PolicyDriver,
         broker: BrokerEndpoint,
+        drivers: dict[str, PolicyDriver] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.ca = ca
         self.policy = policy
         self.broker = broker
+        # Each batch names its policy driver; "mosquitto" is the managed broker's.
+        self.drivers: dict[str, PolicyDriver] = {"mosquitto": policy, **(drivers or {})}
+
+    def driver_for(self, dev: DeviceInfo) -> PolicyDriver:
+        driver = self.drivers.get(dev.policy)
+        if driver is None:
+            raise OnboardingRefused(
+                503,
+                "policy_unavailable",
+                f"the policy driver {dev.policy!r} of this device's batch is not configured "
+                "on the server; retry later",
+            )
+        return driver
 
     def _eligible(self, device_id: str) -> DeviceInfo:
         dev = self.registry.device(device_id)
         if (
             dev is None
             or not dev.batch_active
+            or dev.disabled
             or dev.state
             not in (
                 STATE_REGISTERED,
@@ -130,6 +163,7 @@ class Onboarding:
         return dev
 
     def hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        _only(body, _HELLO_FIELDS)
         device_id = _hex_field(body, "device_id", 64)
         pub_hex = _hex_field(body, "public_key", 130)
         pub = bytes.fromhex(pub_hex)
@@ -146,12 +180,14 @@ class Onboarding:
         cid = secrets.token_hex(16)
         challenge = secrets.token_bytes(32)
         expires = math.ceil(now + self.settings.challenge_ttl_s)
-        self.registry.purge_challenges(now - _CHALLENGE_KEEP_S)
-        self.registry.add_challenge(cid, device_id, challenge, expires)
+        self.registry.add_challenge(
+            cid, device_id, challenge, expires, purge_before=now - _CHALLENGE_KEEP_S
+        )
         return {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
 
-    def proof(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def proof(self, body: dict[str, Any], source: str = "-") -> tuple[str, dict[str, Any]]:
         """Returns (device_id, answer); the device ID is also known for logging on refusal."""
+        _only(body, _PROOF_FIELDS)
         cid = _hex_field(body, "challenge_id", 32)
         sig_hex = _hex_field(body, "signature", 128)
         csr_b64 = body.get("csr_b64")
@@ -169,15 +205,27 @@ class Onboarding:
             )
         device_id = ch.device_id
         try:
-            return device_id, self._proof(ch.id, device_id, ch, sig_hex, csr_der)
+            return device_id, self._proof(ch.id, device_id, ch, sig_hex, csr_der, source)
         except OnboardingRefused as e:
             e.device_id = device_id
             raise
 
     def _proof(
-        self, cid: str, device_id: str, ch: ChallengeInfo, sig_hex: str, csr_der: bytes
+        self,
+        cid: str,
+        device_id: str,
+        ch: ChallengeInfo,
+        sig_hex: str,
+        csr_der: bytes,
+        source: str,
     ) -> dict[str, Any]:
         now = time.time()
+        digest = proof_digest(cid, sig_hex, csr_der)
+        if ch.used_at is not None and ch.proof_hash == digest:
+            # The same proof again: the device lost the answer. Same certificate, no change.
+            dev = self._eligible(device_id)
+            if dev.state == STATE_ONBOARDED and dev.cert_der:
+                return self._answer(dev, dev.cert_der)
         if ch.used_at is not None:
             raise OnboardingRefused(
                 403, "challenge_used", "this challenge was used already; start again with hello"
@@ -224,8 +272,10 @@ class Onboarding:
                 403, "csr_subject_mismatch", f"the CSR subject must be exactly CN={device_id}"
             )
 
-        # A retry gets the certificate it may have missed; one that expired is replaced.
-        if dev.state == STATE_ONBOARDED and dev.cert_der and (dev.not_after or 0) > now:
+        # A retry gets the certificate it may have missed; one that expires within the renewal
+        # window (or has expired) is replaced.
+        renew_from = (dev.not_after or 0) - self.settings.renewal_window_days * 86400
+        if dev.state == STATE_ONBOARDED and dev.cert_der and now < renew_from:
             cert_der = dev.cert_der
             cert = x509.load_der_x509_certificate(cert_der)
         else:
@@ -234,7 +284,7 @@ class Onboarding:
 
         # The broker must know the device before the device learns its certificate.
         try:
-            self.policy.register_device(dev.tenant, device_id)
+            self.driver_for(dev).register_device(dev.tenant, device_id)
         except PolicyError as e:
             raise OnboardingRefused(
                 503, "broker_unavailable", f"the broker could not register the device ({e}); retry"
@@ -247,11 +297,17 @@ class Onboarding:
             cert.serial_number,
             cert.not_valid_after_utc.timestamp(),
             now,
+            proof_hash=digest,
+            actor=Actor(f"device:{device_id}", source),
         )
         if not done:
             raise OnboardingRefused(
                 403, "challenge_used", "this challenge was used already; start again with hello"
             )
+        return self._answer(dev, cert_der)
+
+    def _answer(self, dev: DeviceInfo, cert_der: bytes) -> dict[str, Any]:
+        device_id = dev.device_id
         b64 = base64.b64encode
         prefix = device_topic_prefix(dev.tenant, device_id)
         return {
@@ -285,12 +341,28 @@ async def _json_body(request: Request) -> dict[str, Any]:
 router = APIRouter(prefix="/v1/onboard")
 
 
+def _doc(request: type[Any], answer: type[Any], *codes: int) -> dict[str, Any]:
+    """OpenAPI for a hand-parsed route: its request body and every answer it can give."""
+    from host.server.schemas import errors
+
+    return {
+        "response_model": None,
+        "responses": {200: {"model": answer}, **errors(400, 408, 413, *codes)},
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request.model_json_schema()}},
+            }
+        },
+    }
+
+
 def _service(request: Request) -> Onboarding:
     service: Onboarding = request.app.state.onboarding
     return service
 
 
-@router.post("/hello")
+@router.post("/hello", **_doc(HelloRequest, HelloAnswer, 403))
 async def hello(request: Request) -> JSONResponse:
     rid = secrets.token_hex(4)
     device = "-"
@@ -308,12 +380,13 @@ async def hello(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
-@router.post("/proof")
+@router.post("/proof", **_doc(ProofRequest, ProofAnswer, 403, 503))
 async def proof(request: Request) -> JSONResponse:
     rid = secrets.token_hex(4)
     try:
         body = await _json_body(request)
-        device, answer = await run_in_threadpool(_service(request).proof, body)
+        source = request.client.host if request.client else "-"
+        device, answer = await run_in_threadpool(_service(request).proof, body, source)
     except OnboardingRefused as e:
         device = e.device_id
         log.info(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_DATA_DIR = "QLINK_DATA_DIR"
+ENV_DATABASE_URL = "QLINK_DATABASE_URL"
 
 
 def default_data_dir() -> Path:
@@ -28,8 +29,17 @@ class Settings:
     broker_port: int = 8883
     challenge_ttl_s: int = 60
     cert_validity_days: int = 365
+    # An onboarded device that asks again within this many days of its certificate's expiry
+    # gets a new certificate (before that, the one it has).
+    renewal_window_days: int = 30
     tenant: str = "default"
     telemetry_interval_ms: int = 2000
+    # Empty: SQLite (WAL) in data_dir/registry.sqlite. Else a SQLAlchemy URL (postgresql://...).
+    database_url: str = field(default_factory=lambda: os.environ.get(ENV_DATABASE_URL, ""))
+    workers: int = 1  # uvicorn worker processes (more than one needs PostgreSQL)
+    max_body_bytes: int = 16 * 1024 * 1024  # operator API (a 10,000-device import is ~2 MB)
+    max_device_body_bytes: int = 16 * 1024  # device API (a proof is ~1 KB)
+    body_timeout_s: float = 10.0  # a client must send its whole body within this time
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
@@ -41,6 +51,12 @@ class Settings:
             raise ValueError("challenge TTL must be at least 1 second")
         if self.cert_validity_days < 1:
             raise ValueError("certificate validity must be at least 1 day")
+        if not 0 <= self.renewal_window_days < self.cert_validity_days:
+            raise ValueError("renewal window must be 0 or more days, less than the validity")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.database_url:
+            raise ValueError("several workers need a PostgreSQL database (--database-url)")
 
     @property
     def ca_dir(self) -> Path:
@@ -53,6 +69,11 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "registry.sqlite"
+
+    @property
+    def database(self) -> Path | str:
+        """What `Registry` opens: the SQLite file, or the database URL."""
+        return self.database_url or self.db_path
 
     @property
     def server_json(self) -> Path:

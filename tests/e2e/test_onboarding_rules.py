@@ -78,12 +78,16 @@ def test_bad_signature_is_refused(fleet) -> None:
     assert state_of(fleet, d) == "registered"
 
 
-def test_replayed_proof_is_refused(fleet) -> None:
+def test_replayed_challenge_is_refused_and_same_proof_is_a_retry(fleet) -> None:
     d = fleet.take()
-    body = d.proof_body(d.hello())
-    assert d.proof(body).status == 200
+    h = d.hello()
+    body = d.proof_body(h)
+    first = d.proof(body)
+    assert first.status == 200
     before = fleet.dump()
-    refused(d.proof(body), 403, "challenge_used")
+    again = d.proof(body)  # the answer was lost: the very same proof again
+    assert again.status == 200 and again.body == first.body
+    refused(d.proof(d.proof_body(h)), 403, "challenge_used")  # a new proof, a used challenge
     assert fleet.dump() == before
 
 

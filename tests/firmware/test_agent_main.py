@@ -1,7 +1,7 @@
 # agent.main.run end to end over fakes: stored certificate -> MQTT publishes with exact payload
 # shapes; onboarding when nothing is stored; refusals back off long; link failures back off
 # with a capped, jittered, counted delay.
-# heapsize: 64k
+# heapsize: 128k
 import os
 import json
 import binascii
@@ -197,7 +197,9 @@ def test_refusal_backs_off_long_and_gives_up_at_max_failures():
         env.onboard_result = OnboardingError("not_registered", "register it", 403)
         st = main.run(None, p, D, boot)
     assert st.failures == 2 and env.onboards == 2
-    assert env.sleeps == [300000]  # one long wait between the two refusals, none after the last
+    # One long wait between the two refusals (in 1 s slices: telemetry is sampled meanwhile),
+    # none after the last.
+    assert sum(env.sleeps) == 300000 and max(env.sleeps) == 1000
     assert env.lines[-1] == "E agent: giving up after 2 failures"
 
 
@@ -246,3 +248,93 @@ def test_backoff_is_capped_and_jittered():
 
 def test_telemetry_payload_exact():
     assert telemetry.payload(1, 2, 3) == b'{"seq": 1, "uptime_ms": 2, "mem_free": 3, "fw": "0.1.0"}'
+
+
+def _payload_seqs(sock):
+    return [m[1]["seq"] for m in published(sock.out) if "seq" in m[1]]
+
+
+def test_outage_samples_are_queued_and_delivered_in_order_after_reconnect():
+    p = setup({"max_messages": 6})
+    first = FakeSock(broker_answers(1))  # seq 1 acknowledged, then the link drops
+    # Three refused connects: the waits between them (>= 500 ms each, interval 2000) add samples.
+    socks = [first, LinkError("a"), LinkError("b"), LinkError("c"), FakeSock(broker_answers(6))]
+    with Env(socks) as env:
+        st = main.run(None, p, D, boot)
+    assert st.sent == 6 and st.dropped == 0
+    seqs = _payload_seqs(socks[-1])
+    assert seqs == list(range(2, 7))  # in order, none lost, none twice
+    assert env.lines.count("I telemetry: published seq=2") == 1
+
+
+def test_queue_is_bounded_and_drops_the_oldest():
+    st = main._State(100)
+    for _ in range(main.QUEUE_LEN + 5):
+        st.sample()
+    assert st.count == main.QUEUE_LEN and st.dropped == 5
+    assert main._seq_of(st.queue[st.head]) == 6
+    before = st.count
+    st.pop()
+    assert st.count == before - 1 and main._seq_of(st.queue[st.head]) == 7
+
+
+def test_reconnect_reports_retry_state_on_the_event_topic():
+    p = setup({"max_messages": 2})
+    store.save(
+        D,
+        DEVICE_ID,
+        CERT,
+        {"host": "localhost", "port": 8883, "ca_b64": B64CA},
+        {"telemetry": TOPIC, "event": TOPIC[:-9] + "event"},
+        {},
+    )
+    sock = FakeSock(broker_answers(3))
+    with Env([LinkError("tls localhost:8883: errno 111"), LinkError("x \"q\""), sock]) as env:
+        main.run(None, p, D, boot)
+    msgs = published(sock.out)
+    assert msgs[0][0] == TOPIC[:-9] + "event"
+    assert msgs[0][1] == {
+        "event": "reconnected",
+        "failures": 2,
+        "last_error": "x 'q'",
+        "queued": 0,
+        "dropped": 0,
+    }
+    assert [m[1]["seq"] for m in msgs[1:]] == [1, 2]
+    assert "I agent: reconnected after 2 failures" in env.lines
+
+
+def test_corrupt_config_is_safe_mode_not_a_crash():
+    setup({})
+    with open(D + "/config.json", "w") as f:
+        f.write('{"server": "https://local')
+    with Env([]) as env:
+        st = main.run(None, D + "/config.json", D, boot)
+    assert st.safe == "config" and st.sent == 0 and env.opened == []
+    assert env.lines[-1].startswith("E agent: safe mode: config unusable (ConfigError: config ")
+
+
+def test_unusable_identity_data_is_safe_mode():
+    import qdid
+
+    p = setup({})
+
+    def bad_boot(board, data_dir):
+        raise qdid.QdidError("helper data corrupt")
+
+    with Env([]) as env:
+        st = main.run(None, p, D, bad_boot)
+    assert st.safe == "identity" and env.opened == []
+    assert env.lines[-1] == (
+        "E agent: safe mode: identity unusable (QdidError: helper data corrupt); REPL available"
+    )
+
+
+def test_corrupt_certificate_means_onboarding_again():
+    p = setup({"max_messages": 1})
+    with open(D + "/cert.der", "wb") as f:
+        f.write(b"\x30\x03\x02\x01\xff")
+    with Env([FakeSock(broker_answers(1))]) as env:
+        main.run(None, p, D, boot)
+    assert env.onboards == 1
+    assert any(ln.startswith("W store: stored onboarding data unusable") for ln in env.lines)

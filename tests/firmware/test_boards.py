@@ -1,6 +1,7 @@
 # The RP2040 and ESP32 board HALs (boards/*/board.py) on the Unix port, over a fake `machine`
 # module put on sys.path ahead of the port's own.
-# heapsize: 64k
+# The fake machine keeps every read address and a dict of 512 big-int words: 96k, not 64k.
+# heapsize: 96k
 import os
 import sys
 import json
@@ -141,6 +142,18 @@ def test_rp2040_reads_once_per_boot_and_marks_the_read():
     b.sram_bits(2048)
     assert len(mem.reads) == n  # snapshot, not a second read of live (now used) memory
     assert mem.writes == [(0x4005800C, 0x51444944)]  # watchdog SCRATCH0 marker
+
+
+def test_boards_forget_the_snapshot_once_used():
+    for mod, base, nwords in ((board_rp2040, 0x20040000, 512), (board_esp32, 0x50001C00, 256)):
+        _power_on(base, nwords)
+        b = mod.make()
+        got = b.sram_bits(64)
+        snap = b._sram
+        b.forget_sram()
+        assert snap == bytearray(len(snap))  # zeroed in place, not just dropped
+        assert got != bytes(64)  # the caller's copy is its own
+        assert "forgotten" in _raises(ValueError, b.sram_bits, 16)
 
 
 def test_rp2040_cold_boot_needs_power_on_and_no_marker():

@@ -223,6 +223,16 @@ def test_clone_die_with_a_copied_helper_is_rejected():
         a.close()
 
 
+def _weighted(w, n=fuzzy.RESPONSE_LEN):
+    # n bytes with exactly w bits set, spread by a step coprime with 8 * n so that no 16-byte
+    # block repeats or is all 0 / all 1.
+    out = bytearray(n)
+    for i in range(w):
+        p = (i * 1031) % (8 * n)
+        out[p // 8] |= 1 << (p % 8)
+    return bytes(out)
+
+
 def test_sram_health_checks():
     rig = Rig()
     try:
@@ -231,20 +241,79 @@ def test_sram_health_checks():
         assert "all 0" in msg
         msg = _raises(identity.SramHealthError, rig.boot, FakeBoard(b"\xff" * n))
         assert "all 1" in msg
-
-        # Hamming weight bounds 35 %..65 % of 3968 bits: 1389 = 35.005 % passes, 1388 fails.
-        def weighted(w):
-            out = bytearray(n)
-            for i in range(w):
-                out[i // 8] |= 1 << (i % 8)
-            return bytes(out)
-
-        for bad in (1388, 2580):
-            msg = _raises(identity.SramHealthError, identity.check_sram, weighted(bad))
+        # Hamming weight bounds 35 %..65 % of 1792 bits: 628 = 35.04 % passes, 627 fails.
+        for bad in (627, 1165):
+            msg = _raises(identity.SramHealthError, identity.check_sram, _weighted(bad))
             assert "35-65" in msg
-        identity.check_sram(weighted(1389))
-        identity.check_sram(weighted(2579))
+        identity.check_sram(_weighted(628))
+        identity.check_sram(_weighted(1164))
         _raises(OSError, os.stat, rig.data + "/helper.bin")
+        # Two failed boots so far, counted in the public health file.
+        assert identity.health_failures(rig.data) == 2
+    finally:
+        rig.close()
+
+
+def test_sram_with_a_written_block_is_refused():
+    good = _weighted(896)
+    identity.check_sram(good)
+    for fill, word in ((b"\x00" * 16, "all-0"), (b"\xff" * 16, "all-1")):
+        bad = good[:64] + fill + good[80:]
+        msg = _raises(identity.SramHealthError, identity.check_sram, bad)
+        assert word in msg and "byte 64" in msg
+    rep = good[:96] + good[80:96] + good[112:]
+    msg = _raises(identity.SramHealthError, identity.check_sram, rep)
+    assert "repeats a block at byte 96" in msg
+    _raises(identity.SramHealthError, identity.check_sram, b"")
+
+
+def test_health_reports_margin_corrections_and_failures():
+    rig = Rig()
+    try:
+        first = rig.boot()
+        assert first.health["margin"] == 18 and first.health["health_failures"] == 0
+        again = rig.boot()
+        h = again.health
+        assert sorted(h) == ["code_errors", "corrected_bits", "health_failures", "margin", "soft"]
+        # The model's ~4 % BER over 1785 bits: dozens of raw corrections, few code errors.
+        assert 20 < h["corrected_bits"] < 150
+        assert 0 <= h["code_errors"] <= 6 and h["margin"] == 18 - h["code_errors"]
+        assert h["health_failures"] == 0
+        with open(rig.die, "w") as f:
+            f.write(json.dumps({"seed": SEED_B}))
+        _raises(fuzzy.ReconstructionError, rig.boot)
+        with open(rig.die, "w") as f:
+            f.write(json.dumps({"seed": SEED_A}))
+        assert rig.boot().health["health_failures"] == 1
+    finally:
+        rig.close()
+
+
+def test_too_noisy_a_response_fails_closed_even_when_decoded():
+    # 3 of the 7 copies of every code bit flipped: the majority still decodes (no code error),
+    # but 765 of 1785 bits (42 %) were corrected, far beyond any healthy die: fail closed.
+    rig = Rig()
+    try:
+        resp = bytearray(_weighted(896))
+        rig.boot(FakeBoard(bytes(resp)))
+        for blk in range(255):
+            for j in range(3):
+                b = 255 * j + blk + 7
+                resp[223 - (b >> 3)] ^= 1 << (b & 7)
+        msg = _raises(identity.SramHealthError, rig.boot, FakeBoard(bytes(resp)))
+        assert "42%" in msg and "operating range" in msg
+        assert fuzzy.stats["corrected_bits"] == 765 and fuzzy.stats["margin"] == 18
+        assert identity.health_failures(rig.data) == 1
+    finally:
+        rig.close()
+
+
+def test_boot_makes_the_board_forget_its_sram_snapshot():
+    rig = Rig()
+    try:
+        b = rig.power_up()
+        rig.boot(b)
+        _raises(ValueError, b.sram_bits, 16)
     finally:
         rig.close()
 

@@ -95,11 +95,36 @@ def test_temperature_makes_more_cells_flip():
     ref = _die().power_up(4096)
     hot = _distance(ref, _die(temperature_c=85).power_up(4096))
     cold = _distance(ref, _die(temperature_c=-40).power_up(4096))
-    # 0.0408 + 0.09 * 230/256 / 2 = 0.081 at 85 C; 0.0408 + 0.0975 * 230/256 / 2 = 0.085 at -40 C.
+    # s = 23/256 marginal at 85 C: 0.0408 + s * (230/256 / 2 + 26/256 / 6) = 0.083;
+    # s = 25/256 at -40 C: 0.0408 + s * 0.466 = 0.086.
     assert 0.07 < hot < 0.092, hot
     assert 0.074 < cold < 0.096, cold
     # Hot and cold make different cells marginal.
     assert _die(temperature_c=85).skew(0)[2] != _die(temperature_c=-35).skew(0)[2]
+
+
+def test_temperature_shifts_noisy_cells_to_the_middle():
+    # All cells noisy: read-to-read BER 1/3 at 25 C. Half of them marginal (temp_coeff * 60 =
+    # 0.5) read 1 with p = 1/2 against each other: 0.5 * 1/3 + 0.5 * 1/2 = 0.417.
+    cold = _die(noisy_share=1)
+    hot = _die(noisy_share=1, temperature_c=85, temp_coeff=0.5 / 60)
+    d_cold = _distance(cold.power_up(4096), cold.power_up(4096))
+    d_hot = _distance(hot.power_up(4096), hot.power_up(4096))
+    assert 0.32 < d_cold < 0.347, d_cold
+    assert 0.40 < d_hot < 0.433, d_hot
+
+
+def test_supply_drift_and_ageing_make_more_cells_flip():
+    ref = _die().power_up(4096)
+    # 0.6 V * 0.05 / V = 8/256 marginal: 0.0408 + 0.031 * 0.466 = 0.055.
+    low = _distance(ref, _die(supply_v=2.7).power_up(4096))
+    assert 0.047 < low < 0.063, low
+    # 10 years * 0.004 / year = 10/256 marginal: 0.0408 + 0.039 * 0.466 = 0.059.
+    old = _distance(ref, _die(age_years=10).power_up(4096))
+    assert 0.051 < old < 0.067, old
+    # Stress beyond 0.5 is capped: half the cells marginal.
+    worst = _distance(ref, _die(age_years=1000).power_up(4096))
+    assert 0.24 < worst < 0.29, worst
 
 
 def test_larger_temperature_keeps_the_cells_of_a_smaller_one():
@@ -138,6 +163,10 @@ def test_die_parameters_are_checked():
     _raises(silicon.DieError, lambda: _die(noisy_share=1.5))
     _raises(silicon.DieError, lambda: _die(bias=-0.1))
     _raises(silicon.DieError, lambda: _die(temp_coeff=-1))
+    assert "supply_coeff" in _raises(silicon.DieError, lambda: _die(supply_coeff=-1))
+    _raises(silicon.DieError, lambda: _die(age_coeff=-0.1))
+    _raises(silicon.DieError, lambda: _die(age_years=-1))
+    assert "supply_v" in _raises(silicon.DieError, lambda: _die(supply_v="3.3"))
     _raises(silicon.DieError, lambda: _die(size=100))
     _raises(silicon.DieError, lambda: _die(size=0))
 
@@ -218,6 +247,20 @@ def test_board_noise_samples_are_imperfect_and_in_range():
             counts[v] += 1
     assert max(counts) < 4096 // 16  # triangular: max p = 1/64, nowhere near stuck
     assert counts[127] > counts[70]  # mid-scale is likelier than the edges
+
+
+def test_board_forgets_its_sram_snapshot():
+    d = _tmpdir()
+    _write(d + "/die.json", json.dumps({"seed": SEED_A}))
+    b = board.make(d + "/die.json")
+    first = b.sram_bits(256)
+    snap = b._sram
+    b.forget_sram()
+    assert snap == bytearray(len(snap))
+    assert len(first) == 256 and first != bytes(256)
+    assert "forgotten" in _raises(ValueError, b.sram_bits, 16)
+    os.remove(d + "/die.json")
+    os.rmdir(d)
 
 
 def test_board_cold_boot_follows_qlink_warm_boot():

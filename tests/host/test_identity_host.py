@@ -37,10 +37,11 @@ REVEAL = """
 import board, binascii
 from qdid import identity, fuzzy
 b = board.make()
+resp = b.sram_bits(fuzzy.RESPONSE_LEN)  # boot() makes the board forget its snapshot
 ident = identity.boot(b)
 with open("data/helper.bin", "rb") as f:
     helper = f.read()
-secret = fuzzy.reproduce(b.sram_bits(fuzzy.RESPONSE_LEN), helper)
+secret = fuzzy.reproduce(resp, helper)
 print("SECRET", binascii.hexlify(secret).decode())
 for i in range(8):
     print("SEED", i, binascii.hexlify(ident.seed(i)).decode())
@@ -178,10 +179,12 @@ def test_seeds_match_cryptography_hkdf(device: Device) -> None:
         ).derive(secret)
         assert seed == want
     assert len(set(seeds.values())) == 8
-    # The helper's tag is HMAC-SHA256 keyed by the secret over label || header || offset.
-    assert helper[:4] == b"\x01\x1f\x00\x80"
-    tag = hmac.new(secret, b"qlink/fe/tag\x00" + helper[:500], hashlib.sha256).digest()
-    assert helper[500:] == tag
+    # Profile 2: header, 224-byte offset, then HMAC-SHA256 keyed by the secret over
+    # label || header || offset, truncated to 16 bytes.
+    assert len(helper) == 244
+    assert helper[:4] == b"\x02\x07\x12\x83"
+    tag = hmac.new(secret, b"qlink/fe/tag\x00" + helper[:228], hashlib.sha256).digest()
+    assert helper[228:] == tag[:16]
     # Seed 0 -> scalar (SHA-256(seed || counter), first in [1, n-1]) -> the public key.
     d = int.from_bytes(hashlib.sha256(seeds[0] + b"\x00\x00\x00\x00").digest(), "big")
     assert 0 < d < P256_N

@@ -133,7 +133,9 @@ def test_already_registered_device_rejects_the_whole_file(registry: Registry) ->
     before = dump(registry)
     with pytest.raises(ImportRejected) as info:
         registry.import_devices("b2", [line(*identity()), first])
-    assert [(e.line, e.reason) for e in info.value.errors] == [(2, "device is already registered")]
+    assert [(e.line, e.reason) for e in info.value.errors] == [
+        (2, "device is already registered in another batch")
+    ]
     assert dump(registry) == before
 
 
@@ -146,8 +148,13 @@ def test_import_into_missing_batch_says_how_to_create_it(registry: Registry) -> 
 
 def test_batch_names_are_unique(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="already exists"):
-        registry.create_batch("b1")
+        registry.create_batch("b1", "acme")
     assert [b.name for b in registry.batches()] == ["b1"]
+    # Names are per tenant: another tenant's "b1" neither collides nor learns of acme's.
+    registry.create_batch("b1", "globex")
+    assert [(b.tenant, b.name) for b in registry.batches()] == [("acme", "b1"), ("globex", "b1")]
+    with pytest.raises(RegistryError, match="exists in tenants acme, globex; add --tenant"):
+        registry.import_devices("b1", [line(*identity())])
 
 
 @pytest.mark.parametrize("name", ["", "a,b", "x" * 129])

@@ -220,12 +220,40 @@ def test_proof_message_layout() -> None:
     assert msg == b"qlink-onboard-v1\x00" + b"\x01" * 32 + b"ab" * 32 + b"\x00localhost"
 
 
-def test_proof_replayed(api: Api) -> None:
+def test_same_proof_retried_returns_the_same_answer(api: Api) -> None:
     d = api.device()
     body = d.proof_body(api.hello(d))
-    assert api.proof(body).status == 200
+    first = api.proof(body)
+    assert first.status == 200
     before = api.dump()
-    refused(api.proof(body), 403, "challenge_used")
+    again = api.proof(body)
+    assert again.status == 200 and again.body == first.body
+    assert api.dump() == before
+
+
+def test_other_proof_on_a_used_challenge_is_refused(api: Api) -> None:
+    d = api.device()
+    h = api.hello(d)
+    assert api.proof(d.proof_body(h)).status == 200
+    before = api.dump()
+    # Signed again (ECDSA is randomised here): another proof, so a replay of the challenge.
+    refused(api.proof(d.proof_body(h)), 403, "challenge_used")
+    assert api.dump() == before
+
+
+@pytest.mark.parametrize("path", ["/v1/onboard/hello", "/v1/onboard/proof"])
+def test_unknown_fields_are_refused(api: Api, path: str) -> None:
+    d = api.device()
+    h = api.hello(d)
+    body = (
+        {"device_id": d.device_id, "public_key": d.public_key.hex()}
+        if path.endswith("hello")
+        else d.proof_body(h)
+    )
+    before = api.dump()
+    r = api.post(path, {**body, "admin": True})
+    refused(r, 400, "bad_request")
+    assert "unknown field(s) 'admin'" in r.body["detail"]
     assert api.dump() == before
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -37,6 +38,11 @@ def device_acls(tenant: str, device_id: str) -> list[dict[str, Any]]:
         {"acltype": t, "topic": pattern, "priority": 0, "allow": True}
         for t in ("publishClientSend", "subscribePattern", "publishClientReceive")
     ]
+
+
+def _error(answer: dict[str, Any]) -> str | None:
+    error = answer.get("error")
+    return str(error) if error else None
 
 
 class MosquittoDynsec:
@@ -92,26 +98,42 @@ class MosquittoDynsec:
 
     def request(self, command: str, **fields: Any) -> dict[str, Any]:
         """Send one command and return the plugin's whole answer (`error`, `data`)."""
-        corr = secrets.token_hex(8)
-        done: threading.Event = threading.Event()
-        out: list[dict[str, Any]] = []
+        return self.request_many([{"command": command, **fields}])[0]
+
+    def request_many(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send commands in one message (one round trip; the plugin runs them in order) and
+        return their answers in the same order."""
+        waiters: list[tuple[str, threading.Event, list[dict[str, Any]]]] = []
         with self._lock:
-            self._pending[corr] = (done, out)
+            for _ in commands:
+                corr = secrets.token_hex(8)
+                waiter: tuple[threading.Event, list[dict[str, Any]]] = (threading.Event(), [])
+                self._pending[corr] = waiter
+                waiters.append((corr, *waiter))
+        names = "+".join(str(c["command"]) for c in commands)
         try:
-            body = {"commands": [{"command": command, **fields, "correlationData": corr}]}
+            body = {
+                "commands": [
+                    {**c, "correlationData": corr}
+                    for c, (corr, _e, _o) in zip(commands, waiters, strict=True)
+                ]
+            }
             info = self._client.publish(CONTROL, json.dumps(body), qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise PolicyError(
-                    f"cannot send {command} to the broker ({mqtt.error_string(info.rc)})"
+                    f"cannot send {names} to the broker ({mqtt.error_string(info.rc)})"
                 )
-            if not done.wait(self._timeout):
-                raise PolicyError(
-                    f"the broker did not answer {command} within {self._timeout:.0f} s; retry"
-                )
+            deadline = time.monotonic() + self._timeout
+            for _corr, done, _out in waiters:
+                if not done.wait(max(0.0, deadline - time.monotonic())):
+                    raise PolicyError(
+                        f"the broker did not answer {names} within {self._timeout:.0f} s; retry"
+                    )
         finally:
             with self._lock:
-                self._pending.pop(corr, None)
-        return out[0]
+                for corr, _e, _o in waiters:
+                    self._pending.pop(corr, None)
+        return [out[0] for _c, _e, out in waiters]
 
     def _check(self, command: str, error: str | None, tolerated: tuple[str, ...]) -> None:
         if error is None or any(t in error.lower() for t in tolerated):
@@ -120,11 +142,18 @@ class MosquittoDynsec:
 
     def register_device(self, tenant: str, device_id: str) -> None:
         role = device_role(device_id)
-        err = self.command("createRole", rolename=role, acls=device_acls(tenant, device_id))
-        self._check("createRole", err, _EXISTS)
-        err = self.command(
-            "createClient", username=device_id, roles=[{"rolename": role, "priority": 0}]
+        answers = self.request_many(
+            [
+                {"command": "createRole", "rolename": role, "acls": device_acls(tenant, device_id)},
+                {
+                    "command": "createClient",
+                    "username": device_id,
+                    "roles": [{"rolename": role, "priority": 0}],
+                },
+            ]
         )
+        self._check("createRole", _error(answers[0]), _EXISTS)
+        err = _error(answers[1])
         self._check("createClient", err, _EXISTS)
         if err is not None and role not in self._client_roles(device_id):
             # The client existed without its role (created by hand or half-deleted).

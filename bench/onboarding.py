@@ -1,0 +1,169 @@
+"""Onboarding at scale: N simulated devices (CPython, real keys, real TLS, the real protocol)
+onboard concurrently against the real server + broker; in the same run, the ceiling: the CPU
+one onboarding's crypto needs (TLS handshake, proof and CSR verification, certificate signing).
+
+Environment: QLINK_BENCH_DEVICES (default 1000), QLINK_BENCH_CONCURRENCY (default 32),
+QLINK_BENCH_PROFILE=1 to profile the server in-process with cProfile instead (slower).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hil.serverproc import ServerProcess
+from hil.simdevice import SimDevice, make_csr
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "broker" / "mosquitto.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ceiling(data_dir: Path, rounds: int = 300) -> float:
+    """CPU seconds of one onboarding's crypto on this machine: a TLS 1.3 handshake with the
+    server's P-256 certificate (both ends, in memory), the proof's ECDSA verify, the CSR's
+    verify and the certificate's signature."""
+    from host.server.ca import CertificateAuthority
+
+    ca = CertificateAuthority.load(data_dir / "ca")
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(str(ca.cert_path("server")), str(ca.key_path("server")))
+    cctx = ssl.create_default_context(cafile=str(ca.root_pem_path))
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr_der = make_csr(key, "x" * 64)
+    msg = os.urandom(120)
+    start = time.process_time()
+    for _ in range(rounds):
+        s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+        server = sctx.wrap_bio(s_in, s_out, server_side=True)
+        client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+        for _ in range(10):
+            for side in (client, server):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+            if client.version() and server.version():
+                try:
+                    client.do_handshake()
+                    server.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    continue
+        sig = key.sign(msg, ec.ECDSA(hashes.SHA256()))  # the device's part: subtracted below
+        key.public_key().verify(sig, msg, ec.ECDSA(hashes.SHA256()))
+        csr = x509.load_der_x509_csr(csr_der)
+        assert csr.is_signature_valid
+        ca.issue_device(csr, "x" * 64, 365)
+    total = time.process_time() - start
+    # Subtract the device-side signing, measured on its own.
+    t = time.process_time()
+    for _ in range(rounds):
+        key.sign(msg, ec.ECDSA(hashes.SHA256()))
+    device_sign = time.process_time() - t
+    return (total - device_sign) / rounds
+
+
+def run() -> dict:
+    n = int(os.environ.get("QLINK_BENCH_DEVICES", "1000"))
+    concurrency = int(os.environ.get("QLINK_BENCH_CONCURRENCY", "32"))
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
+        data = Path(tmp)
+        proc = ServerProcess(data).start()
+        try:
+            root = proc.root_der()
+            devices = [SimDevice(proc.api_url, root, timeout_s=60) for _ in range(n)]
+            csv = data / "fleet.csv"
+            csv.write_text("\n".join(d.csv_line() for d in devices) + "\n")
+            t = time.perf_counter()
+            proc.cli("batch", "create", "bench")
+            proc.cli("batch", "import", "bench", str(csv), "--no-progress")
+            import_s = time.perf_counter() - t
+            pid = int(proc.info["pid"])
+            bpid = _broker_pid(data)
+            latencies: list[float] = []
+            errors: list[str] = []
+            lock = threading.Lock()
+
+            def one(d: SimDevice) -> None:
+                t0 = time.perf_counter()
+                try:
+                    r = d.onboard()
+                    ok = r.status == 200
+                except Exception as e:
+                    ok, r = False, e  # type: ignore[assignment]
+                dt_s = time.perf_counter() - t0
+                with lock:
+                    (latencies.append(dt_s) if ok else errors.append(str(r)[:200]))
+
+            cpu0 = _cpu_s(pid)
+            bcpu0 = _cpu_s(bpid) if bpid else 0.0
+            ccpu0 = time.process_time()
+            wall0 = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(one, devices))
+            wall = time.perf_counter() - wall0
+            ccpu = time.process_time() - ccpu0
+            cpu = _cpu_s(pid) - cpu0
+            bcpu = (_cpu_s(bpid) if bpid else 0.0) - bcpu0
+            ceil_s = ceiling(data)
+        finally:
+            proc.stop()
+    ok = len(latencies)
+    q = statistics.quantiles(latencies, n=100) if ok > 1 else [0.0] * 99
+    rate = ok / wall
+    ceiling_rate = cores / ceil_s
+    return {
+        "figures": {
+            "onboarding": {
+                "per_s": round(rate, 1),
+                "per_min": round(rate * 60),
+                "p50_ms": round(q[49] * 1000, 1),
+                "p95_ms": round(q[94] * 1000, 1),
+                "p99_ms": round(q[98] * 1000, 1),
+                "server_cpu_ms": round(cpu / max(ok, 1) * 1000, 2),
+                "broker_cpu_ms": round(bcpu / max(ok, 1) * 1000, 2),
+                "devices_cpu_ms": round(ccpu / max(ok, 1) * 1000, 2),
+            },
+            "ceiling": {
+                "cpu_ms": round(ceil_s * 1000, 2),
+                "per_s": round(ceiling_rate, 1),
+                "ratio_pct": round(100 * rate / ceiling_rate, 1),
+            },
+            "fleet": {
+                "devices": n,
+                "ok": ok,
+                "failed": len(errors),
+                "wall_s": round(wall, 2),
+                "import_s": round(import_s, 2),
+            },
+        },
+        "notes": [
+            f"{n} devices, {concurrency} concurrent, {cores} cores shared by server, broker "
+            "and the simulated devices (their TLS and signing cost is on the same cores)",
+            "server_cpu_ms, broker_cpu_ms: CPU time of the server (API) and Mosquitto processes "
+            "during the run / onboardings",
+            *errors[:3],
+        ],
+    }

@@ -1,0 +1,112 @@
+"""`qlink rig`: list targets, flash a board, open its console, power-cycle, run scenarios.
+
+`run` executes the rig scenarios with pytest and writes a report (pass/fail per scenario and
+board, with timings) as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hil import build
+from hil.targets import SerialTarget, TargetError, mpremote_exe
+
+app = typer.Typer(help="The HIL rig: flash and drive boards, run scenarios.", no_args_is_help=True)
+REPO = Path(__file__).resolve().parent.parent
+
+
+@app.command("list")
+def list_targets() -> None:
+    """Serial ports with a board attached (USB), and the board kinds the rig can build for."""
+    import serial.tools.list_ports
+
+    for p in serial.tools.list_ports.comports():
+        typer.echo(f"serial  {p.device}  {p.description}")
+    for d in sorted(build.unixport.BOARDS.iterdir()):
+        if (d / "board.json").exists():
+            typer.echo(f"board   {d.name}  {json.loads((d / 'board.json').read_text())}")
+    typer.echo("emulated  any number: EmulatedBoard (MicroPython Unix port behind a pty)")
+
+
+@app.command()
+def flash(
+    board: Annotated[str, typer.Option(help="rp2040, esp32 or unix")],
+    port: Annotated[str, typer.Option(help="serial port, e.g. /dev/ttyACM0")],
+    config: Annotated[Path, typer.Option(help="config.json to install")] = Path("config.json"),
+    ca: Annotated[Path, typer.Option(help="pinned root CA (DER)")] = Path("ca.der"),
+) -> None:
+    """Compile for the board, copy with mpremote, verify SHA-256 on the device, reset."""
+    try:
+        target = SerialTarget(port, board=board)
+        digests = target.deploy(json.loads(config.read_text()), ca.read_bytes())
+        target.hard_reset()
+    except (OSError, build.BuildError, TargetError) as e:
+        typer.echo(f"flash failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"flashed {len(digests)} files to {port}; hashes verified; board reset")
+
+
+@app.command()
+def console(port: Annotated[str, typer.Argument(help="serial port")]) -> None:
+    """Interactive console on the board (mpremote's terminal; Ctrl-] leaves)."""
+    raise typer.Exit(subprocess.call([mpremote_exe(), "connect", port, "repl"]))
+
+
+@app.command("power-cycle")
+def power_cycle(port: Annotated[str, typer.Argument(help="serial port")]) -> None:
+    """Reset the board (machine.reset(); a real board has no power switch on the rig)."""
+    SerialTarget(port).hard_reset()
+
+
+@app.command()
+def run(
+    scenario: Annotated[str, typer.Option(help="pytest -k expression, e.g. 'a or d'")] = "",
+    report: Annotated[Path, typer.Option(help="report path without suffix")] = Path("rig-report"),
+    board: Annotated[list[str] | None, typer.Option(help="real board port(s)")] = None,
+) -> None:
+    """Run the rig scenarios; write <report>.json and <report>.md."""
+    xml = report.with_suffix(".xml")
+    cmd = [sys.executable, "-m", "pytest", "-q", str(REPO / "tests/e2e/test_rig_scenarios.py")]
+    cmd += [f"--junitxml={xml}"] + (["-k", scenario] if scenario else [])
+    for p in board or []:
+        cmd += ["--board", p]
+    t0 = time.monotonic()
+    rc = subprocess.call(cmd)
+    rows = _rows(xml)
+    doc = {"exit": rc, "seconds": round(time.monotonic() - t0, 1), "scenarios": rows}
+    report.with_suffix(".json").write_text(json.dumps(doc, indent=2))
+    lines = ["| scenario | board | result | seconds |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['scenario']} | {r['board']} | {r['result']} | {r['seconds']} |" for r in rows]
+    report.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    typer.echo("\n".join(lines))
+    raise typer.Exit(rc)
+
+
+def _rows(xml: Path) -> list[dict[str, object]]:
+    if not xml.exists():
+        return []
+    rows: list[dict[str, object]] = []
+    for case in ET.parse(xml).getroot().iter("testcase"):  # noqa: S314 (our own pytest output)
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        rows.append(
+            {
+                "scenario": case.get("name", ""),
+                "board": "emulated",
+                "result": "skip" if skipped else ("FAIL" if failed else "pass"),
+                "seconds": round(float(case.get("time", "0")), 2),
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,102 @@
+"""Request limits as an ASGI middleware: a body larger than the limit gets 413 (at once when
+Content-Length says so, else as soon as the stream passes it), and a client that does not send
+its whole body within the time limit gets 408. Slow or huge requests cost one small buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class BodyTooSlow(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s")
+
+
+class RequestLimits:
+    def __init__(
+        self,
+        app: App,
+        *,
+        max_body: int,
+        max_device_body: int,
+        device_prefix: str,
+        body_timeout_s: float,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_device_body = max_device_body
+        self.device_prefix = device_prefix
+        self.timeout = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        limit = self.max_device_body if path.startswith(self.device_prefix) else self.max_body
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _reject(send, 400, "bad_request", "Content-Length is not a number")
+                    return
+                if declared > limit:
+                    await _reject(send, 413, "too_large", f"the body exceeds {limit} bytes")
+                    return
+        received = 0
+        deadline: float | None = None
+        done = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, deadline, done
+            if done:  # after the body only a disconnect can come: no time limit on waiting for it
+                return await receive()
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyTooSlow(self.timeout) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+                done = not message.get("more_body", False)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _reject(send: Send, status: int, code: str, detail: str) -> None:
+    import json
+
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

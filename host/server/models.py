@@ -1,0 +1,106 @@
+"""The registry's tables (SQLAlchemy 2 declarative). The schema's history is in migrations/;
+a change here needs a new migration there (tests/host/test_server_storage.py checks they match).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+STATE_REGISTERED = "registered"
+STATE_ONBOARDED = "onboarded"
+STATE_REVOKED = "revoked"
+
+ROLE_VIEWER = "viewer"
+ROLE_OPERATOR = "operator"
+ROLE_ADMIN = "admin"
+ROLES = (ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN)  # each role may do what the ones before it may
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_batches_tenant_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    policy: Mapped[str] = mapped_column(String(32), default="mosquitto")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(65))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=STATE_REGISTERED)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    cert_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    onboarded_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_telemetry: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Challenge(Base):
+    __tablename__ = "challenges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
+    challenge: Mapped[bytes] = mapped_column(LargeBinary(32))
+    expires: Mapped[int] = mapped_column(Integer, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # SHA-256 of the proof that consumed it: the same proof retried gets the same answer.
+    proof_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Revoked(Base):
+    """Every certificate ever revoked (the CRL's source); kept when a device is re-issued."""
+
+    __tablename__ = "revoked_certs"
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    not_after: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float] = mapped_column(Float)
+
+
+class Operator(Base):
+    """An operator API token: only its SHA-256 is stored (the token is 256 random bits)."""
+
+    __tablename__ = "operators"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_tenant_at", "tenant", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(128))
+    tenant: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,142 @@
+"""Bad requests get a 4xx with a sentence, never a 5xx: huge bodies, slow bodies, malformed
+JSON, wrong types, unknown fields (device API and operator API)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio.from_thread
+import httpx
+import pytest
+
+from host.server.app import create_app
+from host.server.policy import MemoryPolicy
+from host.server.registry import Registry
+from host.server.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, httpx.AsyncClient, str]]:
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("rob"),
+        max_body_bytes=64 * 1024,
+        max_device_body_bytes=2048,
+        body_timeout_s=0.5,
+    )
+    app = create_app(settings, policy=MemoryPolicy())
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(app.router.lifespan_context(app)),
+    ):
+        reg = Registry(settings.db_path)
+        token, _ = reg.create_token("rob", "acme", "admin")
+        reg.close()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="https://localhost"
+        )
+        yield portal, client, token
+        portal.call(client.aclose)
+
+
+def call(env: Any, method: str, path: str, **kw: Any) -> httpx.Response:
+    portal, client, token = env
+    kw.setdefault("headers", {})["Authorization"] = f"Bearer {token}"
+    return portal.call(lambda: client.request(method, path, **kw))
+
+
+def four_xx(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and len(body["detail"]) > 10
+
+
+@pytest.mark.parametrize("path", ["/v1/onboard/hello", "/v1/onboard/proof"])
+def test_device_body_over_limit_is_413(env: Any, path: str) -> None:
+    four_xx(call(env, "POST", path, content=b"{" + b" " * 4096 + b"}"), 413, "too_large")
+
+
+def test_operator_body_over_limit_is_413(env: Any) -> None:
+    big = {"format": "csv", "data": "x" * 70_000}
+    four_xx(call(env, "POST", "/v1/admin/batches/b/import", json=big), 413, "too_large")
+
+
+def test_streamed_body_over_limit_is_413(env: Any) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 1024
+
+    four_xx(call(env, "POST", "/v1/onboard/hello", content=chunks()), 413, "too_large")
+
+
+def test_slow_body_is_408(env: Any) -> None:
+    async def slow() -> AsyncIterator[bytes]:
+        yield b'{"device_id": '
+        await asyncio.sleep(1.0)
+        yield b'"x"}'
+
+    four_xx(call(env, "POST", "/v1/onboard/hello", content=slow()), 408, "timeout")
+    four_xx(call(env, "POST", "/v1/admin/batches", content=slow()), 408, "timeout")
+
+
+def test_bad_content_length_is_400(env: Any) -> None:
+    r = call(env, "POST", "/v1/onboard/hello", content=b"{}", headers={"content-length": "x"})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/admin/batches", b"{nope"),
+        ("/v1/admin/batches", b'{"name": 5}'),
+        ("/v1/admin/batches", b'{"name": "ok", "color": "red"}'),
+        ("/v1/admin/batches", b'{"name": ""}'),
+        ("/v1/admin/batches", b'{"name": "ok", "policy": "nope"}'),
+        ("/v1/admin/batches", b"[]"),
+        ("/v1/admin/batches", b"\xff\xfe"),
+        ("/v1/admin/tokens", b'{"name": "a", "role": "root"}'),
+        ("/v1/admin/batches/x/import", b'{"format": "xml", "data": ""}'),
+        ("/v1/admin/batches/x/state", b'{"active": "yes"}'),
+        ("/v1/onboard/hello", b'{"device_id": [], "public_key": {}}'),
+        ("/v1/onboard/proof", b"null"),
+    ],
+    ids=[
+        "not_json",
+        "name_int",
+        "unknown_field",
+        "empty_name",
+        "bad_policy",
+        "array",
+        "not_utf8",
+        "bad_role",
+        "bad_format",
+        "bool_as_string",
+        "hello_types",
+        "proof_null",
+    ],
+)
+def test_malformed_requests_are_400(env: Any, path: str, body: bytes) -> None:
+    r = call(env, "POST", path, content=body, headers={"content-type": "application/json"})
+    four_xx(r, 400, "bad_request")
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=99999999", "offset=-1"], ids=str)
+def test_bad_query_parameters_are_400(env: Any, query: str) -> None:
+    four_xx(call(env, "GET", f"/v1/admin/devices?{query}"), 400, "bad_request")
+
+
+def test_import_format_error_is_400(env: Any) -> None:
+    call(env, "POST", "/v1/admin/batches", json={"name": "fmt"})
+    r = call(env, "POST", "/v1/admin/batches/fmt/import", json={"format": "json", "data": "{nope"})
+    four_xx(r, 400, "bad_request")
+    assert "line 1" in r.json()["detail"]
+
+
+def test_wrong_method_is_405(env: Any) -> None:
+    four_xx(call(env, "GET", "/v1/onboard/hello"), 405, "method_not_allowed")
+
+
+def test_openapi_schema_is_served(env: Any) -> None:
+    doc = call(env, "GET", "/openapi.json").json()
+    assert "/v1/onboard/proof" in doc["paths"] and "/v1/admin/batches" in doc["paths"]
