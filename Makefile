@@ -6,12 +6,12 @@ STAMP := $(VENV)/.setup-stamp
 JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint fmt bench soak clean
+.PHONY: help setup demo test lint fmt bench soak clean flash hil test-pg
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## Create .venv with pinned packages, the MicroPython Unix port, mosquitto
+setup: $(STAMP) ## .venv (pinned), MicroPython Unix port, mpy-cross; Debian mosquitto, postgresql, softhsm2
 	@scripts/ensure-system-deps
 
 $(STAMP): requirements.lock pyproject.toml
@@ -48,6 +48,10 @@ flash: setup ## Flash the firmware to a board: make flash BOARD=rp2040|esp32 POR
 
 hil: setup ## Rig tests (pty boards, scenarios); on real boards: make hil BOARD_PORT=/dev/ttyACM0
 	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/hil tests/e2e/test_rig_scenarios.py $(if $(BOARD_PORT),--board $(BOARD_PORT))
+	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_rig_network.py tests/e2e/test_rig_network_long.py tests/e2e/test_rig_clock.py tests/e2e/test_rig_negative.py
 
 soak: setup ## 10-minute soak of one emulated board at the RP2040 heap budget (not in make test)
 	@QLINK_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_rig_soak.py
+
+test-pg: setup ## The server's end-to-end tests on a private PostgreSQL, 3 workers per server
+	@QLINK_E2E_DATABASE=postgres $(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_onboarding_rules.py tests/e2e/test_server_resilience.py tests/e2e/test_server_operations.py

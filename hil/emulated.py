@@ -3,6 +3,7 @@
 Layout of one board under its root folder:
     fs/         the device filesystem (firmware, board.py, config.json, ca.der, data/)
     die.json    the silicon model's die (seed and parameters): outside the filesystem, like silicon
+    rtc         the real-time clock's offset from the host's time in seconds (absent: none)
     console.log everything the board printed, across power cycles
 
 Power-on starts `micropython` in fs/ (boot.py, then main.py, then the REPL, as a board does);
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from hil import ptyrelay, unixport
+from hil import ptyrelay, unixport, unixrtc
 
 _FIRMWARE_DIRS = ("qdid", "agent")
 _FIRMWARE_FILES = ("boot.py", "main.py", "enrol.py")
@@ -69,6 +70,7 @@ class EmulatedBoard:
         self.fs = self.root / "fs"
         self.die_path = self.root / "die.json"
         self.console_path = self.root / "console.log"
+        self.rtc_path = self.root / "rtc"
         self.heap = heap
         self._proc: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
@@ -103,12 +105,25 @@ class EmulatedBoard:
             src = unixport.FIRMWARE / name
             if src.exists():
                 shutil.copy2(src, self.fs / name)
-        shutil.copy2(unixport.BOARDS / "unix" / "board.py", self.fs / "board.py")
+        hal = (unixport.BOARDS / "unix" / "board.py").read_text()
+        (self.fs / "board.py").write_text(unixrtc.with_rtc(hal))
         silicon = unixport.BOARDS / "unix" / "silicon.py"
         if silicon.exists():
             shutil.copy2(silicon, self.fs / "silicon.py")
         (self.fs / "config.json").write_text(json.dumps(config))
         (self.fs / config.get("root_ca", "ca.der")).write_bytes(root_ca_der)
+
+    # -- the real-time clock (battery-backed: survives power cycles) ----------------------------
+    def set_rtc(self, t: float) -> None:
+        """Set the board's RTC to UNIX time `t` (e.g. 2000-01-01 after a dead battery)."""
+        self.rtc_path.write_text(str(int(t) - int(time.time())))
+
+    def rtc(self) -> int:
+        """The board's RTC now, in UNIX seconds."""
+        try:
+            return int(time.time()) + int(self.rtc_path.read_text())
+        except (OSError, ValueError):
+            return int(time.time())
 
     def files(self) -> Iterable[Path]:
         return (p for p in self.fs.rglob("*") if p.is_file())

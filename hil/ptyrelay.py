@@ -9,9 +9,10 @@ REPL and raw-paste; this relay adds what a board's USB console has and a process
   REPL exec) becomes SIGINT, and input that follows is held until the REPL shows its prompt (a
   board drops nothing typed after Ctrl-C either).
 * **Soft reset survives the process.** The Unix port exits where a board reboots (Ctrl-D at the
-  friendly prompt or at an empty raw REPL, `sys.exit()`, `machine.reset()`): the relay prints
+  friendly prompt or at an empty raw REPL, `sys.exit()`): the relay prints
   `MPY: soft reboot`, starts the process again on the same port (warm: no fresh SRAM state) and,
-  if the client was in the raw REPL, enters it again, as a board does (boot.py only).
+  if the client was in the raw REPL, enters it again, as a board does (boot.py only). Exit
+  status 3 is a hard reset instead (board.reset()): boot.py and main.py run, the raw REPL is gone.
 * **Power.** `power_off()` kills the process group at once: a power cut at whatever instant.
 
 Everything the board prints is kept line by line (console log, `wait_for`).
@@ -45,6 +46,9 @@ _TAIL = 64
 POWER_ON = "power_on"  # cold: boot.py, main.py, then the REPL
 SOFT_RESET = "soft_reset"  # warm: boot.py, main.py, then the REPL
 SOFT_RESET_RAW = "soft_reset_raw"  # warm: boot.py, then back into the raw REPL
+HARD_RESET = "hard_reset"  # warm (SRAM kept powered): boot.py, main.py, then the REPL
+# Exit status of the process that means "reset me" (boards/unix/board.py Board.reset).
+EXIT_RESET = 3
 
 Spawner = Callable[[int, str], "subprocess.Popen[bytes]"]
 
@@ -223,10 +227,15 @@ class PtyRelay:
             self._proc_master = None
             os.close(pm)
             self._lock.notify_all()
-            if proc is not None:
-                proc.wait(timeout=10)
+            status = proc.wait(timeout=10) if proc is not None else None
             self._flush_partial_locked()
             if not self._powered:
+                return
+            if status == EXIT_RESET:
+                # A hard reset (board.reset(), or the rig's machine.reset() stand-in): the board
+                # runs boot.py and main.py again, and any raw REPL session is gone with it.
+                self._raw = False
+                self._start(HARD_RESET)
                 return
             self._output(_SOFT_REBOOT)
             self._start(SOFT_RESET_RAW if self._raw else SOFT_RESET)

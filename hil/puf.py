@@ -31,8 +31,7 @@ for _ in range(NREADS):
 # firmware decoder; one line per batch: "MC <trials> <failures>".
 _MONTE_CARLO = """
 import os
-from qdid import fuzzy
-fuzzy.soft_retry = SOFT
+from qdid import MODULE as fuzzy
 thr = BER_Q16
 fails = 0
 for t in range(TRIALS):
@@ -88,17 +87,25 @@ def collect(
     return out
 
 
-def monte_carlo(ber: float, trials: int, *, soft: bool = True) -> tuple[int, int]:
-    """(trials, failures) of the firmware decoder under i.i.d. errors of rate `ber`."""
+PROFILES = {2: "fuzzy", 3: "polar"}  # helper profile ID -> firmware module (qdid.<name>)
+
+
+def monte_carlo(ber: float, trials: int, profile: int = 3) -> tuple[int, int]:
+    """(trials, failures) of the firmware decoder of `profile` under i.i.d. errors of rate
+    `ber`."""
     if not 0 <= ber <= 1 or trials < 1:
         raise ValueError("ber in [0, 1] and trials >= 1")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown helper profile {profile}; have {sorted(PROFILES)}")
     code = (
-        _MONTE_CARLO.replace("SOFT", "True" if soft else "False")
+        _MONTE_CARLO.replace("MODULE", PROFILES[profile])
         .replace("BER_Q16", str(round(ber * 65536)))
         .replace("TRIALS", str(trials))
     )
     with tempfile.TemporaryDirectory() as tmp:
-        proc = unixport.run_code(code, heap=unixport.HEAP_IDENTITY, cwd=Path(tmp), timeout=3600)
+        # A larger heap than a board's: the harness draws 3.5 KiB of noise per trial; the
+        # decoders' own heap is measured by bench/device_identity.py.
+        proc = unixport.run_code(code, heap=256 * 1024, cwd=Path(tmp), timeout=3600)
     if proc.returncode != 0:
         raise PufRunError(f"Monte Carlo run failed:\n{proc.stdout}{proc.stderr}")
     for line in proc.stdout.splitlines():

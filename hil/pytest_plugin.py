@@ -20,6 +20,7 @@ from hil.emulated import EmulatedBoard
 from hil.targets import EmulatedTarget, SerialTarget
 
 _BOARDS = pytest.StashKey[list[EmulatedBoard]]()
+_STEPS = pytest.StashKey[steps.StepLog]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,16 +44,19 @@ def board_ports(request: pytest.FixtureRequest) -> list[str]:
 @pytest.fixture(autouse=True)
 def rig_steps(request: pytest.FixtureRequest) -> Iterator[steps.StepLog]:
     log = steps.use(steps.StepLog())
-    request.node.stash[_BOARDS] = []
+    request.node.stash[_STEPS] = log
+    request.node.stash.setdefault(_BOARDS, [])
     yield log
-    if log.steps:
-        request.node.add_report_section("call", "rig steps", log.text())
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
+    log = item.stash.get(_STEPS, None)
+    # The steps so far go with the test's call report (and with a failing setup or teardown).
+    if log is not None and log.steps and (call.when == "call" or report.failed):
+        report.sections.append(("rig steps", log.text()))
     if report.failed:
         for b in item.stash.get(_BOARDS, []):
             if b.console_path.exists():

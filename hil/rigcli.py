@@ -71,26 +71,54 @@ def run(
     scenario: Annotated[str, typer.Option(help="pytest -k expression, e.g. 'a or d'")] = "",
     report: Annotated[Path, typer.Option(help="report path without suffix")] = Path("rig-report"),
     board: Annotated[list[str] | None, typer.Option(help="real board port(s)")] = None,
+    tests: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="scenario test files (default: the rig scenarios, tests/e2e/test_rig_*.py)"
+        ),
+    ] = None,
 ) -> None:
     """Run the rig scenarios; write <report>.json and <report>.md."""
     xml = report.with_suffix(".xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", str(REPO / "tests/e2e/test_rig_scenarios.py")]
+    files = [str(p) for p in tests] if tests else [str(p) for p in _default_scenarios()]
+    # xunit1: the family that carries the properties pytest-embedded records.
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "junit_family=xunit1",
+    ]
+    cmd += files
     cmd += [f"--junitxml={xml}"] + (["-k", scenario] if scenario else [])
     for p in board or []:
         cmd += ["--board", p]
     t0 = time.monotonic()
     rc = subprocess.call(cmd)
-    rows = _rows(xml)
+    rows = _rows(xml, ", ".join(board) if board else "emulated")
     doc = {"exit": rc, "seconds": round(time.monotonic() - t0, 1), "scenarios": rows}
     report.with_suffix(".json").write_text(json.dumps(doc, indent=2))
     lines = ["| scenario | board | result | seconds |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['scenario']} | {r['board']} | {r['result']} | {r['seconds']} |" for r in rows]
+    counts = {k: sum(1 for r in rows if r["result"] == k) for k in ("pass", "FAIL", "skip")}
+    lines.append(
+        f"{counts['pass']} passed, {counts['FAIL']} failed, {counts['skip']} skipped "
+        f"in {doc['seconds']} s"
+    )
     report.with_suffix(".md").write_text("\n".join(lines) + "\n")
     typer.echo("\n".join(lines))
     raise typer.Exit(rc)
 
 
-def _rows(xml: Path) -> list[dict[str, object]]:
+def _default_scenarios() -> list[Path]:
+    found = sorted((REPO / "tests" / "e2e").glob("test_rig_*.py"))
+    return [p for p in found if p.name != "test_rig_soak.py"]  # the soak is `make soak`
+
+
+def _rows(xml: Path, board: str = "emulated") -> list[dict[str, object]]:
     if not xml.exists():
         return []
     rows: list[dict[str, object]] = []
@@ -100,7 +128,7 @@ def _rows(xml: Path) -> list[dict[str, object]]:
         rows.append(
             {
                 "scenario": case.get("name", ""),
-                "board": "emulated",
+                "board": board,
                 "result": "skip" if skipped else ("FAIL" if failed else "pass"),
                 "seconds": round(float(case.get("time", "0")), 2),
             }

@@ -28,6 +28,8 @@ class ServerProcess:
         api_port: int = 0,
         broker_port: int = 0,
         extra_args: list[str] | None = None,
+        database_url: str | None = None,
+        workers: int = 1,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.hostname = hostname
@@ -35,6 +37,8 @@ class ServerProcess:
         self.api_port_arg = api_port
         self.broker_port_arg = broker_port
         self.extra_args = extra_args or []
+        self.database_url = database_url
+        self.workers = workers
         self.info: dict[str, Any] = {}
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -72,14 +76,33 @@ class ServerProcess:
             return "(no log)"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `qlink ARGS --data-dir <this server's dir>` and return the finished process."""
+        """Run `qlink ARGS --data-dir <this server's dir>` (and its database) and return the
+        finished process."""
+        env = dict(os.environ)
+        if self.database_url:
+            env["QLINK_DATABASE_URL"] = self.database_url
         return subprocess.run(
             [sys.executable, "-m", "host.cli", *args, "--data-dir", str(self.data_dir)],
             capture_output=True,
             text=True,
             timeout=60,
             check=check,
+            env=env,
         )
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of one SQL query on the server's database (SQLite file or PostgreSQL)."""
+        from sqlalchemy import create_engine, text
+
+        url = self.database_url or f"sqlite:///{self.data_dir / 'registry.sqlite'}"
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql))]
+        finally:
+            engine.dispose()
 
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +124,8 @@ class ServerProcess:
         ]
         if self.challenge_ttl is not None:
             args += ["--challenge-ttl", str(self.challenge_ttl)]
+        if self.database_url:
+            args += ["--database-url", self.database_url, "--workers", str(self.workers)]
         log = self.log_path.open("ab")
         try:
             self._proc = subprocess.Popen(
@@ -147,3 +172,105 @@ class ServerProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL server from the Debian binaries: initdb into a temporary
+    directory, listening only on a Unix socket in it and on 127.0.0.1 at a free port.
+
+    PostgreSQL refuses to run as root; then the cluster belongs to the `postgres` system user
+    and the commands run through `runuser`.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = Path(base)
+        self.data = self.base / "pgdata"
+        self.sock = self.base / "pgsock"
+        self.port = 0
+        self._as: list[str] = []
+
+    @staticmethod
+    def bindir() -> Path:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not found:
+            raise PostgresUnavailable(
+                "PostgreSQL binaries not found; install them: apt-get install postgresql"
+            )
+        return found[-1].parent
+
+    def _run(self, *args: str) -> None:
+        proc = subprocess.run(
+            [*self._as, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        if proc.returncode != 0:
+            raise PostgresUnavailable(f"{args[0]} failed: {proc.stderr.strip()[-500:]}")
+
+    def start(self) -> PrivatePostgres:
+        import shutil
+        import socket
+
+        bindir = self.bindir()
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.sock.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.base, "postgres")
+            shutil.chown(self.sock, "postgres")
+            self.base.chmod(0o755)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self._run(
+            str(bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "qlink",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+        opts = (
+            f"-k {self.sock} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200 -c synchronous_commit=off"
+        )
+        self._run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            str(self.base / "postgres.log"),
+            "start",
+        )
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://qlink@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(
+            "postgresql+psycopg://" + self.url().removeprefix("postgresql://"),
+            isolation_level="AUTOCOMMIT",
+        )
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return self.url(name)
+
+    def stop(self) -> None:
+        with contextlib.suppress(PostgresUnavailable, FileNotFoundError):
+            self._run(
+                str(self.bindir() / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
+            )

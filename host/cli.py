@@ -167,9 +167,7 @@ def batch_create(
 @batch_app.command("import")
 def batch_import(
     name: Annotated[str, typer.Argument(help="Batch to import into (must exist).")],
-    file: Annotated[
-        Path, typer.Argument(help="CSV or JSON identities ('-' for stdin).")
-    ],
+    file: Annotated[Path, typer.Argument(help="CSV or JSON identities ('-' for stdin).")],
     fmt: Annotated[
         str | None, typer.Option("--format", help="csv or json (default: from the content).")
     ] = None,
@@ -194,7 +192,11 @@ def batch_import(
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise CliError(f"cannot read {file}: {why}; check the path") from e
     bar = Progress(
-        TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err, transient=True,
+        TextColumn("checking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
         disable=not progress,
     )
     try:
@@ -250,9 +252,7 @@ def _set_active(name: str, active: bool, tenant: str | None, data_dir: Path) -> 
 
 
 @batch_app.command("disable")
-def batch_disable(
-    name: str, tenant: Tenant = None, data_dir: DataDir = _DEFAULT_DIR
-) -> None:
+def batch_disable(name: str, tenant: Tenant = None, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """Stop onboarding the batch's devices (onboarded devices keep their certificates)."""
     _set_active(name, False, tenant, data_dir)
 
@@ -277,15 +277,13 @@ def _device_change(device_id: str, change: str, data_dir: Path) -> None:
         raise CliError(
             "the server is not running; start it (qlink server) so its broker applies the change"
         ) from None
-    ca = CertificateAuthority.load(settings.ca_dir)
+    ca = CertificateAuthority.load(settings.ca_dir, settings.hsm)
     try:
         driver = MosquittoDynsec(ca, settings.bind_host, int(info["broker_port"]))
     except PolicyError as e:
         raise CliError(f"cannot reach the server's broker: {e}") from e
     try:
-        service = Onboarding(
-            settings, _registry(data_dir), ca, driver, BrokerEndpoint("-", 0)
-        )
+        service = Onboarding(settings, _registry(data_dir), ca, driver, BrokerEndpoint("-", 0))
         dev = device_change(service, device_id.lower(), change, None, _actor())
     except PolicyError as e:
         raise CliError(f"the broker refused the change ({e}); nothing changed, retry") from e
@@ -439,7 +437,8 @@ def ca_root(
 
     if pem and der:
         raise CliError("choose one of --pem and --der")
-    ca = CertificateAuthority.load_or_create(Settings(data_dir=data_dir).ca_dir)
+    settings = Settings(data_dir=data_dir)
+    ca = CertificateAuthority.load_or_create(settings.ca_dir, hsm=settings.hsm)
     data = (ca.root_der_path if der else ca.root_pem_path).read_bytes()
     if out_file is not None:
         out_file.write_bytes(data)

@@ -15,11 +15,17 @@
 #   and (b) the C stack never grew below 0x20040800 before this read (6 KiB of stack: boot,
 #   the REPL and an import of .mpy files use far less; measure the high-water mark at bring-up by
 #   painting the region). Read it first thing in boot.py, before anything recursive runs.
-# Cold boot: machine.reset_cause() == PWRON_RESET, and our marker is not in watchdog SCRATCH0
-#   (datasheet 4.7, watchdog scratch registers: SCRATCH0-7 keep their value over a watchdog or
-#   soft reset and are cleared by a power-on or RUN-pin reset; the boot ROM and the SDK's
-#   watchdog_reboot use only SCRATCH4-7). A MicroPython soft reset (Ctrl-D) keeps the last
-#   hardware reset cause, so the marker is what tells it apart.
+# Cold boot: CHIP_RESET.HAD_POR is set, and our marker is not in watchdog SCRATCH0.
+#   CHIP_RESET (datasheet 2.10, core supply regulator: the VREG_AND_CHIP_RESET register list,
+#   base 0x40064000, offset 0x08):
+#   HAD_POR (bit 8) = the last chip reset was the power-on reset or brown-out detector, the only
+#   case in which the SRAM cells started from no power; HAD_RUN (bit 16, RUN pin) and
+#   HAD_PSM_RESTART (bit 20, debugger) keep the SRAM powered, so they are warm. (MicroPython's
+#   machine.reset_cause() reports PWRON_RESET for a RUN-pin reset too, hence the register.)
+#   Watchdog scratch registers (datasheet 4.7: SCRATCH0-7 keep their value over a watchdog or
+#   soft reset, cleared by a power-on or RUN-pin reset; the boot ROM and the SDK's
+#   watchdog_reboot use only SCRATCH4-7): a MicroPython soft reset (Ctrl-D) keeps CHIP_RESET,
+#   so the marker is what tells it apart.
 # Noise: the temperature sensor (ADC input 4; datasheet 4.9, ADC and temperature sensor): the low
 #   8 bits of its 12-bit conversions carry the converter's thermal noise. Unconditioned
 #   (qdid/entropy.py tests and conditions them). The ring oscillator's RANDOMBIT (datasheet 2.17)
@@ -30,6 +36,8 @@ import machine
 NAME = "rp2040"
 _PUF_BASE = const(0x20040000)  # bottom of SRAM4
 PUF_BYTES = const(2048)  # bytes of the PUF region
+_CHIP_RESET = const(0x40064008)  # VREG_AND_CHIP_RESET_BASE 0x40064000 + CHIP_RESET offset 0x08
+_HAD_POR = const(0x100)  # CHIP_RESET bit 8
 _WD_SCRATCH0 = const(0x4005800C)  # WATCHDOG_BASE 0x40058000 + SCRATCH0 offset 0x0c
 _MARK = const(0x51444944)  # "QDID": this power-on's SRAM has been read
 _ADC_TEMP = const(4)  # ADC input of the on-chip temperature sensor
@@ -39,9 +47,8 @@ class Board:
     name = NAME
 
     def __init__(self):
-        self._cold = machine.reset_cause() == machine.PWRON_RESET and (
-            machine.mem32[_WD_SCRATCH0] != _MARK
-        )
+        mem = machine.mem32
+        self._cold = bool(mem[_CHIP_RESET] & _HAD_POR) and mem[_WD_SCRATCH0] != _MARK
         self._sram = None
         self._forgotten = False
         self._adc = None

@@ -33,7 +33,8 @@
 #   stable cells: 2 * (1/256) * (255/256) = 0.00778
 #   total: 26/256 * 1/3 + 230/256 * 0.00778 = 0.0339 + 0.0070 = 0.0408
 # A stress (temperature, supply, age) adds the marginal share s: about + s * 0.46 to the BER.
-# qdid/fuzzy.py is designed for 15 % i.i.d. BER, well above this model at any stress below s = 0.2.
+# qdid.polar and qdid.fuzzy are designed for 15-20 % i.i.d. BER, well above this model at any
+# stress below s = 0.2.
 from micropython import const
 import hashlib
 import json
@@ -148,7 +149,6 @@ class Die:
         # The die's fixed cell parameters for chunk c (cells 2048*c ..): bit-planes of the
         # noisy mask, the stable values, the marginal-under-this-stress mask, and the four
         # bit-planes (MSB first) of each noisy cell's level T. Same die seed -> same planes.
-        allb = self._all
         noisy = self._below(c, b"noisy", self._t_noisy)
         value = self._below(c, b"bias", self._t_bias)
         marg = 0

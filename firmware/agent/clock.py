@@ -6,6 +6,7 @@
 import time
 from micropython import const
 from agent.errors import LinkError
+from agent.log import log
 
 _MIN_UNIX = const(1767225600)  # s, 2026-01-01T00:00:00Z: no true time is older than this firmware
 _MAX_AHEAD = const(252288000)  # s, 8 years: the support window of one firmware build
@@ -93,14 +94,25 @@ def _query(host, port, timeout_ms):
 
 def ensure(server, timeout_ms, query=None):
     # Called before every TLS session. server: (host, port) or None. Returns the time in use.
+    # A time server that cannot be reached (or is not synchronised) is no reason to stay off
+    # line while the clock is plausible: the RTC kept time. It is while the clock is not.
     t = now()
+    why = ""
     if server is not None:
-        got = sntp_seconds((query or _query)(server[0], server[1], timeout_ms))
-        if not plausible(got):
-            raise ClockError("clock: time server says %d, outside this firmware's window" % got)
-        if got - t > 2 or t - got > 2:
-            set_time(got)
-        t = now()
+        try:
+            got = sntp_seconds((query or _query)(server[0], server[1], timeout_ms))
+        except ClockError as e:
+            got = None
+            why = " (%s)" % e.args[0]
+            if plausible(t):
+                log("W", "clock", "time server unusable%s; keeping the clock", why)
+        if got is not None:
+            if not plausible(got):
+                raise ClockError("clock: time server says %d, outside this firmware's window" % got)
+            if got - t > 2 or t - got > 2:
+                set_time(got)
+                log("I", "clock", "time set from %s:%d: %d (was %d)", server[0], server[1], got, t)
+            t = now()
     if not plausible(t):
-        raise ClockError("clock: time %d implausible; not opening TLS until it is set" % t)
+        raise ClockError("clock: time %d implausible; not opening TLS until it is set%s" % (t, why))
     return t

@@ -31,6 +31,11 @@ _SLICE_MS = const(1000)  # ms, longest single sleep between keep-alive checks
 QUEUE_LEN = const(32)  # telemetry samples kept during an outage (~70 bytes each)
 _ERR_LEN = const(80)  # chars of the last error reported in the event message
 
+# The event message after a reconnect (docs/protocol.md "Broker").
+_EVENT_FMT = (
+    '{"event": "reconnected", "failures": %d, "last_error": "%s", "queued": %d, "dropped": %d}'
+)
+
 # Code the server uses when a fresh hello can succeed at once (the challenge went stale).
 _STALE = ("unknown_challenge", "challenge_used", "challenge_expired")
 
@@ -149,12 +154,7 @@ def _report_retries(client, stored, st):
     if not topic:
         return
     err = st.last_error[:_ERR_LEN].replace('"', "'").replace("\\", "/")
-    msg = '{"event": "reconnected", "failures": %d, "last_error": "%s", "queued": %d, "dropped": %d}' % (
-        st.failures,
-        err,
-        st.count,
-        st.dropped,
-    )
+    msg = _EVENT_FMT % (st.failures, err, st.count, st.dropped)
     client.publish(topic, msg.encode(), 1)
     log("I", "agent", "reconnected after %d failures", st.failures)
 
@@ -221,9 +221,13 @@ def _wait(client, interval):
 
 def _sleep_sampling(st, wait):
     # The retry wait: telemetry keeps being sampled into the queue while the link is down.
+    # Slices end when a sample is due, so an interval shorter than a slice keeps its rate.
     left = wait
     while left > 0:
         step = left if left < _SLICE_MS else _SLICE_MS
+        due = st.interval - st.since_ms
+        if st.sent and 0 < due < step:
+            step = due
         _sleep_ms(step)
         left -= step
         st.since_ms += step

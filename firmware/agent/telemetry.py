@@ -24,4 +24,8 @@ def payload(seq, uptime, mem_free):
 
 
 def sample(seq):
+    # mem_free after a collection: the live heap, comparable from one sample to the next (without
+    # it the figure swings with garbage not yet collected and shows neither leaks nor the floor).
+    # A collection on a 190 KiB RP2040 heap takes a few ms; one per interval is negligible.
+    gc.collect()
     return payload(seq, uptime_ms(), gc.mem_free())

@@ -1,3 +1,4 @@
+# Helper profile 2 (reconstructed; new enrolments use profile 3, qdid/polar.py).
 # Code-offset fuzzy extractor (Dodis, Reyzin, Smith, "Fuzzy Extractors", EUROCRYPT 2004,
 # section 5; Juels-Wattenberg fuzzy commitment) over a concatenated code: an outer binary
 # BCH(255, 131, t = 18) code and an inner repetition code R = 7 (the construction of Boesch et
@@ -13,24 +14,23 @@
 # keyed by the secret over the helper (truncated, NIST SP 800-107 section 5.3.4), makes a wrong
 # reconstruction (too much noise, a tampered helper, another die) an error instead of another key.
 #
-# Soft decisions where they pay: the majority vote also says how sure it is (a 4-3 vote is weak).
-# When hard decoding does not verify, the decoder erases the weak bits and decodes twice, once
-# with them all 0 and once all 1 (binary errors-and-erasures decoding, Blahut, "Algebraic Codes
-# for Data Transmission", 7.7): one of the two succeeds whenever 2 * (strong errors) + (weak
-# bits) <= 36, a pattern hard decoding cannot correct. Each candidate is checked by the tag.
-# It runs only after a hard failure, so a normal boot pays for one decode.
+# Soft decisions do not pay here, measured: erasing the weak (4-3) votes and decoding with them
+# all 0 and all 1 (binary errors-and-erasures decoding) left the failure rate at 20 % BER where it
+# was (51 failures with it, 57 without, in 50000 trials each: noise), because about 31 of 255
+# votes are weak at 20 % BER, close to the 36 erasures the code can take. The decoder is
+# hard-decision only (docs/identity.md, section 2).
 #
-# Profile 2 layout: bit b of the 1785-bit response string is bit (1791 - b) of the 224 bytes read
-# (big-endian, the last byte's low 7 bits unused); as an integer X = int(224 bytes) >> 7, copy j of
-# code bit i is bit 255 * j + i, so the 7 copies of a code bit sit 255 cells apart (neighbouring
+# Profile 2 layout: the response is X = (big-endian integer of the 224 bytes read) >> 7 (the last
+# byte's low 7 bits unused); copy j of code bit i is bit 255 * j + i of X (bit 0 least
+# significant), so the 7 copies of a code bit sit 255 cells apart (neighbouring
 # cells share a word line and tend to fail together; spreading them keeps the errors of one code
 # bit independent).
 #
 # Failure probability, exact for i.i.d. bit errors with rate p (host/puf/failure.py computes it,
 # docs/identity.md derives it): an inner block is wrong with P_b = P(Bin(7, p) >= 4); the hard
 # decoder fails iff more than 18 of the 255 blocks are wrong: P_k = P(Bin(255, P_b) >= 19).
-#   p = 0.15: P_k = 4.5e-10;  p = 0.20: P_k = 9.1e-4 (hard; the soft retry lowers it, measured by
-#   Monte Carlo in tests/host/test_puf_failure.py).
+#   p = 0.15: P_k = 5.4e-10;  p = 0.20: P_k = 1.05e-3 (Monte Carlo runs of this decoder agree:
+#   tests/host/test_puf_failure.py, bench/puf_failure.py).
 # Residual entropy: k = 131 bits of code dimension for 128 bits of secret; the helper leaks the
 # response's bias, sum over the 255 blocks of I(c_i; w_i) (docs/identity.md; 0 at bias 0.5).
 from micropython import const
@@ -54,6 +54,7 @@ RESPONSE_LEN = const(224)  # SRAM bytes the profile consumes
 KEY_LEN = const(17)  # bytes of random input to enrol(): the low 131 bits are the key
 RAW_BITS = const(1785)  # SRAM bits the profile consumes
 RADIUS = const(18)  # errors the BCH decoder corrects
+MARGIN_MAX = const(18)  # stats["margin"] with no error: errors the decoder could still correct
 
 # g(x) of BCH(255, 131, 18) over GF(2^8) with x^8 + x^4 + x^3 + x^2 + 1: the product of the
 # minimal polynomials of alpha^1..alpha^36 (degree 124; bit i = coefficient of x^i). Derived by
@@ -92,11 +93,7 @@ _POP = bytes(bin(i).count("1") for i in range(256))
 
 # Statistics of the last reproduce(), for the identity's health report (no secret in them:
 # the number of corrected errors is a function of the noise, not of the key).
-stats = {"corrected_bits": 0, "code_errors": 0, "margin": 0, "soft": 0}
-
-# The soft retry is on in the product; Monte Carlo checks of the exact (hard-decision) failure
-# formula turn it off.
-soft_retry = True
+stats = {"corrected_bits": 0, "code_errors": 0, "margin": 0}
 
 
 class ReconstructionError(QdidError):
@@ -282,7 +279,8 @@ def enrol(response, key):
 def _parse(helper):
     if len(helper) != HELPER_LEN:
         raise HelperError(
-            "helper data is %d bytes, profile 2 has %d; re-enrol the device" % (len(helper), HELPER_LEN)
+            "helper data is %d bytes, profile 2 has %d; re-enrol the device"
+            % (len(helper), HELPER_LEN)
         )
     if helper[0] != PROFILE_REP7_BCH255 or helper[1] != _R or helper[2] != _T or helper[3] != _K:
         raise HelperError("helper data profile is unknown to this firmware; re-enrol the device")
@@ -292,8 +290,7 @@ def _parse(helper):
 
 def _votes(y):
     # Majority of the 7 copies of every code bit, all 255 at once: a bit-sliced 3-bit counter
-    # (c2 c1 c0) per code bit over the 7 rows; count >= 4 is exactly c2. Weak votes (3 or 4 of 7)
-    # are 011 and 100.
+    # (c2 c1 c0) per code bit over the 7 rows; count >= 4 is exactly c2.
     c0 = c1 = c2 = 0
     for j in range(_R):
         r = (y >> (_N * j)) & _MASK_N
@@ -302,8 +299,7 @@ def _votes(y):
         t2 = c1 & t
         c1 ^= t
         c2 ^= t2  # cannot carry out: at most 7 rows
-    weak = ((c2 ^ _MASK_N) & c1 & c0) | (c2 & ((c1 | c0) ^ _MASK_N))
-    return c2, weak
+    return c2
 
 
 def _try(c, w, hdr, body, tag):
@@ -321,23 +317,10 @@ def reproduce(response, helper):
     x = _response_int(response)
     w = int.from_bytes(bytes(body), "big") >> _PAD
     y = x ^ w
-    hard, weak = _votes(y)
-    stats["soft"] = 0
-    c, errs = _bch_decode(hard)
+    c, errs = _bch_decode(_votes(y))
     secret = None
     if c >= 0:
         secret = _try(c, w, hdr, body, tag)
-    if secret is None and weak and soft_retry:
-        # Erasures filled with 0, then with 1 (see the top of this file).
-        nweak = _popint(weak, 32)
-        for fill in (hard & (weak ^ _MASK_N), hard | weak):
-            c, errs = _bch_decode(fill)
-            if c >= 0:
-                secret = _try(c, w, hdr, body, tag)
-                if secret is not None:
-                    errs = _popint(c ^ hard, 32)
-                    stats["soft"] = nweak
-                    break
     if secret is None:
         stats["corrected_bits"] = 0
         stats["code_errors"] = 0
@@ -346,7 +329,7 @@ def reproduce(response, helper):
             "SRAM response does not match this device's helper data (too noisy, helper altered, "
             "or another chip); power-cycle and retry, re-enrol if it persists"
         )
-    stats["corrected_bits"] = _popint(y ^ _repeat(c), 224)
+    stats["corrected_bits"] = _popint(y ^ _repeat(c), _RESP)
     stats["code_errors"] = errs
     stats["margin"] = _T - errs
     return secret

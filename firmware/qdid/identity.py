@@ -3,6 +3,8 @@
 #   boot(board, data_dir="data") -> Identity
 #     first boot (no data/helper.bin): enrol, write the public helper data atomically;
 #     later boots: reconstruct the same secret from a fresh power-up read.
+#   Fuzzy extractor by helper profile (first byte): 3 = qdid.polar (new enrolments),
+#   2 = qdid.fuzzy (repetition + BCH, still reconstructed); loaded for the boot only.
 #
 # Seeds (docs/protocol.md "Identity"): PRK = HKDF-Extract(salt = SHA-256(helper.bin), secret)
 # (RFC 5869 2.2); seed i = HKDF-Expand(PRK, b"qlink/seed/" + ASCII decimal i, 16), i = 0..7
@@ -39,6 +41,8 @@ _HW_MIN_PCT = const(35)  # power-up Hamming weight bounds, percent of the bits r
 _HW_MAX_PCT = const(65)
 _BLOCK = const(16)  # bytes per block of the repeated-block check
 _MAX_RAW_BER_PCT = const(25)  # corrected response bits above this share of the read: fail closed
+_RESPONSE_LEN = const(224)  # SRAM bytes every helper profile reads
+_ENROL_PROFILE = const(3)  # helper profile of new enrolments (qdid.polar)
 _HELPER = "helper.bin"
 _HEALTH = "puf_health.bin"  # public counter of PUF health failures (4 bytes, big-endian)
 _SEED_INFO = b"qlink/seed/"
@@ -61,12 +65,10 @@ class IdentityWiped(QdidError):
 
 def check_sram(resp):
     # Reject reads that cannot be a power-up state before they reach the fuzzy extractor.
-    from qdid import fuzzy
-
     n = len(resp) * 8
     if n == 0:
         raise SramHealthError("SRAM read is empty: the board's PUF region is wrong")
-    w = fuzzy.hamming_weight(resp)
+    w = _weight(resp)
     if w == 0 or w == n:
         raise SramHealthError(
             "SRAM power-up region reads all %d: it was written before it was read, or the "
@@ -83,7 +85,7 @@ def check_sram(resp):
     nblk = len(resp) // _BLOCK
     for i in range(nblk):
         blk = mv[i * _BLOCK : (i + 1) * _BLOCK]
-        bw = fuzzy.hamming_weight(blk)
+        bw = _weight(blk)
         if bw == 0 or bw == _BLOCK * 8:
             raise SramHealthError(
                 "SRAM power-up region has an all-%d block at byte %d: it was written before it "
@@ -94,6 +96,28 @@ def check_sram(resp):
                 "SRAM power-up region repeats a block at byte %d: it was written before it was "
                 "read; power-cycle the board" % (i * _BLOCK)
             )
+
+
+def _weight(buf):
+    n = 0
+    for b in buf:
+        while b:
+            b &= b - 1
+            n += 1
+    return n
+
+
+def _extractor(profile):
+    # The fuzzy-extractor module of a helper profile (docs/identity.md): 3 = polar (enrolment
+    # default), 2 = repetition + BCH (still reconstructed). Unknown profiles go to the default,
+    # whose parser refuses them with a message that says to re-enrol.
+    if profile == 2:
+        from qdid import fuzzy
+
+        return fuzzy
+    from qdid import polar
+
+    return polar
 
 
 def _read(path):
@@ -145,8 +169,8 @@ class Identity:
 
         # PUF health of this boot (public numbers, no secret): corrected_bits (raw SRAM bits the
         # decoder corrected), code_errors (BCH symbols corrected), margin (errors the decoder
-        # could still have corrected: the "PUF health"), soft (erased weak bits when the soft
-        # retry was needed), health_failures (counter over the device's life).
+        # could still have corrected: the "PUF health"), health_failures (counter over the
+        # device's life).
         self.health = health or {}
         self._prk = bytearray(prk)
         self._live = True
@@ -197,20 +221,20 @@ class Identity:
 def boot(board, data_dir="data"):
     # The SRAM first: on a real board the power-up region is read before anything else runs
     # (the C stack and the heap only grow from here on).
-    # The fuzzy extractor (its GF(2^8) tables, buffers and decoder: ~7 KiB) is loaded for the
-    # boot only, unless someone had it loaded before.
-    preloaded = "qdid.fuzzy" in sys.modules
-    from qdid import fuzzy
-
-    resp = bytearray(board.sram_bits(fuzzy.RESPONSE_LEN))
+    # The fuzzy extractor (tables, buffers and decoder: 7-12 KiB) is loaded for the boot only,
+    # unless someone had it loaded before. Every profile reads the same 224 bytes.
+    before = set(sys.modules)
+    resp = bytearray(board.sram_bits(_RESPONSE_LEN))
     forget = getattr(board, "forget_sram", None)
     if forget:
         forget()  # the board keeps no copy once the response is ours
     try:
-        if not entropy.ready():
-            entropy.init(board)
+        # The extractor's buffers before anything else fragments the heap.
         path = data_dir + "/" + _HELPER
         helper = _read(path)
+        fe = _extractor(helper[0] if helper else _ENROL_PROFILE)
+        if not entropy.ready():
+            entropy.init(board)
         try:
             check_sram(resp)
         except SramHealthError:
@@ -223,28 +247,28 @@ def boot(board, data_dir="data"):
                     "enrolment needs a power-on SRAM state and this was a warm reset; remove "
                     "power from the board, then boot it again"
                 )
-            key = bytearray(entropy.random_bytes(fuzzy.KEY_LEN))
-            helper, secret = fuzzy.enrol(resp, key)
+            key = bytearray(entropy.random_bytes(fe.KEY_LEN))
+            helper, secret = fe.enrol(resp, key)
             for i in range(len(key)):
                 key[i] = 0
             _ensure_dir(data_dir)
             _write_atomic(path, helper)
             if _read(path) != helper:
                 raise QdidError("helper data did not read back as written; check the filesystem")
-            health = {"corrected_bits": 0, "code_errors": 0, "margin": fuzzy.RADIUS, "soft": 0}
+            health = {"corrected_bits": 0, "code_errors": 0, "margin": fe.MARGIN_MAX}
         else:
             try:
-                secret = fuzzy.reproduce(resp, helper)
-            except fuzzy.ReconstructionError:
+                secret = fe.reproduce(resp, helper)
+            except fe.ReconstructionError:
                 _count_failure(data_dir)
                 if not board.cold_boot():
-                    raise fuzzy.ReconstructionError(
+                    raise fe.ReconstructionError(
                         "identity not reconstructed after a warm reset (the SRAM was overwritten "
                         "since power-on); remove power from the board, then boot it again"
                     )
                 raise
-            health = dict(fuzzy.stats)
-            if health["corrected_bits"] * 100 > _MAX_RAW_BER_PCT * fuzzy.RAW_BITS:
+            health = dict(fe.stats)
+            if health["corrected_bits"] * 100 > _MAX_RAW_BER_PCT * fe.RAW_BITS:
                 # The key came out right, but the SRAM is far noisier than any healthy die
                 # (ageing, out-of-range supply or temperature, or probing): fail closed before
                 # it fails open-endedly.
@@ -252,7 +276,7 @@ def boot(board, data_dir="data"):
                 raise SramHealthError(
                     "SRAM power-up noise is %d%% of the bits, above %d%%: the PUF is out of its "
                     "operating range (temperature, supply, ageing); boot in range or re-enrol"
-                    % (health["corrected_bits"] * 100 // fuzzy.RAW_BITS, _MAX_RAW_BER_PCT)
+                    % (health["corrected_bits"] * 100 // fe.RAW_BITS, _MAX_RAW_BER_PCT)
                 )
     finally:
         for i in range(len(resp)):
@@ -261,19 +285,19 @@ def boot(board, data_dir="data"):
     prk = hkdf_extract(hashlib.sha256(helper).digest(), secret)
     secret = None
     helper = None
-    fuzzy = None
-    if not preloaded:
-        _drop_fuzzy()
+    fe = None
+    _drop(before)
     return Identity(prk, health)
 
 
-def _drop_fuzzy():
-    # A lifecycle module: gone once the secret is out, its ~3 KiB back to the heap.
-    mod = sys.modules.get("qdid.fuzzy")
-    if mod is not None:
-        del sys.modules["qdid.fuzzy"]
-        import qdid
+def _drop(before):
+    # Lifecycle modules: the extractor loaded for this boot goes, its heap back to the pool.
+    import qdid
 
-        if getattr(qdid, "fuzzy", None) is mod:
-            del qdid.fuzzy
+    for name in ("qdid.fuzzy", "qdid.polar"):
+        if name in sys.modules and name not in before:
+            del sys.modules[name]
+            short = name[5:]
+            if short in qdid.__dict__:
+                delattr(qdid, short)
     gc.collect()

@@ -6,8 +6,9 @@ Figures (Maes, "PUF-based key generation", 2013, ch. 2 and 4):
 - Hamming weight: mean fraction of 1 bits over every read;
 - inter-die distance: mean fractional distance between the first reads of every pair of dies
   (0.5 for unique dies; a clone would sit near the intra-die BER);
-- bias: P(1) over the dies' majority cell values;
-- min-entropy: per cell, -log2 max(p, 1 - p) with p the share of dies whose majority value is
+- bias: P(1) over the enrolment reads (read 0 of every die: the values the helper data is made
+  from; a per-cell majority over an even number of reads would count ties as 1 and overstate it);
+- min-entropy: per cell, -log2 max(p, 1 - p) with p the share of dies whose enrolment read is
   1, averaged over cells (an estimate that needs many dies to be tight), and the figure implied by
   the overall bias alone.
 """
@@ -20,8 +21,8 @@ from math import log2
 import numpy as np
 from numpy.typing import NDArray
 
-from host.puf.entropy import residual_entropy
-from host.puf.failure import PROFILE_2, Profile, key_failure
+from host.puf import polar
+from host.puf.entropy import residual_entropy_linear
 
 
 class MeasurementError(ValueError):
@@ -56,7 +57,8 @@ def intra_ber(bits: NDArray[np.uint8]) -> NDArray[np.float64]:
     """Per die: mean fractional distance of reads 1.. to read 0."""
     if bits.shape[1] < 2:
         raise MeasurementError("intra-die BER needs at least 2 reads per die")
-    return np.mean(bits[:, 1:, :] != bits[:, :1, :], axis=(1, 2))
+    ber: NDArray[np.float64] = np.mean(bits[:, 1:, :] != bits[:, :1, :], axis=(1, 2))
+    return ber
 
 
 def inter_distance(bits: NDArray[np.uint8]) -> float:
@@ -75,21 +77,20 @@ def inter_distance(bits: NDArray[np.uint8]) -> float:
 
 
 def min_entropy_per_bit(bits: NDArray[np.uint8]) -> float:
-    """Mean over cells of -log2 max(p, 1-p), p = share of dies whose majority value is 1."""
-    majority = (np.mean(bits, axis=1) >= 0.5).astype(np.float64)
-    p = np.mean(majority, axis=0)
+    """Mean over cells of -log2 max(p, 1-p), p = share of dies whose enrolment read is 1."""
+    p = np.mean(bits[:, 0, :].astype(np.float64), axis=0)
     pmax = np.maximum(p, 1 - p)
     return float(np.mean(-np.log2(pmax)))
 
 
-def analyse(reads: NDArray[np.uint8], profile: Profile = PROFILE_2) -> Report:
-    """All figures of one measurement campaign, and what they mean for the key."""
+def analyse(reads: NDArray[np.uint8]) -> Report:
+    """All figures of one measurement campaign, and what they mean for the key under the
+    enrolment profile (3, polar): the failure figure is the density-evolution upper bound."""
     bits = to_bits(reads)
     ber = intra_ber(bits)
-    majority = np.mean(bits, axis=1) >= 0.5
-    bias = float(np.mean(majority))
+    bias = float(np.mean(bits[:, 0, :]))
     mean_ber = float(np.mean(ber))
-    residual = residual_entropy(bias, profile)
+    residual = residual_entropy_linear(bias, polar.REAL, polar.K)
     return Report(
         dies=bits.shape[0],
         reads=bits.shape[1],
@@ -101,7 +102,7 @@ def analyse(reads: NDArray[np.uint8], profile: Profile = PROFILE_2) -> Report:
         bias=bias,
         min_entropy_per_bit=min_entropy_per_bit(bits),
         min_entropy_from_bias=-log2(max(bias, 1 - bias)) if 0 < bias < 1 else 0.0,
-        predicted_key_failure=float(key_failure(profile, min(max(mean_ber, 0.0), 1.0))),
+        predicted_key_failure=polar.key_failure_bounds(min(max(mean_ber, 0.0), 1.0))[1],
         residual_shannon_bits=residual["shannon_bits"],
         residual_min_entropy_bits=residual["min_entropy_bits"],
     )

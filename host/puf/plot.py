@@ -9,9 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from host.puf.failure import PROFILE_1, PROFILE_2, key_failure  # noqa: E402
+from host.puf import polar
+from host.puf.failure import PROFILE_1, PROFILE_2, key_failure_float
 
 TARGET = 1e-9  # key failure at the 15 % design point
 TARGET_20 = 1e-6  # key failure at 20 % BER
@@ -27,20 +28,31 @@ def failure_curve(
     bers = [i / 200 for i in range(1, 61)]  # 0.5 % .. 30 %
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for prof, style in ((PROFILE_2, "-"), (PROFILE_1, ":")):
-        ys = [max(float(key_failure(prof, p)), 1e-300) for p in bers]
-        ax.semilogy(bers, ys, style, label=f"profile {prof.name} ({prof.raw_bits} bits), exact")
+        ys = [max(key_failure_float(prof, p), 1e-300) for p in bers]
+        ax.semilogy(bers, ys, style, label=f"{prof.name} ({prof.raw_bits} bits), exact")
     if monte_carlo:
         ax.semilogy(
             [p for p, _ in monte_carlo],
             [max(f, 1e-300) for _, f in monte_carlo],
             "o",
-            label="Monte Carlo (firmware decoder)",
+            label="Monte Carlo (firmware decoders)",
         )
+    pb = [0.10 + 0.02 * i for i in range(11)]
+    bounds = [polar.key_failure_bounds(p) for p in pb]
+    ax.fill_between(
+        pb,
+        [max(lo, 1e-300) for lo, _ in bounds],
+        [max(hi, 1e-300) for _, hi in bounds],
+        alpha=0.35,
+        label=f"profile 3 polar ({polar.REAL} bits), DE bounds",
+    )
     ax.axhline(TARGET, color="red", linestyle="--", label="target 1e-9")
     ax.plot([0.20], [TARGET_20], "rx", markersize=9, label="target 1e-6 at 20 %")
     ax.axvline(0.15, color="grey", linewidth=0.8)
     if measured_ber is not None:
-        ax.axvline(measured_ber, color="green", linewidth=1.0, label=f"measured BER {measured_ber:.3f}")
+        ax.axvline(
+            measured_ber, color="green", linewidth=1.0, label=f"measured BER {measured_ber:.3f}"
+        )
     ax.set_ylim(1e-40, 1.0)
     ax.set_xlabel("bit error rate (i.i.d.)")
     ax.set_ylabel("key failure probability")

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
+from host.server.broker import reload_broker
 from host.server.identities import ImportFormatError
 from host.server.models import ROLE_ADMIN, ROLE_OPERATOR, ROLE_VIEWER
 from host.server.onboarding import Onboarding, OnboardingRefused
@@ -118,9 +119,7 @@ async def list_batches(request: Request, op: Op) -> list[dict[str, Any]]:
     return [b.as_json() for b in rows]
 
 
-@router.post(
-    "/batches", response_model=BatchOut, status_code=201, responses=errors(403, 409)
-)
+@router.post("/batches", response_model=BatchOut, status_code=201, responses=errors(403, 409))
 async def create_batch(request: Request, op: Op, body: BatchCreate) -> dict[str, Any]:
     _need(op, ROLE_OPERATOR)
     b = await _call(
@@ -139,9 +138,7 @@ async def get_batch(request: Request, op: Op, name: str) -> dict[str, Any]:
     return b.as_json()  # type: ignore[no-any-return]
 
 
-@router.post(
-    "/batches/{name}/state", response_model=BatchOut, responses=errors(403, 404)
-)
+@router.post("/batches/{name}/state", response_model=BatchOut, responses=errors(403, 404))
 async def set_batch_state(request: Request, op: Op, name: str, body: BatchState) -> dict[str, Any]:
     _need(op, ROLE_OPERATOR)
     reg = _registry(request)
@@ -155,9 +152,7 @@ async def set_batch_state(request: Request, op: Op, name: str, body: BatchState)
     response_model=ImportResult,
     responses={**errors(403, 404), 422: {"model": ImportRejectedBody}},
 )
-async def import_batch(
-    request: Request, op: Op, name: str, body: ImportRequest
-) -> dict[str, Any]:
+async def import_batch(request: Request, op: Op, name: str, body: ImportRequest) -> dict[str, Any]:
     _need(op, ROLE_OPERATOR)
     n = await _call(
         _registry(request).import_devices,
@@ -183,9 +178,7 @@ async def list_devices(
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> list[dict[str, Any]]:
-    rows = await _call(
-        _registry(request).devices, op.tenant, batch, limit=limit, offset=offset
-    )
+    rows = await _call(_registry(request).devices, op.tenant, batch, limit=limit, offset=offset)
     return [d.as_json() for d in rows]
 
 
@@ -219,6 +212,7 @@ def device_change(
     dev = reg.change_device(device_id, change, apply, tenant=tenant, actor=actor)
     if change == "revoke":
         service.ca.publish_crl([(r.serial, r.revoked_at) for r in reg.revoked_certs()])
+        reload_broker(service.settings.broker_dir)  # the broker now refuses the certificate
     return dev
 
 
@@ -268,9 +262,7 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> list[dict[str, Any]]:
     _need(op, ROLE_VIEWER)
-    rows = await _call(
-        _registry(request).audit, op.tenant, action=action, since=since, limit=limit
-    )
+    rows = await _call(_registry(request).audit, op.tenant, action=action, since=since, limit=limit)
     return [a.as_json() for a in rows]
 
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from host.server.admin import ApiError, ca_router
 from host.server.admin import router as admin_router
-from host.server.broker import ManagedBroker
+from host.server.broker import ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
 from host.server.files import atomic_write
 from host.server.limits import RequestLimits
@@ -74,7 +75,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host)
+        ca = CertificateAuthority.load_or_create(
+            settings.ca_dir, settings.public_host, settings.hsm
+        )
         registry = Registry(settings.database)
         driver = policy
         port = broker_port if broker_port is not None else settings.broker_port
@@ -83,7 +86,12 @@ def create_app(
                 driver = MosquittoDynsec(ca, settings.bind_host, port)
             app.state.broker_port = port
             app.state.onboarding = Onboarding(
-                settings, registry, ca, driver, BrokerEndpoint(settings.public_host, port)
+                settings,
+                registry,
+                ca,
+                driver,
+                BrokerEndpoint(settings.public_host, port),
+                drivers=extra_drivers(settings),
             )
             yield
         finally:
@@ -135,10 +143,25 @@ def create_app(
     return app
 
 
+def extra_drivers(settings: Settings) -> dict[str, PolicyDriver]:
+    """The policy drivers besides the managed broker's, by batch policy name."""
+    from host.server.policy.azure import AzureDpsExport
+
+    drivers: dict[str, PolicyDriver] = {"azure": AzureDpsExport(settings.data_dir / "azure")}
+    if settings.aws_region:
+        import boto3
+
+        from host.server.policy.aws import AwsIotPolicy
+
+        drivers["aws"] = AwsIotPolicy(boto3.client("iot", region_name=settings.aws_region))
+    return drivers
+
+
 def worker_app() -> FastAPI:
     """The app of one uvicorn worker process (several workers): settings come from the env."""
     raw = json.loads(os.environ[ENV_WORKER_SETTINGS])
     port = int(raw.pop("_broker_port"))
+    die_with_parent()  # a worker must not outlive its main process (kill -9 of the server)
     configure_logging()
     return create_app(Settings(**raw), broker_port=port)
 
@@ -189,13 +212,32 @@ def _wait_ready(url: str, ca: CertificateAuthority, stop: threading.Event) -> bo
     return False
 
 
+def _refresh_crl(
+    registry: Registry, ca: CertificateAuthority, broker: ManagedBroker, stop: threading.Event
+) -> None:
+    """Re-sign the CRL before it expires (an expired CRL makes the broker refuse everyone)."""
+    while not stop.wait(_CRL_CHECK_S):
+        try:
+            before = ca.crl_path.read_bytes() if ca.crl_path.exists() else b""
+            revoked = [(r.serial, r.revoked_at) for r in registry.revoked_certs()]
+            if ca.current_crl(revoked) != before:
+                broker.reload()
+        except Exception:  # keep refreshing; the next round retries
+            log.exception("event=crl_refresh_failed")
+
+
+_CRL_CHECK_S = 600.0
+
+
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT; `server.json` tells others where it listens."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         settings.server_json.unlink()
-    ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host)
-    Registry(settings.database).close()  # migrate once, before any worker starts
+    ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host, settings.hsm)
+    registry = Registry(settings.database)  # migrates once, before any worker starts
+    revoked = [(r.serial, r.revoked_at) for r in registry.revoked_certs()]
+    ca.publish_crl(revoked)  # the broker's crlfile: fresh and complete before it starts
     sock = _listen(settings.bind_host, settings.api_port)
     api_port = int(sock.getsockname()[1])
     broker = ManagedBroker(settings.broker_dir, ca, settings.bind_host, settings.broker_port)
@@ -230,7 +272,7 @@ def serve(settings: Settings) -> None:
             atomic_write(settings.server_json, json.dumps(info).encode())
             log.info("event=server_ready api_port=%d broker_port=%d", api_port, broker.port)
 
-    ssl_args = {
+    ssl_args: dict[str, Any] = {
         "ssl_certfile": str(ca.cert_path("server")),
         "ssl_keyfile": str(ca.key_path("server")),
         "log_config": None,
@@ -246,6 +288,9 @@ def serve(settings: Settings) -> None:
             Registry(settings.database), ca, settings.bind_host, broker.port
         )
         threading.Thread(target=announce, name="announce", daemon=True).start()
+        threading.Thread(
+            target=_refresh_crl, args=(registry, ca, broker, stop), name="crl", daemon=True
+        ).start()
         if settings.workers == 1:
             app = create_app(settings, broker_port=broker.port)
             server = _Server(uvicorn.Config(app, **ssl_args), [unannounce, stop_broker])
@@ -271,6 +316,7 @@ def serve(settings: Settings) -> None:
     finally:
         unannounce()
         stop_broker()
+        registry.close()
         sock.close()
     if not started:
         raise SystemExit(1)

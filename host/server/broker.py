@@ -41,7 +41,7 @@ class BrokerError(ServerError):
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the broker's child process before exec: the kernel sends it SIGTERM when the server
     dies, even by SIGKILL (prctl(2) PR_SET_PDEATHSIG), so no broker outlives its server."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -175,6 +175,8 @@ class ManagedBroker:
             f"certfile {self.ca.cert_path('broker')}",
             f"keyfile {self.ca.key_path('broker')}",
             "require_certificate true",
+            # Revoked certificates fail the TLS handshake; SIGHUP makes it re-read the file.
+            f"crlfile {self.ca.crl_pem_path}",
             "use_identity_as_username true",
             "set_tcp_nodelay true",
         ]
@@ -184,6 +186,8 @@ class ManagedBroker:
         """Start the broker. Call it from the thread that lives as long as the server (the main
         thread): the parent-death signal follows the thread that started the child."""
         self.stop_stale()
+        if not self.ca.crl_pem_path.exists():  # a new CA: nothing revoked yet
+            self.ca.publish_crl([])
         if self.port == 0:
             self.port = free_port(self.host)
         self.write_config()
@@ -194,7 +198,7 @@ class ManagedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=_die_with_parent,  # only prctl: async-signal-safe
+                preexec_fn=die_with_parent,  # only prctl: async-signal-safe
             )
         finally:
             log_file.close()
@@ -242,6 +246,27 @@ class ManagedBroker:
             self.pid_path.unlink()
         log.info("event=broker_stopped status=%s", proc.returncode)
 
+    def reload(self) -> bool:
+        """Make the broker re-read its CRL (SIGHUP); False when it is not running."""
+        return reload_broker(self.dir)
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+
+def reload_broker(broker_dir: Path) -> bool:
+    """SIGHUP the broker that runs on `broker_dir` (from any process: the CLI, an API worker),
+    so it re-reads the CRL. False when none runs there."""
+    try:
+        pid = int((broker_dir / "mosquitto.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not _is_our_broker(pid, broker_dir / "mosquitto.conf"):
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    log.info("event=broker_reload pid=%d reason=crl", pid)
+    return True

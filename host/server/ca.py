@@ -8,7 +8,8 @@ Layout of `data_dir/ca/` (keys 0600, everything written atomically):
     broker.pem broker.key             the broker's TLS leaf + issuing CA
     admin.pem admin.key               client certificate (CN qlink-admin) of the server's own
                                       MQTT connection
-    crl.der                           the issuing CA's CRL, rewritten on every revocation
+    crl.der crl.pem                   the issuing CA's CRL, rewritten on every revocation and
+                                      re-signed before it expires (the broker's `crlfile`)
 Each item is loaded when present and consistent, created otherwise, so a crash between two
 writes heals on the next start.
 """
@@ -30,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from host.server import ServerError
 from host.server.files import atomic_write
+from host.server.hsm import Pkcs11Config, Pkcs11Key, sign_certificate, sign_crl
 
 ADMIN_CN = "qlink-admin"
 _ROOT_DAYS = 3650
@@ -95,7 +97,19 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 @dataclass(frozen=True)
 class _Signer:
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | Pkcs11Key
+
+    def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        if isinstance(self.key, Pkcs11Key):
+            return sign_certificate(builder, self.key)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder
+    ) -> x509.CertificateRevocationList:
+        if isinstance(self.key, Pkcs11Key):
+            return sign_crl(builder, self.key)
+        return builder.sign(self.key, hashes.SHA256())
 
 
 def _builder(
@@ -215,10 +229,15 @@ class CertificateAuthority:
         return self._issuing.cert.public_bytes(serialization.Encoding.DER)
 
     @classmethod
-    def load(cls, ca_dir: Path) -> CertificateAuthority:
+    def load(cls, ca_dir: Path, hsm: Pkcs11Config | None = None) -> CertificateAuthority:
         """Load an existing CA; CaError if there is none."""
         root = _load_signer(ca_dir, "root")
-        issuing = _load_signer(ca_dir, "issuing")
+        if hsm is None and (ca_dir / "issuing.pkcs11").exists():
+            raise CaError(
+                f"the issuing CA key of {ca_dir} is in a PKCS#11 token; "
+                "set QLINK_PKCS11_MODULE, QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN"
+            )
+        issuing = _load_signer(ca_dir, "issuing") if hsm is None else _hsm_signer(ca_dir, hsm)
         if root is None or issuing is None or not _issued_by(issuing.cert, root.cert):
             raise CaError(
                 f"no complete CA in {ca_dir}; start the server once (qlink server) to create it"
@@ -226,10 +245,21 @@ class CertificateAuthority:
         return cls(ca_dir, root, issuing)
 
     @classmethod
-    def load_or_create(cls, ca_dir: Path, public_host: str = "localhost") -> CertificateAuthority:
-        """Load the CA, creating whatever is missing, inconsistent or not valid for the host."""
+    def load_or_create(
+        cls, ca_dir: Path, public_host: str = "localhost", hsm: Pkcs11Config | None = None
+    ) -> CertificateAuthority:
+        """Load the CA, creating whatever is missing, inconsistent or not valid for the host.
+
+        With `hsm`, the issuing CA's key lives in that PKCS#11 token (created there if missing)
+        and no issuing.key file exists."""
         ca_dir.mkdir(parents=True, exist_ok=True)
         ca_dir.chmod(0o700)
+        marker = ca_dir / "issuing.pkcs11"
+        if hsm is None and marker.exists():
+            raise CaError(
+                f"the issuing CA key of {ca_dir} is in a PKCS#11 token ({marker.read_text()}); "
+                "set QLINK_PKCS11_MODULE, QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN"
+            )
         root = _load_signer(ca_dir, "root")
         if root is None:
             root = _create_root(ca_dir)
@@ -237,9 +267,15 @@ class CertificateAuthority:
         der_path = ca_dir / "root.der"
         if not der_path.exists() or der_path.read_bytes() != root_der:
             atomic_write(der_path, root_der)
-        issuing = _load_signer(ca_dir, "issuing")
-        if issuing is None or not _issued_by(issuing.cert, root.cert):
-            issuing = _create_issuing(ca_dir, root)
+        if hsm is not None:
+            atomic_write(marker, f"module={hsm.module} token={hsm.token}".encode())
+            issuing = _hsm_signer(ca_dir, hsm)
+            if issuing is None or not _issued_by(issuing.cert, root.cert):
+                issuing = _create_issuing(ca_dir, root, Pkcs11Key.open(hsm))
+        else:
+            issuing = _load_signer(ca_dir, "issuing")
+            if issuing is None or not _issued_by(issuing.cert, root.cert):
+                issuing = _create_issuing(ca_dir, root)
         ca = cls(ca_dir, root, issuing)
         bundle = _pem(issuing.cert, root.cert)
         if not ca.bundle_path.exists() or ca.bundle_path.read_bytes() != bundle:
@@ -275,7 +311,7 @@ class CertificateAuthority:
         b = _leaf(_builder(_name(cn), self._issuing, key.public_key(), _SERVICE_DAYS), [eku])
         if sans is not None:
             b = b.add_extension(sans, critical=False)
-        cert = b.sign(self._issuing.key, hashes.SHA256())
+        cert = self._issuing.sign(b)
         atomic_write(self.key_path(service), _key_pem(key), 0o600)
         atomic_write(self.cert_path(service), _pem(cert, self._issuing.cert))
 
@@ -302,7 +338,7 @@ class CertificateAuthority:
         b = _leaf(_builder(_name(common_name), self._issuing, key, days), list(profile.eku))
         if sans is not None:
             b = b.add_extension(sans, critical=False)
-        return b.sign(self._issuing.key, hashes.SHA256())
+        return self._issuing.sign(b)
 
     # -- revocation ----------------------------------------------------------------------------
     @property
@@ -335,11 +371,18 @@ class CertificateAuthority:
                 .revocation_date(dt.datetime.fromtimestamp(at, dt.UTC))
                 .build()
             )
-        crl = b.sign(self._issuing.key, hashes.SHA256())
+        crl = self._issuing.sign_crl(b)
         return crl.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def crl_pem_path(self) -> Path:
+        """The same CRL in PEM: the broker's `crlfile` (it refuses revoked certificates)."""
+        return self.dir / "crl.pem"
 
     def publish_crl(self, revoked: list[tuple[int, float]]) -> bytes:
         der = self.make_crl(revoked)
+        pem = x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
+        atomic_write(self.crl_pem_path, pem)
         atomic_write(self.crl_path, der)
         return der
 
@@ -384,14 +427,26 @@ def _create_root(ca_dir: Path) -> _Signer:
     return _Signer(cert, key)
 
 
-def _create_issuing(ca_dir: Path, root: _Signer) -> _Signer:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+def _create_issuing(ca_dir: Path, root: _Signer, hsm_key: Pkcs11Key | None = None) -> _Signer:
+    key: ec.EllipticCurvePrivateKey | Pkcs11Key = hsm_key or ec.generate_private_key(ec.SECP256R1())
+    cert = root.sign(
         _builder(_name("qlink issuing CA"), root, key.public_key(), _ISSUING_DAYS)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
-        .sign(root.key, hashes.SHA256())
     )
-    atomic_write(ca_dir / "issuing.key", _key_pem(key), 0o600)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        atomic_write(ca_dir / "issuing.key", _key_pem(key), 0o600)
     atomic_write(ca_dir / "issuing.pem", _pem(cert))
+    return _Signer(cert, key)
+
+
+def _hsm_signer(ca_dir: Path, hsm: Pkcs11Config) -> _Signer | None:
+    """The issuing certificate on disk with its key in the token, if they belong together."""
+    key = Pkcs11Key.open(hsm)
+    try:
+        cert = x509.load_pem_x509_certificates((ca_dir / "issuing.pem").read_bytes())[0]
+    except (FileNotFoundError, ValueError):
+        return None
+    if cert.public_key() != key.public_key():
+        return None
     return _Signer(cert, key)

@@ -284,7 +284,7 @@ class Onboarding:
 
         # The broker must know the device before the device learns its certificate.
         try:
-            self.driver_for(dev).register_device(dev.tenant, device_id)
+            self.driver_for(dev).register_device(dev.tenant, device_id, cert_der)
         except PolicyError as e:
             raise OnboardingRefused(
                 503, "broker_unavailable", f"the broker could not register the device ({e}); retry"

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -704,9 +704,9 @@ class Registry:
 
 
 # -- prebuilt Core statements of the onboarding hot path ----------------------------------------
-_D = Device.__table__
-_B = Batch.__table__
-_C = Challenge.__table__
+_D = cast(Table, Device.__table__)
+_B = cast(Table, Batch.__table__)
+_C = cast(Table, Challenge.__table__)
 _PURGE_EVERY_S = 60.0
 _DEVICE_Q = (
     select(_D, _B.c.name.label("batch_name"), _B.c.tenant, _B.c.active, _B.c.policy)
@@ -739,7 +739,7 @@ _ONBOARD = (
         onboarded_at=func.coalesce(_D.c.onboarded_at, bindparam("now")),
     )
 )
-_AUDIT_INSERT = AuditEvent.__table__.insert()
+_AUDIT_INSERT = cast(Table, AuditEvent.__table__).insert()
 
 
 def _device_row_info(r: Any) -> DeviceInfo:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from host.server.hsm import Pkcs11Config
 
 ENV_DATA_DIR = "QLINK_DATA_DIR"
 ENV_DATABASE_URL = "QLINK_DATABASE_URL"
@@ -36,6 +40,11 @@ class Settings:
     telemetry_interval_ms: int = 2000
     # Empty: SQLite (WAL) in data_dir/registry.sqlite. Else a SQLAlchemy URL (postgresql://...).
     database_url: str = field(default_factory=lambda: os.environ.get(ENV_DATABASE_URL, ""))
+    # Batches with policy "aws" use AWS IoT Core in this region (boto3's usual credentials).
+    aws_region: str = field(default_factory=lambda: os.environ.get("QLINK_AWS_REGION", ""))
+    # The issuing CA's key in a PKCS#11 token (PIN from QLINK_PKCS11_PIN); empty: a 0600 file.
+    pkcs11_module: str = field(default_factory=lambda: os.environ.get("QLINK_PKCS11_MODULE", ""))
+    pkcs11_token: str = field(default_factory=lambda: os.environ.get("QLINK_PKCS11_TOKEN", ""))
     workers: int = 1  # uvicorn worker processes (more than one needs PostgreSQL)
     max_body_bytes: int = 16 * 1024 * 1024  # operator API (a 10,000-device import is ~2 MB)
     max_device_body_bytes: int = 16 * 1024  # device API (a proof is ~1 KB)
@@ -69,6 +78,17 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "registry.sqlite"
+
+    @property
+    def hsm(self) -> Pkcs11Config | None:
+        if not self.pkcs11_module:
+            return None
+        from host.server.hsm import Pkcs11Config
+
+        pin = os.environ.get("QLINK_PKCS11_PIN", "")
+        if not pin or not self.pkcs11_token:
+            raise ValueError("a PKCS#11 module needs QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN")
+        return Pkcs11Config(self.pkcs11_module, self.pkcs11_token, pin)
 
     @property
     def database(self) -> Path | str:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -69,12 +69,11 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: ServerProcess
     assert "event=internal_error" not in server.log_path.read_text()
 
 
-def _db_rows(data_dir: Path) -> dict[str, tuple[str, bool]]:
-    with sqlite3.connect(data_dir / "registry.sqlite") as db:
-        return {
-            row[0]: (row[1], row[2] is not None)
-            for row in db.execute("SELECT device_id, state, cert_der FROM devices")
-        }
+def _db_rows(proc: ServerProcess) -> dict[str, tuple[str, bool]]:
+    return {
+        row[0]: (row[1], row[2] is not None)
+        for row in proc.query("SELECT device_id, state, cert_der FROM devices")
+    }
 
 
 def _port_open(port: int) -> bool:
@@ -85,8 +84,10 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def test_kill_9_mid_onboarding_leaves_no_half_registered_device(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path).start()
+def test_kill_9_mid_onboarding_leaves_no_half_registered_device(
+    tmp_path: Path, make_server: Any
+) -> None:
+    proc = make_server(tmp_path).start()
     root = proc.root_der()
     devices = [SimDevice(proc.api_url, root, timeout_s=5) for _ in range(24)]
     csv = tmp_path / "ids.csv"
@@ -109,7 +110,10 @@ def test_kill_9_mid_onboarding_leaves_no_half_registered_device(tmp_path: Path) 
     for t in threads:
         t.start()
     go.set()
-    time.sleep(0.4)  # some onboardings done, others in flight
+    # Kill as soon as a few onboardings finished: the others are in flight at that moment.
+    deadline = time.monotonic() + 30
+    while len(outcomes) < 3 and time.monotonic() < deadline:
+        time.sleep(0.002)
     os.kill(proc.info["pid"], signal.SIGKILL)
     for t in threads:
         t.join(30)
@@ -123,14 +127,14 @@ def test_kill_9_mid_onboarding_leaves_no_half_registered_device(tmp_path: Path) 
     failed = [i for i, o in outcomes.items() if o != "ok"]
     assert failed, f"the kill came too late to cut any onboarding: {outcomes}"
     # No device is half-registered: onboarded always with its certificate, else untouched.
-    rows = _db_rows(tmp_path)
+    rows = _db_rows(proc)
     for device_id, (state, has_cert) in rows.items():
         assert (state, has_cert) in (("registered", False), ("onboarded", True)), device_id
     for device_id, outcome in outcomes.items():
         if outcome == "ok":
             assert rows[device_id] == ("onboarded", True)
     # After a restart every device's retry succeeds, on a broker that knows it.
-    proc2 = ServerProcess(tmp_path).start()
+    proc2 = make_server(tmp_path, database_url=proc.database_url).start()
     try:
         for d in devices:
             d.api_url = proc2.api_url
@@ -139,6 +143,6 @@ def test_kill_9_mid_onboarding_leaves_no_half_registered_device(tmp_path: Path) 
         client = devices[0].mqtt_connect(devices[0].onboard(), tmp_path)
         client.disconnect()
         client.loop_stop()
-        assert set(_db_rows(tmp_path).values()) == {("onboarded", True)}
+        assert set(_db_rows(proc2).values()) == {("onboarded", True)}
     finally:
         proc2.stop()

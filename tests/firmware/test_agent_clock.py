@@ -3,6 +3,7 @@
 # heapsize: 64k
 from agent import clock
 from agent.errors import LinkError
+from agent import log as logmod
 from fwtest import raises
 
 JAN_2000 = 946684800
@@ -85,7 +86,9 @@ def test_time_server_with_an_implausible_answer_is_refused():
     rtc = Rtc(NOW)
     clock.use(rtc.read, rtc.write)
     try:
-        raises(clock.ClockError, clock.ensure, ("h", 1), 1000, lambda h, p, t: sntp_answer(PLUS_10Y))
+        raises(
+            clock.ClockError, clock.ensure, ("h", 1), 1000, lambda h, p, t: sntp_answer(PLUS_10Y)
+        )
         assert rtc.t == NOW  # not set from a bad answer
     finally:
         clock.use(clock._port_time)
@@ -100,4 +103,59 @@ def test_without_a_setter_an_offset_is_kept():
         t[0] += 5
         assert clock.now() == NOW + 5
     finally:
+        clock.use(clock._port_time)
+
+
+def _no_answer(host, port, timeout):
+    raise clock.ClockError("sntp %s:%d: errno 110" % (host, port))
+
+
+def test_unreachable_time_server_with_a_plausible_clock_keeps_the_clock():
+    rtc = Rtc(NOW)
+    clock.use(rtc.read, rtc.write)
+    lines = []
+    logmod._sink = lines.append
+    try:
+        assert clock.ensure(("10.0.0.1", 123), 1000, _no_answer) == NOW
+        assert rtc.t == NOW
+        assert lines == [
+            "W clock: time server unusable (sntp 10.0.0.1:123: errno 110); keeping the clock"
+        ]
+    finally:
+        logmod._sink = None
+        clock.use(clock._port_time)
+
+
+def test_unusable_time_server_with_an_implausible_clock_refuses_and_says_why():
+    for start, answer in (
+        (JAN_2000, _no_answer),
+        (PLUS_10Y, lambda h, p, t: sntp_answer(NOW, stratum=0)),
+    ):
+        rtc = Rtc(start)
+        clock.use(rtc.read, rtc.write)
+        try:
+            try:
+                clock.ensure(("10.0.0.1", 123), 1000, answer)
+                raise AssertionError("no ClockError")
+            except clock.ClockError as e:
+                msg = e.args[0]
+            assert msg.startswith(
+                "clock: time %d implausible; not opening TLS until it is set (" % start
+            )
+            assert "sntp" in msg
+            assert rtc.t == start  # nothing set from no answer
+        finally:
+            clock.use(clock._port_time)
+
+
+def test_setting_the_time_is_logged_with_the_old_and_new_time():
+    rtc = Rtc(JAN_2000)
+    clock.use(rtc.read, rtc.write)
+    lines = []
+    logmod._sink = lines.append
+    try:
+        clock.ensure(("127.0.0.1", 1230), 1000, lambda h, p, t: sntp_answer(NOW))
+        assert lines == ["I clock: time set from 127.0.0.1:1230: %d (was %d)" % (NOW, JAN_2000)]
+    finally:
+        logmod._sink = None
         clock.use(clock._port_time)

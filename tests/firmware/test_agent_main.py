@@ -267,6 +267,23 @@ def test_outage_samples_are_queued_and_delivered_in_order_after_reconnect():
     assert env.lines.count("I telemetry: published seq=2") == 1
 
 
+def test_outage_sampling_keeps_an_interval_shorter_than_a_sleep_slice():
+    st = main._State(300)
+    st.sent = 1  # the link was up once: samples are due every interval from now on
+    with Env([]) as env:
+        main._sleep_sampling(st, 3100)
+    assert st.seq == 10 and st.count == 10  # one per 300 ms, not one per 1 s slice
+    assert env.sleeps == [300] * 10 + [100]
+    assert st.since_ms == 100
+
+
+def test_outage_sampling_waits_for_a_first_session():
+    st = main._State(300)  # nothing sent yet: no interval to keep, no samples
+    with Env([]) as env:
+        main._sleep_sampling(st, 2500)
+    assert st.count == 0 and env.sleeps == [1000, 1000, 500]
+
+
 def test_queue_is_bounded_and_drops_the_oldest():
     st = main._State(100)
     for _ in range(main.QUEUE_LEN + 5):
@@ -289,7 +306,7 @@ def test_reconnect_reports_retry_state_on_the_event_topic():
         {},
     )
     sock = FakeSock(broker_answers(3))
-    with Env([LinkError("tls localhost:8883: errno 111"), LinkError("x \"q\""), sock]) as env:
+    with Env([LinkError("tls localhost:8883: errno 111"), LinkError('x "q"'), sock]) as env:
         main.run(None, p, D, boot)
     msgs = published(sock.out)
     assert msgs[0][0] == TOPIC[:-9] + "event"

@@ -103,10 +103,14 @@ for _n in os.listdir(_tmp):
 os.rmdir(_tmp)
 
 
-def _power_on(base, nwords, cause=1):
+def _power_on(base, nwords, cause=1, chip_reset=None):
     # Fresh memory with a known power-up pattern in the PUF window (high words above 2^31 too).
+    # RP2040 CHIP_RESET: HAD_POR (bit 8) after a power-on unless the test says otherwise.
     machine.mem32 = machine._Mem()
     machine.cause = cause
+    if chip_reset is None:
+        chip_reset = 0x100 if cause == machine.PWRON_RESET else 0
+    machine.mem32.words[0x40064008] = chip_reset
     for i in range(nwords):
         machine.mem32.words[base + 4 * i] = (0x9E3779B9 * (i + 1)) & 0xFFFFFFFF
     return machine.mem32
@@ -130,7 +134,8 @@ def test_rp2040_reads_the_bottom_2_kib_of_sram4_little_endian():
     assert b.name == "rp2040"
     got = b.sram_bits(2048)
     assert got == _expected(512)
-    assert min(mem.reads[1:]) == 0x20040000 and max(mem.reads[1:]) == 0x200407FC
+    assert mem.reads[:2] == [0x40064008, 0x4005800C]  # CHIP_RESET, SCRATCH0 at construction
+    assert min(mem.reads[2:]) == 0x20040000 and max(mem.reads[2:]) == 0x200407FC
     assert b.sram_bits(496) == got[:496]
 
 
@@ -165,6 +170,11 @@ def test_rp2040_cold_boot_needs_power_on_and_no_marker():
     assert board_rp2040.make().cold_boot() is False
     _power_on(0x20040000, 512, cause=machine.WDT_RESET)
     assert board_rp2040.make().cold_boot() is False
+    # A RUN-pin reset keeps the SRAM powered: warm, although reset_cause() says power-on.
+    _power_on(0x20040000, 512, chip_reset=1 << 16)
+    assert board_rp2040.make().cold_boot() is False
+    _power_on(0x20040000, 512, chip_reset=(1 << 8) | (1 << 16))
+    assert board_rp2040.make().cold_boot() is True
 
 
 def test_rp2040_sram_bounds():

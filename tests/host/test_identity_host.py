@@ -34,15 +34,18 @@ P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 # Test-only device script: the secret and seeds, for the host to recompute. Never shipped.
 REVEAL = """
-import board, binascii
-from qdid import identity, fuzzy
+import board, binascii, gc, sys, qdid
+from qdid import polar
 b = board.make()
-resp = b.sram_bits(fuzzy.RESPONSE_LEN)  # boot() makes the board forget its snapshot
-ident = identity.boot(b)
+resp = b.sram_bits(polar.RESPONSE_LEN)  # the same snapshot boot() reads, then forgets
 with open("data/helper.bin", "rb") as f:
     helper = f.read()
-secret = fuzzy.reproduce(resp, helper)
-print("SECRET", binascii.hexlify(secret).decode())
+print("SECRET", binascii.hexlify(polar.reproduce(resp, helper)).decode())
+resp = polar = None
+del sys.modules["qdid.polar"], qdid.polar  # free its heap, as boot() does with its own copy
+gc.collect()
+from qdid import identity
+ident = identity.boot(b)
 for i in range(8):
     print("SEED", i, binascii.hexlify(ident.seed(i)).decode())
 print("PUB", binascii.hexlify(ident.public_key).decode())
@@ -179,10 +182,10 @@ def test_seeds_match_cryptography_hkdf(device: Device) -> None:
         ).derive(secret)
         assert seed == want
     assert len(set(seeds.values())) == 8
-    # Profile 2: header, 224-byte offset, then HMAC-SHA256 keyed by the secret over
+    # Profile 3 (polar): header, 224-byte offset, then HMAC-SHA256 keyed by the secret over
     # label || header || offset, truncated to 16 bytes.
     assert len(helper) == 244
-    assert helper[:4] == b"\x02\x07\x12\x83"
+    assert helper[:4] == b"\x03\x0b\x1f\x83"
     tag = hmac.new(secret, b"qlink/fe/tag\x00" + helper[:228], hashlib.sha256).digest()
     assert helper[228:] == tag[:16]
     # Seed 0 -> scalar (SHA-256(seed || counter), first in [1, n-1]) -> the public key.

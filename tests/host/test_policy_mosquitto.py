@@ -15,6 +15,7 @@ import json
 import queue
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -245,3 +246,70 @@ def test_broker_stops(tmp_path: Path) -> None:
 
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", broker.port), 1):
         pass
+
+
+def _reaches_broker(device: Device, port: int, listener: Listener, sentinel: Device) -> bool:
+    """Connect `device` afresh and publish to its own topic; True if that message arrived.
+    Proven without sleeping: `sentinel`'s allowed message is published after it."""
+    device.close()
+    device.client = None
+    try:
+        device.connect(port)
+    except AssertionError:
+        return False  # refused at CONNACK or not answered: it does not reach the broker
+    payload = b"probe-" + device.id[:8].encode()
+    try:
+        device.publish(device.topic(), payload)
+    except (AssertionError, RuntimeError, ValueError):
+        return False
+    mark = b"mark-" + payload
+    sentinel.publish(sentinel.topic(), mark)
+    seen = listener.until(sentinel.topic(), mark)
+    return (device.topic(), payload) in seen
+
+
+def test_disable_enable_delete_live(env: dict, tmp_path: Path) -> None:
+    policy, listener, a = env["policy"], env["listener"], env["a"]
+    port = env["broker"].port
+    c = Device(env["ca"], tmp_path)
+    policy.register_device(TENANT, c.id)
+    try:
+        assert _reaches_broker(c, port, listener, a)
+        policy.disable_device(c.id)
+        policy.disable_device(c.id)  # idempotent
+        assert not _reaches_broker(c, port, listener, a)
+        policy.enable_device(c.id)
+        assert _reaches_broker(c, port, listener, a)
+        policy.delete_device(c.id)
+        policy.delete_device(c.id)  # idempotent
+        assert not _reaches_broker(c, port, listener, a)
+        assert policy.request("getClient", username=c.id).get("error") == "Client not found"
+        assert policy.request("getRole", rolename=device_role(c.id)).get("error") == (
+            "Role not found"
+        )
+    finally:
+        c.close()
+
+
+def test_revoked_certificate_fails_tls_after_crl_reload(env: dict, tmp_path: Path) -> None:
+    ca, broker, policy = env["ca"], env["broker"], env["policy"]
+    c = Device(ca, tmp_path)
+    policy.register_device(TENANT, c.id)
+    try:
+        c.connect(broker.port)
+        c.close()
+        serial = x509.load_pem_x509_certificates(c.cert.read_bytes())[0].serial_number
+        ca.publish_crl([(serial, 1.8e9)])
+        mark = broker.log_path.stat().st_size
+        assert broker.reload()
+        deadline = time.monotonic() + 5
+        while b"Reloading config" not in broker.log_path.read_bytes()[mark:]:
+            assert time.monotonic() < deadline, broker.log_tail()
+            time.sleep(0.05)
+        with pytest.raises(AssertionError, match="no CONNACK"):
+            c.connect(broker.port)
+        assert "certificate verify failed" in broker.log_tail(5)
+    finally:
+        c.close()
+        ca.publish_crl([])
+        broker.reload()

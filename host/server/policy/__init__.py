@@ -12,8 +12,12 @@ class PolicyError(ServerError):
 
 
 class PolicyDriver(Protocol):
-    def register_device(self, tenant: str, device_id: str) -> None:
-        """Let `device_id` connect and use `qlink/<tenant>/<device_id>/#`; idempotent."""
+    def register_device(
+        self, tenant: str, device_id: str, certificate_der: bytes | None = None
+    ) -> None:
+        """Let `device_id` (with this certificate, for drivers that register certificates)
+        connect and use `qlink/<tenant>/<device_id>/#`. Idempotent; on failure it raises
+        PolicyError and leaves nothing that a retry cannot complete."""
 
     def disable_device(self, device_id: str) -> None:
         """Refuse the device's connections and drop its live one; idempotent."""
@@ -39,19 +43,27 @@ class MemoryPolicy:
         self.disabled: set[str] = set()
         self.fail_next: PolicyError | None = None
 
-    def register_device(self, tenant: str, device_id: str) -> None:
+    def register_device(
+        self, tenant: str, device_id: str, certificate_der: bytes | None = None
+    ) -> None:
+        self._maybe_fail()
+        self.registered[device_id] = tenant
+
+    def _maybe_fail(self) -> None:
         if self.fail_next is not None:
             err, self.fail_next = self.fail_next, None
             raise err
-        self.registered[device_id] = tenant
 
     def disable_device(self, device_id: str) -> None:
+        self._maybe_fail()
         self.disabled.add(device_id)
 
     def enable_device(self, device_id: str) -> None:
+        self._maybe_fail()
         self.disabled.discard(device_id)
 
     def delete_device(self, device_id: str) -> None:
+        self._maybe_fail()
         self.registered.pop(device_id, None)
         self.disabled.discard(device_id)
 

@@ -140,7 +140,10 @@ class MosquittoDynsec:
             return
         raise PolicyError(f"the broker refused {command}: {error}")
 
-    def register_device(self, tenant: str, device_id: str) -> None:
+    def register_device(
+        self, tenant: str, device_id: str, certificate_der: bytes | None = None
+    ) -> None:
+        # The broker trusts every certificate of the CA; the client entry carries the rights.
         role = device_role(device_id)
         answers = self.request_many(
             [
@@ -171,10 +174,35 @@ class MosquittoDynsec:
             raise PolicyError("the broker's getClient answer has no role list") from e
 
     def disable_device(self, device_id: str) -> None:
-        self._check("disableClient", self.command("disableClient", username=device_id), ())
+        """Disable the client and take its role away. With `use_identity_as_username` Mosquitto
+        2.0 skips authentication, so a disabled client could reconnect and keep its role's
+        rights: without the role, the deny-by-default ACL refuses everything it does. Both
+        commands kick the live connection."""
+        role = device_role(device_id)
+        answers = self.request_many(
+            [
+                {"command": "disableClient", "username": device_id},
+                {"command": "removeClientRole", "username": device_id, "rolename": role},
+            ]
+        )
+        self._check("disableClient", _error(answers[0]), ())
+        self._check("removeClientRole", _error(answers[1]), ("not in this role", "not found"))
 
     def enable_device(self, device_id: str) -> None:
-        self._check("enableClient", self.command("enableClient", username=device_id), ())
+        role = device_role(device_id)
+        answers = self.request_many(
+            [
+                {
+                    "command": "addClientRole",
+                    "username": device_id,
+                    "rolename": role,
+                    "priority": 0,
+                },
+                {"command": "enableClient", "username": device_id},
+            ]
+        )
+        self._check("addClientRole", _error(answers[0]), ("already",))
+        self._check("enableClient", _error(answers[1]), ())
 
     def delete_device(self, device_id: str) -> None:
         self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)

@@ -46,9 +46,7 @@ def upgrade() -> None:
     op.create_table(
         "challenges",
         sa.Column("id", sa.String(32), primary_key=True),
-        sa.Column(
-            "device_id", sa.String(64), sa.ForeignKey("devices.device_id"), nullable=False
-        ),
+        sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), nullable=False),
         sa.Column("challenge", sa.LargeBinary(32), nullable=False),
         sa.Column("expires", sa.Integer(), nullable=False),
         sa.Column("used_at", sa.Float(), nullable=True),

@@ -1,0 +1,56 @@
+"""Operator actions against the running server: `qlink device disable|enable|revoke` reach the
+live broker, the CRL endpoint publishes the revoked serial, and the audit log names who."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import urllib.request
+
+import pytest
+from cryptography import x509
+
+pytestmark = pytest.mark.e2e
+
+
+def _get(server, path: str) -> bytes:  # type: ignore[no-untyped-def]
+    ctx = ssl.create_default_context(cafile=str(server.root_pem_path))
+    with urllib.request.urlopen(server.api_url + path, context=ctx, timeout=10) as r:
+        return bytes(r.read())
+
+
+def test_disable_enable_revoke_through_the_cli(server, fleet) -> None:  # type: ignore[no-untyped-def]
+    d = fleet.take()
+    r = d.onboard()
+    assert r.status == 200
+    serial = x509.load_der_x509_certificate(
+        base64.b64decode(r.body["certificate_b64"])
+    ).serial_number
+
+    out = server.cli("device", "disable", d.device_id)
+    assert out.stdout.strip() == f"device {d.device_id}: onboarded (disabled)"
+    assert d.hello().error == "not_registered"
+    assert server.cli("device", "enable", d.device_id).stdout.strip().endswith(": onboarded")
+    assert d.hello().status == 200
+
+    crl = x509.load_der_x509_crl(_get(server, "/v1/ca/crl"))
+    assert crl.get_revoked_certificate_by_serial_number(serial) is None
+    assert server.cli("device", "revoke", d.device_id).stdout.strip().endswith(": revoked")
+    crl = x509.load_der_x509_crl(_get(server, "/v1/ca/crl"))
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert d.hello().error == "not_registered"
+    again = server.cli("device", "enable", d.device_id, check=False)
+    assert again.returncode == 1 and "stays revoked" in again.stderr
+
+    audit = json.loads(server.cli("audit", "--json", "--target", f"device:{d.device_id}").stdout)
+    assert [a["action"] for a in audit] == [
+        "device.revoke",
+        "device.enable",
+        "device.disable",
+        "device.onboard",
+    ]
+    assert all(a["actor"].startswith("cli:") for a in audit[:3])
+    assert x509.load_der_x509_certificate(
+        _get(server, "/v1/ca/root")
+    ) == x509.load_der_x509_certificate(server.root_der())

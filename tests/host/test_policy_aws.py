@@ -1,0 +1,162 @@
+"""The AWS IoT policy driver against moto's IoT mock through a real boto3 client: thing,
+certificate, tenant policy JSON; disable/enable/delete; a failure leaves nothing behind and
+the device retryable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cryptography.hazmat.primitives import serialization
+from moto import mock_aws
+
+from hil.simdevice import SimDevice, make_csr
+from host.server.ca import CertificateAuthority
+from host.server.policy import PolicyError
+from host.server.policy.aws import AwsIotPolicy, tenant_policy, tenant_policy_name
+
+
+@pytest.fixture
+def iot(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    # use_valid_cert: certificate IDs are SHA-256 of the DER, as AWS computes them.
+    with mock_aws(config={"iot": {"use_valid_cert": True}}):
+        yield boto3.client("iot", region_name="eu-west-1")
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(tmp_path_factory.mktemp("ca"))
+
+
+def device_cert(ca: CertificateAuthority) -> tuple[str, bytes]:
+    d = SimDevice("https://localhost", b"")
+    from cryptography import x509
+
+    cert = ca.issue_device(x509.load_der_x509_csr(make_csr(d.key, d.device_id)), d.device_id, 30)
+    return d.device_id, cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_register_creates_thing_certificate_and_tenant_policy(iot: Any, ca: Any) -> None:
+    driver = AwsIotPolicy(iot)
+    device_id, der = device_cert(ca)
+    driver.register_device("acme", device_id, der)
+    driver.register_device("acme", device_id, der)  # idempotent
+    thing = iot.describe_thing(thingName=device_id)
+    assert thing["attributes"] == {"tenant": "acme"}
+    principals = iot.list_thing_principals(thingName=device_id)["principals"]
+    assert len(principals) == 1
+    cert_id = principals[0].rsplit("/", 1)[-1]
+    assert cert_id == hashlib.sha256(der).hexdigest()
+    desc = iot.describe_certificate(certificateId=cert_id)["certificateDescription"]
+    assert desc["status"] == "ACTIVE"
+    policies = iot.list_attached_policies(target=principals[0])["policies"]
+    assert [p["policyName"] for p in policies] == ["qlink-acme"]
+    doc = json.loads(iot.get_policy(policyName="qlink-acme")["policyDocument"])
+    assert doc == tenant_policy("acme")
+    topics = [s["Resource"] for s in doc["Statement"] if "iot:Publish" in s["Action"]]
+    assert topics == ["arn:aws:iot:*:*:topic/qlink/acme/${iot:Connection.Thing.ThingName}/*"]
+
+
+def test_disable_enable_delete(iot: Any, ca: Any) -> None:
+    driver = AwsIotPolicy(iot)
+    device_id, der = device_cert(ca)
+    driver.register_device("acme", device_id, der)
+    cert_id = hashlib.sha256(der).hexdigest()
+
+    def status() -> str:
+        return iot.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"]
+
+    driver.disable_device(device_id)
+    assert status() == "INACTIVE"
+    driver.enable_device(device_id)
+    assert status() == "ACTIVE"
+    driver.delete_device(device_id)
+    driver.delete_device(device_id)  # idempotent
+    assert iot.list_things()["things"] == []
+    assert iot.list_certificates()["certificates"] == []
+
+
+def test_failure_midway_leaves_nothing_and_retry_succeeds(
+    iot: Any, ca: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = AwsIotPolicy(iot)
+    device_id, der = device_cert(ca)
+    real = iot.attach_thing_principal
+    from botocore.exceptions import ClientError
+
+    def broken(**_kw: Any) -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow"}}, "x")
+
+    monkeypatch.setattr(iot, "attach_thing_principal", broken)
+    with pytest.raises(PolicyError, match="AWS IoT refused AttachThingPrincipal: Throttling"):
+        driver.register_device("acme", device_id, der)
+    assert iot.list_things()["things"] == []
+    assert iot.list_certificates()["certificates"] == []
+    monkeypatch.setattr(iot, "attach_thing_principal", real)
+    driver.register_device("acme", device_id, der)
+    assert len(iot.list_thing_principals(thingName=device_id)["principals"]) == 1
+
+
+def test_register_without_certificate_is_refused(iot: Any) -> None:
+    with pytest.raises(PolicyError, match="certificate"):
+        AwsIotPolicy(iot).register_device("acme", "0" * 64)
+
+
+def test_policy_name_per_tenant() -> None:
+    assert tenant_policy_name("acme") == "qlink-acme"
+
+
+def test_onboarding_with_aws_batch_end_to_end_in_process(
+    iot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch with policy aws: the proof registers thing + certificate; a driver failure is a
+    503 with the device still registered, and the retry onboards it."""
+    from hil.simdevice import ApiResponse
+    from host.server.onboarding import BrokerEndpoint, Onboarding, OnboardingRefused
+    from host.server.policy import MemoryPolicy
+    from host.server.registry import Registry
+    from host.server.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    ca = CertificateAuthority.load_or_create(settings.ca_dir)
+    reg = Registry(settings.db_path)
+    reg.create_batch("cloud", "acme", policy="aws")
+    d = SimDevice("https://localhost", b"")
+    reg.import_devices("cloud", [d.csv_line()])
+    aws = AwsIotPolicy(iot)
+    svc = Onboarding(
+        settings, reg, ca, MemoryPolicy(), BrokerEndpoint("localhost", 1), drivers={"aws": aws}
+    )
+    from botocore.exceptions import ClientError
+
+    real = iot.create_policy
+
+    def broken(**_kw: Any) -> None:
+        raise ClientError({"Error": {"Code": "InternalFailure", "Message": "x"}}, "CreatePolicy")
+
+    monkeypatch.setattr(iot, "create_policy", broken)
+    h = svc.hello({"device_id": d.device_id, "public_key": d.public_key.hex()})
+    body = d.proof_body(ApiResponse(200, h))
+    with pytest.raises(OnboardingRefused) as info:
+        svc.proof(body)
+    assert (info.value.status, info.value.code) == (503, "broker_unavailable")
+    dev = reg.device(d.device_id)
+    assert dev is not None and (dev.state, dev.cert_der) == ("registered", None)
+    assert iot.list_things()["things"] == []
+    monkeypatch.setattr(iot, "create_policy", real)
+    _, answer = svc.proof(body)  # the same proof: the challenge was not consumed
+    assert reg.device(d.device_id).state == "onboarded"  # type: ignore[union-attr]
+    assert iot.describe_thing(thingName=d.device_id)["thingName"] == d.device_id
+    assert answer["device_id"] == d.device_id
+    reg.close()
