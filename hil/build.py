@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from hil import unixport, unixrtc
+from hil import unixport
 
 PACKAGES = ("qdid", "agent")
 ENTRY_POINTS = ("boot.py", "main.py", "enrol.py")
@@ -54,9 +54,6 @@ def build(board: str, out: Path) -> dict[str, Path]:
         if src.exists():
             shutil.copy2(src, out / name)
             files[name] = out / name
-    if board == "unix":
-        # The emulated board's RTC lives beside its die (hil.unixrtc).
-        (out / "board.py").write_text(unixrtc.with_rtc((out / "board.py").read_text()))
     return files
 
 

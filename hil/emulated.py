@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from hil import ptyrelay, unixport, unixrtc
+from hil import ptyrelay, unixport
 
 _FIRMWARE_DIRS = ("qdid", "agent")
 _FIRMWARE_FILES = ("boot.py", "main.py", "enrol.py")
@@ -105,8 +105,7 @@ class EmulatedBoard:
             src = unixport.FIRMWARE / name
             if src.exists():
                 shutil.copy2(src, self.fs / name)
-        hal = (unixport.BOARDS / "unix" / "board.py").read_text()
-        (self.fs / "board.py").write_text(unixrtc.with_rtc(hal))
+        shutil.copy2(unixport.BOARDS / "unix" / "board.py", self.fs / "board.py")
         silicon = unixport.BOARDS / "unix" / "silicon.py"
         if silicon.exists():
             shutil.copy2(silicon, self.fs / "silicon.py")

@@ -3,6 +3,7 @@
 # in the file named by QLINK_DIE, outside the device filesystem, as silicon does.
 from micropython import const
 import os
+import time
 import silicon
 
 NAME = "unix"
@@ -62,6 +63,25 @@ class Board:
 
     def led(self, on):
         print("D board: led", "on" if on else "off")
+
+    def rtc(self):
+        # Battery-backed RTC: the host's time plus the offset (s) in the file "rtc" beside the
+        # die, outside the device filesystem as an RTC chip is outside flash; the rig skews it
+        # there (hil.emulated.EmulatedBoard.set_rtc). No file: the host's time.
+        try:
+            with open(_rtc_file()) as f:
+                return int(time.time()) + int(f.read())
+        except (OSError, ValueError):
+            return int(time.time())
+
+    def set_rtc(self, t):
+        with open(_rtc_file(), "w") as f:
+            f.write(str(int(t) - int(time.time())))
+
+
+def _rtc_file():
+    die = os.getenv("QLINK_DIE") or ""
+    return die[: die.rfind("/") + 1] + "rtc"
 
 
 def make(die_path=None):

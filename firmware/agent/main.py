@@ -12,6 +12,7 @@
 # returns, so main.py ends and the REPL stays reachable (no boot loop); corrupt onboarding data
 # (certificate, onboard.json) is detected by store.load and the device onboards again.
 import gc
+import json
 import sys
 import time
 import random
@@ -33,7 +34,7 @@ _ERR_LEN = const(80)  # chars of the last error reported in the event message
 
 # The event message after a reconnect (docs/protocol.md "Broker").
 _EVENT_FMT = (
-    '{"event": "reconnected", "failures": %d, "last_error": "%s", "queued": %d, "dropped": %d}'
+    '{"event": "reconnected", "failures": %d, "last_error": %s, "queued": %d, "dropped": %d}'
 )
 
 # Code the server uses when a fresh hello can succeed at once (the challenge went stale).
@@ -153,7 +154,8 @@ def _report_retries(client, stored, st):
     topic = stored.topics.get("event")
     if not topic:
         return
-    err = st.last_error[:_ERR_LEN].replace('"', "'").replace("\\", "/")
+    # json.dumps quotes and escapes the error text (it may hold quotes or control characters).
+    err = json.dumps(st.last_error[:_ERR_LEN])
     msg = _EVENT_FMT % (st.failures, err, st.count, st.dropped)
     client.publish(topic, msg.encode(), 1)
     log("I", "agent", "reconnected after %d failures", st.failures)
@@ -252,6 +254,7 @@ def run(board, config_path="config.json", data_dir="data", boot=None):
     st = _State(cfg.telemetry_interval_ms)
     try:
         ident = boot(board, data_dir)
+        telemetry.set_puf(getattr(ident, "health", None))
     except qdid.QdidError as e:
         return _safe_mode(st, "identity", e)
     log("I", "agent", "device %s", ident.device_id)

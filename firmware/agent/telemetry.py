@@ -1,5 +1,6 @@
 # Telemetry payload (docs/protocol.md "Broker"):
-#   {"seq": <int from 1>, "uptime_ms": <int>, "mem_free": <int>, "fw": "<version>"}
+#   {"seq": <int from 1>, "uptime_ms": <int>, "mem_free": <int>, "fw": "<version>"
+#    [, "puf": {"margin": <int>, "corrected_bits": <int>, "health_failures": <int>}]}
 # Formatted directly rather than through json.dumps: fixed key order (exact bytes in tests) and
 # no dict allocated per message.
 import gc
@@ -7,6 +8,20 @@ import time
 from agent.version import VERSION
 
 _T0 = time.ticks_ms()
+_PUF_KEYS = ("margin", "corrected_bits", "health_failures")
+_puf = ""  # the "puf" member, formatted once per boot: PUF health does not change until reboot
+
+
+def set_puf(health):
+    # PUF health of this boot (qdid Identity.health: public numbers, no secret). The operator
+    # sees the decoder margin shrink as the silicon ages, long before a boot fails.
+    global _puf
+    parts = []
+    for key in _PUF_KEYS:
+        value = (health or {}).get(key)
+        if isinstance(value, int):
+            parts.append('"%s": %d' % (key, value))
+    _puf = (', "puf": {' + ", ".join(parts) + "}") if parts else ""
 
 
 def uptime_ms():
@@ -14,11 +29,12 @@ def uptime_ms():
 
 
 def payload(seq, uptime, mem_free):
-    s = '{"seq": %d, "uptime_ms": %d, "mem_free": %d, "fw": "%s"}' % (
+    s = '{"seq": %d, "uptime_ms": %d, "mem_free": %d, "fw": "%s"%s}' % (
         seq,
         uptime,
         mem_free,
         VERSION,
+        _puf,
     )
     return s.encode()
 

@@ -250,6 +250,19 @@ def test_telemetry_payload_exact():
     assert telemetry.payload(1, 2, 3) == b'{"seq": 1, "uptime_ms": 2, "mem_free": 3, "fw": "0.1.0"}'
 
 
+def test_telemetry_carries_puf_health_once_known():
+    telemetry.set_puf({"margin": 41, "corrected_bits": 77, "health_failures": 0, "other": "x"})
+    try:
+        assert telemetry.payload(1, 2, 3) == (
+            b'{"seq": 1, "uptime_ms": 2, "mem_free": 3, "fw": "0.1.0", '
+            b'"puf": {"margin": 41, "corrected_bits": 77, "health_failures": 0}}'
+        )
+        assert json.loads(telemetry.payload(1, 2, 3))["puf"]["margin"] == 41
+    finally:
+        telemetry.set_puf(None)
+    assert b"puf" not in telemetry.payload(1, 2, 3)
+
+
 def _payload_seqs(sock):
     return [m[1]["seq"] for m in published(sock.out) if "seq" in m[1]]
 
@@ -306,14 +319,14 @@ def test_reconnect_reports_retry_state_on_the_event_topic():
         {},
     )
     sock = FakeSock(broker_answers(3))
-    with Env([LinkError("tls localhost:8883: errno 111"), LinkError('x "q"'), sock]) as env:
+    with Env([LinkError("tls localhost:8883: errno 111"), LinkError('x "q"\n\\'), sock]) as env:
         main.run(None, p, D, boot)
     msgs = published(sock.out)
     assert msgs[0][0] == TOPIC[:-9] + "event"
     assert msgs[0][1] == {
         "event": "reconnected",
         "failures": 2,
-        "last_error": "x 'q'",
+        "last_error": 'x "q"\n\\',  # quotes, a control character, a backslash: all kept
         "queued": 0,
         "dropped": 0,
     }

@@ -1,4 +1,4 @@
-"""hil.sntpserver (RFC 4330 answers, exact bytes), hil.unixrtc (the emulated board's RTC, run
+"""hil.sntpserver (RFC 4330 answers, exact bytes), the unix board's RTC (boards/unix/board.py, run
 in MicroPython) and the retry-line helpers of hil.scenarios."""
 
 from __future__ import annotations
@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from hil import scenarios, unixport, unixrtc
+from hil import scenarios
 from hil.emulated import EmulatedBoard
 from hil.sntpserver import NTP_DELTA, SntpServer
 
@@ -65,15 +64,6 @@ def test_answers_over_udp_and_counts_requests() -> None:
     assert abs(secs - (time.time() - 100)) < 3
 
 
-def test_rtc_is_added_once_and_only_where_missing() -> None:
-    src = "class Board:\n    pass\n"
-    once = unixrtc.with_rtc(src)
-    assert "Board.rtc = _rtc" in once
-    assert unixrtc.with_rtc(once) == once
-    has = "class Board:\n    def rtc(self):\n        return 0\n"
-    assert unixrtc.with_rtc(has) == has
-
-
 def test_emulated_board_rtc_is_read_and_set_by_the_board_and_the_rig(tmp_path: Path) -> None:
     b = EmulatedBoard(tmp_path, "clock", console="pipe")
     b.flash({"server": "https://localhost:1"}, b"\x30\x03\x02\x01\x00")
@@ -92,19 +82,6 @@ def test_emulated_board_rtc_is_read_and_set_by_the_board_and_the_rig(tmp_path: P
     b.rtc_path.unlink()
     out = b.run_script("import board, time\nprint('D', board.make().rtc() - int(time.time()))")
     assert "D 0" in out or "D -1" in out or "D 1" in out  # no file: the host's time
-
-
-def test_the_rtc_shim_compiles_for_the_boards(tmp_path: Path) -> None:
-    src = tmp_path / "board.py"
-    src.write_text(unixrtc.with_rtc((unixport.BOARDS / "unix" / "board.py").read_text()))
-    for arch in ("armv6m", "xtensawin"):
-        proc = subprocess.run(
-            [unixport.mpy_cross(), f"-march={arch}", "-o", str(tmp_path / "b.mpy"), str(src)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
 
 
 def test_retry_lines_and_backoff_bounds() -> None:

@@ -122,8 +122,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for src in sorted((unixport.FIRMWARE / "qdid").glob("*.py")):
         _mpy_cross(src, root / "qdid" / (src.stem + ".mpy"))
     _mpy_cross(unixport.FIRMWARE / "enrol.py", root / "enrol.mpy")
-    for name in ("board.py", "silicon.py"):
-        shutil.copy2(unixport.BOARDS / "unix" / name, root / name)
+    for name in ("board.py", "silicon.py"):  # the HAL ships as .mpy too, like the firmware
+        _mpy_cross(unixport.BOARDS / "unix" / name, root / (name[:-3] + ".mpy"))
     return root
 
 
