@@ -1,6 +1,7 @@
 """(e) Clock skew on an emulated board: its RTC (boards/unix/board.py, beside the die) at
-2000-01-01 and 10 years ahead. The agent refuses to open TLS while the time is implausible and says so, sets the
-clock from the time server (hil.sntpserver) once it answers, then onboards and publishes."""
+2000-01-01 and 10 years ahead. The agent refuses to open TLS while the time is implausible and
+says so, sets the clock from the time server (hil.sntpserver) once it answers, then onboards
+and publishes."""
 
 from __future__ import annotations
 
