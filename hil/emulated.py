@@ -178,7 +178,8 @@ class EmulatedBoard:
         return self.relay.port
 
     def _spawn(self, slave: int, cause: str) -> subprocess.Popen[bytes]:
-        code = "import boot" if cause == ptyrelay.SOFT_RESET_RAW else "import boot\nimport main"
+        boot_only = cause in (ptyrelay.SOFT_RESET_RAW, ptyrelay.INTERRUPTED)
+        code = "import boot" if boot_only else "import boot\nimport main"
         env = self._env()
         if cause != ptyrelay.POWER_ON:
             env["QLINK_WARM_BOOT"] = "1"  # a reset keeps the SRAM powered

@@ -47,6 +47,10 @@ POWER_ON = "power_on"  # cold: boot.py, main.py, then the REPL
 SOFT_RESET = "soft_reset"  # warm: boot.py, main.py, then the REPL
 SOFT_RESET_RAW = "soft_reset_raw"  # warm: boot.py, then back into the raw REPL
 HARD_RESET = "hard_reset"  # warm (SRAM kept powered): boot.py, main.py, then the REPL
+# After Ctrl-C a board sits at its REPL. The Unix port may instead end (a SIGINT that lands while
+# its handler is not installed kills it): the board then comes back warm at the REPL, boot.py
+# only, never main.py, which a Ctrl-C was meant to stop.
+INTERRUPTED = "interrupted"
 # Exit status of the process that means "reset me" (boards/unix/board.py Board.reset).
 EXIT_RESET = 3
 
@@ -81,6 +85,7 @@ class PtyRelay:
         self._held = bytearray()  # client input waiting for a prompt
         self._holding = False
         self._hide_until_prompt = False  # re-entering the raw REPL after a soft reset
+        self._interrupted = False  # a Ctrl-C became SIGINT and the prompt has not shown yet
         self._tail = b""
         self._partial = b""
         self._lines: list[str] = []
@@ -183,7 +188,8 @@ class PtyRelay:
         self._busy = True
         self._tail = b""
         self._hide_until_prompt = cause == SOFT_RESET_RAW
-        self._holding = cause == SOFT_RESET_RAW
+        self._holding = cause in (SOFT_RESET_RAW, INTERRUPTED)
+        self._interrupted = False
 
     def _loop(self) -> None:
         while not self._closed:
@@ -231,6 +237,9 @@ class PtyRelay:
             self._flush_partial_locked()
             if not self._powered:
                 return
+            if self._interrupted:
+                self._start(INTERRUPTED)
+                return
             if status == EXIT_RESET:
                 # A hard reset (board.reset(), or the rig's machine.reset() stand-in): the board
                 # runs boot.py and main.py again, and any raw REPL session is gone with it.
@@ -248,6 +257,7 @@ class PtyRelay:
             if b == _CTRL_C and self._busy and self._proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._proc.pid, signal.SIGINT)
+                self._interrupted = True  # until the prompt shows
                 self._holding = True  # what follows waits for the prompt
                 continue
             if self._raw and b == _CTRL_D:
@@ -282,6 +292,7 @@ class PtyRelay:
             self._to_client(data)
         if idle:
             self._busy = False
+            self._interrupted = False
             if self._holding:
                 self._holding = False
                 held = bytes(self._held)
