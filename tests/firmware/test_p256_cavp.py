@@ -6,45 +6,9 @@ import os
 import hashlib
 from binascii import unhexlify
 from qdid import p256
+from cavp import int16, point, records
 
 _ECDSA = os.getenv("QLINK_VECTORS") + "/asymmetric/ECDSA/FIPS_186-3/"
-
-
-def _records(path, want):
-    # Yields the `key = value` records (blank-line separated) of the CAVP sections whose header
-    # line equals `want`. "[B.4.2 ...]" in KeyPair.rsp is a method line, not a curve section.
-    sect = None
-    rec = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line[0] == "[":
-                if rec and sect == want:
-                    yield rec
-                rec = {}
-                if line and not line.startswith("[B.4"):
-                    sect = line
-                continue
-            if line[0] == "#":
-                continue
-            eq = line.find("=")
-            if eq > 0:
-                rec[line[:eq].strip()] = line[eq + 1 :].strip()
-    if rec and sect == want:
-        yield rec
-
-
-def _int(h):
-    return int(h, 16)
-
-
-def _point(qx, qy):
-    # SEC1 uncompressed encoding; a coordinate wider than 256 bits gets a wider field, which
-    # makes the encoding the wrong length (it can only be rejected).
-    x = _int(qx)
-    y = _int(qy)
-    n = 32 if x < (1 << 256) and y < (1 << 256) else 33
-    return b"\x04" + x.to_bytes(n, "big") + y.to_bytes(n, "big")
 
 
 def _sha256(msg_hex):
@@ -52,39 +16,39 @@ def _sha256(msg_hex):
 
 
 def _sig(rec):
-    return _int(rec["R"]).to_bytes(32, "big") + _int(rec["S"]).to_bytes(32, "big")
+    return int16(rec["R"]).to_bytes(32, "big") + int16(rec["S"]).to_bytes(32, "big")
 
 
 def test_keypair_vectors_give_the_public_key():
     n = 0
-    for rec in _records(_ECDSA + "KeyPair.rsp", "[P-256]"):
+    for rec in records(_ECDSA + "KeyPair.rsp", "[P-256]"):
         if "d" not in rec:
             continue
-        assert p256.public_key(_int(rec["d"])) == _point(rec["Qx"], rec["Qy"]), rec["d"]
+        assert p256.public_key(int16(rec["d"])) == point(rec["Qx"], rec["Qy"]), rec["d"]
         n += 1
     assert n == 10, n
 
 
 def test_siggen_vectors_with_given_k_sign_exactly():
     n = 0
-    for rec in _records(_ECDSA + "SigGen.txt", "[P-256,SHA-256]"):
+    for rec in records(_ECDSA + "SigGen.txt", "[P-256,SHA-256]"):
         if "k" not in rec:
             continue
-        d = _int(rec["d"])
-        assert p256.public_key(d) == _point(rec["Qx"], rec["Qy"])
-        sig = p256.sign_digest_k(d, _sha256(rec["Msg"]), _int(rec["k"]))
+        d = int16(rec["d"])
+        assert p256.public_key(d) == point(rec["Qx"], rec["Qy"])
+        sig = p256.sign_digest_k(d, _sha256(rec["Msg"]), int16(rec["k"]))
         assert sig == _sig(rec), rec["k"]
-        assert p256.verify_digest(_point(rec["Qx"], rec["Qy"]), _sha256(rec["Msg"]), sig)
+        assert p256.verify_digest(point(rec["Qx"], rec["Qy"]), _sha256(rec["Msg"]), sig)
         n += 1
     assert n == 15, n
 
 
 def test_siggen_response_signatures_verify():
     n = 0
-    for rec in _records(_ECDSA + "SigGen.rsp", "[P-256,SHA-256]"):
+    for rec in records(_ECDSA + "SigGen.rsp", "[P-256,SHA-256]"):
         if "S" not in rec:
             continue
-        assert p256.verify_digest(_point(rec["Qx"], rec["Qy"]), _sha256(rec["Msg"]), _sig(rec))
+        assert p256.verify_digest(point(rec["Qx"], rec["Qy"]), _sha256(rec["Msg"]), _sig(rec))
         n += 1
     assert n == 15, n
 
@@ -92,11 +56,11 @@ def test_siggen_response_signatures_verify():
 def test_sigver_vectors_pass_and_fail_as_listed():
     n = 0
     fails = 0
-    for rec in _records(_ECDSA + "SigVer.rsp", "[P-256,SHA-256]"):
+    for rec in records(_ECDSA + "SigVer.rsp", "[P-256,SHA-256]"):
         if "Result" not in rec:
             continue
         want = rec["Result"][0] == "P"
-        got = p256.verify_digest(_point(rec["Qx"], rec["Qy"]), _sha256(rec["Msg"]), _sig(rec))
+        got = p256.verify_digest(point(rec["Qx"], rec["Qy"]), _sha256(rec["Msg"]), _sig(rec))
         assert got is want, rec["Result"] + " " + rec["R"]
         n += 1
         fails += not want
@@ -108,11 +72,11 @@ def test_pkv_vectors_accept_only_valid_public_keys():
     fails = 0
     digest = bytes(32)
     sig = b"\x01" * 64
-    for rec in _records(_ECDSA + "PKV.rsp", "[P-256]"):
+    for rec in records(_ECDSA + "PKV.rsp", "[P-256]"):
         if "Result" not in rec:
             continue
         want = rec["Result"][0] == "P"
-        q = _point(rec["Qx"], rec["Qy"])
+        q = point(rec["Qx"], rec["Qy"])
         assert p256.is_valid_public_key(q) is want, rec["Result"] + " " + rec["Qx"]
         if want:
             assert len(p256.ecdh(1, q)) == 32

@@ -4,46 +4,10 @@
 import os
 from binascii import unhexlify
 from qdid import p256
+from cavp import int16, point, records
 
 _VEC = os.getenv("QLINK_VECTORS") + "/asymmetric/"
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
-
-
-def _records(path, want):
-    # Yields the `key = value` records (blank-line separated) of the CAVP sections whose header
-    # line equals `want`. "[B.4.2 ...]" in KeyPair.rsp is a method line, not a curve section.
-    sect = None
-    rec = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line[0] == "[":
-                if rec and sect == want:
-                    yield rec
-                rec = {}
-                if line and not line.startswith("[B.4"):
-                    sect = line
-                continue
-            if line[0] == "#":
-                continue
-            eq = line.find("=")
-            if eq > 0:
-                rec[line[:eq].strip()] = line[eq + 1 :].strip()
-    if rec and sect == want:
-        yield rec
-
-
-def _int(h):
-    return int(h, 16)
-
-
-def _point(qx, qy):
-    # SEC1 uncompressed encoding; a coordinate wider than 256 bits gets a wider field, which
-    # makes the encoding the wrong length (it can only be rejected).
-    x = _int(qx)
-    y = _int(qy)
-    n = 32 if x < (1 << 256) and y < (1 << 256) else 33
-    return b"\x04" + x.to_bytes(n, "big") + y.to_bytes(n, "big")
 
 
 def test_ecc_cdh_vectors_agree_and_reject_each_listed_fault():
@@ -52,13 +16,13 @@ def test_ecc_cdh_vectors_agree_and_reject_each_listed_fault():
     # 0 and 13 pass. In every failing case of this file Z differs from d_IUT * Q_CAVS.
     n = 0
     path = _VEC + "ECDH/KASValidityTest_ECCStaticUnified_NOKC_ZZOnly_resp.fax"
-    for rec in _records(path, "[EC - SHA256]"):
+    for rec in records(path, "[EC - SHA256]"):
         if "Result" not in rec:
             continue
         code = int(rec["Result"][3:].split()[0])
-        q_cavs = _point(rec["QsCAVSx"], rec["QsCAVSy"])
-        q_iut = _point(rec["QsIUTx"], rec["QsIUTy"])
-        d_iut = _int(rec["dsIUT"])
+        q_cavs = point(rec["QsCAVSx"], rec["QsCAVSy"])
+        q_iut = point(rec["QsIUTx"], rec["QsIUTy"])
+        d_iut = int16(rec["dsIUT"])
         z = unhexlify(rec["Z"])
         if code in (1, 2):
             assert not p256.is_valid_public_key(q_cavs)
@@ -76,8 +40,8 @@ def test_ecc_cdh_vectors_agree_and_reject_each_listed_fault():
             if code not in (5, 6):
                 assert (p256.public_key(d_iut) == q_iut) is (code != 7), rec["Result"]
             if code == 0 or code == 13:
-                assert p256.ecdh(_int(rec["dsCAVS"]), q_iut) == z
-                assert p256.public_key(_int(rec["dsCAVS"])) == q_cavs
+                assert p256.ecdh(int16(rec["dsCAVS"]), q_iut) == z
+                assert p256.public_key(int16(rec["dsCAVS"])) == q_cavs
         n += 1
     assert n == 30, n
 
