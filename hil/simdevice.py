@@ -98,30 +98,48 @@ class SimDevice:
         return f"{self.device_id},{self.public_key.hex()}"
 
     # -- HTTPS -------------------------------------------------------------------------------
-    def post(self, path: str, body: dict[str, Any] | bytes) -> ApiResponse:
+    def connection(self) -> http.client.HTTPSConnection:
+        """A TLS connection to the server with the pinned root; it opens on the first request
+        and carries several (HTTP/1.1 keep-alive) until closed."""
         url = urlsplit(self.api_url)
-        conn = http.client.HTTPSConnection(
+        return http.client.HTTPSConnection(
             url.hostname or "",
             url.port,
             timeout=self.timeout_s,
             context=_shared_root_context(self.root_der),
         )
+
+    def post(
+        self,
+        path: str,
+        body: dict[str, Any] | bytes,
+        conn: http.client.HTTPSConnection | None = None,
+    ) -> ApiResponse:
+        """One request, on `conn` if given (left open), else on a connection of its own."""
+        own = conn is None
+        c = self.connection() if conn is None else conn
         try:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            conn.request("POST", path, data, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
+            c.request("POST", path, data, {"Content-Type": "application/json"})
+            resp = c.getresponse()
             raw = resp.read()
             return ApiResponse(resp.status, json.loads(raw) if raw else {})
         finally:
-            conn.close()
+            if own:
+                c.close()
 
     def hello(
-        self, *, public_key: bytes | None = None, device_id: str | None = None
+        self,
+        *,
+        public_key: bytes | None = None,
+        device_id: str | None = None,
+        conn: http.client.HTTPSConnection | None = None,
     ) -> ApiResponse:
         pub = public_key if public_key is not None else self.public_key
         return self.post(
             "/v1/onboard/hello",
             {"device_id": device_id or self.device_id, "public_key": pub.hex()},
+            conn,
         )
 
     def sign(self, challenge: bytes, host: str | None = None) -> bytes:
@@ -156,15 +174,21 @@ class SimDevice:
             "csr_b64": base64.b64encode(csr_der).decode(),
         }
 
-    def proof(self, body: dict[str, Any]) -> ApiResponse:
-        return self.post("/v1/onboard/proof", body)
+    def proof(
+        self, body: dict[str, Any], conn: http.client.HTTPSConnection | None = None
+    ) -> ApiResponse:
+        return self.post("/v1/onboard/proof", body, conn)
 
     def onboard(self) -> ApiResponse:
-        """hello + proof, honestly; raises if hello is refused."""
-        h = self.hello()
-        if h.status != 200:
-            raise OnboardFailed(h)
-        return self.proof(self.proof_body(h))
+        """hello + proof, honestly, over one TLS connection; raises if hello is refused."""
+        conn = self.connection()
+        try:
+            h = self.hello(conn=conn)
+            if h.status != 200:
+                raise OnboardFailed(h)
+            return self.proof(self.proof_body(h), conn)
+        finally:
+            conn.close()
 
     # -- MQTT --------------------------------------------------------------------------------
     def mqtt_connect(self, answer: ApiResponse, workdir: Path | None = None) -> mqtt.Client:

@@ -2,9 +2,16 @@
 
 The broker runs from `/usr/sbin/mosquitto` with a config under `data_dir/broker/`; it is never
 the system service. TLS with client certificates is mandatory; the certificate's CN becomes the
-MQTT user name, and the dynamic-security plugin decides what each user may do. The plugin keeps
-its state in `dynamic-security.json`, which is written here only when missing, so devices
-registered before a restart keep their access.
+MQTT user name.
+
+Rights: a device's rights come with the certificate the CA issued it at onboarding: one pattern
+ACL, `qlink/+/%u/#`, lets every device use the topics under its own ID (CN = device ID) and
+nothing else. The dynamic-security plugin is asked first and holds only the exceptions: the
+server's admin client, and a deny-everything role for each disabled or revoked device (its
+answer ends the check; for a user it does not know it defers to the pattern). Mosquitto 2.0's
+plugin rewrites its whole JSON file after every command, so one entry per device would make each
+onboarding cost time in proportion to the fleet; exceptions stay few. The plugin keeps its state
+in `dynamic-security.json`, which is written here only when missing.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ log = logging.getLogger("qlink.broker")
 MOSQUITTO = "/usr/sbin/mosquitto"
 _DYNSEC_GLOB = "/usr/lib/*/mosquitto_dynamic_security.so"
 ADMIN_ROLE = "qlink-admin"
+DENY_ROLE = "qlink-deny"
+DEVICE_PATTERN = "qlink/+/%u/#"  # %u: the MQTT user name, which is the certificate CN
 CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
 
 
@@ -73,7 +82,8 @@ def free_port(host: str) -> int:
 
 
 def initial_dynsec() -> dict[str, object]:
-    """Deny by default; the admin client manages the plugin and reads every qlink topic."""
+    """The admin client manages the plugin and reads every qlink topic; the deny role waits for
+    the first disabled device. Everything else falls through to the device pattern."""
     return {
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -96,7 +106,20 @@ def initial_dynsec() -> dict[str, object]:
                     {"acltype": "publishClientReceive", "topic": "qlink/#", "allow": True},
                     {"acltype": "unsubscribePattern", "topic": "#", "allow": True},
                 ],
-            }
+            },
+            deny_role(),
+        ],
+    }
+
+
+def deny_role() -> dict[str, object]:
+    """The role of a disabled or revoked device: every publish, delivery and subscription
+    refused (it matches first, so the device pattern is never reached)."""
+    return {
+        "rolename": DENY_ROLE,
+        "acls": [
+            {"acltype": t, "topic": "#", "allow": False}
+            for t in ("publishClientSend", "publishClientReceive", "subscribePattern")
         ],
     }
 
@@ -120,6 +143,10 @@ class ManagedBroker:
     @property
     def dynsec_path(self) -> Path:
         return self.dir / "dynamic-security.json"
+
+    @property
+    def acl_path(self) -> Path:
+        return self.dir / "acl.conf"
 
     @property
     def log_path(self) -> Path:
@@ -154,6 +181,8 @@ class ManagedBroker:
         self.dir.chmod(0o700)
         if not self.dynsec_path.exists():
             atomic_write(self.dynsec_path, json.dumps(initial_dynsec(), indent=2).encode(), 0o600)
+        acl = "# written by qlink on every start: a device may use its own topics only\n"
+        atomic_write(self.acl_path, f"{acl}pattern readwrite {DEVICE_PATTERN}\n".encode(), 0o600)
         lines = [
             "# written by qlink on every start; edits are lost",
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
@@ -169,6 +198,7 @@ class ManagedBroker:
             "allow_anonymous false",
             f"plugin {find_dynsec_plugin()}",
             f"plugin_opt_config_file {self.dynsec_path}",
+            f"acl_file {self.acl_path}",
             f"listener {self.port} {self.host}",
             "protocol mqtt",
             f"cafile {self.ca.bundle_path}",

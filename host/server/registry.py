@@ -609,12 +609,16 @@ class Registry:
             q = select(Revoked).where(Revoked.not_after > now).order_by(Revoked.revoked_at)
             return [RevokedCert(int(r.serial, 16), r.revoked_at) for r in s.scalars(q)]
 
-    def record_telemetry(self, device_id: str, payload: dict[str, Any], at: float) -> bool:
-        """Store the last telemetry of a known device; False if the device is unknown."""
+    def record_telemetry(
+        self, device_id: str, payload: dict[str, Any], at: float, tenant: str
+    ) -> bool:
+        """Store the last telemetry of a known device of `tenant` (the tenant its topic names);
+        False if there is no such device in that tenant."""
+        in_tenant = select(Batch.id).where(Batch.tenant == tenant)
         with self.transaction() as s:
             result = s.execute(
                 update(Device)
-                .where(Device.device_id == device_id)
+                .where(Device.device_id == device_id, Device.batch_id.in_(in_tenant))
                 .values(last_seen=at, last_telemetry=json.dumps(payload, sort_keys=True))
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -63,18 +63,20 @@ class TelemetrySubscriber:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
-        device_id = parts[2] if len(parts) == 4 else "-"
+        tenant, device_id = (parts[1], parts[2]) if len(parts) == 4 else ("-", "-")
         data = parse_telemetry(msg.payload)
         if data is None:
             log.warning("event=telemetry_malformed device=%s bytes=%d", device_id, len(msg.payload))
             return
         try:
-            known = self.registry.record_telemetry(device_id, data, time.time())
+            # The broker lets a device publish under any tenant with its own ID: only the
+            # device's own tenant counts.
+            known = self.registry.record_telemetry(device_id, data, time.time(), tenant)
         except Exception:  # the network thread must survive a database hiccup
             log.exception("event=telemetry_store_failed device=%s", device_id)
             return
         if not known:
-            log.warning("event=telemetry_unknown_device device=%s", device_id)
+            log.warning("event=telemetry_unknown_device device=%s tenant=%s", device_id, tenant)
             return
         self.received += 1
         log.debug("event=telemetry device=%s seq=%d", device_id, data["seq"])

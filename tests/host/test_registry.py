@@ -191,9 +191,19 @@ def test_challenge_is_consumed_once(registry: Registry) -> None:
 
 
 def test_telemetry_of_unknown_device_is_not_stored(registry: Registry) -> None:
-    assert not registry.record_telemetry("0" * 64, {"seq": 1}, 1.0)
+    assert not registry.record_telemetry("0" * 64, {"seq": 1}, 1.0, "acme")
     device_id, pub = identity()
     registry.import_devices("b1", [line(device_id, pub)])
-    assert registry.record_telemetry(device_id, {"seq": 7}, 5.0)
+    assert registry.record_telemetry(device_id, {"seq": 7}, 5.0, "acme")
     d = registry.device(device_id)
     assert d is not None and (d.last_seen, d.last_telemetry) == (5.0, {"seq": 7})
+
+
+def test_telemetry_under_another_tenant_is_not_stored(registry: Registry) -> None:
+    # The broker lets a device publish under any tenant with its own ID; only its own counts.
+    registry.create_batch("g1", "globex")
+    device_id, pub = identity()
+    registry.import_devices("b1", [line(device_id, pub)])
+    assert not registry.record_telemetry(device_id, {"seq": 9}, 6.0, "globex")
+    d = registry.device(device_id)
+    assert d is not None and (d.last_seen, d.last_telemetry) == (None, None)

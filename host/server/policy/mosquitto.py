@@ -1,4 +1,15 @@
-"""Mosquitto dynamic security: one role and one client per device, set over MQTT.
+"""Mosquitto: device rights from the certificate, exceptions in dynamic security.
+
+A device's certificate (CN = device ID, issued only at onboarding) gives it the broker's pattern
+ACL `qlink/+/%u/#`: its own topics, nothing else (host/server/broker.py). Registering a device
+therefore changes nothing on the broker but clears any exception left for it; disabling or
+revoking gives it a dynamic-security client with the deny-everything role and drops its live
+connection. Onboarding costs the broker one look-up however large the fleet, where one client
+and role per device made Mosquitto 2.0 rewrite a file that grows with the fleet on every device.
+
+The tenant in a topic is not checked by the broker (a pattern ACL has no tenant to compare):
+a device could publish under `qlink/<other tenant>/<its own ID>/`; the server's telemetry
+intake keeps only messages whose tenant is the device's (host/server/telemetry.py).
 
 Commands go to `$CONTROL/dynamic-security/v1` as JSON; the plugin answers on
 `.../v1/response` with the same `correlationData`. Each call waits for its answer and checks
@@ -16,9 +27,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from host.server.broker import DENY_ROLE, deny_role
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import MqttError, connect_admin
-from host.server.policy import PolicyError, device_topic_prefix
+from host.server.policy import PolicyError
 
 log = logging.getLogger("qlink.policy")
 
@@ -26,18 +38,6 @@ CONTROL = "$CONTROL/dynamic-security/v1"
 RESPONSE = CONTROL + "/response"
 _EXISTS = ("already exists",)
 _MISSING = ("not found",)
-
-
-def device_role(device_id: str) -> str:
-    return f"dev-{device_id}"
-
-
-def device_acls(tenant: str, device_id: str) -> list[dict[str, Any]]:
-    pattern = device_topic_prefix(tenant, device_id) + "/#"
-    return [
-        {"acltype": t, "topic": pattern, "priority": 0, "allow": True}
-        for t in ("publishClientSend", "subscribePattern", "publishClientReceive")
-    ]
 
 
 def _error(answer: dict[str, Any]) -> str | None:
@@ -69,6 +69,11 @@ class MosquittoDynsec:
         if not self._subscribed.wait(timeout_s):
             self.close()
             raise PolicyError("the broker did not confirm the dynamic-security subscription")
+        try:
+            self.ensure_deny_role()
+        except PolicyError:
+            self.close()
+            raise
 
     def _configure(self, client: mqtt.Client) -> None:
         client.on_message = self._on_message
@@ -140,74 +145,54 @@ class MosquittoDynsec:
             return
         raise PolicyError(f"the broker refused {command}: {error}")
 
+    def ensure_deny_role(self) -> None:
+        """The deny role, for a broker whose dynamic-security file predates it."""
+        role = deny_role()
+        err = self.command("createRole", rolename=DENY_ROLE, acls=role["acls"])
+        self._check("createRole", err, _EXISTS)
+
     def register_device(
         self, tenant: str, device_id: str, certificate_der: bytes | None = None
     ) -> None:
-        # The broker trusts every certificate of the CA; the client entry carries the rights.
-        role = device_role(device_id)
+        # The certificate carries the rights; only a leftover exception (a deny entry, or a
+        # client of an older per-device scheme) could stand in the way: remove it.
+        self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
+        log.info("event=policy_registered device=%s tenant=%s", device_id, tenant)
+
+    def _deny(self, device_id: str) -> None:
+        """A client with the deny role for the device, its live connection dropped."""
+        # Deleted and created again in one message (the plugin runs it as one step): whatever
+        # the device had before, it ends with exactly the deny role. deleteClient drops the
+        # live connection; disableClient marks the entry for operators reading the plugin.
         answers = self.request_many(
             [
-                {"command": "createRole", "rolename": role, "acls": device_acls(tenant, device_id)},
+                {"command": "deleteClient", "username": device_id},
                 {
                     "command": "createClient",
                     "username": device_id,
-                    "roles": [{"rolename": role, "priority": 0}],
+                    "roles": [{"rolename": DENY_ROLE, "priority": 0}],
                 },
+                {"command": "disableClient", "username": device_id},
             ]
         )
-        self._check("createRole", _error(answers[0]), _EXISTS)
-        err = _error(answers[1])
-        self._check("createClient", err, _EXISTS)
-        if err is not None and role not in self._client_roles(device_id):
-            # The client existed without its role (created by hand or half-deleted).
-            err = self.command("addClientRole", username=device_id, rolename=role, priority=0)
-            self._check("addClientRole", err, ())
-        log.info("event=policy_registered device=%s tenant=%s", device_id, tenant)
-
-    def _client_roles(self, device_id: str) -> set[str]:
-        answer = self.request("getClient", username=device_id)
-        self._check("getClient", answer.get("error"), ())
-        try:
-            roles = answer["data"]["client"]["roles"]
-            return {str(r["rolename"]) for r in roles}
-        except (KeyError, TypeError) as e:
-            raise PolicyError("the broker's getClient answer has no role list") from e
+        self._check("deleteClient", _error(answers[0]), _MISSING)
+        self._check("createClient", _error(answers[1]), ())
+        self._check("disableClient", _error(answers[2]), ())
 
     def disable_device(self, device_id: str) -> None:
-        """Disable the client and take its role away. With `use_identity_as_username` Mosquitto
-        2.0 skips authentication, so a disabled client could reconnect and keep its role's
-        rights: without the role, the deny-by-default ACL refuses everything it does. Both
-        commands kick the live connection."""
-        role = device_role(device_id)
-        answers = self.request_many(
-            [
-                {"command": "disableClient", "username": device_id},
-                {"command": "removeClientRole", "username": device_id, "rolename": role},
-            ]
-        )
-        self._check("disableClient", _error(answers[0]), ())
-        self._check("removeClientRole", _error(answers[1]), ("not in this role", "not found"))
+        """Deny everything and kick. With `use_identity_as_username` Mosquitto 2.0 skips
+        authentication, so a disabled client can reconnect: the deny role is what refuses it."""
+        self._deny(device_id)
 
     def enable_device(self, device_id: str) -> None:
-        role = device_role(device_id)
-        answers = self.request_many(
-            [
-                {
-                    "command": "addClientRole",
-                    "username": device_id,
-                    "rolename": role,
-                    "priority": 0,
-                },
-                {"command": "enableClient", "username": device_id},
-            ]
-        )
-        self._check("addClientRole", _error(answers[0]), ("already",))
-        self._check("enableClient", _error(answers[1]), ())
+        """Remove the deny entry (the plugin drops the live connection; the device reconnects
+        with the rights of its certificate)."""
+        self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
 
     def delete_device(self, device_id: str) -> None:
-        self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
-        role = device_role(device_id)
-        self._check("deleteRole", self.command("deleteRole", rolename=role), _MISSING)
+        """For revocation: the deny entry stays for good (the certificate also goes on the CRL,
+        which refuses its next TLS handshake)."""
+        self._deny(device_id)
 
     def close(self) -> None:
         self._client.loop_stop()
