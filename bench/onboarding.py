@@ -3,8 +3,8 @@ onboard concurrently against the real server + broker; in the same run, the ceil
 one onboarding's crypto needs (TLS handshake, proof and CSR verification, certificate signing).
 
 Environment: QLINK_BENCH_DEVICES (default 10000: the fleet whose wall time is reported),
-QLINK_BENCH_CONCURRENCY (default 32), QLINK_BENCH_WORKERS (uvicorn workers, default 1: on two
-cores, two workers measured slower, their CPU competing with the devices').
+QLINK_BENCH_CONCURRENCY (default 32). The server runs as it does by default: one process on the
+embedded SQLite registry (several workers need PostgreSQL).
 The figures also hold a cProfile of the onboarding logic in-process (notes: top entries).
 """
 
@@ -159,11 +159,10 @@ def profile_app(n: int = 200, top: int = 8) -> tuple[float, list[str]]:
 def run() -> dict:
     n = int(os.environ.get("QLINK_BENCH_DEVICES", "10000"))
     concurrency = int(os.environ.get("QLINK_BENCH_CONCURRENCY", "32"))
-    workers = int(os.environ.get("QLINK_BENCH_WORKERS", "1"))
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         data = Path(tmp)
-        proc = ServerProcess(data, workers=workers).start()
+        proc = ServerProcess(data).start()
         try:
             root = proc.root_der()
             devices = [SimDevice(proc.api_url, root, timeout_s=60) for _ in range(n)]
@@ -235,8 +234,7 @@ def run() -> dict:
             },
         },
         "notes": [
-            f"{n} devices, {concurrency} concurrent, {workers} server worker(s), {cores} cores "
-            "shared by server, broker "
+            f"{n} devices, {concurrency} concurrent, {cores} cores shared by server, broker "
             "and the simulated devices (their TLS and signing cost is on the same cores)",
             "server_cpu_ms, broker_cpu_ms: CPU time of the server (API) and Mosquitto processes "
             "during the run / onboardings",
