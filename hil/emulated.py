@@ -41,7 +41,7 @@ class BoardError(RuntimeError):
 
 def _compile(src: Path, out: Path, name: str) -> None:
     proc = subprocess.run(
-        [unixport.mpy_cross(), "-s", name, "-o", str(out), str(src)],
+        [*unixport.mpy_cross_cmd(), "-s", name, "-o", str(out), str(src)],
         capture_output=True,
         text=True,
         check=False,
@@ -86,9 +86,10 @@ class EmulatedBoard:
     def flash(self, config: dict[str, Any], root_ca_der: bytes, *, compiled: bool = True) -> None:
         """Install the firmware and the unix board HAL, and write config + pinned root CA.
 
-        As on a real board, packages go in as .mpy (compiled by mpy-cross; bytecode runs on any
-        port) unless `compiled` is False: compiling source on the device costs tens of KiB of
-        heap that a board does not have to spare. Entry points stay source, as boards run them.
+        As on a real board, packages go in as .mpy (compiled by mpy-cross for this machine's
+        arch, as qdid.polar holds native code) unless `compiled` is False: compiling source on
+        the device costs tens of KiB of heap that a board does not have to spare. Entry points
+        stay source, as boards run them.
         """
         self.fs.mkdir(parents=True, exist_ok=True)
         for sub in _FIRMWARE_DIRS:

@@ -87,10 +87,10 @@ def collect(
     return out
 
 
-PROFILES = {2: "fuzzy", 3: "polar"}  # helper profile ID -> firmware module (qdid.<name>)
+PROFILES = {2: "fuzzy", 4: "polar"}  # helper profile ID -> firmware module (qdid.<name>)
 
 
-def monte_carlo(ber: float, trials: int, profile: int = 3) -> tuple[int, int]:
+def monte_carlo(ber: float, trials: int, profile: int = 4) -> tuple[int, int]:
     """(trials, failures) of the firmware decoder of `profile` under i.i.d. errors of rate
     `ber`."""
     if not 0 <= ber <= 1 or trials < 1:

@@ -97,7 +97,7 @@ def report(
             ),
             ("predicted key failure at measured BER (bound)", f"{rep.predicted_key_failure:.3e}"),
             (
-                "key failure at 15 % / 20 % BER (profile 3, bound)",
+                "key failure at 15 % / 20 % BER (profile 4, bound)",
                 f"{figures['failure_at_15pct']:.3e} / {figures['failure_at_20pct']:.3e}",
             ),
             (

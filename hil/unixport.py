@@ -48,6 +48,17 @@ def mpy_cross() -> str:
     return found
 
 
+# .mpy files for the Unix port are compiled for the machine it runs on: qdid.polar holds native
+# (viper) code, and a .mpy with native code loads only on the architecture it was built for
+# (boards/<board>/board.json names the boards' own: armv6m, xtensawin).
+MPY_ARCH = "host"
+
+
+def mpy_cross_cmd() -> list[str]:
+    """mpy-cross with the options for .mpy files this Unix port loads."""
+    return [mpy_cross(), f"-march={MPY_ARCH}"]
+
+
 def mp_path(*extra: Path) -> str:
     """MICROPYPATH for host-side runs: firmware/ and the unix board, like a device's root."""
     parts = [str(p) for p in extra] + [str(FIRMWARE), str(BOARDS / "unix")]

@@ -10,6 +10,7 @@ import json
 import hashlib
 import binascii
 from agent.log import log
+from qdid import files
 
 _CERT = "cert.der"
 _META = "onboard.json"
@@ -50,20 +51,6 @@ def _hex(b):
     return binascii.hexlify(b).decode()
 
 
-def _write_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
-
-
-def _ensure_dir(d):
-    try:
-        os.mkdir(d)
-    except OSError:
-        pass  # exists (EEXIST); a real failure shows up on the write that follows
-
-
 def check_answer(device_id, public_key, cert_der, broker, topics, policy):
     # Returns None when the onboarding result is usable, else a reason (for the log).
     if not der_certificate_ok(cert_der):
@@ -97,7 +84,6 @@ def check_answer(device_id, public_key, cert_der, broker, topics, policy):
 
 
 def save(data_dir, device_id, cert_der, broker, topics, policy):
-    _ensure_dir(data_dir)
     meta = {
         "v": _FORMAT,
         "device_id": device_id,
@@ -106,23 +92,15 @@ def save(data_dir, device_id, cert_der, broker, topics, policy):
         "topics": topics,
         "policy": policy or {},
     }
-    _write_atomic(data_dir + "/" + _CERT, cert_der)
-    _write_atomic(data_dir + "/" + _META, json.dumps(meta).encode())
+    files.write(data_dir + "/" + _CERT, cert_der)
+    files.write(data_dir + "/" + _META, json.dumps(meta).encode())
     return Stored(cert_der, meta)
-
-
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def load(data_dir, device_id, public_key):
     # Returns Stored, or None when nothing usable is stored (absent, corrupt, another key).
-    raw = _read(data_dir + "/" + _META)
-    cert = _read(data_dir + "/" + _CERT)
+    raw = files.read(data_dir + "/" + _META)
+    cert = files.read(data_dir + "/" + _CERT)
     if raw is None and cert is None:
         return None
     reason = None

@@ -1,8 +1,8 @@
-# Helper profile 2 (reconstructed; new enrolments use profile 3, qdid/polar.py).
-# Code-offset fuzzy extractor (Dodis, Reyzin, Smith, "Fuzzy Extractors", EUROCRYPT 2004,
-# section 5; Juels-Wattenberg fuzzy commitment) over a concatenated code: an outer binary
-# BCH(255, 131, t = 18) code and an inner repetition code R = 7 (the construction of Boesch et
-# al., CHES 2008, at the design point of Maes, "PUF-based key generation", 2013).
+# Helper profile 2 (reconstructed; new enrolments use profile 4, qdid/polar.py): a code-offset
+# fuzzy extractor (Juels-Wattenberg fuzzy commitment; the helper layout, secret, tag and errors
+# are qdid.offset's) over a concatenated code: an outer binary BCH(255, 131, t = 18) code and an
+# inner repetition code R = 7 (the construction of Boesch et al., CHES 2008, at the design point
+# of Maes, "PUF-based key generation", 2013).
 #
 # Enrolment: m = 131 random bits; c = m(x) * g(x), a codeword of BCH(255, 131) (non-systematic:
 # the codeword is uniform over the code, and nothing outside the code offset is stored);
@@ -10,9 +10,7 @@
 # 1785-bit SRAM response. Reconstruction: w XOR x' = C with the response noise on it; a majority
 # of each bit's 7 copies gives a word at most t = 18 bit errors from c with the probability below;
 # the BCH decoder (Berlekamp-Massey, Chien search) returns c, hence the enrolment response
-# x = w XOR C exactly. The secret is a domain-separated SHA-256 of x. A 128-bit tag, HMAC-SHA256
-# keyed by the secret over the helper (truncated, NIST SP 800-107 section 5.3.4), makes a wrong
-# reconstruction (too much noise, a tampered helper, another die) an error instead of another key.
+# x = w XOR C exactly.
 #
 # Soft decisions do not pay here, measured: erasing the weak (4-3) votes and decoding with them
 # all 0 and all 1 (binary errors-and-erasures decoding) left the failure rate at 20 % BER where it
@@ -34,9 +32,17 @@
 # Residual entropy: k = 131 bits of code dimension for 128 bits of secret; the helper leaks the
 # response's bias, sum over the 255 blocks of I(c_i; w_i) (docs/identity.md; 0 at bias 0.5).
 from micropython import const
-import hashlib
-from qdid import QdidError
-from qdid.hmac import hmac_sha256, compare_digest
+from qdid import offset
+from qdid.offset import (  # noqa: F401 (the profile's interface, as qdid.polar has it)
+    HELPER_LEN,
+    RESPONSE_LEN,
+    KEY_LEN,
+    RAW_BITS,
+    HelperError,
+    ReconstructionError,
+    hamming_weight,
+    stats,
+)
 
 PROFILE_REP7_BCH255 = const(2)  # helper profile ID
 _R = const(7)  # repetitions per code bit (odd: the majority is defined)
@@ -44,26 +50,15 @@ _N = const(255)  # BCH code length
 _K = const(131)  # BCH code dimension: key bits
 _T = const(18)  # BCH error-correcting radius
 _T2 = const(36)  # 2t syndromes
-_RAW = const(1785)  # response bits used = _R * _N
-_PAD = const(7)  # unused low bits of the last response byte
-_RESP = const(224)  # response bytes = ceil(1785 / 8)
-_HDR = const(4)  # profile, R, t, key bits
-_TAG = const(16)  # truncated HMAC-SHA256 tag (128 bits)
-HELPER_LEN = const(244)  # _HDR + _RESP + _TAG
-RESPONSE_LEN = const(224)  # SRAM bytes the profile consumes
-KEY_LEN = const(17)  # bytes of random input to enrol(): the low 131 bits are the key
-RAW_BITS = const(1785)  # SRAM bits the profile consumes
 RADIUS = const(18)  # errors the BCH decoder corrects
 MARGIN_MAX = const(18)  # stats["margin"] with no error: errors the decoder could still correct
+_HEADER = bytes((PROFILE_REP7_BCH255, _R, _T, _K))  # profile, R, t, key bits
 
 # g(x) of BCH(255, 131, 18) over GF(2^8) with x^8 + x^4 + x^3 + x^2 + 1: the product of the
 # minimal polynomials of alpha^1..alpha^36 (degree 124; bit i = coefficient of x^i). Derived by
 # host/puf/bch.py; tests check g(alpha^j) = 0 for j = 1..36 on the device.
 GENERATOR = const(0x11BCB6CCE6906958AA17F2231050EB39)
 _MASK_N = const((1 << 255) - 1)
-
-_SECRET_LABEL = b"qlink/fe/secret\x00"
-_TAG_LABEL = b"qlink/fe/tag\x00"
 
 # GF(2^8) tables, built once: _EXP has 510 entries so that _EXP[log a + log b] needs no
 # reduction; _LOG[0] is unused.
@@ -79,46 +74,13 @@ for _i in range(255):
         _x ^= 0x11D
 del _x, _i
 
-# Buffers allocated once: the corrected response (secret material, zeroed after use), the
-# decoder's bit vector, syndromes and polynomials.
-_work = bytearray(_RESP)
+# Buffers allocated once: the decoder's bit vector, syndromes and polynomials.
+_work = offset._work  # the corrected response (secret material, zeroed after use)
 _bits = bytearray(_N)
 _syn = bytearray(_T2 + 1)
 _lam = bytearray(_T2 + 2)
 _prev = bytearray(_T2 + 2)
 _tmp = bytearray(_T2 + 2)
-
-# Popcount of a byte, for the response health check and the decoder's statistics.
-_POP = bytes(bin(i).count("1") for i in range(256))
-
-# Statistics of the last reproduce(), for the identity's health report (no secret in them:
-# the number of corrected errors is a function of the noise, not of the key).
-stats = {"corrected_bits": 0, "code_errors": 0, "margin": 0}
-
-
-class ReconstructionError(QdidError):
-    # The response does not reproduce the enrolled secret: the tag over the helper does not match.
-    pass
-
-
-class HelperError(QdidError):
-    # The helper data is not a profile this firmware knows, or has the wrong length.
-    pass
-
-
-def _header():
-    return bytes((PROFILE_REP7_BCH255, _R, _T, _K))
-
-
-def hamming_weight(buf):
-    n = 0
-    for b in buf:
-        n += _POP[b]
-    return n
-
-
-def _popint(v, nbytes):
-    return hamming_weight(v.to_bytes(nbytes, "big"))
 
 
 def _gmul(a, b):
@@ -241,53 +203,6 @@ def _bch_decode(y):
     return y ^ err, el
 
 
-def _finish(helper_body, hdr):
-    # _work holds the corrected response: hash it, tag the helper, wipe it.
-    h = hashlib.sha256(_SECRET_LABEL)
-    h.update(hdr)
-    h.update(_work)
-    secret = h.digest()
-    for i in range(_RESP):
-        _work[i] = 0
-    tag = hmac_sha256(secret, _TAG_LABEL + hdr + helper_body)[:_TAG]
-    return secret, tag
-
-
-def _response_int(response):
-    if len(response) < _RESP:
-        raise ValueError("response must be at least %d bytes" % _RESP)
-    return int.from_bytes(bytes(response[:_RESP]), "big") >> _PAD
-
-
-def enrol(response, key):
-    # -> (helper bytes, 32-byte secret). key: 17 bytes from the DRBG (its low 131 bits are used),
-    # response: >= 224 bytes of power-up SRAM.
-    if len(key) != KEY_LEN:
-        raise ValueError("key must be 17 bytes")
-    x = _response_int(response)
-    hdr = _header()
-    m = int.from_bytes(bytes(key), "big") & ((1 << _K) - 1)
-    w = x ^ _repeat(_encode(m))
-    m = 0
-    body = (w << _PAD).to_bytes(_RESP, "big")
-    _work[:] = (x << _PAD).to_bytes(_RESP, "big")
-    x = 0
-    secret, tag = _finish(body, hdr)
-    return hdr + body + tag, secret
-
-
-def _parse(helper):
-    if len(helper) != HELPER_LEN:
-        raise HelperError(
-            "helper data is %d bytes, profile 2 has %d; re-enrol the device"
-            % (len(helper), HELPER_LEN)
-        )
-    if helper[0] != PROFILE_REP7_BCH255 or helper[1] != _R or helper[2] != _T or helper[3] != _K:
-        raise HelperError("helper data profile is unknown to this firmware; re-enrol the device")
-    mv = memoryview(helper)
-    return mv[:_HDR], mv[_HDR : _HDR + _RESP], mv[_HDR + _RESP :]
-
-
 def _votes(y):
     # Majority of the 7 copies of every code bit, all 255 at once: a bit-sliced 3-bit counter
     # (c2 c1 c0) per code bit over the 7 rows; count >= 4 is exactly c2.
@@ -302,34 +217,24 @@ def _votes(y):
     return c2
 
 
-def _try(c, w, hdr, body, tag):
-    # Candidate codeword c -> the secret if the tag verifies it, else None.
-    _work[:] = ((w ^ _repeat(c)) << _PAD).to_bytes(_RESP, "big")
-    secret, want = _finish(body, hdr)
-    if compare_digest(want, tag):
-        return secret
-    return None
+def _codeword(m):
+    return _repeat(_encode(m))
+
+
+def _decode(y):
+    # Majority votes, then the BCH decoder: -> (the repeated codeword, BCH errors, errors left).
+    c, errs = _bch_decode(_votes(y))
+    if c < 0:
+        return -1, 0, 0
+    return _repeat(c), errs, _T - errs
+
+
+def enrol(response, key):
+    # -> (helper bytes, 32-byte secret). key: 17 bytes from the DRBG (its low 131 bits are used),
+    # response: >= 224 bytes of power-up SRAM.
+    return offset.enrol(response, key, _HEADER, _codeword)
 
 
 def reproduce(response, helper):
     # -> the 32-byte secret of enrolment, or ReconstructionError. Updates `stats`.
-    hdr, body, tag = _parse(helper)
-    x = _response_int(response)
-    w = int.from_bytes(bytes(body), "big") >> _PAD
-    y = x ^ w
-    c, errs = _bch_decode(_votes(y))
-    secret = None
-    if c >= 0:
-        secret = _try(c, w, hdr, body, tag)
-    if secret is None:
-        stats["corrected_bits"] = 0
-        stats["code_errors"] = 0
-        stats["margin"] = -1
-        raise ReconstructionError(
-            "SRAM response does not match this device's helper data (too noisy, helper altered, "
-            "or another chip); power-cycle and retry, re-enrol if it persists"
-        )
-    stats["corrected_bits"] = _popint(y ^ _repeat(c), _RESP)
-    stats["code_errors"] = errs
-    stats["margin"] = _T - errs
-    return secret
+    return offset.reproduce(response, helper, _HEADER, _decode)

@@ -3,8 +3,9 @@
 #   boot(board, data_dir="data") -> Identity
 #     first boot (no data/helper.bin): enrol, write the public helper data atomically;
 #     later boots: reconstruct the same secret from a fresh power-up read.
-#   Fuzzy extractor by helper profile (first byte): 3 = qdid.polar (new enrolments),
-#   2 = qdid.fuzzy (repetition + BCH, still reconstructed); loaded for the boot only.
+#   Fuzzy extractor by helper profile (first byte): 4 = qdid.polar (new enrolments),
+#   2 = qdid.fuzzy (repetition + BCH, still reconstructed); loaded for the boot only, with
+#   qdid.offset (their shared framing).
 #
 # Seeds (docs/protocol.md "Identity"): PRK = HKDF-Extract(salt = SHA-256(helper.bin), secret)
 # (RFC 5869 2.2); seed i = HKDF-Expand(PRK, b"qlink/seed/" + ASCII decimal i, 16), i = 0..7
@@ -26,7 +27,6 @@
 # bytearray zeroed by wipe(). The private scalar is an int (cannot be overwritten in place):
 # wipe() drops the only reference.
 from micropython import const
-import os
 import hashlib
 import binascii
 import sys
@@ -34,6 +34,7 @@ import gc
 from qdid import QdidError
 from qdid import entropy
 from qdid.hmac import hkdf_extract, hkdf_expand
+from qdid import files
 
 SEEDS = const(8)  # seeds per device
 _SEED_LEN = const(16)  # bytes per seed (128 bits)
@@ -42,7 +43,7 @@ _HW_MAX_PCT = const(65)
 _BLOCK = const(16)  # bytes per block of the repeated-block check
 _MAX_RAW_BER_PCT = const(25)  # corrected response bits above this share of the read: fail closed
 _RESPONSE_LEN = const(224)  # SRAM bytes every helper profile reads
-_ENROL_PROFILE = const(3)  # helper profile of new enrolments (qdid.polar)
+_ENROL_PROFILE = const(4)  # helper profile of new enrolments (qdid.polar)
 _HELPER = "helper.bin"
 _HEALTH = "puf_health.bin"  # public counter of PUF health failures (4 bytes, big-endian)
 _SEED_INFO = b"qlink/seed/"
@@ -61,6 +62,15 @@ class SramHealthError(QdidError):
 class IdentityWiped(QdidError):
     # The key was dropped with wipe(); boot again to use the identity.
     pass
+
+
+def _weight(buf):
+    # Hamming weight by nibble table (popcount of 0..15): the same work for every byte value.
+    nib = b"\x00\x01\x01\x02\x01\x02\x02\x03\x01\x02\x02\x03\x02\x03\x03\x04"
+    n = 0
+    for b in buf:
+        n += nib[b & 15] + nib[b >> 4]
+    return n
 
 
 def check_sram(resp):
@@ -98,19 +108,10 @@ def check_sram(resp):
             )
 
 
-def _weight(buf):
-    n = 0
-    for b in buf:
-        while b:
-            b &= b - 1
-            n += 1
-    return n
-
-
 def _extractor(profile):
-    # The fuzzy-extractor module of a helper profile (docs/identity.md): 3 = polar (enrolment
-    # default), 2 = repetition + BCH (still reconstructed). Unknown profiles go to the default,
-    # whose parser refuses them with a message that says to re-enrol.
+    # The fuzzy-extractor module of a helper profile (docs/identity.md): 4 = polar (enrolment
+    # default), 2 = repetition + BCH (still reconstructed). Unknown profiles (1, 3) go to the
+    # default, whose parser refuses them with a message that says to re-enrol.
     if profile == 2:
         from qdid import fuzzy
 
@@ -120,33 +121,9 @@ def _extractor(profile):
     return polar
 
 
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _write_atomic(path, data):
-    # A power cut leaves either no helper.bin or a complete one: write a temporary file, then
-    # rename it over the final name (rename is atomic on littlefs and POSIX).
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
-
-
-def _ensure_dir(path):
-    try:
-        os.stat(path)
-    except OSError:
-        os.mkdir(path)
-
-
 def health_failures(data_dir="data"):
     # PUF health failures recorded on this device so far (public; the agent reports it).
-    raw = _read(data_dir + "/" + _HEALTH)
+    raw = files.read(data_dir + "/" + _HEALTH)
     if raw is None or len(raw) != 4:
         return 0
     return int.from_bytes(raw, "big")
@@ -157,8 +134,7 @@ def _count_failure(data_dir):
     # report it. Best effort: a filesystem error must not hide the health error itself.
     try:
         n = health_failures(data_dir) + 1
-        _ensure_dir(data_dir)
-        _write_atomic(data_dir + "/" + _HEALTH, n.to_bytes(4, "big"))
+        files.write(data_dir + "/" + _HEALTH, n.to_bytes(4, "big"))
     except OSError:
         pass
 
@@ -231,7 +207,7 @@ def boot(board, data_dir="data"):
     try:
         # The extractor's buffers before anything else fragments the heap.
         path = data_dir + "/" + _HELPER
-        helper = _read(path)
+        helper = files.read(path)
         fe = _extractor(helper[0] if helper else _ENROL_PROFILE)
         if not entropy.ready():
             entropy.init(board)
@@ -251,9 +227,8 @@ def boot(board, data_dir="data"):
             helper, secret = fe.enrol(resp, key)
             for i in range(len(key)):
                 key[i] = 0
-            _ensure_dir(data_dir)
-            _write_atomic(path, helper)
-            if _read(path) != helper:
+            files.write(path, helper)
+            if files.read(path) != helper:
                 raise QdidError("helper data did not read back as written; check the filesystem")
             health = {"corrected_bits": 0, "code_errors": 0, "margin": fe.MARGIN_MAX}
         else:
@@ -294,7 +269,7 @@ def _drop(before):
     # Lifecycle modules: the extractor loaded for this boot goes, its heap back to the pool.
     import qdid
 
-    for name in ("qdid.fuzzy", "qdid.polar"):
+    for name in ("qdid.fuzzy", "qdid.polar", "qdid.offset"):
         if name in sys.modules and name not in before:
             del sys.modules[name]
             short = name[5:]

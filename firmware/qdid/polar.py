@@ -1,265 +1,297 @@
-# Code-offset fuzzy extractor, profile 3: a shortened polar code (Arikan, IEEE Trans. IT-55,
-# 2009) under successive-cancellation decoding. Same interface as qdid.fuzzy (profile 2).
+# Code-offset fuzzy extractor, profile 4: a punctured polar code (Arikan, IEEE Trans. IT-55,
+# 2009) under successive-cancellation decoding. The helper layout, secret, tag and errors are
+# qdid.offset's, shared with profile 2 (qdid.fuzzy).
 #
 # Code: N = 2048, x = u F^(x)11 with F = [[1, 0], [1, 1]] in natural order (x_j = XOR of u_i over
-# the i whose bits contain j's bits), shortened to the first 1785 positions: u_i = 0 for
-# i >= 1785 forces x_j = 0 there (every i containing j is >= j), so those positions are known
-# and never read. 131 information positions (INFO), chosen by exact density evolution of this
-# decoder at 20 % BER (host/puf/polar.py; a host test checks the constant).
+# the i whose bits contain j's bits), punctured at positions 0..262 (quasi-uniform puncturing in
+# natural order, Niu, Chen and Lin, ICC 2013): the 1785 response bits are code positions
+# 263..2047 (response bit b = position 263 + b), the punctured positions are never read and
+# enter the decoder with LLR 0. u_i for i < 263 reaches punctured positions only, so it is
+# frozen with the rest; 131 information positions (INFO), chosen by exact density evolution of
+# this decoder at 20 % BER (host/puf/polar.py; a host test checks INFO and _R0 against it).
+# Restricted to the read positions the code still has dimension 131 (each information row keeps
+# its own leading position i >= 263; host/puf/polar.py read_dimension()).
 #
 # Decoder: successive cancellation with clipped min-sum: channel LLR +1 / -1 for a read 0 / 1,
-# +31 for a shortened position; f(a, b) = sign(a) sign(b) min(|a|, |b|);
-# g(a, b, s) = clip(b + (1 - 2s) a, -31, 31); an information bit is 1 iff its LLR < 0. Signs
-# and selections are arithmetic, not branches, so the work does not depend on the bits.
+# 0 for a punctured position; f(a, b) = sign(a) sign(b) min(|a|, |b|);
+# g(a, b, s) = clip(b + (1 - 2s) a, -31, 31); an information bit is 1 iff its LLR < 0. Signs,
+# minima, clips and selections are arithmetic (shifts and masks), not branches: the decoder's
+# branches and loop counts follow the public frozen set only, never the response or the key.
+# It is viper code (native machine code: armv6m on the RP2040, xtensawin on the ESP32, x64 on
+# the unix port) walking the decoding tree iteratively; the walk is a recursive SC decoder's.
 #
 # Failure (host/puf/polar.py, exact discrete density evolution of this arithmetic, union bound):
-#   15 % BER: 1.2e-12 <= P_key <= 5.8e-12;  20 % BER: 2.4e-7 <= P_key <= 2.0e-6.
+#   15 % BER: 5.3e-15 <= P_key <= 1.7e-14;  20 % BER: 2.1e-9 <= P_key <= 1.3e-8.
 #
-# Helper (244 bytes): header 03 0b 1f 83 (profile 3, log2 N = 11, clip 31, 131 key bits), the
-# 224-byte offset (1785 response bits XOR the codeword, same bit layout as profile 2: X = the
-# big-endian integer of the 224 bytes >> 7, position j = bit j of X), a 16-byte tag as profile 2.
+# Helper (244 bytes): header 04 0b 1f 83 (profile 4, log2 N = 11, clip 31, 131 key bits), the
+# 224-byte offset, a 16-byte tag. Profile 3 (the same code shortened at positions 1785..2047,
+# 2.0e-6 at 20 % BER) is no longer read: its helpers are refused with a message to re-enrol.
 from micropython import const
-import array
-import hashlib
-from qdid import QdidError
-from qdid.hmac import hmac_sha256, compare_digest
+import micropython
+from qdid import offset
+from qdid.offset import (  # noqa: F401 (the profile's interface, as qdid.fuzzy has it)
+    HELPER_LEN,
+    RESPONSE_LEN,
+    KEY_LEN,
+    RAW_BITS,
+    HelperError,
+    ReconstructionError,
+    stats,
+)
 
-PROFILE_POLAR = const(3)  # helper profile ID
+PROFILE_POLAR = const(4)  # helper profile ID
 _N = const(2048)  # mother code length
 _LOG_N = const(11)
-_REAL = const(1785)  # positions read from the SRAM; the rest are shortened (known 0)
+_P = const(263)  # punctured positions 0..262: never read, LLR 0
 _K = const(131)  # information bits (key bits)
 _CLIP = const(31)  # LLR saturation
-_PAD = const(7)
-_RESP = const(224)
-_HDR = const(4)
-_TAG = const(16)
-HELPER_LEN = const(244)
-RESPONSE_LEN = const(224)
-KEY_LEN = const(17)
-RAW_BITS = const(1785)
+_RESP = const(224)  # response bytes; response bit b = bit b + 7 of the big-endian integer
 MARGIN_MAX = const(31)  # stats["margin"] with no error: the saturated |LLR|
 
 # Information positions, bit i = u_i carries a key bit (host/puf/polar.py information_set()).
 INFO = const(
-    0x1FEFEE8FEE8E880FEE8E80080000000FEC08000800000008000000000000000FFFEFEE0FC808000E880800080000000E88000000000000000000000000000008000000000000000000000000000000000000000000000000000000000000000FEE8E880E8000000800000000000000080000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000
+    0xFFFFFFFEFFFEF880FFE8E880E8808000FEE8E880E8800000E000000000000000FEE8E80080000000800000000000000080000000000000000000000000000000F8808000800000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000E880800000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000
 )
 
-_SECRET_LABEL = b"qlink/fe/secret\x00"
-_TAG_LABEL = b"qlink/fe/tag\x00"
-
 _INFO_B = INFO.to_bytes(_N // 8, "little")  # flag of position i: bit i & 7 of byte i >> 3
-
-# Decoder state, allocated once: LLRs and re-encoded bits of the active node at each level
-# (level l holds N >> l entries), 8 KiB in all; _work holds the corrected response.
-_LL = [array.array("b", bytes(_N >> lvl)) for lvl in range(_LOG_N + 1)]
-_SS = [bytearray(_N >> lvl) for lvl in range(_LOG_N + 1)]
-_pos = [0, _CLIP]  # next leaf index, smallest |LLR| of an information decision
 
 # Rate-0 nodes (no information position below them) decode to all zeros whatever their LLRs:
 # the decoder skips them (Alamdar-Yazdi and Kschischang, "A simplified successive-cancellation
 # decoder for polar codes", IEEE Comm. Letters 2011), which changes no decision. Node numbering:
 # root 1, children 2n and 2n + 1, leaf of position i = N + i; bit n of _R0 (512 bytes), derived
-# from INFO (a device test recomputes it): precomputed, as the loop costs more than a decode.
+# from INFO (host/puf/polar.py rate0_table(); a host and a device test check it).
 _R0 = bytes.fromhex(
-    "10873fc1ff1f17f0ffffff177f0701ffffffffffffff7f17ff7f7f011701ffffffffffffffffffffffffffff"
-    "ff7f7f07ffffff7fff3f17017f171700ffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
-    "ffffff7fff7f3f01ffffffffffffff7fffffff1f7f171701ff7f7f177f030180ffffffffffffffffffffffff"
+    "10177f07ff7f7f01ffffff7fff3f1701ffffffffffffff3fffffff1f7f171700ffffffffffffffffffffffff"
+    "ffffff1fffffffffffffff17ff7f7f177f030100ffffffffffffffffffffffffffffffffffffffffffffffff"
+    "ffffffffffffff17ffffffffffffffffffffffffffff7f17ffffff7fff7f7f03ff7f1f0117010100ffffffff"
     "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
-    "ffffffffffffff7fffffff7fff1f1701ffffffffffffffffffffffffffffff7fffffffffffffff17ff7f7f17"
-    "7f170300ffffff7fff7f7f07ff7f1f01170101e0ffffffffffffffffffffffffffffffffffffffffffffffff"
+    "ffffffffffffffffffffffffffff7f17ffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+    "ff7f7f17ffffffffffffff7fffffff7fff7f1f01ffffff3fff1717017f17170117000000ffffffffffffffff"
     "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
     "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
-    "ffffffffffffffffffffffffffffff7fffffffffffffff7fffffff177f171701ffffffffffffffffffffffff"
-    "ffffffffffffffffffffffffffffffffffffff7fffffffffffffffffffffffffffff7f17ffffff7fff7f7f17"
-    "ff7f7f031f010100ffffffffffffff7fffffff7fff7f3f01ffffff7fff1717017f171701170101feffffffff"
-    "ffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+    "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f7f17ffffffffffffffffffffffff"
+    "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+    "ffffff7fff7f7f07ffffffffffffffffffffffffffffff7fffffffffffffff7fffffff7fff171701ffffffff"
+    "ffffff1fffff7f177f171701ff7f7f177f1717007f07010001000000"
 )
-_work = bytearray(_RESP)
 
-_POP = bytes(bin(i).count("1") for i in range(256))
+# Decoder state, allocated once (4 KiB): the active node of each level, level l at offset
+# 2N - (2N >> l) with N >> l entries (the root at 0, one leaf at 4094). An entry holds the
+# node's LLR (int8) until the decoder has read it for the last time, then the node's re-encoded
+# bit: a parent's first half takes its left child's bits in the same loop that reads the
+# parent's LLRs for the right child, and the whole parent takes [left XOR right, right] once
+# both children are done (every read precedes the write to the same entry). The word in and
+# the codeword out (224 bytes, response layout) pass through _B[N:], free at those times.
+# _B is zeroed after each use: it holds the response and the codeword.
+_B = bytearray(2 * _N)
 
-stats = {"corrected_bits": 0, "code_errors": 0, "margin": 0}
+
+@micropython.viper
+def _sc(buf, r0) -> int:
+    # SC decoding of the word at buf[N:]: leaves the re-encoded codeword (one bit per position)
+    # at the root and returns the smallest |LLR| of an information decision.
+    # Node n of size sz at offset o; `down`: entering n, else n is decoded (its bits at o).
+    B = ptr8(buf)
+    R = ptr8(r0)
+    # Root LLRs from the word at B[N:]: 0 at the punctured positions, 1 - 2 y_b at position
+    # 263 + b, y_b = bit b + 7 of the big-endian 224-byte word (bit q = j - 256 at position j).
+    j = 0
+    while j < _P:
+        B[j] = 0
+        j += 1
+    while j < _N:
+        q = j - 256
+        B[j] = 1 - 2 * ((int(B[_N + 223 - (q >> 3)]) >> (q & 7)) & 1)
+        j += 1
+    n = 1
+    o = 0
+    sz = _N
+    down = 1
+    margin = _CLIP
+    while True:
+        if down:
+            if sz == 1:
+                # An information leaf (frozen leaves are rate-0 nodes, never entered).
+                v = int(B[o])
+                v -= (v & 0x80) << 1
+                s = v >> 7  # -1 iff v < 0
+                B[o] = s & 1
+                d = ((v ^ s) - s) - margin
+                margin += d & (d >> 7)
+                down = 0
+                continue
+            h = sz >> 1
+            c = o + sz
+            k = n << 1
+            j = 0
+            if (R[k >> 3] >> (k & 7)) & 1:
+                # Left child rate 0: its bits are 0, and the right child's LLRs are g(a, b, 0).
+                while j < h:
+                    a = int(B[o + j])
+                    a -= (a & 0x80) << 1
+                    b = int(B[o + h + j])
+                    b -= (b & 0x80) << 1
+                    B[o + j] = 0
+                    v = a + b
+                    t = _CLIP - v
+                    v += t & (t >> 7)  # min(v, 31)
+                    t = v + _CLIP
+                    v -= t & (t >> 7)  # max(v, -31)
+                    B[c + j] = v
+                    j += 1
+                k += 1
+            else:
+                # Left child's LLRs: f(a, b) = sign(a) sign(b) min(|a|, |b|).
+                while j < h:
+                    a = int(B[o + j])
+                    a -= (a & 0x80) << 1
+                    b = int(B[o + h + j])
+                    b -= (b & 0x80) << 1
+                    s = (a ^ b) >> 7  # -1 iff the signs differ
+                    t = a >> 7
+                    a = (a ^ t) - t
+                    t = b >> 7
+                    b = (b ^ t) - t
+                    t = a - b
+                    b += t & (t >> 7)  # min(|a|, |b|)
+                    B[c + j] = (b ^ s) - s
+                    j += 1
+            n = k
+            o = c
+            sz = h
+            continue
+        if n == 1:
+            break
+        h = sz
+        p = o - 2 * sz
+        j = 0
+        if n & 1:
+            # Right child done: parent bits = [left XOR right, right].
+            while j < h:
+                b = int(B[o + j])
+                B[p + h + j] = b
+                B[p + j] ^= b
+                j += 1
+            n >>= 1
+            o = p
+            sz = 2 * h
+            continue
+        k = n + 1
+        if (R[k >> 3] >> (k & 7)) & 1:
+            # Right child rate 0: parent bits = [left, 0].
+            while j < h:
+                B[p + j] = B[o + j]
+                B[p + h + j] = 0
+                j += 1
+            n >>= 1
+            o = p
+            sz = 2 * h
+            continue
+        # Left child done: its bits into the parent's first half, and the right child's LLRs
+        # g(a, b, s) = clip(b + (1 - 2s) a) with s the left bit.
+        while j < h:
+            a = int(B[p + j])
+            a -= (a & 0x80) << 1
+            b = int(B[p + h + j])
+            b -= (b & 0x80) << 1
+            s = int(B[o + j])
+            B[p + j] = s
+            s = 0 - s
+            v = b + ((a ^ s) - s)
+            t = _CLIP - v
+            v += t & (t >> 7)
+            t = v + _CLIP
+            v -= t & (t >> 7)
+            B[o + j] = v
+            j += 1
+        n = k
+        down = 1
+    return margin
 
 
-class ReconstructionError(QdidError):
-    # The response does not reproduce the enrolled secret: the tag over the helper does not match.
-    pass
+@micropython.viper
+def _pack(buf):
+    # The read positions 263..2047 of buf's root (one bit per byte) -> the 224-byte word at
+    # buf[N:] (response layout).
+    B = ptr8(buf)
+    j = 0
+    while j < _RESP:
+        B[_N + j] = 0
+        j += 1
+    j = _P
+    while j < _N:
+        q = j - 256
+        i = _N + 223 - (q >> 3)
+        B[i] = int(B[i]) | (int(B[j]) << (q & 7))
+        j += 1
 
 
-class HelperError(QdidError):
-    # The helper data is not a profile this firmware knows, or has the wrong length.
-    pass
+@micropython.viper
+def _spread(sbuf, info, key):
+    # u at sbuf's root: the 131 key bits (bit k of the big-endian 17-byte key, lowest first) at
+    # the information positions, 0 elsewhere; then x = u F^(x)11 in place (stage s XORs
+    # position j + 2^s into j for every j with bit s clear).
+    S = ptr8(sbuf)
+    F = ptr8(info)
+    K = ptr8(key)
+    k = 0
+    i = 0
+    while i < _N:
+        f = (int(F[i >> 3]) >> (i & 7)) & 1
+        S[i] = f & (int(K[16 - (k >> 3)]) >> (k & 7))
+        k += f
+        i += 1
+    d = 1
+    while d < _N:
+        i = 0
+        while i < _N:
+            j = i
+            while j < i + d:
+                S[j] ^= S[j + d]
+                j += 1
+            i += 2 * d
+        d <<= 1
+
+
+@micropython.viper
+def _zero(buf, n: int):
+    B = ptr8(buf)
+    j = 0
+    while j < n:
+        B[j] = 0
+        j += 1
 
 
 def _header():
     return bytes((PROFILE_POLAR, _LOG_N, _CLIP, _K))
 
 
-def _popint(v, nbytes):
-    n = 0
-    for b in v.to_bytes(nbytes, "big"):
-        n += _POP[b]
-    return n
-
-
-def _transform(u):
-    # x = u F^(x)11 on integers (bit j = position j): stage s XORs position j + 2^s into j for
-    # every j with bit s clear.
-    x = u
-    for s in range(_LOG_N):
-        d = 1 << s
-        mask = (1 << d) - 1
-        width = 2 * d
-        while width < _N:
-            mask |= mask << width
-            width *= 2
-        x ^= (x >> d) & mask
-    return x
-
-
 def _encode(m):
-    # The 131 key bits, lowest first, into the information positions, then the transform.
-    u = 0
-    k = 0
-    for i in range(_N):
-        f = (_INFO_B[i >> 3] >> (i & 7)) & 1
-        u |= (((m >> k) & 1) * f) << i
-        k += f
-    return _transform(u)
-
-
-_ZERO = bytes(_N // 2)
-
-
-def _zero(sc, h):
-    sc[:h] = memoryview(_ZERO)[:h]
-    _pos[0] += h
-
-
-def _sc(lvl, node):
-    # Decode the node whose LLRs are in _LL[lvl]; leave its re-encoded bits in _SS[lvl].
-    lp = _LL[lvl]
-    sp = _SS[lvl]
-    if lvl == _LOG_N:
-        i = _pos[0]
-        _pos[0] = i + 1
-        v = lp[0]
-        sp[0] = (v >> 7) & 1  # only information leaves are visited (frozen ones are rate 0)
-        _pos[1] = min(_pos[1], abs(v))
-        return
-    h = len(lp) >> 1
-    lc = _LL[lvl + 1]
-    sc = _SS[lvl + 1]
-    n = 2 * node
-    if (_R0[n >> 3] >> (n & 7)) & 1:
-        _zero(sc, h)
-    else:
-        for j in range(h):
-            a = lp[j]
-            b = lp[j + h]
-            lc[j] = (((a ^ b) >> 7) | 1) * min(abs(a), abs(b))
-        _sc(lvl + 1, n)
-    n += 1
-    if (_R0[n >> 3] >> (n & 7)) & 1:
-        sp[:h] = memoryview(sc)[:h]
-        _zero(sc, h)
-    else:
-        for j in range(h):
-            s = sc[j]
-            sp[j] = s
-            v = lp[j + h] + (1 - 2 * s) * lp[j]
-            lc[j] = max(-_CLIP, min(_CLIP, v))
-        _sc(lvl + 1, n)
-    # Parent bits: [left XOR right, right]; the copy is a slice (no allocation), the XOR a loop.
-    sp[h : 2 * h] = memoryview(sc)[:h]
-    for j in range(h):
-        sp[j] ^= sc[j]
+    # The 131 key bits -> the codeword on the read positions, as a 1785-bit integer.
+    _spread(_B, _INFO_B, m.to_bytes(17, "big"))
+    _pack(_B)
+    c = int.from_bytes(_B[_N : _N + _RESP], "big") >> 7
+    _zero(_B, 2 * _N)
+    return c
 
 
 def _decode(y):
-    # y: the 1785 received bits as an integer -> the nearest codeword by SC, as an integer.
-    root = _LL[0]
-    yb = y.to_bytes(_N // 8, "little")
-    for j in range(_REAL):
-        root[j] = 1 - 2 * ((yb[j >> 3] >> (j & 7)) & 1)
-    for j in range(_REAL, _N):
-        root[j] = _CLIP
-    _pos[0] = 0
-    _pos[1] = _CLIP
-    _sc(0, 1)
-    s = _SS[0]
-    out = bytearray(_N // 8)
-    for j in range(_REAL):
-        out[j >> 3] |= s[j] << (j & 7)
-    return int.from_bytes(out, "little")
-
-
-def _finish(helper_body, hdr):
-    h = hashlib.sha256(_SECRET_LABEL)
-    h.update(hdr)
-    h.update(_work)
-    secret = h.digest()
-    for i in range(_RESP):
-        _work[i] = 0
-    tag = hmac_sha256(secret, _TAG_LABEL + hdr + helper_body)[:_TAG]
-    return secret, tag
-
-
-def _response_int(response):
-    if len(response) < _RESP:
-        raise ValueError("response must be at least %d bytes" % _RESP)
-    return int.from_bytes(bytes(response[:_RESP]), "big") >> _PAD
+    # y: the received 1785 bits as an integer -> (the SC codeword, None, decoder margin).
+    _B[_N : _N + _RESP] = (y << 7).to_bytes(_RESP, "big")
+    margin = _sc(_B, _R0)
+    _pack(_B)
+    c = int.from_bytes(_B[_N : _N + _RESP], "big") >> 7
+    _zero(_B, 2 * _N)
+    return c, None, margin
 
 
 def enrol(response, key):
-    # -> (helper bytes, 32-byte secret). key: 17 bytes from the DRBG (its low 131 bits are used).
-    if len(key) != KEY_LEN:
-        raise ValueError("key must be 17 bytes")
-    x = _response_int(response)
-    hdr = _header()
-    m = int.from_bytes(bytes(key), "big") & ((1 << _K) - 1)
-    w = x ^ _encode(m)
-    m = 0
-    body = (w << _PAD).to_bytes(_RESP, "big")
-    _work[:] = (x << _PAD).to_bytes(_RESP, "big")
-    x = 0
-    secret, tag = _finish(body, hdr)
-    return hdr + body + tag, secret
-
-
-def _parse(helper):
-    if len(helper) != HELPER_LEN:
-        raise HelperError(
-            "helper data is %d bytes, profile 3 has %d; re-enrol the device"
-            % (len(helper), HELPER_LEN)
-        )
-    if bytes(helper[:_HDR]) != _header():
-        raise HelperError("helper data profile is unknown to this firmware; re-enrol the device")
-    mv = memoryview(helper)
-    return mv[:_HDR], mv[_HDR : _HDR + _RESP], mv[_HDR + _RESP :]
+    # -> (helper bytes, 32-byte secret). key: 17 bytes from the DRBG (its low 131 bits are used),
+    # response: >= 224 bytes of power-up SRAM.
+    return offset.enrol(response, key, _header(), _encode)
 
 
 def reproduce(response, helper):
     # -> the 32-byte secret of enrolment, or ReconstructionError. Updates `stats`: margin is
     # the smallest |LLR| of an information decision (0 = a tie, 31 = saturated).
-    hdr, body, tag = _parse(helper)
-    x = _response_int(response)
-    w = int.from_bytes(bytes(body), "big") >> _PAD
-    y = x ^ w
-    c = _decode(y)
-    _work[:] = ((w ^ c) << _PAD).to_bytes(_RESP, "big")
-    secret, want = _finish(body, hdr)
-    if not compare_digest(want, tag):
-        stats["corrected_bits"] = 0
-        stats["code_errors"] = 0
-        stats["margin"] = -1
-        raise ReconstructionError(
-            "SRAM response does not match this device's helper data (too noisy, helper altered, "
-            "or another chip); power-cycle and retry, re-enrol if it persists"
-        )
-    n = _popint(y ^ c, _RESP)
-    stats["corrected_bits"] = n
-    stats["code_errors"] = n
-    stats["margin"] = _pos[1]
-    return secret
+    return offset.reproduce(response, helper, _header(), _decode)

@@ -85,7 +85,7 @@ def min_entropy_per_bit(bits: NDArray[np.uint8]) -> float:
 
 def analyse(reads: NDArray[np.uint8]) -> Report:
     """All figures of one measurement campaign, and what they mean for the key under the
-    enrolment profile (3, polar): the failure figure is the density-evolution upper bound."""
+    enrolment profile (4, polar): the failure figure is the density-evolution upper bound."""
     bits = to_bits(reads)
     ber = intra_ber(bits)
     bias = float(np.mean(bits[:, 0, :]))

@@ -59,7 +59,7 @@ def residual_entropy(bias: float, profile: Profile = PROFILE_2) -> dict[str, flo
 
 
 def residual_entropy_linear(bias: float, n: int = 1785, k: int = 131) -> dict[str, float]:
-    """The same two figures for any linear code-offset over n i.i.d. cells (profile 3, polar):
+    """The same two figures for any linear code-offset over n i.i.d. cells (profile 4, polar):
     the helper is a syndrome-like n - k bit value, so
       Shannon:      H(X | W) >= n h(b) - (n - k)
       min-entropy:  H~inf(X | W) >= n (-log2 max(b, 1 - b)) - (n - k)

@@ -44,7 +44,7 @@ def failure_curve(
         [max(lo, 1e-300) for lo, _ in bounds],
         [max(hi, 1e-300) for _, hi in bounds],
         alpha=0.35,
-        label=f"profile 3 polar ({polar.REAL} bits), DE bounds",
+        label=f"profile 4 polar ({polar.REAL} bits), DE bounds",
     )
     ax.axhline(TARGET, color="red", linestyle="--", label="target 1e-9")
     ax.plot([0.20], [TARGET_20], "rx", markersize=9, label="target 1e-6 at 20 %")

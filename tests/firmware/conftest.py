@@ -51,7 +51,7 @@ def _compiled_firmware() -> Path:
             dst = (out / rel).with_suffix(".mpy")
             dst.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(
-                [unixport.mpy_cross(), "-s", str(rel), "-o", str(dst), str(src)],
+                [*unixport.mpy_cross_cmd(), "-s", str(rel), "-o", str(dst), str(src)],
                 check=True,
                 capture_output=True,
             )
@@ -91,7 +91,7 @@ class MicroPythonFile(pytest.File):
                 compiled_test.parent.mkdir(exist_ok=True)
                 subprocess.run(
                     [
-                        unixport.mpy_cross(),
+                        *unixport.mpy_cross_cmd(),
                         "-s",
                         self.path.name,
                         "-o",

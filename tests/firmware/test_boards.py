@@ -258,7 +258,7 @@ def test_board_json_describes_each_board():
         assert meta["puf_bytes"] == puf
         assert meta["heap"] >= 64 * 1024
     with open(REPO + "/boards/unix/board.json") as f:
-        assert json.load(f) == {"name": "unix", "mpy_arch": None, "heap": 196608}
+        assert json.load(f) == {"name": "unix", "mpy_arch": "host", "heap": 196608}
 
 
 def _py_files(path):

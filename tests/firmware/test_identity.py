@@ -131,7 +131,7 @@ def test_seeds_follow_hkdf_over_the_fuzzy_secret():
     try:
         ident = rig.boot()
         helper = rig.helper()
-        assert helper[0] == 3  # new enrolments use the polar profile
+        assert helper[0] == 4  # new enrolments use the polar profile
         secret = polar.reproduce(rig.power_up().sram_bits(polar.RESPONSE_LEN), helper)
         salt = hashlib.sha256(helper).digest()
         for i in range(8):
@@ -182,7 +182,7 @@ def test_nothing_secret_under_the_data_dir():
         ident = rig.boot()
         ident = rig.boot()  # a reconstructing boot must not write either
         helper = rig.helper()
-        assert helper[0] == 3  # new enrolments use the polar profile
+        assert helper[0] == 4  # new enrolments use the polar profile
         secret = polar.reproduce(rig.power_up().sram_bits(polar.RESPONSE_LEN), helper)
         secrets = [ident.seed(i) for i in range(8)]
         secrets.append(ident._d.to_bytes(32, "big"))

@@ -1,17 +1,19 @@
-# The polar fuzzy extractor (firmware/qdid/polar.py, profile 3) over the unix silicon model.
+# The polar fuzzy extractor (firmware/qdid/polar.py, profile 4) over the unix silicon model.
 # heapsize: 64k
 # timeout: 180
 import os
+import gc
+import array
 import hashlib
 import silicon
-from qdid import polar
+from qdid import polar, offset
 from qdid.hmac import hmac_sha256
 from fwtest import raises_msg as _raises
 
 SEED_A = "00112233445566778899aabbccddeeff"
 SEED_B = "ffeeddccbbaa99887766554433221100"
 KEY = bytes(range(0x30, 0x41))  # 17 bytes
-HDR = b"\x03\x0b\x1f\x83"  # profile 3, log2 N = 11, clip 31, 131 key bits
+HDR = b"\x04\x0b\x1f\x83"  # profile 4, log2 N = 11, clip 31, 131 key bits
 
 
 def _response(seed=0x5A):
@@ -44,6 +46,20 @@ def _noisy(resp, ber_q16, seed):
     return bytes(out), n
 
 
+def _transform(u):
+    # x = u F^(x)11 on integers (bit j = position j), written again here so the test does not
+    # trust the module: stage s XORs position j + 2^s into j for every j with bit s clear.
+    x = u
+    for s in range(11):
+        d = 1 << s
+        mask = 0
+        for j in range(2048):
+            if not j & d:
+                mask |= 1 << j
+        x ^= (x >> d) & mask
+    return x
+
+
 def test_helper_layout_and_codeword_structure():
     resp = _response()
     helper, secret = polar.enrol(resp, KEY)
@@ -51,18 +67,19 @@ def test_helper_layout_and_codeword_structure():
     assert helper[:4] == HDR
     body = helper[4:228]
     assert body[-1] & 0x7F == 0
-    c = _as_int(body) ^ _as_int(resp)
-    # The transform is its own inverse: u = c F^(x)11 carries the key bits, lowest first, at
-    # the information positions and zeros elsewhere.
-    u = polar._transform(c)
-    assert u & ~polar.INFO == 0
+    # The offset XOR the response is the codeword x = u F^(x)11 on the read positions 263..2047
+    # (response bit b = position 263 + b), u = the key bits, lowest first, at the information
+    # positions and zeros elsewhere.
     m = int.from_bytes(KEY, "big") & ((1 << 131) - 1)
+    u = 0
     k = 0
     for i in range(2048):
         if (polar.INFO >> i) & 1:
-            assert (u >> i) & 1 == (m >> k) & 1
+            u |= ((m >> k) & 1) << i
             k += 1
     assert k == 131
+    assert polar.INFO & ((1 << 263) - 1) == 0  # u_i, i < 263, reach punctured positions only
+    assert _as_int(body) ^ _as_int(resp) == _transform(u) >> 263
     masked = bytearray(resp)
     masked[223] &= 0x80
     assert secret == hashlib.sha256(b"qlink/fe/secret\x00" + HDR + bytes(masked)).digest()
@@ -97,11 +114,17 @@ def test_half_the_bits_wrong_is_detected():
 
 
 def test_buffers_hold_no_secret_after_use():
+    # The corrected response, the decoder's LLRs and bits (the noisy response and the codeword)
+    # and the word buffer are zeroed when enrol() and reproduce() return.
     resp = _response()
     helper, _ = polar.enrol(resp, KEY)
-    assert polar._work == bytearray(224)
-    polar.reproduce(resp, helper)
-    assert polar._work == bytearray(224)
+    bufs = (offset._work, polar._B)
+    for buf in bufs:
+        assert buf == bytearray(len(buf))
+    noisy, _ = _noisy(resp, 9830, 5)
+    polar.reproduce(noisy, helper)
+    for buf in bufs:
+        assert buf == bytearray(len(buf))
 
 
 def test_reconstructs_a_default_die_and_rejects_a_clone():
@@ -134,6 +157,10 @@ def test_other_profiles_and_lengths_are_refused():
     helper, _ = polar.enrol(_response(), KEY)
     profile2 = b"\x02\x07\x12\x83" + helper[4:]
     assert "re-enrol" in _raises(polar.HelperError, polar.reproduce, _response(), profile2)
+    # Profile 3 (the same code shortened instead of punctured) is no longer read.
+    profile3 = b"\x03\x0b\x1f\x83" + helper[4:]
+    msg = _raises(polar.HelperError, polar.reproduce, _response(), profile3)
+    assert "profile 3" in msg and "re-enrol" in msg
     _raises(polar.HelperError, polar.reproduce, _response(), helper[:-1])
     _raises(polar.HelperError, polar.reproduce, _response(), helper + b"\x00")
     _raises(polar.HelperError, polar.reproduce, _response(), b"")
@@ -166,3 +193,59 @@ def test_rate_0_table_is_derived_from_the_information_set():
         if flags[n]:
             want[n >> 3] |= 1 << (n & 7)
     assert bytes(want) == polar._R0
+
+
+def _sc_reference(llr, info):
+    # Plain recursive successive cancellation with the same clipped min-sum arithmetic and no
+    # rate-0 skipping: -> (re-encoded bits of every position, smallest information |LLR|).
+    margin = [31]
+
+    def rec(ll, first):
+        n = len(ll)
+        if n == 1:
+            if (info >> first) & 1:
+                margin[0] = min(margin[0], abs(ll[0]))
+                return bytearray([1 if ll[0] < 0 else 0])
+            return bytearray(1)
+        h = n // 2
+        child = array.array("b", bytes(h))
+        for j in range(h):
+            a, b = ll[j], ll[j + h]
+            m = min(abs(a), abs(b))
+            child[j] = -m if (a < 0) != (b < 0) else m
+        sl = rec(child, first)
+        for j in range(h):
+            child[j] = max(-31, min(31, ll[j + h] + (-ll[j] if sl[j] else ll[j])))
+        sr = rec(child, first + h)
+        child = None
+        sl.extend(sr)
+        for j in range(h):
+            sl[j] ^= sr[j]
+        return sl
+
+    bits = rec(llr, 0)
+    return bits, margin[0]
+
+
+def test_native_decoder_is_successive_cancellation_exactly():
+    # The viper tree walk (rate-0 nodes skipped) gives the codeword and margin of a plain
+    # recursive SC decoder on noisy words: right decodes at 25-30 % BER (margins 24, 10, 1),
+    # wrong ones with ties (margin 0) at 32 %.
+    resp = _response()
+    helper, _ = polar.enrol(resp, KEY)
+    w = _as_int(helper[4:228])
+    for seed, q16 in ((21, 16384), (22, 18000), (23, 19661), (24, 20972)):
+        gc.collect()
+        noisy, _ = _noisy(resp, q16, seed)
+        y = _as_int(noisy) ^ w
+        c, errs, margin = polar._decode(y)
+        assert errs is None
+        llr = array.array("b", bytes(2048))
+        for b in range(1785):
+            llr[263 + b] = 1 - 2 * ((y >> b) & 1)
+        bits, want_margin = _sc_reference(llr, polar.INFO)
+        want = 0
+        for b in range(1785):
+            want |= bits[263 + b] << b
+        assert c == want and margin == want_margin
+        bits = llr = None

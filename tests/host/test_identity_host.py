@@ -110,7 +110,7 @@ class Device:
 def _mpy_cross(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [unixport.mpy_cross(), "-o", str(dst), str(src)], capture_output=True, text=True
+        [*unixport.mpy_cross_cmd(), "-o", str(dst), str(src)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -182,10 +182,10 @@ def test_seeds_match_cryptography_hkdf(device: Device) -> None:
         ).derive(secret)
         assert seed == want
     assert len(set(seeds.values())) == 8
-    # Profile 3 (polar): header, 224-byte offset, then HMAC-SHA256 keyed by the secret over
+    # Profile 4 (polar): header, 224-byte offset, then HMAC-SHA256 keyed by the secret over
     # label || header || offset, truncated to 16 bytes.
     assert len(helper) == 244
-    assert helper[:4] == b"\x03\x0b\x1f\x83"
+    assert helper[:4] == b"\x04\x0b\x1f\x83"
     tag = hmac.new(secret, b"qlink/fe/tag\x00" + helper[:228], hashlib.sha256).digest()
     assert helper[228:] == tag[:16]
     # Seed 0 -> scalar (SHA-256(seed || counter), first in [1, n-1]) -> the public key.
