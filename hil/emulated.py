@@ -7,10 +7,9 @@ Layout of one board under its root folder:
     console.log everything the board printed, across power cycles
 
 Power-on starts `micropython` in fs/ (boot.py, then main.py, then the REPL, as a board does);
-power-off kills the process at once, which is a power cut. With `console="pty"` (the default) the
-board has a serial port (`board.port`, a /dev/pts/N) served by hil.ptyrelay: mpremote, pyserial
-and pytest-embedded drive it as they drive a USB board. `console="pipe"` is the plain process
-with its output on a pipe (no REPL), kept for comparison.
+power-off kills the process at once, which is a power cut. The board has a serial port
+(`board.port`, a /dev/pts/N) served by hil.ptyrelay: mpremote, pyserial and pytest-embedded drive
+it as they drive a USB board.
 """
 
 from __future__ import annotations
@@ -20,13 +19,11 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from hil import ptyrelay, unixport
 
@@ -59,11 +56,7 @@ class EmulatedBoard:
         die_seed: bytes | None = None,
         heap: int = unixport.HEAP_RP2040,
         die_params: dict[str, Any] | None = None,
-        console: str = "pty",
     ) -> None:
-        if console not in ("pty", "pipe"):
-            raise ValueError(f"console must be 'pty' or 'pipe', not {console!r}")
-        self.console = console
         self._relay: ptyrelay.PtyRelay | None = None
         self.name = name
         self.root = root / name
@@ -72,10 +65,6 @@ class EmulatedBoard:
         self.console_path = self.root / "console.log"
         self.rtc_path = self.root / "rtc"
         self.heap = heap
-        self._proc: subprocess.Popen[str] | None = None
-        self._lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader: threading.Thread | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.die_path.exists():
             die = {"seed": (die_seed or secrets.token_bytes(16)).hex()}
@@ -149,7 +138,8 @@ class EmulatedBoard:
             check=False,
         )
         out = proc.stdout + proc.stderr
-        self._record(out.splitlines())
+        with self.console_path.open("a") as log:
+            log.write(out if out.endswith("\n") or not out else out + "\n")
         if proc.returncode != 0:
             raise BoardError(f"{self.name}: script failed (exit {proc.returncode}):\n{out[-2000:]}")
         return out
@@ -167,8 +157,6 @@ class EmulatedBoard:
     # -- the serial port (pty console) ----------------------------------------------------------
     @property
     def relay(self) -> ptyrelay.PtyRelay:
-        if self.console != "pty":
-            raise BoardError(f"{self.name}: a console='pipe' board has no serial port")
         if self._relay is None:
             self._relay = ptyrelay.PtyRelay(self._spawn, self.console_path, self.name)
         return self._relay
@@ -202,113 +190,34 @@ class EmulatedBoard:
             self._relay = None
 
     def power_on(self) -> None:
-        if self.console == "pty":
-            try:
-                self.relay.power_on()
-            except ptyrelay.RelayError as e:
-                raise BoardError(str(e)) from None
-            return
-        if self._proc is not None and self._proc.poll() is None:
-            raise BoardError(f"{self.name}: already powered")
-        with self._cond:
-            self._lines = []
-        self._proc = subprocess.Popen(
-            [
-                unixport.micropython(),
-                "-X",
-                f"heapsize={self.heap}",
-                "-c",
-                "import boot\nimport main",
-            ],
-            cwd=self.fs,
-            env=self._env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert self._proc.stdout is not None
-        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._record([line.rstrip("\n")])
-        with self._cond:
-            self._cond.notify_all()
-
-    def _record(self, lines: list[str]) -> None:
-        with self.console_path.open("a") as log:
-            for line in lines:
-                log.write(line + "\n")
-        with self._cond:
-            self._lines.extend(lines)
-            self._cond.notify_all()
+        try:
+            self.relay.power_on()
+        except ptyrelay.RelayError as e:
+            raise BoardError(str(e)) from None
 
     @property
     def running(self) -> bool:
-        if self._relay is not None:
-            return self._relay.running
-        return self._proc is not None and self._proc.poll() is None
+        return self._relay is not None and self._relay.running
 
     def lines(self) -> list[str]:
-        if self._relay is not None:
-            return self._relay.lines()
-        with self._cond:
-            return list(self._lines)
+        """The console lines of this power cycle."""
+        return self._relay.lines() if self._relay is not None else []
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """Wait until a console line of this power cycle matches `pattern` (a regex)."""
-        if self._relay is not None:
-            m = self._relay.wait_for(pattern, timeout)
-            if m is not None:
-                return m
-            state = "still running" if self.running else "stopped"
-            raise BoardError(
-                f"{self.name}: no console line matching {pattern!r} within {timeout:.0f}s; "
-                f"board {state}. Console tail:\n" + "\n".join(self.lines()[-30:])
-            )
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self._lines[seen:]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                seen = len(self._lines)
-                left = deadline - time.monotonic()
-                if left <= 0 or (not self.running and self._reader_done()):
-                    break
-                self._cond.wait(timeout=min(left, 1.0))
-        state = "still running" if self.running else f"stopped (exit {self._exit_code()})"
+        m = self.relay.wait_for(pattern, timeout)
+        if m is not None:
+            return m
+        state = "still running" if self.running else "stopped"
         raise BoardError(
             f"{self.name}: no console line matching {pattern!r} within {timeout:.0f}s; "
-            f"board {state}. Console tail:\n" + "\n".join(self._lines[-30:])
+            f"board {state}. Console tail:\n" + "\n".join(self.lines()[-30:])
         )
-
-    def _reader_done(self) -> bool:
-        return self._reader is None or not self._reader.is_alive()
-
-    def _exit_code(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
 
     def power_off(self) -> None:
         """Cut the power: the process dies at once, whatever it was doing."""
         if self._relay is not None:
             self._relay.power_off()
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        self._proc.wait(timeout=10)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-        self._proc = None
 
     def power_cycle(self) -> None:
         self.power_off()

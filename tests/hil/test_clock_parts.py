@@ -65,7 +65,7 @@ def test_answers_over_udp_and_counts_requests() -> None:
 
 
 def test_emulated_board_rtc_is_read_and_set_by_the_board_and_the_rig(tmp_path: Path) -> None:
-    b = EmulatedBoard(tmp_path, "clock", console="pipe")
+    b = EmulatedBoard(tmp_path, "clock")
     b.flash({"server": "https://localhost:1"}, b"\x30\x03\x02\x01\x00")
     b.set_rtc(946684800)
     code = (
