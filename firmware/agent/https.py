@@ -197,8 +197,9 @@ def exchange(sock, host, port, path, obj, limit=_LIMIT):
     # One JSON POST over an open stream: returns (status, parsed JSON or None for no body).
     body = json.dumps(obj).encode()
     try:
-        sock.write(request_bytes(host, port, path, body))
-        sock.write(body)
+        # One write, so one TLS record: head and body in two would leave the body waiting on
+        # Nagle's algorithm for the server's delayed ACK (tens of ms per request).
+        sock.write(request_bytes(host, port, path, body) + body)
     except OSError as e:
         raise LinkError("http: write failed: %s" % tlslink.reason(e))
     status, raw = read_response(sock, limit)

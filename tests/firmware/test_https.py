@@ -30,12 +30,14 @@ def test_request_host_omits_default_port_rfc9112_3_2():
     assert b"Content-Length: 0\r\n" in req
 
 
-def test_exchange_writes_request_then_json_body():
+def test_exchange_writes_request_and_json_body_in_one_write():
+    # One write = one TLS record: a body written apart would wait on Nagle for a delayed ACK.
     s = FakeSock(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"ok": true}')
     status, doc = https.exchange(s, "h", 8443, "/p", {"k": "v"})
     assert status == 200
     assert doc == {"ok": True}
     assert bytes(s.out).endswith(b"Content-Length: 10\r\nConnection: close\r\n\r\n" + b'{"k": "v"}')
+    assert s.writes == 1
 
 
 def test_content_length_body():
