@@ -83,7 +83,9 @@ def create_app(
         port = broker_port if broker_port is not None else settings.broker_port
         try:
             if driver is None:
-                driver = MosquittoDynsec(ca, settings.bind_host, port)
+                dynsec = MosquittoDynsec(ca, settings.bind_host, port)
+                driver = dynsec
+                dynsec.reapply_denials(registry)
             app.state.broker_port = port
             app.state.onboarding = Onboarding(
                 settings,

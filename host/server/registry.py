@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -534,6 +534,19 @@ class Registry:
                 q = q.where(Batch.name == batch)
             if limit is not None:
                 q = q.limit(limit).offset(offset)
+            return [_device_info(d, b) for d, b in s.execute(q).all()]
+
+    def denied_devices(self, policy: str) -> list[DeviceInfo]:
+        """Disabled or revoked devices of batches with `policy`: the exceptions a broker must
+        keep (applied again when the server starts)."""
+        with self.transaction() as s:
+            q = (
+                select(Device, Batch)
+                .join(Batch)
+                .where(Batch.policy == policy)
+                .where(or_(Device.disabled.is_(True), Device.state == STATE_REVOKED))
+                .order_by(Device.device_id)
+            )
             return [_device_info(d, b) for d, b in s.execute(q).all()]
 
     def device(self, device_id: str, tenant: str | None = None) -> DeviceInfo | None:
