@@ -35,6 +35,7 @@ from qdid import QdidError
 from qdid import entropy
 from qdid.hmac import hkdf_extract, hkdf_expand
 from qdid import files
+from qdid.offset import hamming_weight
 
 SEEDS = const(8)  # seeds per device
 _SEED_LEN = const(16)  # bytes per seed (128 bits)
@@ -64,21 +65,12 @@ class IdentityWiped(QdidError):
     pass
 
 
-def _weight(buf):
-    # Hamming weight by nibble table (popcount of 0..15): the same work for every byte value.
-    nib = b"\x00\x01\x01\x02\x01\x02\x02\x03\x01\x02\x02\x03\x02\x03\x03\x04"
-    n = 0
-    for b in buf:
-        n += nib[b & 15] + nib[b >> 4]
-    return n
-
-
 def check_sram(resp):
     # Reject reads that cannot be a power-up state before they reach the fuzzy extractor.
     n = len(resp) * 8
     if n == 0:
         raise SramHealthError("SRAM read is empty: the board's PUF region is wrong")
-    w = _weight(resp)
+    w = hamming_weight(resp)
     if w == 0 or w == n:
         raise SramHealthError(
             "SRAM power-up region reads all %d: it was written before it was read, or the "
@@ -95,7 +87,7 @@ def check_sram(resp):
     nblk = len(resp) // _BLOCK
     for i in range(nblk):
         blk = mv[i * _BLOCK : (i + 1) * _BLOCK]
-        bw = _weight(blk)
+        bw = hamming_weight(blk)
         if bw == 0 or bw == _BLOCK * 8:
             raise SramHealthError(
                 "SRAM power-up region has an all-%d block at byte %d: it was written before it "

@@ -83,9 +83,7 @@ def create_app(
         port = broker_port if broker_port is not None else settings.broker_port
         try:
             if driver is None:
-                dynsec = MosquittoDynsec(ca, settings.bind_host, port)
-                driver = dynsec
-                dynsec.reapply_denials(registry)
+                driver = MosquittoDynsec(ca, settings.bind_host, port)
             app.state.broker_port = port
             app.state.onboarding = Onboarding(
                 settings,
@@ -289,6 +287,12 @@ def serve(settings: Settings) -> None:
     }
     started = False
     try:
+        # Once per start, before any worker serves: the broker's denials from the registry.
+        denials = MosquittoDynsec(ca, settings.bind_host, broker.port)
+        try:
+            denials.reapply_denials(registry)
+        finally:
+            denials.close()
         telemetry = TelemetrySubscriber(
             Registry(settings.database), ca, settings.bind_host, broker.port
         )

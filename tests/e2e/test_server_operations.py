@@ -54,3 +54,29 @@ def test_disable_enable_revoke_through_the_cli(server, fleet) -> None:  # type: 
     assert x509.load_der_x509_certificate(
         _get(server, "/v1/ca/root")
     ) == x509.load_der_x509_certificate(server.root_der())
+
+
+def test_denials_survive_a_lost_broker_file(make_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The broker's dynamic-security file holds the denials; the server applies the registry's
+    # again at every start, so losing the file does not hand a disabled device its rights back.
+    from hil.simdevice import SimDevice
+
+    proc = make_server(tmp_path / "srv").start()
+    try:
+        d = SimDevice(proc.api_url, proc.root_der())
+        csv = tmp_path / "one.csv"
+        csv.write_text(d.csv_line() + "\n")
+        proc.cli("batch", "create", "b1")
+        proc.cli("batch", "import", "b1", str(csv))
+        assert d.onboard().status == 200
+        proc.cli("device", "disable", d.device_id)
+    finally:
+        proc.stop()
+    dynsec = proc.data_dir / "broker" / "dynamic-security.json"
+    dynsec.unlink()
+    proc.start()
+    try:
+        clients = {c["username"]: c for c in json.loads(dynsec.read_text())["clients"]}
+        assert [r["rolename"] for r in clients[d.device_id]["roles"]] == ["qlink-deny"]
+    finally:
+        proc.stop()

@@ -158,7 +158,7 @@ class MosquittoDynsec:
     ) -> None:
         # The certificate carries the rights; only a leftover exception (a deny entry, or a
         # client of an older per-device scheme) could stand in the way: remove it.
-        self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
+        self._clear(device_id)
         log.info("event=policy_registered device=%s tenant=%s", device_id, tenant)
 
     def _deny(self, device_id: str) -> None:
@@ -189,6 +189,10 @@ class MosquittoDynsec:
     def enable_device(self, device_id: str) -> None:
         """Remove the deny entry (the plugin drops the live connection; the device reconnects
         with the rights of its certificate)."""
+        self._clear(device_id)
+
+    def _clear(self, device_id: str) -> None:
+        """No dynamic-security entry for the device (idempotent)."""
         self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
 
     def delete_device(self, device_id: str) -> None:
