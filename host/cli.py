@@ -120,7 +120,12 @@ def server(
             envvar="QLINK_DATABASE_URL", help="postgresql://... (default: SQLite in DATA_DIR)."
         ),
     ] = "",
-    workers: Annotated[int, typer.Option(help="API worker processes (>1 needs PostgreSQL).")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="API worker processes; one per core for the most onboardings per second."
+        ),
+    ] = 1,
 ) -> None:
     """Run the server: device API over HTTPS, CA, registry and a managed Mosquitto broker.
 

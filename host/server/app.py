@@ -35,9 +35,10 @@ from host.server.admin import ApiError, ca_router
 from host.server.admin import router as admin_router
 from host.server.broker import ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
+from host.server.deviceapi import DeviceApi, error_response, router
 from host.server.files import atomic_write
 from host.server.limits import RequestLimits
-from host.server.onboarding import BrokerEndpoint, Onboarding, error_response, router
+from host.server.onboarding import BrokerEndpoint, Onboarding
 from host.server.policy import PolicyDriver
 from host.server.policy.mosquitto import MosquittoDynsec
 from host.server.registry import Registry
@@ -116,6 +117,10 @@ def create_app(
         max_device_body=settings.max_device_body_bytes,
         device_prefix="/v1/onboard/",
         body_timeout_s=settings.body_timeout_s,
+    )
+    # Outermost of ours: device requests are answered before the framework's routing.
+    app.add_middleware(
+        DeviceApi, max_body=settings.max_device_body_bytes, body_timeout_s=settings.body_timeout_s
     )
 
     @app.exception_handler(ApiError)

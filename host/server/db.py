@@ -13,7 +13,7 @@ from host.server import ServerError
 
 _BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0001"
+HEAD = "0002"
 
 
 class StorageError(ServerError):

@@ -5,6 +5,7 @@ its whole body within the time limit gets 408. Slow or huge requests cost one sm
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -55,10 +56,10 @@ class RequestLimits:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _reject(send, 400, "bad_request", "Content-Length is not a number")
+                    await reject(send, 400, "bad_request", "Content-Length is not a number")
                     return
                 if declared > limit:
-                    await _reject(send, 413, "too_large", f"the body exceeds {limit} bytes")
+                    await reject(send, 413, "too_large", f"the body exceeds {limit} bytes")
                     return
         received = 0
         deadline: float | None = None
@@ -84,19 +85,18 @@ class RequestLimits:
         await self.app(scope, limited_receive, send)
 
 
-async def _reject(send: Send, status: int, code: str, detail: str) -> None:
-    import json
-
-    body = json.dumps({"error": code, "detail": detail}).encode()
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A whole JSON answer in one body message."""
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
     await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def reject(send: Send, status: int, code: str, detail: str) -> None:
+    """An error answer that also closes the connection (the rest of the body is not read)."""
+    await send_json(send, status, {"error": code, "detail": detail}, [(b"connection", b"close")])

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -49,6 +50,10 @@ class Device(Base):
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), default=STATE_REGISTERED)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The broker may hold an exception for the device (a deny entry): set, and committed, before
+    # a deny is sent; cleared once onboarding or enabling has removed it. A broker whose rights
+    # come from the certificate is asked nothing at onboarding while this is unset.
+    policy_exception: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cert_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
     not_after: Mapped[float | None] = mapped_column(Float, nullable=True)

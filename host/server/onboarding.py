@@ -23,8 +23,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
@@ -38,7 +36,6 @@ from host.server.registry import (
     DeviceInfo,
     Registry,
 )
-from host.server.schemas import HelloAnswer, HelloRequest, ProofAnswer, ProofRequest
 from host.server.settings import Settings
 
 log = logging.getLogger("qlink.onboard")
@@ -109,6 +106,25 @@ def _uncompressed(key: ec.EllipticCurvePublicKey) -> bytes:
 class BrokerEndpoint:
     host: str
     port: int
+
+
+@dataclass
+class Issued:
+    """A proof that passed every check, with its certificate: what is left is the policy
+    driver's call (`driver`, None when the broker needs none) and the registry's record."""
+
+    cid: str
+    dev: DeviceInfo
+    cert: x509.Certificate
+    cert_der: bytes
+    digest: str
+    source: str
+    now: float
+    driver: PolicyDriver | None
+
+    @property
+    def device_id(self) -> str:
+        return self.dev.device_id
 
 
 class Onboarding:
@@ -187,6 +203,28 @@ class Onboarding:
 
     def proof(self, body: dict[str, Any], source: str = "-") -> tuple[str, dict[str, Any]]:
         """Returns (device_id, answer); the device ID is also known for logging on refusal."""
+        step = self.begin_proof(body, source)
+        if isinstance(step, Issued):
+            if step.driver is not None:
+                self.register(step)
+            return step.device_id, self.finish_proof(step)
+        return step
+
+    async def proof_async(
+        self, body: dict[str, Any], source: str = "-"
+    ) -> tuple[str, dict[str, Any]]:
+        """`proof` for the event loop: the local work (checks, signing, the registry) runs in
+        the caller, only a policy driver's call to its broker goes to a worker thread."""
+        step = self.begin_proof(body, source)
+        if isinstance(step, Issued):
+            if step.driver is not None:
+                await run_in_threadpool(self.register, step)
+            return step.device_id, self.finish_proof(step)
+        return step
+
+    def begin_proof(self, body: dict[str, Any], source: str) -> Issued | tuple[str, dict[str, Any]]:
+        """Check a proof and make its certificate: what is left to do (`Issued`), or, for the
+        same proof sent again, the answer it got the first time (device ID, answer)."""
         _only(body, _PROOF_FIELDS)
         cid = _hex_field(body, "challenge_id", 32)
         sig_hex = _hex_field(body, "signature", 128)
@@ -203,29 +241,23 @@ class Onboarding:
             raise OnboardingRefused(
                 403, "unknown_challenge", "no such challenge; start again with hello"
             )
-        device_id = ch.device_id
         try:
-            return device_id, self._proof(ch.id, device_id, ch, sig_hex, csr_der, source)
+            return self._check_proof(ch, sig_hex, csr_der, source)
         except OnboardingRefused as e:
-            e.device_id = device_id
+            e.device_id = ch.device_id
             raise
 
-    def _proof(
-        self,
-        cid: str,
-        device_id: str,
-        ch: ChallengeInfo,
-        sig_hex: str,
-        csr_der: bytes,
-        source: str,
-    ) -> dict[str, Any]:
+    def _check_proof(
+        self, ch: ChallengeInfo, sig_hex: str, csr_der: bytes, source: str
+    ) -> Issued | tuple[str, dict[str, Any]]:
+        device_id = ch.device_id
         now = time.time()
-        digest = proof_digest(cid, sig_hex, csr_der)
+        digest = proof_digest(ch.id, sig_hex, csr_der)
         if ch.used_at is not None and ch.proof_hash == digest:
             # The same proof again: the device lost the answer. Same certificate, no change.
             dev = self._eligible(device_id)
             if dev.state == STATE_ONBOARDED and dev.cert_der:
-                return self._answer(dev, dev.cert_der)
+                return device_id, self._answer(dev, dev.cert_der)
         if ch.used_at is not None:
             raise OnboardingRefused(
                 403, "challenge_used", "this challenge was used already; start again with hello"
@@ -282,29 +314,46 @@ class Onboarding:
             cert = self.ca.issue_device(csr, device_id, self.settings.cert_validity_days)
             cert_der = cert.public_bytes(serialization.Encoding.DER)
 
-        # The broker must know the device before the device learns its certificate.
-        try:
-            self.driver_for(dev).register_device(dev.tenant, device_id, cert_der)
-        except PolicyError as e:
-            raise OnboardingRefused(
-                503, "broker_unavailable", f"the broker could not register the device ({e}); retry"
-            ) from None
+        # The broker must know the device before the device learns its certificate; one that
+        # gives rights by certificate needs to hear only of a device it may hold a deny for.
+        driver = self.driver_for(dev)
+        if driver.rights_from_certificate and not dev.policy_exception:
+            driver = None
+        return Issued(ch.id, dev, cert, cert_der, digest, source, now, driver)
 
+    def register(self, step: Issued) -> None:
+        """Tell the device's policy driver (its broker) about it; 503 if that fails."""
+        assert step.driver is not None
+        try:
+            step.driver.register_device(step.dev.tenant, step.device_id, step.cert_der)
+        except PolicyError as e:
+            refused = OnboardingRefused(
+                503, "broker_unavailable", f"the broker could not register the device ({e}); retry"
+            )
+            refused.device_id = step.device_id
+            raise refused from None
+
+    def finish_proof(self, step: Issued) -> dict[str, Any]:
+        """Consume the challenge and record the certificate: the proof's answer."""
+        device_id = step.device_id
         done = self.registry.complete_onboarding(
-            cid,
+            step.cid,
             device_id,
-            cert_der,
-            cert.serial_number,
-            cert.not_valid_after_utc.timestamp(),
-            now,
-            proof_hash=digest,
-            actor=Actor(f"device:{device_id}", source),
+            step.cert_der,
+            step.cert.serial_number,
+            step.cert.not_valid_after_utc.timestamp(),
+            step.now,
+            proof_hash=step.digest,
+            actor=Actor(f"device:{device_id}", step.source),
+            policy_cleared=step.driver is not None,
         )
         if not done:
-            raise OnboardingRefused(
+            refused = OnboardingRefused(
                 403, "challenge_used", "this challenge was used already; start again with hello"
             )
-        return self._answer(dev, cert_der)
+            refused.device_id = device_id
+            raise refused
+        return self._answer(step.dev, step.cert_der)
 
     def _answer(self, dev: DeviceInfo, cert_der: bytes) -> dict[str, Any]:
         device_id = dev.device_id
@@ -322,76 +371,3 @@ class Onboarding:
             "topics": {t: f"{prefix}/{t}" for t in ("telemetry", "event", "cmd")},
             "policy": {"telemetry_interval_ms": self.settings.telemetry_interval_ms},
         }
-
-
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise _bad("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise _bad("the body must be a JSON object")
-    return body
-
-
-router = APIRouter(prefix="/v1/onboard")
-
-
-def _doc(request: type[Any], answer: type[Any], *codes: int) -> dict[str, Any]:
-    """OpenAPI for a hand-parsed route: its request body and every answer it can give."""
-    from host.server.schemas import errors
-
-    return {
-        "response_model": None,
-        "responses": {200: {"model": answer}, **errors(400, 408, 413, *codes)},
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": request.model_json_schema()}},
-            }
-        },
-    }
-
-
-def _service(request: Request) -> Onboarding:
-    service: Onboarding = request.app.state.onboarding
-    return service
-
-
-@router.post("/hello", **_doc(HelloRequest, HelloAnswer, 403))
-async def hello(request: Request) -> JSONResponse:
-    rid = secrets.token_hex(4)
-    device = "-"
-    try:
-        body = await _json_body(request)
-        if isinstance(body.get("device_id"), str):
-            device = body["device_id"][:64]
-        answer = await run_in_threadpool(_service(request).hello, body)
-    except OnboardingRefused as e:
-        log.info(
-            "event=hello request=%s device=%s outcome=%s status=%d", rid, device, e.code, e.status
-        )
-        return error_response(e.status, e.code, e.detail)
-    log.info("event=hello request=%s device=%s outcome=ok status=200", rid, device)
-    return JSONResponse(answer)
-
-
-@router.post("/proof", **_doc(ProofRequest, ProofAnswer, 403, 503))
-async def proof(request: Request) -> JSONResponse:
-    rid = secrets.token_hex(4)
-    try:
-        body = await _json_body(request)
-        source = request.client.host if request.client else "-"
-        device, answer = await run_in_threadpool(_service(request).proof, body, source)
-    except OnboardingRefused as e:
-        device = e.device_id
-        log.info(
-            "event=proof request=%s device=%s outcome=%s status=%d", rid, device, e.code, e.status
-        )
-        return error_response(e.status, e.code, e.detail)
-    log.info("event=proof request=%s device=%s outcome=ok status=200", rid, device)
-    return JSONResponse(answer)

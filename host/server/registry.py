@@ -139,6 +139,7 @@ class DeviceInfo:
     disabled: bool = False
     revoked_at: float | None = None
     policy: str = "mosquitto"
+    policy_exception: bool = False  # the broker may hold a deny entry for it (models.Device)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -581,6 +582,14 @@ class Registry:
         Idempotent: repeating a change leaves the device as it is and logs nothing new.
         Revoking puts the current certificate on the CRL; a revoked device stays revoked.
         """
+        if change in ("disable", "revoke"):
+            # Committed before the broker hears of it: were this process to die after the deny
+            # and before the change below, the device's next onboarding still clears the deny.
+            mark = _D.update().where(_D.c.device_id == device_id).values(policy_exception=True)
+            if tenant is not None:
+                mark = mark.where(_D.c.batch_id.in_(select(_B.c.id).where(_B.c.tenant == tenant)))
+            with self.engine.begin() as conn:
+                conn.execute(mark)
         with self.transaction() as s:
             d, b = self._device_row(s, device_id, tenant)
             before = _device_info(d, b)
@@ -610,6 +619,8 @@ class Registry:
                 d.revoked_at = now
             else:
                 d.disabled = change == "disable"
+                if change == "enable":
+                    d.policy_exception = False  # apply_policy removed the deny entry
             self._audit(
                 s, actor, b.tenant, f"device.{change}", f"device:{device_id}", serial=d.serial
             )
@@ -670,12 +681,14 @@ class Registry:
         now: float,
         proof_hash: str | None = None,
         actor: Actor | None = None,
+        policy_cleared: bool = False,
     ) -> bool:
         """Consume the challenge and mark the device onboarded in one transaction.
 
         `cert_der` is the device's (new or unchanged) certificate; the first onboarding time is
         kept. False when the challenge was consumed meanwhile (a concurrent replay) or the
-        device left the registered/onboarded states; then nothing changes.
+        device left the registered/onboarded states; then nothing changes. `policy_cleared`: the
+        policy driver registered the device, which removed any exception it held there.
         """
         serial_hex = format(serial, "x")
         with self.engine.connect() as conn, conn.begin() as tx:
@@ -685,7 +698,7 @@ class Registry:
                 return False
             prior = conn.execute(_PRIOR_Q, {"device_id": device_id}).first()
             changed = conn.execute(
-                _ONBOARD,
+                _ONBOARD_CLEARED if policy_cleared else _ONBOARD,
                 {
                     "did": device_id,
                     "b_cert_der": cert_der,
@@ -756,6 +769,7 @@ _ONBOARD = (
         onboarded_at=func.coalesce(_D.c.onboarded_at, bindparam("now")),
     )
 )
+_ONBOARD_CLEARED = _ONBOARD.values(policy_exception=False)
 _AUDIT_INSERT = cast(Table, AuditEvent.__table__).insert()
 
 
@@ -777,6 +791,7 @@ def _device_row_info(r: Any) -> DeviceInfo:
         disabled=m["disabled"],
         revoked_at=m["revoked_at"],
         policy=m["policy"],
+        policy_exception=m["policy_exception"],
     )
 
 
@@ -797,4 +812,5 @@ def _device_info(d: Device, b: Batch) -> DeviceInfo:
         disabled=d.disabled,
         revoked_at=d.revoked_at,
         policy=b.policy,
+        policy_exception=d.policy_exception,
     )

@@ -3,6 +3,7 @@ is a no-op, and a database at another revision is named in the error."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from host.server.db import HEAD, StorageError
 from host.server.models import Base
@@ -97,3 +100,47 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
         "batch.create",
     ]
     reg.close()
+
+
+def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: Path) -> None:
+    """Devices made by a server before 0002 may have entries at the broker that the server of
+    the time left there: each is asked to be cleared at its next onboarding; new ones are not."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from host.server.db import MIGRATIONS
+
+    path = tmp_path / "r.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO batches (id, name, tenant, active, policy, created_at) "
+            "VALUES (1, 'old', 'default', 1, 'mosquitto', 0)"
+        )
+        db.execute(
+            "INSERT INTO devices (device_id, public_key, batch_id, state, disabled) "
+            "VALUES (?, ?, 1, 'onboarded', 0)",
+            ("a" * 64, b"\x04" + b"\x01" * 64),
+        )
+    reg = Registry(path)
+    try:
+        old = reg.device("a" * 64)
+        assert old is not None and old.policy_exception
+        assert old.state == "onboarded" and not old.disabled  # nothing else changed
+        reg.create_batch("new")
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        pub = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        reg.import_devices("new", [f"{hashlib.sha256(pub).hexdigest()},{pub.hex()}"])
+        fresh = reg.device(hashlib.sha256(pub).hexdigest())
+        assert fresh is not None and not fresh.policy_exception
+    finally:
+        reg.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]

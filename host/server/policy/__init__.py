@@ -12,6 +12,10 @@ class PolicyError(ServerError):
 
 
 class PolicyDriver(Protocol):
+    # True when the certificate alone gives a device its rights at the broker: onboarding then
+    # calls register_device only for a device the broker may hold an exception for (a deny).
+    rights_from_certificate: bool
+
     def register_device(
         self, tenant: str, device_id: str, certificate_der: bytes | None = None
     ) -> None:
@@ -37,6 +41,8 @@ def device_topic_prefix(tenant: str, device_id: str) -> str:
 
 class MemoryPolicy:
     """A driver that only records calls: for in-process API tests without a broker."""
+
+    rights_from_certificate = False
 
     def __init__(self) -> None:
         self.registered: dict[str, str] = {}

@@ -67,6 +67,8 @@ def _code(e: Exception) -> str:
 class AwsIotPolicy:
     """PolicyDriver over a boto3 `iot` client."""
 
+    rights_from_certificate = False
+
     def __init__(self, client: Any) -> None:
         self.iot = client
 

@@ -72,6 +72,8 @@ def enrollment_group(
 
 
 class AzureDpsExport:
+    rights_from_certificate = False
+
     def __init__(self, directory: Path) -> None:
         self.dir = directory
 

@@ -50,6 +50,8 @@ def _error(answer: dict[str, Any]) -> str | None:
 class MosquittoDynsec:
     """PolicyDriver over one persistent admin connection."""
 
+    rights_from_certificate = True  # the pattern ACL on the certificate's CN
+
     def __init__(
         self, ca: CertificateAuthority, host: str, port: int, timeout_s: float = 5.0
     ) -> None:

@@ -1,0 +1,64 @@
+"""Several API workers on the embedded SQLite registry: concurrent devices from many
+connections all onboard, each exactly once, with one certificate and one audit event each."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from hil.serverproc import ServerProcess
+from hil.simdevice import SimDevice
+
+pytestmark = pytest.mark.e2e
+
+DEVICES = 48
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_two_workers_on_sqlite_onboard_a_concurrent_fleet(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, extra_args=["--workers", "2"]).start()
+    try:
+        workers = [p for p in _children(int(server.info["pid"])) if "spawn" in _cmdline(p)]
+        assert len(workers) == 2, [_cmdline(p) for p in _children(int(server.info["pid"]))]
+        root = server.root_der()
+        devices = [SimDevice(server.api_url, root) for _ in range(DEVICES)]
+        csv = tmp_path / "fleet.csv"
+        csv.write_text("\n".join(d.csv_line() for d in devices) + "\n")
+        server.cli("batch", "create", "w")
+        server.cli("batch", "import", "w", str(csv))
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda d: d.onboard(), devices))
+        assert [a.status for a in answers] == [200] * DEVICES, [a.body for a in answers]
+        serials = {
+            x509.load_der_x509_certificate(
+                base64.b64decode(a.body["certificate_b64"])
+            ).serial_number
+            for a in answers
+        }
+        assert len(serials) == DEVICES
+        rows = server.query("SELECT state, COUNT(*) FROM devices GROUP BY state")
+        assert rows == [("onboarded", DEVICES)]
+        events = server.query("SELECT COUNT(*) FROM audit WHERE action = 'device.onboard'")
+        assert events == [(DEVICES,)]
+    finally:
+        assert server.stop() in (0, -15), server.log_tail()
