@@ -285,6 +285,9 @@ def serve(settings: Settings) -> None:
         "ssl_keyfile": str(ca.key_path("server")),
         "log_config": None,
         "access_log": False,
+        # No proxy in front by default: a client's X-Forwarded-For must not become the source
+        # the audit log records.
+        "proxy_headers": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
         "timeout_keep_alive": 5,

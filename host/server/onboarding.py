@@ -146,6 +146,9 @@ class Onboarding:
         self.broker = broker
         # Each batch names its policy driver; "mosquitto" is the managed broker's.
         self.drivers: dict[str, PolicyDriver] = {"mosquitto": policy, **(drivers or {})}
+        # In every answer; the CA's certificates do not change while it is loaded.
+        self._issuing_b64 = base64.b64encode(ca.issuing_der()).decode()
+        self._root_b64 = base64.b64encode(ca.root_der()).decode()
 
     def driver_for(self, dev: DeviceInfo) -> PolicyDriver:
         driver = self.drivers.get(dev.policy)
@@ -158,8 +161,9 @@ class Onboarding:
             )
         return driver
 
-    def _eligible(self, device_id: str) -> DeviceInfo:
-        dev = self.registry.device(device_id)
+    def _eligible(self, device_id: str, known: DeviceInfo | None = None) -> DeviceInfo:
+        """The device if it may onboard (`known`: its row, read already), else 403."""
+        dev = known or self.registry.device(device_id)
         if (
             dev is None
             or not dev.batch_active
@@ -236,26 +240,27 @@ class Onboarding:
         except (binascii.Error, ValueError):
             raise _bad("csr_b64 is not valid base64") from None
 
-        ch = self.registry.challenge(cid)
-        if ch is None:
+        found = self.registry.challenge_with_device(cid)
+        if found is None:
             raise OnboardingRefused(
                 403, "unknown_challenge", "no such challenge; start again with hello"
             )
+        ch, known = found
         try:
-            return self._check_proof(ch, sig_hex, csr_der, source)
+            return self._check_proof(ch, known, sig_hex, csr_der, source)
         except OnboardingRefused as e:
             e.device_id = ch.device_id
             raise
 
     def _check_proof(
-        self, ch: ChallengeInfo, sig_hex: str, csr_der: bytes, source: str
+        self, ch: ChallengeInfo, known: DeviceInfo, sig_hex: str, csr_der: bytes, source: str
     ) -> Issued | tuple[str, dict[str, Any]]:
         device_id = ch.device_id
         now = time.time()
         digest = proof_digest(ch.id, sig_hex, csr_der)
         if ch.used_at is not None and ch.proof_hash == digest:
             # The same proof again: the device lost the answer. Same certificate, no change.
-            dev = self._eligible(device_id)
+            dev = self._eligible(device_id, known)
             if dev.state == STATE_ONBOARDED and dev.cert_der:
                 return device_id, self._answer(dev, dev.cert_der)
         if ch.used_at is not None:
@@ -266,7 +271,7 @@ class Onboarding:
             raise OnboardingRefused(
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
-        dev = self._eligible(device_id)
+        dev = self._eligible(device_id, known)
         registered = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), dev.public_key)
 
         sig = bytes.fromhex(sig_hex)
@@ -362,11 +367,11 @@ class Onboarding:
         return {
             "device_id": device_id,
             "certificate_b64": b64(cert_der).decode(),
-            "chain_b64": [b64(self.ca.issuing_der()).decode()],
+            "chain_b64": [self._issuing_b64],
             "broker": {
                 "host": self.broker.host,
                 "port": self.broker.port,
-                "ca_b64": b64(self.ca.root_der()).decode(),
+                "ca_b64": self._root_b64,
             },
             "topics": {t: f"{prefix}/{t}" for t in ("telemetry", "event", "cmd")},
             "policy": {"telemetry_interval_ms": self.settings.telemetry_interval_ms},

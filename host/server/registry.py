@@ -671,6 +671,18 @@ class Registry:
             return None
         return ChallengeInfo(c.id, c.device_id, c.challenge, c.expires, c.used_at, c.proof_hash)
 
+    def challenge_with_device(self, cid: str) -> tuple[ChallengeInfo, DeviceInfo] | None:
+        """A challenge and its device in one query (the proof's first read)."""
+        with self.engine.connect() as conn:
+            r = conn.execute(_CHALLENGE_DEVICE_Q, {"id": cid}).first()
+        if r is None:
+            return None
+        m = r._mapping
+        challenge = ChallengeInfo(
+            m["c_id"], m["device_id"], m["c_challenge"], m["c_expires"], m["c_used_at"], m["c_hash"]
+        )
+        return challenge, _device_row_info(r)
+
     def complete_onboarding(
         self,
         cid: str,
@@ -744,6 +756,22 @@ _DEVICE_Q = (
     .where(_D.c.device_id == bindparam("device_id"))
 )
 _CHALLENGE_Q = select(_C).where(_C.c.id == bindparam("id"))
+_CHALLENGE_DEVICE_Q = (
+    select(
+        _C.c.id.label("c_id"),
+        _C.c.challenge.label("c_challenge"),
+        _C.c.expires.label("c_expires"),
+        _C.c.used_at.label("c_used_at"),
+        _C.c.proof_hash.label("c_hash"),
+        _D,
+        _B.c.name.label("batch_name"),
+        _B.c.tenant,
+        _B.c.active,
+        _B.c.policy,
+    )
+    .select_from(_C.join(_D, _C.c.device_id == _D.c.device_id).join(_B, _D.c.batch_id == _B.c.id))
+    .where(_C.c.id == bindparam("id"))
+)
 _USE_CHALLENGE = (
     _C.update()
     .where(_C.c.id == bindparam("cid"), _C.c.used_at.is_(None))

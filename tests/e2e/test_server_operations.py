@@ -80,3 +80,27 @@ def test_denials_survive_a_lost_broker_file(make_server, tmp_path) -> None:  # t
         assert [r["rolename"] for r in clients[d.device_id]["roles"]] == ["qlink-deny"]
     finally:
         proc.stop()
+
+
+def test_a_forwarded_for_header_does_not_become_the_audited_source(server, fleet) -> None:  # type: ignore[no-untyped-def]
+    """No proxy stands in front of the server: the audit log keeps the connection's address."""
+    from hil.simdevice import ApiResponse
+
+    d = fleet.take()
+    ctx = ssl.create_default_context(cafile=str(server.root_pem_path))
+    spoof = {"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.7"}
+
+    def post(path: str, body: dict) -> ApiResponse:  # type: ignore[type-arg]
+        req = urllib.request.Request(
+            server.api_url + path, json.dumps(body).encode(), spoof, method="POST"
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return ApiResponse(r.status, json.loads(r.read()))
+
+    h = post("/v1/onboard/hello", {"device_id": d.device_id, "public_key": d.public_key.hex()})
+    assert post("/v1/onboard/proof", d.proof_body(h)).status == 200
+    rows = server.query(
+        f"SELECT source FROM audit WHERE action = 'device.onboard' "
+        f"AND target = 'device:{d.device_id}'"
+    )
+    assert rows == [("127.0.0.1",)]
