@@ -2,6 +2,12 @@
 onboarding protocol, and an MQTT connection with the issued certificate.
 
 Tests use the tamper hooks of `proof_body` to send what a broken or hostile device would.
+
+The benchmark runs thousands of these devices on the same cores as the server, so their CPU
+counts against the server's result. The HTTPS calls therefore use a small HTTP/1.1 client of
+this module (`HttpsConnection`) rather than http.client: one write per request, one read for
+a typical answer, no file objects or parsed header mappings. A request costs about a third of
+http.client's CPU, which leaves the TLS handshake as most of what a device's connection costs.
 """
 
 from __future__ import annotations
@@ -9,13 +15,14 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,13 +79,231 @@ def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.DER)
 
 
-class _NoDelayHTTPS(http.client.HTTPSConnection):
-    """http.client sends a request's head and body in two writes: without TCP_NODELAY the body
-    waits for the server's delayed ACK of the head (about 40 ms per request on Linux)."""
+class HttpError(ConnectionError):
+    """The server's answer is not well-formed HTTP/1.1, or the server closed the connection
+    without one."""
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+_MAX_HEAD = 64 * 1024  # an answer's head (status line, fields) or one chunk-size/trailer line
+_RECV = 64 * 1024
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_BAD_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # what may not appear in a method or path
+# How a server's close of a kept-alive connection shows before its answer's first byte.
+_CLOSED = (
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+class HttpsConnection:
+    """An HTTP/1.1 connection over TLS: it opens on the first request and carries several
+    (keep-alive) until closed, by `close()` or by the server.
+
+    Each request goes out in one write (head and body); the answer is parsed from one buffer.
+    A request whose reused connection turns out closed before the answer starts is sent once
+    more on a new connection (a server may drop an idle connection at any time); on a new
+    connection that is an error.
+    """
+
+    def __init__(
+        self, host: str, port: int | None, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        self.host = host
+        self.port = port or 443
+        self.timeout = timeout
+        self._context = context
+        try:
+            name = host.encode("ascii").decode()
+        except UnicodeEncodeError:
+            name = host.encode("idna").decode()
+        name = f"[{name}]" if ":" in name else name
+        self._host_field = name if self.port == 443 else f"{name}:{self.port}"
+        self._sock: ssl.SSLSocket | None = None
+        self._buf = b""
+
+    def __enter__(self) -> HttpsConnection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        sock, self._sock, self._buf = self._sock, None, b""
+        if sock is not None:
+            sock.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """Send one request (Content-Type application/json unless `headers` says otherwise)
+        and return the answer's status and body."""
+        data = self._head(method, path, len(body), headers) + body
+        while True:  # at most twice: the second time is on a new connection
+            fresh = self._sock is None
+            sock = self._open() if self._sock is None else self._sock
+            try:
+                try:
+                    sock.sendall(data)
+                    first = self._buf or sock.recv(_RECV)
+                except _CLOSED as e:
+                    unanswered: OSError = e
+                else:
+                    if first:
+                        self._buf = first
+                        return self._answer(method)
+                    unanswered = HttpError("the server closed the connection without answering")
+            except BaseException:
+                self.close()
+                raise
+            self.close()
+            if fresh:
+                raise unanswered
+
+    # -- the request ------------------------------------------------------------------------
+    def _head(
+        self, method: str, path: str, length: int, headers: Mapping[str, str] | None
+    ) -> bytes:
+        if _BAD_IN_TARGET.search(method) or _BAD_IN_TARGET.search(path) or not path:
+            raise ValueError(f"not a valid request line: {method!r} {path!r}")
+        lines = f"{method} {path} HTTP/1.1\r\nHost: {self._host_field}\r\n"
+        if not headers:
+            lines += "Content-Type: application/json\r\n"
+        else:
+            if not any(k.lower() == "content-type" for k in headers):
+                lines += "Content-Type: application/json\r\n"
+            for k, v in headers.items():
+                if not k or _BAD_IN_TARGET.search(k) or ":" in k or "\r" in v or "\n" in v:
+                    raise ValueError(f"not a valid header field: {k!r}: {v!r}")
+                lines += f"{k}: {v}\r\n"
+        return f"{lines}Content-Length: {length}\r\n\r\n".encode("latin-1")
+
+    def _open(self) -> ssl.SSLSocket:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        try:
+            # The head and body go out in one write, yet a lone small write must not wait for
+            # the delayed ACK of the previous one either.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        self._buf = b""
+        return self._sock
+
+    # -- the answer -------------------------------------------------------------------------
+    def _answer(self, method: str) -> tuple[int, bytes]:
+        while True:
+            status, length, chunked, close = _parse_head(self._until(b"\r\n\r\n"))
+            if not 100 <= status < 200:
+                break  # an interim answer (1xx) has no body: the real one follows
+        if method == "HEAD" or status in (204, 304):
+            body = b""
+        elif chunked:
+            body = self._chunked()
+        elif length is not None:
+            body = self._take(length)
+        else:  # no framing: the body runs to the end of the connection
+            body, close = self._to_eof(), True
+        if close:
+            self.close()
+        return status, body
+
+    def _recv(self) -> bytes:
+        assert self._sock is not None
+        data = self._sock.recv(_RECV)
+        if not data:
+            raise HttpError("the server closed the connection in the middle of its answer")
+        return data
+
+    def _until(self, sep: bytes) -> bytes:
+        """The buffer up to `sep` (which is consumed), reading as needed."""
+        start = 0
+        while (i := self._buf.find(sep, start)) < 0:
+            if len(self._buf) > _MAX_HEAD:
+                raise HttpError("the server's answer has a head or line over 64 KiB")
+            start = max(0, len(self._buf) - len(sep) + 1)
+            self._buf += self._recv()
+        out, self._buf = self._buf[:i], self._buf[i + len(sep) :]
+        return out
+
+    def _take(self, n: int) -> bytes:
+        if len(self._buf) < n:
+            parts, have = [self._buf], len(self._buf)
+            while have < n:
+                data = self._recv()
+                parts.append(data)
+                have += len(data)
+            self._buf = b"".join(parts)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def _chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = self._until(b"\r\n").split(b";", 1)[0].strip(b" \t")
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise HttpError(f"malformed chunk size from the server: {size[:40]!r}")
+            n = int(size, 16)
+            if n == 0:
+                break
+            parts.append(self._take(n))
+            if self._take(2) != b"\r\n":
+                raise HttpError("a chunk from the server does not end with CRLF")
+        while self._until(b"\r\n"):  # trailer fields, up to the empty line
+            pass
+        return b"".join(parts)
+
+    def _to_eof(self) -> bytes:
+        assert self._sock is not None
+        parts = [self._buf]
+        while data := self._sock.recv(_RECV):
+            parts.append(data)
+        self._buf = b""
+        return b"".join(parts)
+
+
+def _parse_head(head: bytes) -> tuple[int, int | None, bool, bool]:
+    """(status, Content-Length or None, chunked, close after) of an answer's head."""
+    status_line, *lines = head.split(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
+    code = rest[:3]
+    if (
+        version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(code) != 3
+        or not code.isdigit()
+        or rest[3:4] not in (b"", b" ")
+    ):
+        raise HttpError(f"malformed status line from the server: {status_line[:100]!r}")
+    length: int | None = None
+    codings: list[bytes] = []
+    keep_alive = version == b"HTTP/1.1"
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.strip() != name:
+            raise HttpError(f"malformed header line from the server: {line[:100]!r}")
+        name, value = name.lower(), value.strip(b" \t")
+        if name == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise HttpError(f"malformed Content-Length from the server: {value[:40]!r}")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            codings += [c.strip(b" \t") for c in value.lower().split(b",") if c.strip()]
+        elif name == b"connection":
+            tokens = [t.strip(b" \t") for t in value.lower().split(b",")]
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+    if codings and codings != [b"chunked"]:
+        raise HttpError(f"unsupported Transfer-Encoding from the server: {b', '.join(codings)!r}")
+    return int(code), length, bool(codings), not keep_alive
 
 
 @dataclass
@@ -92,13 +317,26 @@ class SimDevice:
     )
     timeout_s: float = 10.0
 
+    # (key, public key, device id), computed once: a fleet asks for them several times per
+    # onboarding. Kept with the key it was computed from, so a replaced key is never stale.
+    _identity: tuple[ec.EllipticCurvePrivateKey, bytes, str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def _ident(self) -> tuple[ec.EllipticCurvePrivateKey, bytes, str]:
+        ident = self._identity
+        if ident is None or ident[0] is not self.key:
+            pub = pubkey_bytes(self.key.public_key())
+            ident = self._identity = (self.key, pub, hashlib.sha256(pub).hexdigest())
+        return ident
+
     @property
     def public_key(self) -> bytes:
-        return pubkey_bytes(self.key.public_key())
+        return self._ident()[1]
 
     @property
     def device_id(self) -> str:
-        return hashlib.sha256(self.public_key).hexdigest()
+        return self._ident()[2]
 
     @property
     def host(self) -> str:
@@ -108,42 +346,35 @@ class SimDevice:
         return f"{self.device_id},{self.public_key.hex()}"
 
     # -- HTTPS -------------------------------------------------------------------------------
-    def connection(self) -> http.client.HTTPSConnection:
+    def connection(self) -> HttpsConnection:
         """A TLS connection to the server with the pinned root; it opens on the first request
         and carries several (HTTP/1.1 keep-alive) until closed."""
         url = urlsplit(self.api_url)
-        return _NoDelayHTTPS(
-            url.hostname or "",
-            url.port,
-            timeout=self.timeout_s,
-            context=_shared_root_context(self.root_der),
+        return HttpsConnection(
+            url.hostname or "", url.port, _shared_root_context(self.root_der), self.timeout_s
         )
 
     def post(
         self,
         path: str,
         body: dict[str, Any] | bytes,
-        conn: http.client.HTTPSConnection | None = None,
+        conn: HttpsConnection | None = None,
     ) -> ApiResponse:
         """One request, on `conn` if given (left open), else on a connection of its own."""
-        own = conn is None
-        c = self.connection() if conn is None else conn
-        try:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            c.request("POST", path, data, {"Content-Type": "application/json"})
-            resp = c.getresponse()
-            raw = resp.read()
-            return ApiResponse(resp.status, json.loads(raw) if raw else {})
-        finally:
-            if own:
-                c.close()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if conn is not None:
+            status, raw = conn.request("POST", path, data)
+        else:
+            with self.connection() as own:
+                status, raw = own.request("POST", path, data)
+        return ApiResponse(status, json.loads(raw) if raw else {})
 
     def hello(
         self,
         *,
         public_key: bytes | None = None,
         device_id: str | None = None,
-        conn: http.client.HTTPSConnection | None = None,
+        conn: HttpsConnection | None = None,
     ) -> ApiResponse:
         pub = public_key if public_key is not None else self.public_key
         return self.post(
@@ -184,9 +415,7 @@ class SimDevice:
             "csr_b64": base64.b64encode(csr_der).decode(),
         }
 
-    def proof(
-        self, body: dict[str, Any], conn: http.client.HTTPSConnection | None = None
-    ) -> ApiResponse:
+    def proof(self, body: dict[str, Any], conn: HttpsConnection | None = None) -> ApiResponse:
         return self.post("/v1/onboard/proof", body, conn)
 
     def onboard(self) -> ApiResponse:
