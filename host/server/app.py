@@ -285,6 +285,7 @@ def serve(settings: Settings) -> None:
         "ssl_keyfile": str(ca.key_path("server")),
         "log_config": None,
         "access_log": False,
+        "http": "httptools",  # a C parser; h11 is Python: 5-20 % fewer onboardings/s (bench)
         # No proxy in front by default: a client's X-Forwarded-For must not become the source
         # the audit log records.
         "proxy_headers": False,
