@@ -1,8 +1,8 @@
-"""The device API: `hello` hands out a challenge, `proof` turns a signed challenge and a CSR
-into a certificate (docs/protocol.md is the contract).
+"""The onboarding rules: `hello` hands out a challenge, `proof` turns a signed challenge and a
+CSR into a certificate (docs/protocol.md is the contract; host/server/deviceapi.py is their HTTP
+face, which logs one line per request and never a secret).
 
-Every refusal is an `OnboardingRefused` with the status, code and sentence of the protocol;
-each request logs one structured line (request ID, device ID, outcome) and never a secret.
+Every refusal is an `OnboardingRefused` with the status, code and sentence of the protocol.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import math
 import secrets
 import time
@@ -37,8 +36,6 @@ from host.server.registry import (
     Registry,
 )
 from host.server.settings import Settings
-
-log = logging.getLogger("qlink.onboard")
 
 DOMAIN_LABEL = b"qlink-onboard-v1\x00"
 _MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
