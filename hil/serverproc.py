@@ -154,6 +154,24 @@ class ServerProcess:
         self.info = json.loads(self.server_json.read_text())
         return self
 
+    def worker_pids(self) -> list[int]:
+        """The server's uvicorn worker processes (with `--workers` above 1): its children that
+        multiprocessing started, not the broker."""
+        found = []
+        for task in Path(f"/proc/{self.info['pid']}/task").iterdir():
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"multiprocessing.spawn" in cmdline:  # not its resource tracker
+                    found.append(int(child))
+        return found
+
     def stop(self, timeout_s: float = 10.0) -> int | None:
         proc, self._proc = self._proc, None
         if proc is None:

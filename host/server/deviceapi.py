@@ -18,7 +18,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from host.server.limits import App, Receive, Scope, Send, reject, send_json
+from host.server.limits import (
+    App,
+    Receive,
+    Scope,
+    Send,
+    declared_length_refusal,
+    reject,
+    send_json,
+)
 from host.server.onboarding import Onboarding, OnboardingRefused
 from host.server.schemas import HelloAnswer, HelloRequest, ProofAnswer, ProofRequest
 
@@ -81,14 +89,10 @@ class DeviceApi:
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    await reject(send, 400, "bad_request", "Content-Length is not a number")
-                    return
-                if int(value) > self.max_body:
-                    await reject(send, 413, "too_large", f"the body exceeds {self.max_body} bytes")
-                    return
+        refusal = declared_length_refusal(scope, self.max_body)
+        if refusal is not None:
+            await reject(send, *refusal)
+            return
         chunks: list[bytes] = []
         size = 0
         try:

@@ -51,16 +51,10 @@ class RequestLimits:
             return
         path: str = scope.get("path", "")
         limit = self.max_device_body if path.startswith(self.device_prefix) else self.max_body
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await reject(send, 400, "bad_request", "Content-Length is not a number")
-                    return
-                if declared > limit:
-                    await reject(send, 413, "too_large", f"the body exceeds {limit} bytes")
-                    return
+        refusal = declared_length_refusal(scope, limit)
+        if refusal is not None:
+            await reject(send, *refusal)
+            return
         received = 0
         deadline: float | None = None
         done = False
@@ -83,6 +77,18 @@ class RequestLimits:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def declared_length_refusal(scope: Scope, limit: int) -> tuple[int, str, str] | None:
+    """(status, code, detail) for a Content-Length that is not a number (400) or is over
+    `limit` (413); None when the header is absent or fine."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            if not value.isdigit():
+                return 400, "bad_request", "Content-Length is not a number"
+            if int(value) > limit:
+                return 413, "too_large", f"the body exceeds {limit} bytes"
+    return None
 
 
 async def send_json(

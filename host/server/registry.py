@@ -664,13 +664,6 @@ class Registry:
                 {"id": cid, "device_id": device_id, "challenge": challenge, "expires": expires},
             )
 
-    def challenge(self, cid: str) -> ChallengeInfo | None:
-        with self.engine.connect() as conn:
-            c = conn.execute(_CHALLENGE_Q, {"id": cid}).first()
-        if c is None:
-            return None
-        return ChallengeInfo(c.id, c.device_id, c.challenge, c.expires, c.used_at, c.proof_hash)
-
     def challenge_with_device(self, cid: str) -> tuple[ChallengeInfo, DeviceInfo] | None:
         """A challenge and its device in one query (the proof's first read)."""
         with self.engine.connect() as conn:
@@ -755,7 +748,6 @@ _DEVICE_Q = (
     .join(_B, _D.c.batch_id == _B.c.id)
     .where(_D.c.device_id == bindparam("device_id"))
 )
-_CHALLENGE_Q = select(_C).where(_C.c.id == bindparam("id"))
 _CHALLENGE_DEVICE_Q = (
     select(
         _C.c.id.label("c_id"),

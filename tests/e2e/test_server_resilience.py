@@ -76,24 +76,6 @@ def _db_rows(proc: ServerProcess) -> dict[str, tuple[str, bool]]:
     }
 
 
-def _worker_pids(pid: int) -> list[int]:
-    """The server's uvicorn worker processes (its children but the broker)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"multiprocessing" in cmdline:
-                found.append(int(child))
-    return found
-
-
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -134,7 +116,7 @@ def test_kill_9_mid_onboarding_leaves_no_half_registered_device(
         time.sleep(0.002)
     # Every API process at once (with several workers, a worker that outlived its main process
     # would finish its requests gracefully); the broker is left to die with its parent.
-    workers = _worker_pids(int(proc.info["pid"]))
+    workers = proc.worker_pids()
     os.kill(proc.info["pid"], signal.SIGKILL)
     for pid in workers:
         os.kill(pid, signal.SIGKILL)

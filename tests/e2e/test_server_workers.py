@@ -18,28 +18,10 @@ pytestmark = pytest.mark.e2e
 DEVICES = 48
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return kids
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def test_two_workers_on_sqlite_onboard_a_concurrent_fleet(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, extra_args=["--workers", "2"]).start()
     try:
-        workers = [p for p in _children(int(server.info["pid"])) if "spawn" in _cmdline(p)]
-        assert len(workers) == 2, [_cmdline(p) for p in _children(int(server.info["pid"]))]
+        assert len(server.worker_pids()) == 2, server.log_tail()
         root = server.root_der()
         devices = [SimDevice(server.api_url, root) for _ in range(DEVICES)]
         csv = tmp_path / "fleet.csv"

@@ -186,8 +186,10 @@ def test_challenge_is_consumed_once(registry: Registry) -> None:
     assert not registry.complete_onboarding("c" * 32, device_id, b"other", 6, 1.0, 3.0)
     d = registry.device(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
-    ch = registry.challenge("c" * 32)
-    assert ch is not None and ch.used_at == 2.0
+    found = registry.challenge_with_device("c" * 32)
+    assert found is not None
+    ch, dev = found
+    assert ch.used_at == 2.0 and (ch.device_id, dev.device_id) == (device_id, device_id)
 
 
 def test_telemetry_of_unknown_device_is_not_stored(registry: Registry) -> None:

@@ -80,9 +80,11 @@ def test_slow_body_is_408(env: Any) -> None:
     four_xx(call(env, "POST", "/v1/admin/batches", content=slow()), 408, "timeout")
 
 
-def test_bad_content_length_is_400(env: Any) -> None:
-    r = call(env, "POST", "/v1/onboard/hello", content=b"{}", headers={"content-length": "x"})
-    assert r.status_code == 400
+@pytest.mark.parametrize("path", ["/v1/onboard/hello", "/v1/admin/batches"])
+@pytest.mark.parametrize("declared", ["x", "-5"])
+def test_bad_content_length_is_400(env: Any, path: str, declared: str) -> None:
+    r = call(env, "POST", path, content=b"{}", headers={"content-length": declared})
+    four_xx(r, 400, "bad_request")
 
 
 @pytest.mark.parametrize(
