@@ -13,19 +13,21 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from host.server import ServerError
 from host.server.db import database_url, make_engine, migrate
+from host.server.hotsql import Statement, transaction
 from host.server.identities import (
     EXPORT_FORMAT,
     ImportRow,
@@ -238,6 +240,10 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @cached_property
+    def _hot(self) -> _HotPath:
+        return _HotPath(self.engine.dialect)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -551,11 +557,14 @@ class Registry:
             return [_device_info(d, b) for d, b in s.execute(q).all()]
 
     def device(self, device_id: str, tenant: str | None = None) -> DeviceInfo | None:
-        # The onboarding hot path: Core statements built once, no ORM session (see the
-        # onboarding benchmark's profile).
-        q = _DEVICE_Q if tenant is None else _DEVICE_Q.where(_B.c.tenant == tenant)
-        with self.engine.connect() as conn:
-            row = conn.execute(q, {"device_id": device_id}).first()
+        # The onboarding hot path: straight on the DBAPI cursor (hotsql.py says why).
+        with transaction(self.engine) as tx:
+            if tenant is None:
+                row = tx.first(self._hot.device, {"device_id": device_id})
+            else:
+                row = tx.first(
+                    self._hot.device_of_tenant, {"device_id": device_id, "tenant": tenant}
+                )
         return _device_row_info(row) if row else None
 
     def _device_row(self, s: Session, device_id: str, tenant: str | None) -> tuple[Device, Batch]:
@@ -655,26 +664,30 @@ class Registry:
         once a minute: the purge is housekeeping, not part of each hello)."""
         now = time.monotonic()
         purge = bool(purge_before) and now - self._last_purge > _PURGE_EVERY_S
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as tx:
             if purge:
                 self._last_purge = now
-                conn.execute(_C.delete().where(_C.c.expires < purge_before))
-            conn.execute(
-                _C.insert(),
+                tx.execute(self._hot.purge, {"before": purge_before})
+            tx.execute(
+                self._hot.add_challenge,
                 {"id": cid, "device_id": device_id, "challenge": challenge, "expires": expires},
             )
 
     def challenge_with_device(self, cid: str) -> tuple[ChallengeInfo, DeviceInfo] | None:
         """A challenge and its device in one query (the proof's first read)."""
-        with self.engine.connect() as conn:
-            r = conn.execute(_CHALLENGE_DEVICE_Q, {"id": cid}).first()
-        if r is None:
+        with transaction(self.engine) as tx:
+            m = tx.first(self._hot.challenge_device, {"id": cid})
+        if m is None:
             return None
-        m = r._mapping
         challenge = ChallengeInfo(
-            m["c_id"], m["device_id"], m["c_challenge"], m["c_expires"], m["c_used_at"], m["c_hash"]
+            m["c_id"],
+            m["device_id"],
+            bytes(m["c_challenge"]),
+            m["c_expires"],
+            m["c_used_at"],
+            m["c_hash"],
         )
-        return challenge, _device_row_info(r)
+        return challenge, _device_row_info(m)
 
     def complete_onboarding(
         self,
@@ -696,14 +709,16 @@ class Registry:
         policy driver registered the device, which removed any exception it held there.
         """
         serial_hex = format(serial, "x")
-        with self.engine.connect() as conn, conn.begin() as tx:
-            used = conn.execute(_USE_CHALLENGE, {"cid": cid, "now": now, "hash": proof_hash})
-            if used.rowcount != 1:
+        hot = self._hot
+        # The write comes first: on SQLite the transaction then starts as a writer, never as a
+        # read snapshot that another worker's commit could make impossible to upgrade.
+        with transaction(self.engine) as tx:
+            if tx.execute(hot.use_challenge, {"cid": cid, "now": now, "hash": proof_hash}) != 1:
                 tx.rollback()
                 return False
-            prior = conn.execute(_PRIOR_Q, {"device_id": device_id}).first()
-            changed = conn.execute(
-                _ONBOARD_CLEARED if policy_cleared else _ONBOARD,
+            prior = tx.first(hot.prior, {"device_id": device_id})
+            changed = tx.execute(
+                hot.onboard_cleared if policy_cleared else hot.onboard,
                 {
                     "did": device_id,
                     "b_cert_der": cert_der,
@@ -712,18 +727,18 @@ class Registry:
                     "now": now,
                 },
             )
-            if changed.rowcount != 1 or prior is None:
+            if changed != 1 or prior is None:
                 tx.rollback()
                 return False
-            if prior[0] != serial_hex:
+            if prior["serial"] != serial_hex:
                 who = actor or Actor(f"device:{device_id}", "-")
-                conn.execute(
-                    _AUDIT_INSERT,
+                tx.execute(
+                    hot.audit,
                     {
                         "at": time.time(),
                         "actor": who.name[:128],
                         "source": who.source[:128],
-                        "tenant": prior[1],
+                        "tenant": prior["tenant"],
                         "action": "device.onboard",
                         "target": f"device:{device_id}",
                         "detail": json.dumps({"serial": serial_hex}),
@@ -790,28 +805,51 @@ _ONBOARD = (
     )
 )
 _ONBOARD_CLEARED = _ONBOARD.values(policy_exception=False)
+_PURGE_CHALLENGES = _C.delete().where(_C.c.expires < bindparam("before"))
 _AUDIT_INSERT = cast(Table, AuditEvent.__table__).insert()
+_AUDIT_KEYS = ("at", "actor", "source", "tenant", "action", "target", "detail")
 
 
-def _device_row_info(r: Any) -> DeviceInfo:
-    m = r._mapping
+class _HotPath:
+    """The statements above compiled for one database, run on the DBAPI cursor (hotsql.py)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.device = Statement(_DEVICE_Q, dialect)
+        self.device_of_tenant = Statement(
+            _DEVICE_Q.where(_B.c.tenant == bindparam("tenant")), dialect
+        )
+        self.purge = Statement(_PURGE_CHALLENGES, dialect)
+        self.add_challenge = Statement(
+            _C.insert(), dialect, ("id", "device_id", "challenge", "expires")
+        )
+        self.challenge_device = Statement(_CHALLENGE_DEVICE_Q, dialect)
+        self.use_challenge = Statement(_USE_CHALLENGE, dialect)
+        self.prior = Statement(_PRIOR_Q, dialect)
+        self.onboard = Statement(_ONBOARD, dialect)
+        self.onboard_cleared = Statement(_ONBOARD_CLEARED, dialect)
+        self.audit = Statement(_AUDIT_INSERT, dialect, _AUDIT_KEYS)
+
+
+def _device_row_info(m: Mapping[str, Any]) -> DeviceInfo:
+    # Raw rows: SQLite gives 0/1 for booleans, a driver may give memoryview for bytes.
+    cert_der = m["cert_der"]
     return DeviceInfo(
         device_id=m["device_id"],
-        public_key=m["public_key"],
+        public_key=bytes(m["public_key"]),
         batch=m["batch_name"],
         tenant=m["tenant"],
-        batch_active=m["active"],
+        batch_active=bool(m["active"]),
         state=m["state"],
-        cert_der=m["cert_der"],
+        cert_der=None if cert_der is None else bytes(cert_der),
         serial=m["serial"],
         not_after=m["not_after"],
         onboarded_at=m["onboarded_at"],
         last_seen=m["last_seen"],
         last_telemetry=json.loads(m["last_telemetry"]) if m["last_telemetry"] else None,
-        disabled=m["disabled"],
+        disabled=bool(m["disabled"]),
         revoked_at=m["revoked_at"],
         policy=m["policy"],
-        policy_exception=m["policy_exception"],
+        policy_exception=bool(m["policy_exception"]),
     )
 
 
