@@ -1,6 +1,9 @@
 """Onboarding at scale: N simulated devices (CPython, real keys, real TLS, the real protocol)
-onboard concurrently against the real server + broker; in the same run, the ceiling: the CPU
-one onboarding's crypto needs (TLS handshake, proof and CSR verification, certificate signing).
+onboard concurrently against the real server + broker. In the same run:
+- the ceiling: one onboarding's crypto (TLS handshake, proof and CSR verification, certificate
+  signing), its CPU on one core and its rate measured with every core doing only that;
+- the floor: the same devices against a server that does only TLS, TCP, HTTP framing and that
+  crypto (bench/_floor.py), the most any server can reach with these devices on these cores.
 
 Environment: QLINK_BENCH_DEVICES (default 10000: the fleet whose wall time is reported),
 QLINK_BENCH_CONCURRENCY (default 32), QLINK_BENCH_WORKERS (default: one API worker per core, the
@@ -18,16 +21,19 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench._floor import FloorServer, canned_answers
 from hil.serverproc import ServerProcess
-from hil.simdevice import SimDevice, make_csr
+from hil.simdevice import OnboardFailed, SimDevice, make_csr
 
 
 def _cpu_s(pid: int) -> float:
@@ -66,24 +72,39 @@ def _broker_pid(data_dir: Path) -> int | None:
         return None
 
 
-def ceiling(data_dir: Path, rounds: int = 300) -> float:
-    """CPU seconds of one onboarding's crypto on this machine: a TLS 1.3 handshake with the
-    server's P-256 certificate (both ends, in memory), the proof's ECDSA verify, the CSR's
-    verify and the certificate's signature."""
-    from host.server.ca import CertificateAuthority
+class _Crypto:
+    """One onboarding's crypto on this machine: a TLS 1.3 handshake with the server's P-256
+    certificate (both ends, in memory), the proof's ECDSA verify, the CSR's verify and the
+    certificate's signature. The device's own signing is done once, outside the rounds."""
 
-    ca = CertificateAuthority.load(data_dir / "ca")
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    sctx.load_cert_chain(str(ca.cert_path("server")), str(ca.key_path("server")))
-    cctx = ssl.create_default_context(cafile=str(ca.root_pem_path))
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr_der = make_csr(key, "x" * 64)
-    msg = os.urandom(120)
-    start = time.process_time()
-    for _ in range(rounds):
+    def __init__(self, data_dir: Path) -> None:
+        from host.server.ca import CertificateAuthority
+
+        self.ca = CertificateAuthority.load(data_dir / "ca")
+        self.sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.sctx.load_cert_chain(str(self.ca.cert_path("server")), str(self.ca.key_path("server")))
+        self.cctx = ssl.create_default_context(cafile=str(self.ca.root_pem_path))
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.public_key = key.public_key()
+        self.csr_der = make_csr(key, "x" * 64)
+        self.msg = os.urandom(120)
+        self.sig = key.sign(self.msg, ec.ECDSA(hashes.SHA256()))
+
+    def round(self) -> None:
+        self.handshake()
+        self.server_checks()
+
+    def server_checks(self) -> None:
+        """The crypto of the server's proof checks: what no server can skip."""
+        self.public_key.verify(self.sig, self.msg, ec.ECDSA(hashes.SHA256()))
+        csr = x509.load_der_x509_csr(self.csr_der)
+        assert csr.is_signature_valid
+        self.ca.issue_device(csr, "x" * 64, 365)
+
+    def handshake(self) -> None:
         s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-        server = sctx.wrap_bio(s_in, s_out, server_side=True)
-        client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+        server = self.sctx.wrap_bio(s_in, s_out, server_side=True)
+        client = self.cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
         for _ in range(10):
             for side in (client, server):
                 try:
@@ -99,18 +120,48 @@ def ceiling(data_dir: Path, rounds: int = 300) -> float:
                     break
                 except ssl.SSLWantReadError:
                     continue
-        sig = key.sign(msg, ec.ECDSA(hashes.SHA256()))  # the device's part: subtracted below
-        key.public_key().verify(sig, msg, ec.ECDSA(hashes.SHA256()))
-        csr = x509.load_der_x509_csr(csr_der)
-        assert csr.is_signature_valid
-        ca.issue_device(csr, "x" * 64, 365)
-    total = time.process_time() - start
-    # Subtract the device-side signing, measured on its own.
-    t = time.process_time()
+
+
+def ceiling(data_dir: Path, rounds: int = 300) -> float:
+    """CPU seconds of one onboarding's crypto (`_Crypto`) on one core."""
+    crypto = _Crypto(data_dir)
+    start = time.process_time()
     for _ in range(rounds):
-        key.sign(msg, ec.ECDSA(hashes.SHA256()))
-    device_sign = time.process_time() - t
-    return (total - device_sign) / rounds
+        crypto.round()
+    return (time.process_time() - start) / rounds
+
+
+def _crypto_for(data_dir: Path, seconds: float, go: Any, out: Connection) -> None:
+    crypto = _Crypto(data_dir)
+    crypto.round()
+    go.wait()
+    done, start = 0, time.perf_counter()
+    while (spent := time.perf_counter() - start) < seconds:
+        crypto.round()
+        done += 1
+    out.send(done / spent)
+    out.close()
+
+
+def ceiling_rate(data_dir: Path, processes: int, seconds: float = 3.0) -> float:
+    """Onboardings' crypto per second with every core doing nothing else (one process per
+    core, all at once): measured, as cores rarely scale linearly on a shared host."""
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    procs, pipes = [], []
+    for _ in range(processes):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_crypto_for, args=(data_dir, seconds, go, send))
+        p.start()
+        send.close()
+        procs.append(p)
+        pipes.append(recv)
+    time.sleep(0.5)  # every process has built its contexts
+    go.set()
+    rate = sum(recv.recv() for recv in pipes)
+    for p in procs:
+        p.join()
+    return float(rate)
 
 
 def profile_app(n: int = 200, top: int = 8) -> tuple[float, list[str]]:
@@ -226,6 +277,54 @@ def _one_at_a_time(devices: list[SimDevice]) -> list[float]:
     return times
 
 
+def _real_answers(device: SimDevice) -> dict[bytes, bytes]:
+    """One honest onboarding; the server's two answers, for the floor to replay."""
+    with device.connection() as conn:
+        hello = device.hello(conn=conn)
+        if hello.status != 200:
+            raise OnboardFailed(hello)
+        proof = device.proof(device.proof_body(hello), conn)
+    if proof.status != 200:
+        raise OnboardFailed(proof)
+    return canned_answers(hello.body, proof.body)
+
+
+def floor(
+    data_dir: Path, answers: dict[bytes, bytes], n: int, concurrency: int, workers: int
+) -> tuple[float, float, float]:
+    """The fleet against a server that does only the transport and the crypto (bench/_floor.py):
+    (onboardings/s, its CPU ms and the devices' CPU ms per onboarding)."""
+
+    from host.server.ca import CertificateAuthority
+
+    ca = CertificateAuthority.load(data_dir / "ca")
+
+    def context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # as uvicorn builds it
+        ctx.load_cert_chain(ca.cert_path("server"), ca.key_path("server"))
+        return ctx
+
+    def work() -> Callable[[], None]:
+        return _Crypto(data_dir).server_checks
+
+    server = FloorServer(context, answers, work, workers).start()
+    try:
+        url = f"https://localhost:{server.port}"
+        root = ca.root_der()
+        devices = [SimDevice(url, root, timeout_s=60) for _ in range(n)]
+        devices[0].onboard()  # the workers are up
+        cpu0, ccpu0, wall0 = server.cpu_s(), _children_cpu_s(), time.perf_counter()
+        latencies, errors = _onboard_all(devices, concurrency)
+        wall = time.perf_counter() - wall0
+        ccpu, cpu = _children_cpu_s() - ccpu0, server.cpu_s() - cpu0
+    finally:
+        server.stop()
+    if errors:
+        raise RuntimeError(f"the floor's fleet failed: {errors[:3]}")
+    done = len(latencies)
+    return done / wall, cpu / done * 1000, ccpu / done * 1000
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -236,13 +335,14 @@ def run() -> dict:
     concurrency = int(os.environ.get("QLINK_BENCH_CONCURRENCY", "32"))
     cores = os.cpu_count() or 1
     workers = int(os.environ.get("QLINK_BENCH_WORKERS", str(cores)))
+    floor_n = int(os.environ.get("QLINK_BENCH_FLOOR_DEVICES", str(min(n, 4000))))
     with tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         data = Path(tmp)
         proc = ServerProcess(data, extra_args=["--workers", str(workers)]).start()
         try:
             root = proc.root_der()
             devices = [SimDevice(proc.api_url, root, timeout_s=60) for _ in range(n)]
-            solo = [SimDevice(proc.api_url, root) for _ in range(_SOLO)]
+            solo = [SimDevice(proc.api_url, root) for _ in range(_SOLO + 1)]
             csv = data / "fleet.csv"
             csv.write_text("\n".join(d.csv_line() for d in devices + solo) + "\n")
             t = time.perf_counter()
@@ -251,8 +351,10 @@ def run() -> dict:
             import_s = time.perf_counter() - t
             pid = int(proc.info["pid"])
             bpid = _broker_pid(data)
+            answers = _real_answers(solo.pop())
             solo_ms = _one_at_a_time(solo)
-            ceil_before = ceiling(data)  # before and after the fleet: the machine's speed drifts
+            # The ceiling before and after the fleet: the machine's speed drifts.
+            ceil_before, ceil_rate_before = ceiling(data), ceiling_rate(data, cores)
             cpu0 = _server_cpu_s(pid, bpid)
             bcpu0 = _cpu_s(bpid) if bpid else 0.0
             ccpu0 = _children_cpu_s()
@@ -262,15 +364,16 @@ def run() -> dict:
             ccpu = _children_cpu_s() - ccpu0
             cpu = _server_cpu_s(pid, bpid) - cpu0
             bcpu = (_cpu_s(bpid) if bpid else 0.0) - bcpu0
-            ceil_after = ceiling(data)
+            ceil_after, ceil_rate_after = ceiling(data), ceiling_rate(data, cores)
             ceil_s = (ceil_before + ceil_after) / 2
+            ceil_rate = (ceil_rate_before + ceil_rate_after) / 2
         finally:
             proc.stop()
+        floor_rate, floor_cpu, floor_dcpu = floor(data, answers, floor_n, concurrency, workers)
     app_ms, profile = profile_app()
     ok = len(latencies)
     q = statistics.quantiles(latencies, n=100) if ok > 1 else [0.0] * 99
     rate = ok / wall
-    ceiling_rate = cores / ceil_s
     return {
         "figures": {
             "onboarding": {
@@ -288,8 +391,18 @@ def run() -> dict:
                 "cpu_ms": round(ceil_s * 1000, 2),
                 "cpu_ms_before": round(ceil_before * 1000, 2),
                 "cpu_ms_after": round(ceil_after * 1000, 2),
-                "per_s": round(ceiling_rate, 1),
-                "ratio_pct": round(100 * rate / ceiling_rate, 1),
+                "per_s": round(ceil_rate, 1),
+                "per_s_before": round(ceil_rate_before, 1),
+                "per_s_after": round(ceil_rate_after, 1),
+                "per_s_if_linear": round(cores / ceil_s, 1),
+                "ratio_pct": round(100 * rate / ceil_rate, 1),
+            },
+            "floor": {
+                "per_s": round(floor_rate, 1),
+                "server_cpu_ms": round(floor_cpu, 2),
+                "devices_cpu_ms": round(floor_dcpu, 2),
+                "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
+                "reached_pct": round(100 * rate / floor_rate, 1),
             },
             "app_profiled": {"ms": round(app_ms, 2)},
             "fleet": {
@@ -306,6 +419,10 @@ def run() -> dict:
             "is on the same cores)",
             "server_cpu_ms, broker_cpu_ms: CPU time of the server (main process and workers) and "
             "of Mosquitto during the run / onboardings",
+            f"floor: {floor_n} devices against a server that does only TLS, TCP, HTTP framing and "
+            "the proof's crypto (verify, CSR verify, certificate signing), same certificate, same "
+            "workers (bench/_floor.py): its ratio_pct is the most this benchmark can show with "
+            "these devices on these cores; reached_pct: the real server's rate as a share of it",
             "app_profiled: the onboarding logic alone (no HTTP, TLS, broker) under cProfile",
             f"one_device: hello + proof of one device on a quiet server ({_SOLO} in a row), "
             "TLS handshake included",

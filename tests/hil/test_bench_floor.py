@@ -1,0 +1,55 @@
+"""The onboarding benchmark's floor server (bench/_floor.py): it must answer a real device's
+hello and proof over TLS with the replayed bodies, and do the proof's crypto once per proof,
+or the ratio it reports would not bound the real server's."""
+
+from __future__ import annotations
+
+import multiprocessing
+import ssl
+from pathlib import Path
+
+from bench._floor import FloorServer, canned_answers
+from hil.simdevice import HttpsConnection, SimDevice
+from host.server.ca import CertificateAuthority
+
+HELLO = {"challenge_id": "c1", "challenge": "ab" * 32, "expires_in": 60}
+PROOF = {"device_id": "x" * 64, "certificate_b64": "A" * 700}
+
+
+def test_floor_answers_devices_and_works_once_per_proof(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    proofs = multiprocessing.get_context("fork").Value("i", 0)
+
+    def context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(ca.cert_path("server"), ca.key_path("server"))
+        return ctx
+
+    def work():  # type: ignore[no-untyped-def]
+        def one() -> None:
+            with proofs.get_lock():
+                proofs.value += 1
+
+        return one
+
+    server = FloorServer(context, canned_answers(HELLO, PROOF), work, workers=2).start()
+    try:
+        url = f"https://localhost:{server.port}"
+        for _ in range(3):
+            answer = SimDevice(url, ca.root_der()).onboard()
+            assert (answer.status, answer.body) == (200, PROOF)
+        # A request over several TLS records (16 KiB each), then another on the same connection:
+        # each framed by its Content-Length.
+        with HttpsConnection("localhost", server.port, _client(ca), 10) as conn:
+            assert conn.request("POST", "/v1/onboard/hello", b"{" + b" " * 40000 + b"}")[0] == 200
+            status, raw = conn.request("POST", "/v1/onboard/proof", b"{}")
+            assert status == 200 and raw.startswith(b'{"device_id"')
+        assert proofs.value == 4
+        assert server.cpu_s() >= 0.0
+    finally:
+        server.stop()
+    assert all(not p.is_alive() for p in server.procs)
+
+
+def _client(ca: CertificateAuthority) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=ca.root_der())
