@@ -282,6 +282,22 @@ def test_proof_csr_with_another_key(api: Api) -> None:
     _expect_refusal(api, d, d.proof_body(api.hello(d), csr_key=other), 403, "csr_key_mismatch")
 
 
+def test_proof_and_csr_both_of_an_impostors_key(api: Api) -> None:
+    # The proof is checked against the registered key even when the CSR brings another one
+    # that the signature does verify with.
+    d, impostor = api.device(), api.device(register=False)
+    h = api.hello(d)
+    sig = impostor.sign(bytes.fromhex(h.body["challenge"]))
+    body = d.proof_body(h, signature=sig, csr_key=impostor.key)
+    _expect_refusal(api, d, body, 403, "bad_signature")
+
+
+def test_proof_csr_with_a_key_on_another_curve(api: Api) -> None:
+    d = api.device()
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    _expect_refusal(api, d, d.proof_body(api.hello(d), csr_key=p384), 403, "csr_key_mismatch")
+
+
 @pytest.mark.parametrize("subject", ["other", "UPPER", "0" * 64])
 def test_proof_csr_with_another_subject(api: Api, subject: str) -> None:
     d = api.device()
