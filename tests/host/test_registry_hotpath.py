@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,23 +22,13 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.exc import IntegrityError
 
-from hil.serverproc import PostgresUnavailable, PrivatePostgres
+from hil.serverproc import PrivatePostgres
 from host.server.hotsql import HotSQLError, Statement
 from host.server.models import AuditEvent, Challenge, Device
 from host.server.registry import Actor, ChallengeInfo, DeviceInfo, Registry
 
 TENANT = "acme"
 _databases = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PrivatePostgres]:
-    try:
-        pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="qlink-pg-"))).start()
-    except PostgresUnavailable as e:
-        pytest.skip(f"no PostgreSQL here ({e}); the SQLite tests cover the same code")
-    yield pg
-    pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from hil.serverproc import PrivatePostgres
 from host.server.db import HEAD, StorageError
 from host.server.models import Base
 from host.server.registry import Registry
@@ -49,15 +48,8 @@ def test_unknown_revision_is_an_actionable_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    from hil.serverproc import PostgresUnavailable, PrivatePostgres
-
-    try:
-        pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="qlink-pg-"))).start()
-    except PostgresUnavailable as e:
-        pytest.skip(f"no PostgreSQL here ({e}); the SQLite tests cover the same code")
-    yield pg.create_database("storage")
-    pg.stop()
+def pg_url(postgres: PrivatePostgres) -> str:
+    return postgres.create_database("storage")
 
 
 def test_postgres_migrates_and_matches_the_models(pg_url: str) -> None:
