@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -131,7 +131,7 @@ def ceiling(data_dir: Path, rounds: int = 300) -> float:
     return (time.process_time() - start) / rounds
 
 
-def _crypto_for(data_dir: Path, seconds: float, go: Any, out: Connection) -> None:
+def _crypto_for(data_dir: Path, seconds: float, go: Event, out: Connection) -> None:
     crypto = _Crypto(data_dir)
     crypto.round()
     go.wait()
@@ -294,7 +294,6 @@ def floor(
 ) -> tuple[float, float, float]:
     """The fleet against a server that does only the transport and the crypto (bench/_floor.py):
     (onboardings/s, its CPU ms and the devices' CPU ms per onboarding)."""
-
     from host.server.ca import CertificateAuthority
 
     ca = CertificateAuthority.load(data_dir / "ca")
