@@ -20,7 +20,6 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
@@ -82,13 +81,6 @@ def _serve(
     asyncio.run(main())
 
 
-def _cpu_s(pid: int) -> float:
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class FloorServer:
     """The stand-in, in `workers` forked processes on one listening socket of loopback."""
 
@@ -118,8 +110,8 @@ class FloorServer:
             p.start()
         return self
 
-    def cpu_s(self) -> float:
-        return sum(_cpu_s(p.pid) for p in self.procs if p.pid is not None)
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
 
     def stop(self) -> None:
         for p in self.procs:

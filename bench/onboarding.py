@@ -312,10 +312,11 @@ def floor(
         root = ca.root_der()
         devices = [SimDevice(url, root, timeout_s=60) for _ in range(n)]
         devices[0].onboard()  # the workers are up
-        cpu0, ccpu0, wall0 = server.cpu_s(), _children_cpu_s(), time.perf_counter()
+        pids = server.pids()
+        cpu0, ccpu0, wall0 = sum(map(_cpu_s, pids)), _children_cpu_s(), time.perf_counter()
         latencies, errors = _onboard_all(devices, concurrency)
         wall = time.perf_counter() - wall0
-        ccpu, cpu = _children_cpu_s() - ccpu0, server.cpu_s() - cpu0
+        ccpu, cpu = _children_cpu_s() - ccpu0, sum(map(_cpu_s, pids)) - cpu0
     finally:
         server.stop()
     if errors:

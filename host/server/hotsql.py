@@ -117,11 +117,7 @@ class Transaction:
 
     def rollback(self) -> None:
         """Undo everything so far; the transaction is over (nothing is committed at the end)."""
-        self.done = True
-        try:
-            self._raw.rollback()
-        except self._error as e:
-            raise self._wrap(e, None, None) from e
+        self._end(self._raw.rollback)
 
     def _run(self, stmt: Statement, values: Mapping[str, Any]) -> None:
         params = stmt.params(values)
@@ -131,9 +127,12 @@ class Transaction:
             raise self._wrap(e, stmt.sql, params) from e
 
     def _commit(self) -> None:
+        self._end(self._raw.commit)
+
+    def _end(self, finish: Callable[[], None]) -> None:
         self.done = True
         try:
-            self._raw.commit()
+            finish()
         except self._error as e:
             raise self._wrap(e, None, None) from e
 

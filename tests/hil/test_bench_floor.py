@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from bench._floor import FloorServer, canned_answers
@@ -25,7 +26,7 @@ def test_floor_answers_devices_and_works_once_per_proof(tmp_path: Path) -> None:
         ctx.load_cert_chain(ca.cert_path("server"), ca.key_path("server"))
         return ctx
 
-    def work():  # type: ignore[no-untyped-def]
+    def work() -> Callable[[], None]:
         def one() -> None:
             with proofs.get_lock():
                 proofs.value += 1
@@ -45,7 +46,7 @@ def test_floor_answers_devices_and_works_once_per_proof(tmp_path: Path) -> None:
             status, raw = conn.request("POST", "/v1/onboard/proof", b"{}")
             assert status == 200 and raw.startswith(b'{"device_id"')
         assert proofs.value == 4
-        assert server.cpu_s() >= 0.0
+        assert len(set(server.pids())) == 2
     finally:
         server.stop()
     assert all(not p.is_alive() for p in server.procs)
