@@ -185,17 +185,28 @@ class HttpsConnection:
         return f"{lines}Content-Length: {length}\r\n\r\n".encode("latin-1")
 
     def _open(self) -> ssl.SSLSocket:
-        raw = socket.create_connection((self.host, self.port), self.timeout)
-        try:
-            # The head and body go out in one write, yet a lone small write must not wait for
-            # the delayed ACK of the previous one either.
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = self._context.wrap_socket(raw, server_hostname=self.host)
-        except BaseException:
-            raw.close()
-            raise
-        self._buf = b""
-        return self._sock
+        # The TLS socket is built before it connects: wrapping a connected socket hands its
+        # descriptor over first, and a reset arriving just then raised with the new socket
+        # unreachable and open. Each address is tried in turn, as socket.create_connection does.
+        addresses = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        for i, (family, kind, proto, _name, address) in enumerate(addresses):
+            sock = self._context.wrap_socket(
+                socket.socket(family, kind, proto), server_hostname=self.host
+            )
+            try:
+                sock.settimeout(self.timeout)
+                # The head and body go out in one write, yet a lone small write must not wait
+                # for the delayed ACK of the previous one either.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.connect(address)  # TCP, then the TLS handshake
+            except BaseException as e:
+                sock.close()
+                if isinstance(e, ssl.SSLError | ssl.CertificateError) or i == len(addresses) - 1:
+                    raise
+                continue
+            self._sock, self._buf = sock, b""
+            return sock
+        raise OSError(f"no address for {self.host!r}")
 
     # -- the answer -------------------------------------------------------------------------
     def _answer(self, method: str) -> tuple[int, bytes]:

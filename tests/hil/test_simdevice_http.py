@@ -4,10 +4,13 @@ the pinned root."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import socket
 import ssl
+import struct
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -307,3 +310,39 @@ def test_identity_is_computed_once_and_read_only() -> None:
     d.key = ec.generate_private_key(ec.SECP256R1())  # a new key is a new identity
     assert d.public_key == pubkey_bytes(d.key.public_key())
     assert d == SimDevice("https://localhost", b"", key=d.key)
+
+
+def test_connection_reset_at_once_leaves_no_socket_open() -> None:
+    # A server that dies accepts and resets: the reset may land before the TLS socket is even
+    # built. Whatever the moment, the device's socket is closed, not left to the collector.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def reset_all() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = listener.accept()
+            except OSError:
+                return
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+
+    t = threading.Thread(target=reset_all, daemon=True)
+    t.start()
+    context = ssl.create_default_context()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # the resetting thread answers within the client's steps
+    try:
+        for _ in range(5000):
+            conn = HttpsConnection("127.0.0.1", port, context, 2)
+            with pytest.raises(OSError):
+                conn.request("POST", "/v1/onboard/hello", b"{}")
+            assert conn._sock is None
+        gc.collect()  # an unclosed socket would warn here (warnings are errors)
+    finally:
+        sys.setswitchinterval(switch)
+        stop.set()
+        socket.create_connection(("127.0.0.1", port)).close()  # wakes the accepting thread
+        t.join(5)
+        listener.close()
