@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +231,6 @@ class PrivatePostgres:
             raise PostgresUnavailable(f"{args[0]} failed: {proc.stderr.strip()[-500:]}")
 
     def start(self) -> PrivatePostgres:
-        import shutil
         import socket
 
         bindir = self.bindir()
@@ -292,3 +294,18 @@ class PrivatePostgres:
             self._run(
                 str(self.bindir() / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
             )
+
+
+@contextlib.contextmanager
+def temporary_postgres() -> Iterator[PrivatePostgres]:
+    """A PrivatePostgres in a new temporary directory, stopped and its directory (the cluster,
+    tens of MB) removed on exit, also when it fails to start."""
+    base = Path(tempfile.mkdtemp(prefix="qlink-pg-"))
+    try:
+        pg = PrivatePostgres(base).start()
+        try:
+            yield pg
+        finally:
+            pg.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

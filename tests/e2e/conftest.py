@@ -7,15 +7,15 @@ the Debian binaries) with three uvicorn workers per server (`make test-pg`).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hil.serverproc import PostgresUnavailable, PrivatePostgres, ServerProcess
+from hil.serverproc import PostgresUnavailable, PrivatePostgres, ServerProcess, temporary_postgres
 from hil.simdevice import SimDevice
 
 # The expiry test's own server: short enough to wait for, long enough for hello + proof.
@@ -59,12 +59,12 @@ def postgres() -> Iterator[PrivatePostgres | None]:
     if BACKEND != "postgres":
         yield None
         return
-    try:
-        pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="qlink-pg-"))).start()
-    except PostgresUnavailable as e:
-        pytest.fail(f"QLINK_E2E_DATABASE=postgres but PostgreSQL cannot start: {e}")
-    yield pg
-    pg.stop()
+    with contextlib.ExitStack() as stack:
+        try:
+            pg = stack.enter_context(temporary_postgres())
+        except PostgresUnavailable as e:
+            pytest.fail(f"QLINK_E2E_DATABASE=postgres but PostgreSQL cannot start: {e}")
+        yield pg
 
 
 @pytest.fixture(scope="session")
