@@ -28,9 +28,10 @@ demo: setup ## Run CA + server + Mosquitto on loopback and onboard one emulated 
 test: setup ## Host tests and firmware tests (inside MicroPython) in one pytest summary
 	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests
 
-lint: setup ## ruff check + format check
+lint: setup ## ruff check + format check; mypy strict on host/ and hil/
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
 
 fmt: setup ## Rewrite code with ruff's formatter and fixes
 	@$(VENV)/bin/ruff check --fix .

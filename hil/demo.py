@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from hil.emulated import BoardError, EmulatedBoard
 from hil.serverproc import ServerProcess, ServerStartError
@@ -33,15 +34,17 @@ class Steps:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {self.n:>2}. {text}", flush=True)
 
 
-def _wait_for_telemetry(server: ServerProcess, device_id: str, seq: int, timeout: float) -> dict:
+def _wait_for_telemetry(
+    server: ServerProcess, device_id: str, seq: int, timeout: float
+) -> dict[str, Any]:
     """Poll the registry (through the CLI, as an operator would) until telemetry seq >= `seq`."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = json.loads(server.cli("devices", "--json").stdout)
+        rows: list[dict[str, Any]] = json.loads(server.cli("devices", "--json").stdout)
         row = next((r for r in rows if r["device_id"] == device_id), None)
         telemetry = (row or {}).get("last_telemetry") or {}
-        if telemetry.get("seq", 0) >= seq:
-            return row  # type: ignore[return-value]
+        if row is not None and telemetry.get("seq", 0) >= seq:
+            return row
         if time.monotonic() > deadline:
             raise BoardError(f"server registry did not see telemetry seq {seq}: {row}")
         time.sleep(0.5)

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from hil import build
+from hil import build, unixport
 from hil.targets import SerialTarget, TargetError, mpremote_exe
 
 app = typer.Typer(help="The HIL rig: flash and drive boards, run scenarios.", no_args_is_help=True)
@@ -30,7 +30,7 @@ def list_targets() -> None:
 
     for p in serial.tools.list_ports.comports():
         typer.echo(f"serial  {p.device}  {p.description}")
-    for d in sorted(build.unixport.BOARDS.iterdir()):
+    for d in sorted(unixport.BOARDS.iterdir()):
         if (d / "board.json").exists():
             typer.echo(f"board   {d.name}  {json.loads((d / 'board.json').read_text())}")
     typer.echo("emulated  any number: EmulatedBoard (MicroPython Unix port behind a pty)")

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
@@ -92,6 +93,16 @@ def run(
     )
 
 
-def run_code(code: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+class RunOptions(TypedDict, total=False):
+    """The keyword arguments of `run` that `run_code` passes on."""
+
+    heap: int
+    cwd: Path | None
+    env: dict[str, str] | None
+    path: list[Path] | None
+    timeout: float
+
+
+def run_code(code: str, **kwargs: Unpack[RunOptions]) -> subprocess.CompletedProcess[str]:
     """Run a snippet of MicroPython source (fed on stdin, so it can be any length)."""
-    return run([], stdin=code, **kwargs)  # type: ignore[arg-type]
+    return run([], stdin=code, **kwargs)
