@@ -11,17 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from hil import puf
-from host.puf import polar
-from host.puf.analysis import MeasurementError, analyse
-from host.puf.failure import PROFILE_2, key_failure
-from host.puf.plot import failure_curve
-
+# numpy, matplotlib and the analysis are imported by `report` itself: `qlink --help` and
+# `qlink puf --help` must not pay their ~0.8 s.
 app = typer.Typer(help="SRAM-PUF statistics and key-failure figures.", no_args_is_help=True)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -49,6 +44,14 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
     """Intra-die BER, Hamming weight, inter-die distance, bias, min-entropy, key failure."""
+    import numpy as np
+
+    from hil import puf
+    from host.puf import polar
+    from host.puf.analysis import MeasurementError, analyse
+    from host.puf.failure import PROFILE_2, key_failure
+    from host.puf.plot import failure_curve
+
     if reads_file is not None:
         try:
             data = np.load(reads_file)

@@ -16,24 +16,41 @@ from typing import Annotated
 
 import typer
 
-from hil import build, unixport
-from hil.targets import SerialTarget, TargetError, mpremote_exe
-
+# The rig's modules (targets, build, serial) are imported by the commands that use them, so
+# `qlink --help` and `qlink rig --help` do not load the rig.
 app = typer.Typer(help="The HIL rig: flash and drive boards, run scenarios.", no_args_is_help=True)
 REPO = Path(__file__).resolve().parent.parent
 
 
 @app.command("list")
-def list_targets() -> None:
+def list_targets(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
+) -> None:
     """Serial ports with a board attached (USB), and the board kinds the rig can build for."""
     import serial.tools.list_ports
 
-    for p in serial.tools.list_ports.comports():
+    from hil import unixport
+
+    ports = serial.tools.list_ports.comports()
+    boards = [
+        (d.name, json.loads((d / "board.json").read_text()))
+        for d in sorted(unixport.BOARDS.iterdir())
+        if (d / "board.json").exists()
+    ]
+    emulated = "any number: EmulatedBoard (MicroPython Unix port behind a pty)"
+    if as_json:
+        rows: list[dict[str, object]] = [
+            {"kind": "serial", "port": p.device, "description": p.description} for p in ports
+        ]
+        rows += [{"kind": "board", "name": name, "board": board} for name, board in boards]
+        rows.append({"kind": "emulated", "description": emulated})
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for p in ports:
         typer.echo(f"serial  {p.device}  {p.description}")
-    for d in sorted(unixport.BOARDS.iterdir()):
-        if (d / "board.json").exists():
-            typer.echo(f"board   {d.name}  {json.loads((d / 'board.json').read_text())}")
-    typer.echo("emulated  any number: EmulatedBoard (MicroPython Unix port behind a pty)")
+    for name, board in boards:
+        typer.echo(f"board   {name}  {board}")
+    typer.echo(f"emulated  {emulated}")
 
 
 @app.command()
@@ -44,6 +61,9 @@ def flash(
     ca: Annotated[Path, typer.Option(help="pinned root CA (DER)")] = Path("ca.der"),
 ) -> None:
     """Compile for the board, copy with mpremote, verify SHA-256 on the device, reset."""
+    from hil import build
+    from hil.targets import SerialTarget, TargetError
+
     try:
         target = SerialTarget(port, board=board)
         digests = target.deploy(json.loads(config.read_text()), ca.read_bytes())
@@ -57,12 +77,16 @@ def flash(
 @app.command()
 def console(port: Annotated[str, typer.Argument(help="serial port")]) -> None:
     """Interactive console on the board (mpremote's terminal; Ctrl-] leaves)."""
+    from hil.targets import mpremote_exe
+
     raise typer.Exit(subprocess.call([mpremote_exe(), "connect", port, "repl"]))
 
 
 @app.command("power-cycle")
 def power_cycle(port: Annotated[str, typer.Argument(help="serial port")]) -> None:
     """Reset the board (machine.reset(); a real board has no power switch on the rig)."""
+    from hil.targets import SerialTarget
+
     SerialTarget(port).hard_reset()
 
 
