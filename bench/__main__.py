@@ -3,6 +3,9 @@
 A benchmark is a module in bench/ with `run() -> dict`; the dict holds at least "figures":
 {label: {unit: value, ...}}. Figures of one run are compared with each other (ratios), never
 with another run: the machine is shared and noisy.
+
+After the results are written, the figures README.md, docs/*.md and CHANGELOG.md quote are
+filled in from them (bench/quote.py); a quoted figure that no result holds fails the run.
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ import sys
 import time
 from pathlib import Path
 
+from bench import quote
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
+# Modules of bench/ that are not benchmarks.
+_TOOLS = {"quote"}
+
+
 def _modules(wanted: list[str]) -> list[str]:
-    names = sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_"))
+    names = sorted(
+        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem not in _TOOLS
+    )
     unknown = set(wanted) - set(names)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; have: {names}")
@@ -38,7 +49,7 @@ def _table(name: str, result: dict) -> None:
         print(f"  note: {note}")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
     for name in _modules(argv):
         started = time.time()
@@ -52,7 +63,12 @@ def main(argv: list[str]) -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
         _table(name, result)
         print(f"  written: {out.relative_to(HERE.parent)}")
+    changed, problems = quote.refresh()
+    print("\nquoted figures: " + (", ".join(changed) + " refreshed" if changed else "unchanged"))
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
