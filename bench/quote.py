@@ -67,8 +67,9 @@ PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 # Phrases of the documents that match PHRASES but are not figures of bench/results: a
-# specification (a goal, a protocol constant), an analysis of a code the firmware does not use
-# (computed with host/puf), or in CHANGELOG.md the figure a change replaced.
+# specification (a goal, a protocol constant), an analysis bench/ does not run (computed with
+# host/puf: the model's BER, codes considered and not used), or in CHANGELOG.md the figure a
+# change replaced.
 # (document, exact phrase, why); tests/host/test_figures.py fails on an entry no longer used.
 _SPEC = "a specification, not a measurement"
 _ANALYSIS = "an analysis (density evolution or exact sum, host/puf), not in bench/results"
