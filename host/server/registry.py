@@ -530,16 +530,27 @@ class Registry:
         tenant: str | None = None,
         batch: str | None = None,
         *,
+        state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[DeviceInfo]:
+        """`state`: registered, onboarded or revoked (the lifecycle state), or disabled (the
+        flag, whatever the state)."""
+        if state not in (None, STATE_REGISTERED, STATE_ONBOARDED, STATE_REVOKED, "disabled"):
+            raise RegistryError(
+                f"state must be registered, onboarded, revoked or disabled, not {state!r}"
+            )
         with self.transaction() as s:
             q = select(Device, Batch).join(Batch).order_by(Batch.name, Device.device_id)
             if tenant is not None:
                 q = q.where(Batch.tenant == tenant)
             if batch is not None:
                 q = q.where(Batch.name == batch)
-            if limit is not None:
+            if state == "disabled":
+                q = q.where(Device.disabled.is_(True))
+            elif state is not None:
+                q = q.where(Device.state == state)
+            if limit is not None or offset:
                 q = q.limit(limit).offset(offset)
             return [_device_info(d, b) for d, b in s.execute(q).all()]
 
