@@ -165,23 +165,20 @@ def ceiling_rate(data_dir: Path, processes: int, seconds: float = 3.0) -> float:
 
 
 def profile_app(n: int = 200, top: int = 8) -> tuple[float, list[str]]:
-    """cProfile of the server's onboarding logic in-process (registry, CA, checks; no HTTP, TLS
+    """cProfile of the server's onboarding logic in-process (store, CA, checks; no HTTP, TLS
     or broker): ms per onboarding and the top entries by own time."""
     import cProfile
     import pstats
 
     from hil.simdevice import ApiResponse
-    from host.server.ca import CertificateAuthority
-    from host.server.onboarding import BrokerEndpoint, Onboarding
+    from host.server.application import Application
     from host.server.policy import MemoryPolicy
-    from host.server.registry import Registry
     from host.server.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="qlink-prof-") as tmp:
         settings = Settings(data_dir=Path(tmp))
-        ca = CertificateAuthority.load_or_create(settings.ca_dir)
-        reg = Registry(settings.db_path)
-        svc = Onboarding(settings, reg, ca, MemoryPolicy(), BrokerEndpoint("localhost", 1))
+        reg = Application.for_server(settings, broker_port=1, policy=MemoryPolicy())
+        svc = reg.onboarding
         reg.create_batch("p")
         devs = [SimDevice("https://localhost", b"") for _ in range(n)]
         reg.import_devices("p", [d.csv_line() for d in devs])

@@ -8,7 +8,8 @@ the client address.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,38 +17,40 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
-from host.server.broker import reload_broker
+from host.server.application import Application
 from host.server.identities import ImportFormatError
-from host.server.models import ROLE_ADMIN, ROLE_OPERATOR, ROLE_VIEWER
-from host.server.onboarding import Onboarding, OnboardingRefused
 from host.server.policy import PolicyError
-from host.server.registry import (
-    Actor,
-    Conflict,
-    DeviceInfo,
-    ImportRejected,
-    NotFound,
-    OperatorInfo,
-    Registry,
-    RegistryError,
-)
 from host.server.schemas import (
+    ROLE_ADMIN,
+    ROLE_OPERATOR,
+    ROLE_VIEWER,
     AuditOut,
     BatchCreate,
     BatchExport,
     BatchOut,
     BatchState,
     DeviceOut,
+    DeviceRecord,
     ImportRejectedBody,
     ImportRequest,
     ImportResult,
+    OperatorOut,
     TokenCreate,
     TokenOut,
     WhoAmI,
     errors,
 )
+from host.server.store import (
+    Actor,
+    Conflict,
+    DatabaseUnavailable,
+    ImportRejected,
+    Invalid,
+    NotFound,
+)
 
 _bearer = HTTPBearer(auto_error=False, description="An operator token: qlink token create")
+T = TypeVar("T")
 
 
 class ApiError(ServerError):
@@ -61,37 +64,37 @@ class ApiError(ServerError):
         )
 
 
-def _registry(request: Request) -> Registry:
-    service: Onboarding = request.app.state.onboarding
-    return service.registry
+def _app(request: Request) -> Application:
+    application: Application = request.app.state.application
+    return application
 
 
 def _operator(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> OperatorInfo:
+) -> OperatorOut:
     if creds is None:
         raise ApiError(401, "unauthenticated", "send an operator token: Authorization: Bearer ...")
-    op = _registry(request).authenticate(creds.credentials)
+    op = _app(request).authenticate(creds.credentials)
     if op is None:
         raise ApiError(401, "unauthenticated", "this token is unknown or revoked")
     return op
 
 
-Op = Annotated[OperatorInfo, Depends(_operator)]
+Op = Annotated[OperatorOut, Depends(_operator)]
 
 
-def _need(op: OperatorInfo, role: str) -> None:
+def _need(op: OperatorOut, role: str) -> None:
     if not op.may(role):
         raise ApiError(403, "forbidden", f"this needs the {role} role; the token has {op.role}")
 
 
-def _actor(request: Request, op: OperatorInfo) -> Actor:
+def _actor(request: Request, op: OperatorOut) -> Actor:
     return Actor(f"operator:{op.name}", request.client.host if request.client else "-")
 
 
-async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
-    """Run a registry call off the event loop, mapping its errors to API answers."""
+async def _call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """Run an application call off the event loop, mapping its errors to API answers."""
     try:
         return await run_in_threadpool(fn, *args, **kw)
     except NotFound as e:
@@ -101,50 +104,46 @@ async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
     except ImportRejected as e:
         rows = [{"line": r.line, "reason": r.reason} for r in e.errors]
         raise ApiError(422, "import_rejected", str(e), rows=rows) from None
-    except (ImportFormatError, RegistryError) as e:
+    except (ImportFormatError, Invalid) as e:
         raise ApiError(400, "bad_request", str(e)) from None
+    except PolicyError as e:
+        raise ApiError(503, "broker_unavailable", f"{e}; nothing changed, retry") from None
+    except DatabaseUnavailable as e:
+        raise ApiError(503, "unavailable", str(e)) from None
 
 
 router = APIRouter(prefix="/v1/admin", responses=errors(400, 401, 408, 413))
 
 
 @router.get("/whoami", response_model=WhoAmI)
-async def whoami(op: Op) -> dict[str, Any]:
-    return op.as_json()
+async def whoami(op: Op) -> WhoAmI:
+    return op
 
 
 @router.get("/batches", response_model=list[BatchOut])
-async def list_batches(request: Request, op: Op) -> list[dict[str, Any]]:
-    rows = await _call(_registry(request).batches, op.tenant)
-    return [b.as_json() for b in rows]
+async def list_batches(request: Request, op: Op) -> list[BatchOut]:
+    return await _call(_app(request).batches, op.tenant)
 
 
 @router.post("/batches", response_model=BatchOut, status_code=201, responses=errors(403, 409))
-async def create_batch(request: Request, op: Op, body: BatchCreate) -> dict[str, Any]:
+async def create_batch(request: Request, op: Op, body: BatchCreate) -> BatchOut:
     _need(op, ROLE_OPERATOR)
-    b = await _call(
-        _registry(request).create_batch,
-        body.name,
-        op.tenant,
-        body.policy,
-        _actor(request, op),
+    return await _call(
+        _app(request).create_batch, body.name, op.tenant, body.policy, _actor(request, op)
     )
-    return b.as_json()  # type: ignore[no-any-return]
 
 
 @router.get("/batches/{name}", response_model=BatchOut, responses=errors(404))
-async def get_batch(request: Request, op: Op, name: str) -> dict[str, Any]:
-    b = await _call(_registry(request).batch, name, op.tenant)
-    return b.as_json()  # type: ignore[no-any-return]
+async def get_batch(request: Request, op: Op, name: str) -> BatchOut:
+    return await _call(_app(request).batch, name, op.tenant)
 
 
 @router.post("/batches/{name}/state", response_model=BatchOut, responses=errors(403, 404))
-async def set_batch_state(request: Request, op: Op, name: str, body: BatchState) -> dict[str, Any]:
+async def set_batch_state(request: Request, op: Op, name: str, body: BatchState) -> BatchOut:
     _need(op, ROLE_OPERATOR)
-    reg = _registry(request)
-    await _call(reg.set_batch_active, name, body.active, op.tenant, _actor(request, op))
-    b = await _call(reg.batch, name, op.tenant)
-    return b.as_json()  # type: ignore[no-any-return]
+    return await _call(
+        _app(request).set_batch_active, name, body.active, op.tenant, _actor(request, op)
+    )
 
 
 @router.post(
@@ -152,22 +151,22 @@ async def set_batch_state(request: Request, op: Op, name: str, body: BatchState)
     response_model=ImportResult,
     responses={**errors(403, 404), 422: {"model": ImportRejectedBody}},
 )
-async def import_batch(request: Request, op: Op, name: str, body: ImportRequest) -> dict[str, Any]:
+async def import_batch(request: Request, op: Op, name: str, body: ImportRequest) -> ImportResult:
     _need(op, ROLE_OPERATOR)
     n = await _call(
-        _registry(request).import_devices,
+        _app(request).import_devices,
         name,
         body.data,
         tenant=op.tenant,
         fmt=body.format,
         actor=_actor(request, op),
     )
-    return {"imported": n}
+    return ImportResult(imported=n)
 
 
 @router.get("/batches/{name}/export", response_model=BatchExport, responses=errors(404))
-async def export_batch(request: Request, op: Op, name: str) -> dict[str, Any]:
-    return await _call(_registry(request).export_batch, name, op.tenant)  # type: ignore[no-any-return]
+async def export_batch(request: Request, op: Op, name: str) -> BatchExport:
+    return await _call(_app(request).export_batch, name, op.tenant)
 
 
 @router.get("/devices", response_model=list[DeviceOut])
@@ -177,80 +176,48 @@ async def list_devices(
     batch: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-) -> list[dict[str, Any]]:
-    rows = await _call(_registry(request).devices, op.tenant, batch, limit=limit, offset=offset)
-    return [d.as_json() for d in rows]
+) -> list[DeviceRecord]:
+    return await _call(_app(request).devices, op.tenant, batch, limit=limit, offset=offset)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses=errors(404))
-async def get_device(request: Request, op: Op, device_id: str) -> dict[str, Any]:
-    d = await _call(_registry(request).device, device_id, op.tenant)
+async def get_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
+    d = await _call(_app(request).device, device_id, op.tenant)
     if d is None:
         raise ApiError(404, "not_found", f"device {device_id[:64]} does not exist")
-    return d.as_json()  # type: ignore[no-any-return]
+    return d
 
 
-def device_change(
-    service: Onboarding, device_id: str, change: str, tenant: str | None, actor: Actor
-) -> DeviceInfo:
-    """Apply `change` (revoke/disable/enable) on the broker, then in the registry; a revocation
-    re-publishes the CRL. Shared by the API and the CLI."""
-
-    def apply(dev: DeviceInfo) -> None:
-        try:
-            driver = service.driver_for(dev)
-        except OnboardingRefused as e:
-            raise PolicyError(e.detail) from None
-        if change == "revoke":
-            driver.delete_device(dev.device_id)
-        elif change == "disable":
-            driver.disable_device(dev.device_id)
-        else:
-            driver.enable_device(dev.device_id)
-
-    reg = service.registry
-    dev = reg.change_device(device_id, change, apply, tenant=tenant, actor=actor)
-    if change == "revoke":
-        service.ca.publish_crl([(r.serial, r.revoked_at) for r in reg.revoked_certs()])
-        reload_broker(service.settings.broker_dir)  # the broker now refuses the certificate
-    return dev
+_CHANGE: dict[str, Any] = {"response_model": DeviceOut, "responses": errors(403, 404, 409, 503)}
 
 
-async def _change(request: Request, op: Op, device_id: str, change: str) -> dict[str, Any]:
+@router.post("/devices/{device_id}/revoke", **_CHANGE)
+async def revoke_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
     _need(op, ROLE_OPERATOR)
-    service: Onboarding = request.app.state.onboarding
-    try:
-        d = await _call(device_change, service, device_id, change, op.tenant, _actor(request, op))
-    except PolicyError as e:
-        raise ApiError(503, "broker_unavailable", f"{e}; nothing changed, retry") from None
-    return d.as_json()  # type: ignore[no-any-return]
+    return await _call(_app(request).revoke, device_id, tenant=op.tenant, actor=_actor(request, op))
 
 
-_CHANGE = {"response_model": DeviceOut, "responses": errors(403, 404, 409, 503)}
+@router.post("/devices/{device_id}/disable", **_CHANGE)
+async def disable_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).disable, device_id, tenant=op.tenant, actor=_actor(request, op)
+    )
 
 
-@router.post("/devices/{device_id}/revoke", **_CHANGE)  # type: ignore[arg-type]
-async def revoke_device(request: Request, op: Op, device_id: str) -> dict[str, Any]:
-    return await _change(request, op, device_id, "revoke")
-
-
-@router.post("/devices/{device_id}/disable", **_CHANGE)  # type: ignore[arg-type]
-async def disable_device(request: Request, op: Op, device_id: str) -> dict[str, Any]:
-    return await _change(request, op, device_id, "disable")
-
-
-@router.post("/devices/{device_id}/enable", **_CHANGE)  # type: ignore[arg-type]
-async def enable_device(request: Request, op: Op, device_id: str) -> dict[str, Any]:
-    return await _change(request, op, device_id, "enable")
+@router.post("/devices/{device_id}/enable", **_CHANGE)
+async def enable_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
+    _need(op, ROLE_OPERATOR)
+    return await _call(_app(request).enable, device_id, tenant=op.tenant, actor=_actor(request, op))
 
 
 @router.post("/tokens", response_model=TokenOut, status_code=201, responses=errors(403))
-async def create_token(request: Request, op: Op, body: TokenCreate) -> dict[str, Any]:
+async def create_token(request: Request, op: Op, body: TokenCreate) -> TokenOut:
     _need(op, ROLE_ADMIN)
     token, info = await _call(
-        _registry(request).create_token, body.name, op.tenant, body.role, _actor(request, op)
+        _app(request).create_token, body.name, op.tenant, body.role, _actor(request, op)
     )
-    return {"token": token, **info.as_json()}
+    return TokenOut(token=token, name=info.name, tenant=info.tenant, role=info.role)
 
 
 @router.get("/audit", response_model=list[AuditOut])
@@ -260,10 +227,9 @@ async def audit(
     action: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-) -> list[dict[str, Any]]:
+) -> list[AuditOut]:
     _need(op, ROLE_VIEWER)
-    rows = await _call(_registry(request).audit, op.tenant, action=action, since=since, limit=limit)
-    return [a.as_json() for a in rows]
+    return await _call(_app(request).audit, op.tenant, action=action, since=since, limit=limit)
 
 
 ca_router = APIRouter(prefix="/v1/ca")
@@ -277,13 +243,7 @@ ca_router = APIRouter(prefix="/v1/ca")
 async def crl(request: Request) -> Response:
     """The issuing CA's certificate revocation list (DER, RFC 5280), re-signed daily and on
     every revocation."""
-    service: Onboarding = request.app.state.onboarding
-
-    def current() -> bytes:
-        revoked = [(r.serial, r.revoked_at) for r in service.registry.revoked_certs()]
-        return service.ca.current_crl(revoked)
-
-    der = await run_in_threadpool(current)
+    der = await run_in_threadpool(_app(request).current_crl)
     return Response(der, media_type="application/pkix-crl")
 
 
@@ -294,5 +254,4 @@ async def crl(request: Request) -> Response:
 )
 async def root(request: Request) -> Response:
     """The platform root CA certificate (DER): what devices pin."""
-    service: Onboarding = request.app.state.onboarding
-    return Response(service.ca.root_der(), media_type="application/pkix-cert")
+    return Response(_app(request).ca.root_der(), media_type="application/pkix-cert")

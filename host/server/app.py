@@ -33,16 +33,16 @@ from starlette.exceptions import HTTPException
 
 from host.server.admin import ApiError, ca_router
 from host.server.admin import router as admin_router
+from host.server.application import Application
 from host.server.broker import ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
-from host.server.deviceapi import DeviceApi, error_response, router
+from host.server.deviceapi import DeviceApi, openapi_paths
 from host.server.files import atomic_write
 from host.server.limits import RequestLimits
-from host.server.onboarding import BrokerEndpoint, Onboarding
-from host.server.policy import PolicyDriver
-from host.server.policy.mosquitto import MosquittoDynsec
-from host.server.registry import Registry
+from host.server.policy import Policies, PolicyDriver
+from host.server.policy.mosquitto import POLICY_NAME, MosquittoDynsec
 from host.server.settings import Settings
+from host.server.store import Store
 from host.server.telemetry import TelemetrySubscriber
 
 log = logging.getLogger("qlink.server")
@@ -67,38 +67,30 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request does not match the API schema"
 
 
+def error_response(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
 def create_app(
     settings: Settings, *, policy: PolicyDriver | None = None, broker_port: int | None = None
 ) -> FastAPI:
     """The server app. With `policy` given (tests), no broker is used and the broker endpoint in
     answers is `settings.public_host:settings.broker_port`; else the app connects its policy
-    driver to the broker already listening on `broker_port` (see `serve`)."""
+    driver to the broker already listening on `broker_port` (see `serve`). The application
+    (host/server/application.py) is built at start, as `app.state.application`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ca = CertificateAuthority.load_or_create(
-            settings.ca_dir, settings.public_host, settings.hsm
-        )
-        registry = Registry(settings.database)
-        driver = policy
         port = broker_port if broker_port is not None else settings.broker_port
+        application = Application.for_server(settings, broker_port=port, policy=policy)
         try:
-            if driver is None:
-                driver = MosquittoDynsec(ca, settings.bind_host, port)
             app.state.broker_port = port
-            app.state.onboarding = Onboarding(
-                settings,
-                registry,
-                ca,
-                driver,
-                BrokerEndpoint(settings.public_host, port),
-                drivers=extra_drivers(settings),
-            )
+            app.state.application = application
             yield
         finally:
-            if driver is not None and policy is None:
-                driver.close()
-            registry.close()
+            if policy is not None:  # the caller's driver: the caller closes it
+                application.policies.drivers.pop("mosquitto", None)
+            application.close()
 
     app = FastAPI(
         title="qlink",
@@ -108,20 +100,28 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.include_router(router)
     app.include_router(admin_router)
     app.include_router(ca_router)
     app.add_middleware(
-        RequestLimits,
-        max_body=settings.max_body_bytes,
-        max_device_body=settings.max_device_body_bytes,
-        device_prefix="/v1/onboard/",
-        body_timeout_s=settings.body_timeout_s,
+        RequestLimits, max_body=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
     )
     # Outermost of ours: device requests are answered before the framework's routing.
     app.add_middleware(
         DeviceApi, max_body=settings.max_device_body_bytes, body_timeout_s=settings.body_timeout_s
     )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            paths, components = openapi_paths()
+            schema["paths"] = {**paths, **schema.get("paths", {})}
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, body in components.items():
+                schemas.setdefault(name, body)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
@@ -146,20 +146,6 @@ def create_app(
         return {"status": "ok"}
 
     return app
-
-
-def extra_drivers(settings: Settings) -> dict[str, PolicyDriver]:
-    """The policy drivers besides the managed broker's, by batch policy name."""
-    from host.server.policy.azure import AzureDpsExport
-
-    drivers: dict[str, PolicyDriver] = {"azure": AzureDpsExport(settings.data_dir / "azure")}
-    if settings.aws_region:
-        import boto3
-
-        from host.server.policy.aws import AwsIotPolicy
-
-        drivers["aws"] = AwsIotPolicy(boto3.client("iot", region_name=settings.aws_region))
-    return drivers
 
 
 def worker_app() -> FastAPI:
@@ -220,15 +206,13 @@ def _wait_ready(url: str, ca: CertificateAuthority, stop: threading.Event) -> bo
     return False
 
 
-def _refresh_crl(
-    registry: Registry, ca: CertificateAuthority, broker: ManagedBroker, stop: threading.Event
-) -> None:
+def _refresh_crl(application: Application, broker: ManagedBroker, stop: threading.Event) -> None:
     """Re-sign the CRL before it expires (an expired CRL makes the broker refuse everyone)."""
+    ca = application.ca
     while not stop.wait(_CRL_CHECK_S):
         try:
             before = ca.crl_path.read_bytes() if ca.crl_path.exists() else b""
-            revoked = [(r.serial, r.revoked_at) for r in registry.revoked_certs()]
-            if ca.current_crl(revoked) != before:
+            if application.current_crl() != before:
                 broker.reload()
         except Exception:  # keep refreshing; the next round retries
             log.exception("event=crl_refresh_failed")
@@ -243,9 +227,9 @@ def serve(settings: Settings) -> None:
     with contextlib.suppress(FileNotFoundError):
         settings.server_json.unlink()
     ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host, settings.hsm)
-    registry = Registry(settings.database)  # migrates once, before any worker starts
-    revoked = [(r.serial, r.revoked_at) for r in registry.revoked_certs()]
-    ca.publish_crl(revoked)  # the broker's crlfile: fresh and complete before it starts
+    store = Store(settings.database)  # migrates once, before any worker starts
+    main = Application(settings, store, ca=ca)  # the main process's: CRL, denials, telemetry
+    main.publish_crl()  # the broker's crlfile: fresh and complete before it starts
     sock = _listen(settings.bind_host, settings.api_port)
     api_port = int(sock.getsockname()[1])
     broker = ManagedBroker(settings.broker_dir, ca, settings.bind_host, settings.broker_port)
@@ -296,18 +280,20 @@ def serve(settings: Settings) -> None:
     }
     started = False
     try:
-        # Once per start, before any worker serves: the broker's denials from the registry.
-        denials = MosquittoDynsec(ca, settings.bind_host, broker.port)
+        # Once per start, before any worker serves: the broker's denials from the store.
+        denials = Policies(
+            {POLICY_NAME: MosquittoDynsec(ca, settings.bind_host, broker.port)}, store.devices
+        )
         try:
-            denials.reapply_denials(registry)
+            applied = denials.reapply_denials(POLICY_NAME)
         finally:
             denials.close()
-        telemetry = TelemetrySubscriber(
-            Registry(settings.database), ca, settings.bind_host, broker.port
-        )
+        if applied:
+            log.info("event=policy_denials_applied devices=%d", applied)
+        telemetry = TelemetrySubscriber(store.devices, ca, settings.bind_host, broker.port)
         threading.Thread(target=announce, name="announce", daemon=True).start()
         threading.Thread(
-            target=_refresh_crl, args=(registry, ca, broker, stop), name="crl", daemon=True
+            target=_refresh_crl, args=(main, broker, stop), name="crl", daemon=True
         ).start()
         if settings.workers == 1:
             app = create_app(settings, broker_port=broker.port)
@@ -334,7 +320,7 @@ def serve(settings: Settings) -> None:
     finally:
         unannounce()
         stop_broker()
-        registry.close()
+        store.close()
         sock.close()
     if not started:
         raise SystemExit(1)

@@ -1,5 +1,7 @@
-"""The database: an engine for SQLite (WAL, the embedded default) or PostgreSQL, brought to the
-newest schema with Alembic before use."""
+"""The schema's migrations: an SQLAlchemy engine for SQLite (WAL) or PostgreSQL and Alembic's
+upgrade to the newest schema. Only this module and the migrations import SQLAlchemy; the store
+(host/server/store) runs its own SQL on the DBAPI and calls `migrate_url` when the schema is
+behind."""
 
 from __future__ import annotations
 
@@ -9,24 +11,17 @@ from typing import Any
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from host.server import ServerError
+from host.server.store.database import SCHEMA_HEAD as HEAD
+from host.server.store.database import StoreError, database_url
 
 _BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0002"
+
+__all__ = ["HEAD", "MIGRATIONS", "StorageError", "database_url", "make_engine", "migrate"]
 
 
-class StorageError(ServerError):
-    pass
-
-
-def database_url(target: Path | str) -> str:
-    """A path means SQLite in that file; a string with `://` is a SQLAlchemy URL."""
-    if isinstance(target, str) and "://" in target:
-        return target
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+class StorageError(StoreError):
+    """The schema cannot be brought to HEAD."""
 
 
 def make_engine(url: str) -> Engine:
@@ -37,6 +32,15 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def migrate_url(url: str) -> None:
+    """Upgrade the database at `url` to HEAD with a short-lived engine."""
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
 
 
 def _current(conn: Connection) -> str | None:

@@ -1,25 +1,28 @@
 """The device API's HTTP face: POST /v1/onboard/hello and /v1/onboard/proof.
 
-`DeviceApi` answers them straight from ASGI, in front of the operator API's framework: a device
-request costs one JSON parse, the onboarding rules and one JSON answer. Everything else (and
-these paths with another method) goes on to the FastAPI app, whose routes below only document
-the two for the OpenAPI schema. The limits are the same as everywhere: a body over the device
-limit gets 413, one that does not arrive in time 408, one that is not a JSON object 400.
+`ROUTES` is its one route table: `DeviceApi` answers these paths straight from ASGI, in front
+of the operator API's framework (a device request costs one JSON parse, the onboarding rules
+and one JSON answer), and `openapi_paths` documents them in the server's OpenAPI schema from
+the same table. Everything else goes on to the framework. The body is read by the one reader
+(limits.LimitedReceive): over the device limit 413, not arrived in time 408, not a JSON
+object 400, another method than POST 405.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from host.server.limits import (
     App,
+    BodyTooLarge,
+    BodyTooSlow,
+    LimitedReceive,
     Receive,
     Scope,
     Send,
@@ -28,16 +31,51 @@ from host.server.limits import (
     send_json,
 )
 from host.server.onboarding import Onboarding, OnboardingRefused
-from host.server.schemas import HelloAnswer, HelloRequest, ProofAnswer, ProofRequest
+from host.server.schemas import ErrorBody, HelloAnswer, HelloRequest, ProofAnswer, ProofRequest
 
 log = logging.getLogger("qlink.onboard")
 
 PREFIX = "/v1/onboard"
-_ROUTES = {f"{PREFIX}/hello": "hello", f"{PREFIX}/proof": "proof"}
 
 
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+@dataclass(frozen=True)
+class DeviceRoute:
+    path: str
+    name: str  # "hello" or "proof": the onboarding step, the log's event name
+    summary: str
+    request: type[BaseModel]
+    answer: type[BaseModel]
+    codes: tuple[int, ...]  # refusals besides 400, 405, 408 and 413
+
+
+ROUTES: dict[str, DeviceRoute] = {
+    r.path: r
+    for r in (
+        DeviceRoute(
+            f"{PREFIX}/hello",
+            "hello",
+            "A single-use challenge for a registered device",
+            HelloRequest,
+            HelloAnswer,
+            (403,),
+        ),
+        DeviceRoute(
+            f"{PREFIX}/proof",
+            "proof",
+            "The signed challenge and a CSR: the device's certificate and broker",
+            ProofRequest,
+            ProofAnswer,
+            (403, 503),
+        ),
+    )
+}
+_ALWAYS = (400, 405, 408, 413)
+
+
+def application(scope: Scope) -> Onboarding:
+    """The onboarding use cases of the application the app was started with."""
+    service: Onboarding = scope["app"].state.application.onboarding
+    return service
 
 
 async def answer(
@@ -77,7 +115,7 @@ async def answer(
 
 
 class DeviceApi:
-    """ASGI middleware serving the two device routes itself (see the module's docstring)."""
+    """ASGI middleware serving the routes of `ROUTES` itself (see the module's docstring)."""
 
     def __init__(self, app: App, *, max_body: int, body_timeout_s: float) -> None:
         self.app = app
@@ -85,75 +123,69 @@ class DeviceApi:
         self.timeout = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
+        route = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await send_json(
+                send,
+                405,
+                {"error": "method_not_allowed", "detail": "Method Not Allowed"},
+                [(b"allow", b"POST")],
+            )
             return
         refusal = declared_length_refusal(scope, self.max_body)
         if refusal is not None:
             await reject(send, *refusal)
             return
-        chunks: list[bytes] = []
-        size = 0
         try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body:
-                        await reject(
-                            send, 413, "too_large", f"the body exceeds {self.max_body} bytes"
-                        )
-                        return
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
+            raw = await LimitedReceive(receive, self.max_body, self.timeout).read()
+        except BodyTooLarge:
+            await reject(send, 413, "too_large", f"the body exceeds {self.max_body} bytes")
+            return
+        except BodyTooSlow:
             await reject(
                 send, 408, "timeout", f"the request body did not arrive within {self.timeout:g} s"
             )
             return
+        if raw is None:  # the client went away
+            return
         client = scope.get("client")
-        service: Onboarding = scope["app"].state.onboarding
-        status, body = await answer(service, route, b"".join(chunks), client[0] if client else "-")
+        source = client[0] if client else "-"
+        status, body = await answer(application(scope), route.name, raw, source)
         await send_json(send, status, body)
 
 
-router = APIRouter(prefix=PREFIX)
+def openapi_paths(ref_template: str = "#/components/schemas/{model}") -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """The device routes for the OpenAPI schema: (paths, component schemas)."""
+    from pydantic.json_schema import models_json_schema
 
+    models = {ErrorBody}
+    for r in ROUTES.values():
+        models.update((r.request, r.answer))
+    refs, defs = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template=ref_template,
+    )
 
-def _doc(request: type[Any], answer: type[Any], *codes: int) -> dict[str, Any]:
-    """OpenAPI for a hand-parsed route: its request body and every answer it can give."""
-    from host.server.schemas import errors
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        return {"application/json": {"schema": refs[(model, "validation")]}}
 
-    return {
-        "response_model": None,
-        "responses": {200: {"model": answer}, **errors(400, 408, 413, *codes)},
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": request.model_json_schema()}},
+    paths: dict[str, Any] = {}
+    for r in ROUTES.values():
+        responses: dict[str, Any] = {
+            "200": {"description": "Successful Response", "content": body(r.answer)}
+        }
+        for code in sorted({*_ALWAYS, *r.codes}):
+            responses[str(code)] = {"description": "Refused", "content": body(ErrorBody)}
+        paths[r.path] = {
+            "post": {
+                "summary": r.summary,
+                "operationId": f"device_{r.name}",
+                "tags": ["device"],
+                "requestBody": {"required": True, "content": body(r.request)},
+                "responses": responses,
             }
-        },
-    }
-
-
-async def _routed(request: Request, route: str) -> JSONResponse:
-    """The same answer when a request reaches the framework (an app without `DeviceApi`)."""
-    source = request.client.host if request.client else "-"
-    service: Onboarding = request.app.state.onboarding
-    status, body = await answer(service, route, await request.body(), source)
-    return JSONResponse(body, status_code=status)
-
-
-@router.post("/hello", **_doc(HelloRequest, HelloAnswer, 403))
-async def hello(request: Request) -> JSONResponse:
-    return await _routed(request, "hello")
-
-
-@router.post("/proof", **_doc(ProofRequest, ProofAnswer, 403, 503))
-async def proof(request: Request) -> JSONResponse:
-    return await _routed(request, "proof")
+        }
+    return paths, defs.get("$defs", {})

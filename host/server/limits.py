@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -29,54 +28,70 @@ class BodyTooSlow(HTTPException):
         super().__init__(408, f"the request body did not arrive within {seconds:g} s")
 
 
+class LimitedReceive:
+    """The one request-body reader: `receive` wrapped so that the body may not pass `limit`
+    bytes (BodyTooLarge) nor take longer than `timeout_s` from its first message (BodyTooSlow).
+    The framework's routes get it as their `receive`; the device API reads with `read()`."""
+
+    __slots__ = ("_deadline", "_done", "_receive", "limit", "received", "timeout")
+
+    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.timeout = timeout_s
+        self.received = 0
+        self._deadline: float | None = None
+        self._done = False
+
+    async def __call__(self) -> Message:
+        if self._done:  # after the body only a disconnect can come: no time limit on waiting
+            return await self._receive()
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            self._deadline = loop.time() + self.timeout
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            raise BodyTooSlow(self.timeout) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise BodyTooLarge(self.limit)
+            self._done = not message.get("more_body", False)
+        return message
+
+    async def read(self) -> bytes | None:
+        """The whole body, or None when the client disconnected first."""
+        chunks: list[bytes] = []
+        while True:
+            message = await self()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if self._done:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class RequestLimits:
-    def __init__(
-        self,
-        app: App,
-        *,
-        max_body: int,
-        max_device_body: int,
-        device_prefix: str,
-        body_timeout_s: float,
-    ) -> None:
+    """The limits for the framework's routes (the operator API, the CA files): 413 at once
+    when Content-Length is over the limit, else as soon as the stream passes it; 408 when the
+    body does not arrive in time."""
+
+    def __init__(self, app: App, *, max_body: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body = max_body
-        self.max_device_body = max_device_body
-        self.device_prefix = device_prefix
         self.timeout = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
-        limit = self.max_device_body if path.startswith(self.device_prefix) else self.max_body
-        refusal = declared_length_refusal(scope, limit)
+        refusal = declared_length_refusal(scope, self.max_body)
         if refusal is not None:
             await reject(send, *refusal)
             return
-        received = 0
-        deadline: float | None = None
-        done = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, deadline, done
-            if done:  # after the body only a disconnect can come: no time limit on waiting for it
-                return await receive()
-            if deadline is None:
-                deadline = time.monotonic() + self.timeout
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise BodyTooSlow(self.timeout) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-                done = not message.get("more_body", False)
-            return message
-
-        await self.app(scope, limited_receive, send)
+        await self.app(scope, LimitedReceive(receive, self.max_body, self.timeout), send)
 
 
 def declared_length_refusal(scope: Scope, limit: int) -> tuple[int, str, str] | None:

@@ -1,5 +1,7 @@
-"""The registry's tables (SQLAlchemy 2 declarative). The schema's history is in migrations/;
-a change here needs a new migration there (tests/host/test_server_storage.py checks they match).
+"""The database's tables (SQLAlchemy 2 declarative): the schema migrations/ builds, checked
+against it by tests/host/test_server_storage.py. A change here needs a new migration there and
+the store's SQL (host/server/store) to follow; tests/host/test_store.py runs every statement of
+the store on both databases.
 """
 
 from __future__ import annotations
@@ -18,14 +20,32 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-STATE_REGISTERED = "registered"
-STATE_ONBOARDED = "onboarded"
-STATE_REVOKED = "revoked"
+from host.server.schemas import (
+    ROLE_ADMIN,
+    ROLE_OPERATOR,
+    ROLE_VIEWER,
+    ROLES,
+    STATE_ONBOARDED,
+    STATE_REGISTERED,
+    STATE_REVOKED,
+)
 
-ROLE_VIEWER = "viewer"
-ROLE_OPERATOR = "operator"
-ROLE_ADMIN = "admin"
-ROLES = (ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN)  # each role may do what the ones before it may
+__all__ = [
+    "ROLES",
+    "ROLE_ADMIN",
+    "ROLE_OPERATOR",
+    "ROLE_VIEWER",
+    "STATE_ONBOARDED",
+    "STATE_REGISTERED",
+    "STATE_REVOKED",
+    "AuditEvent",
+    "Base",
+    "Batch",
+    "Challenge",
+    "Device",
+    "Operator",
+    "Revoked",
+]
 
 
 class Base(DeclarativeBase):

@@ -26,16 +26,17 @@ from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
 from host.server.ca import CertificateAuthority
-from host.server.policy import PolicyDriver, PolicyError, device_topic_prefix
-from host.server.registry import (
-    STATE_ONBOARDED,
-    STATE_REGISTERED,
-    Actor,
-    ChallengeInfo,
-    DeviceInfo,
-    Registry,
+from host.server.deviceid import BadDeviceId, parse_device_id
+from host.server.policy import (
+    Policies,
+    PolicyDriver,
+    PolicyError,
+    PolicyUnavailable,
+    device_topic_prefix,
 )
+from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
 from host.server.settings import Settings
+from host.server.store import Actor, ChallengeInfo, Store
 
 DOMAIN_LABEL = b"qlink-onboard-v1\x00"
 _MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
@@ -108,10 +109,10 @@ class BrokerEndpoint:
 @dataclass
 class Issued:
     """A proof that passed every check, with its certificate: what is left is the policy
-    driver's call (`driver`, None when the broker needs none) and the registry's record."""
+    driver's call (`driver`, None when the broker needs none) and the store's record."""
 
     cid: str
-    dev: DeviceInfo
+    dev: DeviceRecord
     cert: x509.Certificate
     cert_der: bytes
     digest: str
@@ -125,42 +126,28 @@ class Issued:
 
 
 class Onboarding:
-    """The onboarding rules over a registry, a CA and a policy driver (no HTTP in here)."""
+    """The onboarding rules over the store, the CA and the policy drivers (no HTTP in here)."""
 
     def __init__(
         self,
         settings: Settings,
-        registry: Registry,
+        store: Store,
         ca: CertificateAuthority,
-        policy: PolicyDriver,
+        policies: Policies,
         broker: BrokerEndpoint,
-        drivers: dict[str, PolicyDriver] | None = None,
     ) -> None:
         self.settings = settings
-        self.registry = registry
+        self.store = store
         self.ca = ca
-        self.policy = policy
+        self.policies = policies
         self.broker = broker
-        # Each batch names its policy driver; "mosquitto" is the managed broker's.
-        self.drivers: dict[str, PolicyDriver] = {"mosquitto": policy, **(drivers or {})}
         # In every answer; the CA's certificates do not change while it is loaded.
         self._issuing_b64 = base64.b64encode(ca.issuing_der()).decode()
         self._root_b64 = base64.b64encode(ca.root_der()).decode()
 
-    def driver_for(self, dev: DeviceInfo) -> PolicyDriver:
-        driver = self.drivers.get(dev.policy)
-        if driver is None:
-            raise OnboardingRefused(
-                503,
-                "policy_unavailable",
-                f"the policy driver {dev.policy!r} of this device's batch is not configured "
-                "on the server; retry later",
-            )
-        return driver
-
-    def _eligible(self, device_id: str, known: DeviceInfo | None = None) -> DeviceInfo:
+    def _eligible(self, device_id: str, known: DeviceRecord | None = None) -> DeviceRecord:
         """The device if it may onboard (`known`: its row, read already), else 403."""
-        dev = known or self.registry.device(device_id)
+        dev = known or self.store.devices.get(device_id)
         if (
             dev is None
             or not dev.batch_active
@@ -181,7 +168,10 @@ class Onboarding:
 
     def hello(self, body: dict[str, Any]) -> dict[str, Any]:
         _only(body, _HELLO_FIELDS)
-        device_id = _hex_field(body, "device_id", 64)
+        try:
+            device_id = parse_device_id(body.get("device_id"))
+        except BadDeviceId:
+            raise _bad("device_id must be a string of 64 hex characters") from None
         pub_hex = _hex_field(body, "public_key", 130)
         pub = bytes.fromhex(pub_hex)
         if hashlib.sha256(pub).hexdigest() != device_id:
@@ -197,7 +187,7 @@ class Onboarding:
         cid = secrets.token_hex(16)
         challenge = secrets.token_bytes(32)
         expires = math.ceil(now + self.settings.challenge_ttl_s)
-        self.registry.add_challenge(
+        self.store.challenges.add(
             cid, device_id, challenge, expires, purge_before=now - _CHALLENGE_KEEP_S
         )
         return {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
@@ -214,7 +204,7 @@ class Onboarding:
     async def proof_async(
         self, body: dict[str, Any], source: str = "-"
     ) -> tuple[str, dict[str, Any]]:
-        """`proof` for the event loop: the local work (checks, signing, the registry) runs in
+        """`proof` for the event loop: the local work (checks, signing, the store) runs in
         the caller, only a policy driver's call to its broker goes to a worker thread."""
         step = self.begin_proof(body, source)
         if isinstance(step, Issued):
@@ -237,7 +227,7 @@ class Onboarding:
         except (binascii.Error, ValueError):
             raise _bad("csr_b64 is not valid base64") from None
 
-        found = self.registry.challenge_with_device(cid)
+        found = self.store.challenges.with_device(cid)
         if found is None:
             raise OnboardingRefused(
                 403, "unknown_challenge", "no such challenge; start again with hello"
@@ -250,7 +240,7 @@ class Onboarding:
             raise
 
     def _check_proof(
-        self, ch: ChallengeInfo, known: DeviceInfo, sig_hex: str, csr_der: bytes, source: str
+        self, ch: ChallengeInfo, known: DeviceRecord, sig_hex: str, csr_der: bytes, source: str
     ) -> Issued | tuple[str, dict[str, Any]]:
         device_id = ch.device_id
         now = time.time()
@@ -318,9 +308,10 @@ class Onboarding:
 
         # The broker must know the device before the device learns its certificate; one that
         # gives rights by certificate needs to hear only of a device it may hold a deny for.
-        driver = self.driver_for(dev)
-        if driver.rights_from_certificate and not dev.policy_exception:
-            driver = None
+        try:
+            driver = self.policies.onboarding_call(dev)
+        except PolicyUnavailable as e:
+            raise OnboardingRefused(503, "policy_unavailable", str(e)) from None
         return Issued(ch.id, dev, cert, cert_der, digest, source, now, driver)
 
     def register(self, step: Issued) -> None:
@@ -338,9 +329,9 @@ class Onboarding:
     def finish_proof(self, step: Issued) -> dict[str, Any]:
         """Consume the challenge and record the certificate: the proof's answer."""
         device_id = step.device_id
-        done = self.registry.complete_onboarding(
+        done = self.store.challenges.complete(
             step.cid,
-            device_id,
+            step.dev,
             step.cert_der,
             step.cert.serial_number,
             step.cert.not_valid_after_utc.timestamp(),
@@ -357,7 +348,7 @@ class Onboarding:
             raise refused
         return self._answer(step.dev, step.cert_der)
 
-    def _answer(self, dev: DeviceInfo, cert_der: bytes) -> dict[str, Any]:
+    def _answer(self, dev: DeviceRecord, cert_der: bytes) -> dict[str, Any]:
         device_id = dev.device_id
         b64 = base64.b64encode
         prefix = device_topic_prefix(dev.tenant, device_id)

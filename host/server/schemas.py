@@ -1,5 +1,10 @@
 """The API's JSON shapes as pydantic models: they validate operator requests and make the
-OpenAPI schema (`/openapi.json`) exact, which the schemathesis test checks answers against."""
+OpenAPI schema (`/openapi.json`) exact, which the schemathesis test checks answers against.
+
+They are also the store's read models: a listing returns `BatchOut`, `DeviceRecord`,
+`OperatorOut` or `AuditOut`, and the API, the CLI's `--json` and the console show
+`model_dump(mode="json")` of them. A field the API must never show (a key, a certificate, the
+broker bookkeeping) is declared with `exclude=True`."""
 
 from __future__ import annotations
 
@@ -8,16 +13,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Model(BaseModel):
+    # Validators and serializers are built on first use, not at import: a `qlink` command
+    # that shows two of these models does not pay for building all of them.
+    model_config = ConfigDict(defer_build=True)
 
 
-class ErrorBody(BaseModel):
+class Strict(Model):
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=False)
+
+
+class ErrorBody(Model):
     error: str
     detail: str
 
 
-class RowErrorBody(BaseModel):
+class RowErrorBody(Model):
     line: int
     reason: str
 
@@ -32,7 +43,7 @@ class HelloRequest(Strict):
     public_key: str = Field(pattern="^[0-9a-fA-F]{130}$")
 
 
-class HelloAnswer(BaseModel):
+class HelloAnswer(Model):
     challenge_id: str
     challenge: str
     expires: int
@@ -44,13 +55,13 @@ class ProofRequest(Strict):
     csr_b64: str = Field(min_length=1, max_length=4096)
 
 
-class BrokerInfo(BaseModel):
+class BrokerInfo(Model):
     host: str
     port: int
     ca_b64: str
 
 
-class ProofAnswer(BaseModel):
+class ProofAnswer(Model):
     device_id: str
     certificate_b64: str
     chain_b64: list[str]
@@ -60,10 +71,30 @@ class ProofAnswer(BaseModel):
 
 
 # -- operator API --------------------------------------------------------------------------
-class WhoAmI(BaseModel):
+STATE_REGISTERED = "registered"
+STATE_ONBOARDED = "onboarded"
+STATE_REVOKED = "revoked"
+STATES = (STATE_REGISTERED, STATE_ONBOARDED, STATE_REVOKED)
+
+ROLE_VIEWER = "viewer"
+ROLE_OPERATOR = "operator"
+ROLE_ADMIN = "admin"
+ROLES = (ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN)  # each role may do what the ones before it may
+
+
+class WhoAmI(Model):
     name: str
     tenant: str
     role: str
+
+    def may(self, role: str) -> bool:
+        """Whether this operator's role includes `role`."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class OperatorOut(WhoAmI):
+    created_at: float
+    revoked: bool
 
 
 class BatchCreate(Strict):
@@ -71,7 +102,7 @@ class BatchCreate(Strict):
     policy: Literal["mosquitto", "aws", "azure"] = "mosquitto"
 
 
-class BatchOut(BaseModel):
+class BatchOut(Model):
     name: str
     tenant: str
     active: bool
@@ -89,11 +120,11 @@ class ImportRequest(Strict):
     data: str
 
 
-class ImportResult(BaseModel):
+class ImportResult(Model):
     imported: int
 
 
-class DeviceOut(BaseModel):
+class DeviceOut(Model):
     device_id: str
     batch: str
     tenant: str
@@ -107,19 +138,30 @@ class DeviceOut(BaseModel):
     last_telemetry: dict[str, Any] | None
 
 
+class DeviceRecord(DeviceOut):
+    """A device as the server works with it: the API's fields and those it never shows."""
+
+    public_key: bytes = Field(exclude=True)
+    cert_der: bytes | None = Field(default=None, exclude=True)
+    batch_active: bool = Field(default=True, exclude=True)
+    policy: str = Field(default="mosquitto", exclude=True)
+    # The broker may hold an exception (a deny entry) for it: the policy layer's bookkeeping.
+    policy_exception: bool = Field(default=False, exclude=True)
+
+
 class TokenCreate(Strict):
     name: str = Field(min_length=1, max_length=64)
     role: Literal["viewer", "operator", "admin"]
 
 
-class TokenOut(BaseModel):
+class TokenOut(Model):
     token: str
     name: str
     tenant: str
     role: str
 
 
-class AuditOut(BaseModel):
+class AuditOut(Model):
     at: float
     actor: str
     source: str
@@ -129,7 +171,7 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
 
-class ExportedDevice(BaseModel):
+class ExportedDevice(Model):
     device_id: str
     public_key: str
     state: str
@@ -140,7 +182,7 @@ class ExportedDevice(BaseModel):
     revoked_at: float | None
 
 
-class BatchExport(BaseModel):
+class BatchExport(Model):
     format: str
     batch: dict[str, Any]
     exported_at: float

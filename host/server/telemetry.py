@@ -12,8 +12,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from host.server.ca import CertificateAuthority
+from host.server.deviceid import is_device_id
 from host.server.mqtt import connect_admin
-from host.server.registry import Registry
+from host.server.store.devices import Devices
 
 log = logging.getLogger("qlink.telemetry")
 
@@ -46,8 +47,8 @@ def _subscribe(client: mqtt.Client) -> None:
 
 
 class TelemetrySubscriber:
-    def __init__(self, registry: Registry, ca: CertificateAuthority, host: str, port: int) -> None:
-        self.registry = registry
+    def __init__(self, devices: Devices, ca: CertificateAuthority, host: str, port: int) -> None:
+        self.devices = devices
         self.received = 0
         self._client = connect_admin(
             ca,
@@ -64,6 +65,9 @@ class TelemetrySubscriber:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
         tenant, device_id = (parts[1], parts[2]) if len(parts) == 4 else ("-", "-")
+        if not is_device_id(device_id):  # the pattern ACL lets a device publish only here
+            log.warning("event=telemetry_bad_topic topic=%s", msg.topic[:200])
+            return
         data = parse_telemetry(msg.payload)
         if data is None:
             log.warning("event=telemetry_malformed device=%s bytes=%d", device_id, len(msg.payload))
@@ -71,7 +75,7 @@ class TelemetrySubscriber:
         try:
             # The broker lets a device publish under any tenant with its own ID: only the
             # device's own tenant counts.
-            known = self.registry.record_telemetry(device_id, data, time.time(), tenant)
+            known = self.devices.record_telemetry(device_id, data, time.time(), tenant)
         except Exception:  # the network thread must survive a database hiccup
             log.exception("event=telemetry_store_failed device=%s", device_id)
             return

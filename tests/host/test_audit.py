@@ -9,31 +9,23 @@ from pathlib import Path
 import pytest
 
 from hil.simdevice import SimDevice
-from host.server.admin import device_change
-from host.server.ca import CertificateAuthority
-from host.server.onboarding import BrokerEndpoint, Onboarding
+from host.server.application import Application
 from host.server.policy import MemoryPolicy, PolicyError
-from host.server.registry import Actor, ImportRejected, Registry
 from host.server.settings import Settings
+from host.server.store import Actor, ImportRejected
 
 ALICE = Actor("operator:alice", "198.51.100.4")
 
 
-def actions(reg: Registry) -> list[tuple[str, str, str, str]]:
+def actions(reg: Application) -> list[tuple[str, str, str, str]]:
     return [(a.action, a.target, a.actor, a.source) for a in reversed(reg.audit())]
 
 
 def test_every_change_is_one_event_and_no_ops_are_none(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    reg = Registry(settings.db_path)
     policy = MemoryPolicy()
-    svc = Onboarding(
-        settings,
-        reg,
-        CertificateAuthority.load_or_create(settings.ca_dir),
-        policy,
-        BrokerEndpoint("localhost", 1),
-    )
+    reg = Application.for_server(settings, broker_port=1, policy=policy)
+    svc = reg.onboarding
     t0 = time.time()
     reg.create_batch("b", "acme", actor=ALICE)
     d = SimDevice("https://localhost", b"")
@@ -51,13 +43,13 @@ def test_every_change_is_one_event_and_no_ops_are_none(tmp_path: Path) -> None:
     body = d.proof_body(ApiResponse(200, h))
     svc.proof(body, "203.0.113.9")
     svc.proof(body, "203.0.113.9")  # the same proof retried: no new certificate, no event
-    device_change(svc, d.device_id, "disable", "acme", ALICE)
-    device_change(svc, d.device_id, "disable", "acme", ALICE)  # no-op
+    reg.disable(d.device_id, tenant="acme", actor=ALICE)
+    reg.disable(d.device_id, tenant="acme", actor=ALICE)  # no-op
     policy.fail_next = PolicyError("down")
     with pytest.raises(PolicyError):
-        device_change(svc, d.device_id, "enable", "acme", ALICE)  # refused: nothing changes
-    device_change(svc, d.device_id, "enable", "acme", ALICE)
-    device_change(svc, d.device_id, "revoke", "acme", ALICE)
+        reg.enable(d.device_id, tenant="acme", actor=ALICE)  # refused: nothing changes
+    reg.enable(d.device_id, tenant="acme", actor=ALICE)
+    reg.revoke(d.device_id, tenant="acme", actor=ALICE)
     with pytest.raises(ImportRejected):
         reg.import_devices("b", ["junk"], actor=ALICE)
     dev = f"device:{d.device_id}"

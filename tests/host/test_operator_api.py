@@ -17,14 +17,14 @@ from cryptography import x509
 from hil.simdevice import SimDevice
 from host.server.app import create_app
 from host.server.policy import MemoryPolicy
-from host.server.registry import Registry
+from host.server.application import Application
 from host.server.settings import Settings
 
 
 class Ops:
     def __init__(self, portal: Any, client: httpx.AsyncClient, settings: Settings) -> None:
         self.portal, self.client, self.settings = portal, client, settings
-        self.registry = Registry(settings.db_path)
+        self.registry = Application.for_operator(settings)
         self.root = (settings.ca_dir / "root.der").read_bytes()
 
     def call(self, method: str, path: str, token: str | None, body: Any = None) -> httpx.Response:
@@ -192,9 +192,9 @@ def test_cross_tenant_is_404_and_leaks_nothing(
     assert set(r.json()) == {"error", "detail"} and r.json()["error"] == "not_found"
     assert "acme" not in r.text
     assert (
-        ops.registry.export_batch("secret-line", "acme")["devices"],
+        ops.registry.export_batch("secret-line", "acme").devices,
         ops.registry.audit(limit=10000),
-    ) == (before[0]["devices"], before[1])
+    ) == (before[0].devices, before[1])
 
 
 def test_lists_show_only_own_tenant(

@@ -123,21 +123,18 @@ def test_onboarding_with_aws_batch_end_to_end_in_process(
     """A batch with policy aws: the proof registers thing + certificate; a driver failure is a
     503 with the device still registered, and the retry onboards it."""
     from hil.simdevice import ApiResponse
-    from host.server.onboarding import BrokerEndpoint, Onboarding, OnboardingRefused
+    from host.server.application import Application
+    from host.server.onboarding import OnboardingRefused
     from host.server.policy import MemoryPolicy
-    from host.server.registry import Registry
     from host.server.settings import Settings
 
     settings = Settings(data_dir=tmp_path)
-    ca = CertificateAuthority.load_or_create(settings.ca_dir)
-    reg = Registry(settings.db_path)
+    reg = Application.for_server(settings, broker_port=1, policy=MemoryPolicy())
+    reg.policies.drivers["aws"] = AwsIotPolicy(iot)
     reg.create_batch("cloud", "acme", policy="aws")
     d = SimDevice("https://localhost", b"")
     reg.import_devices("cloud", [d.csv_line()])
-    aws = AwsIotPolicy(iot)
-    svc = Onboarding(
-        settings, reg, ca, MemoryPolicy(), BrokerEndpoint("localhost", 1), drivers={"aws": aws}
-    )
+    svc = reg.onboarding
     from botocore.exceptions import ClientError
 
     real = iot.create_policy

@@ -1,6 +1,7 @@
 """A broker whose rights come from the certificate hears of a device at onboarding only when it
-may hold an exception (a deny entry) for it: the registry's `policy_exception` mark is set and
-committed before any deny is sent, and cleared once onboarding or enabling removed the entry."""
+may hold an exception (a deny entry) for it: the `policy_exception` mark, which the policy
+layer (host/server/policy, `Policies`) alone decides, is set and committed before any deny is
+sent, and cleared once onboarding or enabling removed the entry."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import anyio
 import pytest
 
 from hil.simdevice import ApiResponse, SimDevice
-from host.server.admin import device_change
-from host.server.ca import CertificateAuthority
-from host.server.onboarding import BrokerEndpoint, Onboarding, OnboardingRefused
+from host.server.application import Application
+from host.server.onboarding import Onboarding, OnboardingRefused
 from host.server.policy import MemoryPolicy, PolicyError
-from host.server.registry import Actor, Registry
 from host.server.settings import Settings
+from host.server.store import Actor, NotFound
 
 OPERATOR = Actor("operator:alice", "198.51.100.4")
 
@@ -45,23 +45,22 @@ class CertificateRightsPolicy(MemoryPolicy):
         self.calls.append(("disable", device_id))
         super().disable_device(device_id)
         if self.crash_on_disable:
-            # The deny reached the broker; the process dies before the registry records it.
+            # The deny reached the broker; the process dies before the store records it.
             raise SystemExit("killed after the deny")
 
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Any:
     settings = Settings(data_dir=tmp_path)
-    reg = Registry(settings.db_path)
     policy = CertificateRightsPolicy()
-    ca = CertificateAuthority.load_or_create(settings.ca_dir)
-    svc = Onboarding(settings, reg, ca, policy, BrokerEndpoint("localhost", 1))
+    reg = Application.for_server(settings, broker_port=1, policy=policy)
+    svc = reg.onboarding
     reg.create_batch("b", "acme")
     yield svc, reg, policy
     reg.close()
 
 
-def _device(reg: Registry) -> SimDevice:
+def _device(reg: Application) -> SimDevice:
     d = SimDevice("https://localhost", b"")
     reg.import_devices("b", [d.csv_line()])
     return d
@@ -73,10 +72,15 @@ def _onboard(svc: Onboarding, d: SimDevice) -> dict[str, Any]:
     return answer
 
 
-def _mark(reg: Registry, d: SimDevice) -> bool:
+def _mark(reg: Application, d: SimDevice) -> bool:
     dev = reg.device(d.device_id)
     assert dev is not None
     return dev.policy_exception
+
+
+def _mark_all(reg: Application) -> None:
+    with reg.store.db.transaction() as tx:
+        tx.execute("UPDATE devices SET policy_exception = TRUE")
 
 
 def test_a_new_device_onboards_without_a_broker_call(env: Any) -> None:
@@ -93,9 +97,9 @@ def test_disable_marks_before_the_deny_and_enable_clears(env: Any) -> None:
     svc, reg, policy = env
     d = _device(reg)
     _onboard(svc, d)
-    device_change(svc, d.device_id, "disable", "acme", OPERATOR)
+    reg.disable(d.device_id, tenant="acme", actor=OPERATOR)
     assert _mark(reg, d) and d.device_id in policy.disabled
-    device_change(svc, d.device_id, "enable", "acme", OPERATOR)
+    reg.enable(d.device_id, tenant="acme", actor=OPERATOR)
     assert not _mark(reg, d) and d.device_id not in policy.disabled
     _onboard(svc, d)  # renewal after enable: the entry is gone, the broker is not asked again
     assert [c for c, _ in policy.calls] == ["disable"]
@@ -106,7 +110,7 @@ def test_a_deny_whose_record_was_lost_is_cleared_at_the_next_onboarding(env: Any
     d = _device(reg)
     policy.crash_on_disable = True
     with pytest.raises(SystemExit):
-        device_change(svc, d.device_id, "disable", "acme", OPERATOR)
+        reg.disable(d.device_id, tenant="acme", actor=OPERATOR)
     dev = reg.device(d.device_id)
     assert dev is not None and not dev.disabled  # the change itself was not recorded...
     assert dev.policy_exception  # ...but the mark was, before the broker heard of it
@@ -120,12 +124,9 @@ def test_a_deny_whose_record_was_lost_is_cleared_at_the_next_onboarding(env: Any
 def test_a_failed_clear_refuses_with_503_and_keeps_the_mark(env: Any) -> None:
     svc, reg, policy = env
     d = _device(reg)
-    device_change(svc, d.device_id, "disable", "acme", OPERATOR)
-    device_change(svc, d.device_id, "enable", "acme", OPERATOR)
-    with (
-        reg.engine.begin() as conn
-    ):  # as if the enable's clear had been recorded by an older server
-        conn.exec_driver_sql("UPDATE devices SET policy_exception = 1")
+    reg.disable(d.device_id, tenant="acme", actor=OPERATOR)
+    reg.enable(d.device_id, tenant="acme", actor=OPERATOR)
+    _mark_all(reg)  # as if the enable's clear had been recorded by an older server
     policy.fail_next = PolicyError("broker down")
     with pytest.raises(OnboardingRefused) as refused:
         _onboard(svc, d)
@@ -139,18 +140,15 @@ def test_a_failed_clear_refuses_with_503_and_keeps_the_mark(env: Any) -> None:
 def test_refused_change_of_another_tenants_device_marks_nothing(env: Any) -> None:
     svc, reg, policy = env
     d = _device(reg)
-    from host.server.registry import NotFound
-
     with pytest.raises(NotFound):
-        device_change(svc, d.device_id, "disable", "other", OPERATOR)
+        reg.disable(d.device_id, tenant="other", actor=OPERATOR)
     assert not _mark(reg, d) and policy.calls == []
 
 
 def test_proof_async_sends_only_the_broker_call_to_a_worker_thread(env: Any) -> None:
     svc, reg, policy = env
     d = _device(reg)
-    with reg.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE devices SET policy_exception = 1")
+    _mark_all(reg)
     h = svc.hello({"device_id": d.device_id, "public_key": d.public_key.hex()})
     body = d.proof_body(ApiResponse(200, h))
 

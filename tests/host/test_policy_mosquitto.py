@@ -32,7 +32,8 @@ from host.server.broker import DENY_ROLE, ManagedBroker
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import connect_admin
 from host.server.policy.mosquitto import MosquittoDynsec
-from host.server.registry import Registry
+from host.server.policy import Policies
+from host.server.store import LOCAL, Store
 
 TENANT = "acme"
 
@@ -346,19 +347,22 @@ def test_revoked_certificate_fails_tls_after_crl_reload(env: dict, tmp_path: Pat
         broker.reload()
 
 
-def test_denials_are_applied_again_from_the_registry(env: dict, tmp_path: Path) -> None:
+def test_denials_are_applied_again_from_the_store(env: dict, tmp_path: Path) -> None:
     # The plugin's file lost (or older than the denials): a disabled device would have its
-    # certificate's rights back until the server applies the registry's denials at start.
+    # certificate's rights back until the server applies the store's denials at start.
     policy, listener, a = env["policy"], env["listener"], env["a"]
     port = env["broker"].port
     c, d = Device(env["ca"], tmp_path), Device(env["ca"], tmp_path)
-    reg = Registry(tmp_path / "registry.sqlite")
+    reg = Store(tmp_path / "registry.sqlite")
     try:
-        reg.create_batch("b1", TENANT)
-        reg.import_devices("b1", [f"{x.id},{x.pub.hex()}" for x in (c, d)])
-        reg.change_device(c.id, "disable", lambda _dev: None)
-        assert _reaches_broker(c, port, listener, a)  # the registry says disabled, the broker not
-        assert policy.reapply_denials(reg) == 1
+        reg.batches.create("b1", TENANT)
+        reg.batches.import_devices("b1", [f"{x.id},{x.pub.hex()}" for x in (c, d)])
+        dev = reg.devices.get(c.id)
+        assert dev is not None
+        reg.devices.set_disabled(dev, True, LOCAL)
+        assert _reaches_broker(c, port, listener, a)  # the store says disabled, the broker not
+        policies = Policies({"mosquitto": policy}, reg.devices)
+        assert policies.reapply_denials("mosquitto") == 1
         assert not _reaches_broker(c, port, listener, a)
         assert _reaches_broker(d, port, listener, a)  # an enabled device keeps its rights
     finally:

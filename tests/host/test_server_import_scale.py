@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from host.cli import main
-from host.server.registry import ImportRejected, Registry
+from host.server.store import ImportRejected, Store
 
 N = 10_000
 
@@ -63,22 +63,22 @@ def test_ten_thousand_identities_import_in_under_5_s(
     out = capsys.readouterr().out
     assert code == 0 and f"imported {N} device(s)" in out
     assert elapsed < 5.0, f"{N} identities took {elapsed:.2f} s"
-    reg = Registry(data / "registry.sqlite")
-    assert reg.batch("big").devices == N
+    reg = Store(data / "registry.sqlite")
+    assert reg.batches.get("big").devices == N
     reg.close()
 
 
 def test_one_bad_row_in_ten_thousand_stores_nothing(
     fleet: list[tuple[str, str]], tmp_path: Path
 ) -> None:
-    reg = Registry(tmp_path / "r.sqlite")
-    reg.create_batch("big")
+    reg = Store(tmp_path / "r.sqlite")
+    reg.batches.create("big")
     lines = [f"{i},{k}" for i, k in fleet]
     lines[7777] = lines[7777][:-2] + "zz"
     with pytest.raises(ImportRejected) as info:
-        reg.import_devices("big", lines)
+        reg.batches.import_devices("big", lines)
     assert [(e.line, e.reason) for e in info.value.errors] == [
         (7778, "public key must be 130 hex characters")
     ]
-    assert reg.batch("big").devices == 0
+    assert reg.batches.get("big").devices == 0
     reg.close()

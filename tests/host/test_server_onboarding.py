@@ -19,7 +19,7 @@ from hil.simdevice import ApiResponse, SimDevice, make_csr
 from host.server.app import create_app
 from host.server.onboarding import proof_message
 from host.server.policy import MemoryPolicy, PolicyError
-from host.server.registry import Registry
+from host.server.application import Application
 from host.server.settings import Settings
 
 
@@ -37,7 +37,7 @@ class Api:
         self.client = client
         self.settings = settings
         self.policy = policy
-        self.registry = Registry(settings.db_path)
+        self.registry = Application.for_operator(settings)
         root = (settings.ca_dir / "root.der").read_bytes()
         self.root = root
 

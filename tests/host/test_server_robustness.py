@@ -13,7 +13,7 @@ import pytest
 
 from host.server.app import create_app
 from host.server.policy import MemoryPolicy
-from host.server.registry import Registry
+from host.server.application import Application
 from host.server.settings import Settings
 
 
@@ -30,7 +30,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, httpx.A
         anyio.from_thread.start_blocking_portal() as portal,
         portal.wrap_async_context_manager(app.router.lifespan_context(app)),
     ):
-        reg = Registry(settings.db_path)
+        reg = Application.for_operator(settings)
         token, _ = reg.create_token("rob", "acme", "admin")
         reg.close()
         client = httpx.AsyncClient(

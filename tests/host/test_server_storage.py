@@ -14,37 +14,39 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from hil.serverproc import PrivatePostgres
-from host.server.db import HEAD, StorageError
+from host.server.db import HEAD, StorageError, make_engine
 from host.server.models import Base
-from host.server.registry import Registry
+from host.server.store import Store
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:
-    reg = Registry(tmp_path / "r.sqlite")
-    with reg.engine.connect() as conn:
+    reg = Store(tmp_path / "r.sqlite")
+    engine = make_engine(reg.db.url)
+    with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
     reg.close()
     assert diff == []
 
 
 def test_schema_is_at_head_and_reopen_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "r.sqlite"
-    Registry(path).close()
+    Store(path).close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
         before = db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
-    Registry(path).close()
+    Store(path).close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == before
 
 
 def test_unknown_revision_is_an_actionable_error(tmp_path: Path) -> None:
     path = tmp_path / "r.sqlite"
-    Registry(path).close()
+    Store(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE alembic_version SET version_num = 'zzzz'")
     with pytest.raises(StorageError, match="cannot bring the database to schema"):
-        Registry(path)
+        Store(path)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +55,13 @@ def pg_url(postgres: PrivatePostgres) -> str:
 
 
 def test_postgres_migrates_and_matches_the_models(pg_url: str) -> None:
-    reg = Registry(pg_url)
-    with reg.engine.connect() as conn:
+    reg = Store(pg_url)
+    engine = make_engine(reg.db.url)
+    with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
     reg.close()
-    Registry(pg_url).close()  # a second open finds the schema at head
+    Store(pg_url).close()  # a second open finds the schema at head
 
 
 def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
@@ -66,10 +70,10 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from host.server.registry import ImportRejected
+    from host.server.store import ImportRejected
 
-    reg = Registry(pg_url)
-    reg.create_batch("b1", "acme")
+    reg = Store(pg_url)
+    reg.batches.create("b1", "acme")
     pubs = [
         ec.generate_private_key(ec.SECP256R1())
         .public_key()
@@ -77,16 +81,18 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
         for _ in range(3)
     ]
     lines = [f"{hashlib.sha256(p).hexdigest()},{p.hex()}" for p in pubs]
-    assert reg.import_devices("b1", lines) == 3
+    assert reg.batches.import_devices("b1", lines) == 3
     with pytest.raises(ImportRejected):
-        reg.import_devices("b1", [*lines, "bad"])
+        reg.batches.import_devices("b1", [*lines, "bad"])
     device_id = lines[0].split(",")[0]
-    reg.add_challenge("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
-    assert reg.complete_onboarding("c" * 32, device_id, b"cert", 5, 1.0, 2.0)
-    assert not reg.complete_onboarding("c" * 32, device_id, b"other", 6, 1.0, 3.0)
-    d = reg.device(device_id)
+    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
+    dev = reg.devices.get(device_id)
+    assert dev is not None
+    assert reg.challenges.complete("c" * 32, dev, b"cert", 5, 1.0, 2.0)
+    assert not reg.challenges.complete("c" * 32, dev, b"other", 6, 1.0, 3.0)
+    d = reg.devices.get(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
-    assert [a.action for a in reg.audit("acme")] == [
+    assert [a.action for a in reg.audit.list("acme")] == [
         "device.onboard",
         "batch.import",
         "batch.create",
@@ -121,16 +127,16 @@ def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: P
             "VALUES (?, ?, 1, 'onboarded', 0)",
             ("a" * 64, b"\x04" + b"\x01" * 64),
         )
-    reg = Registry(path)
+    reg = Store(path)
     try:
-        old = reg.device("a" * 64)
+        old = reg.devices.get("a" * 64)
         assert old is not None and old.policy_exception
         assert old.state == "onboarded" and not old.disabled  # nothing else changed
-        reg.create_batch("new")
+        reg.batches.create("new")
         key = ec.generate_private_key(ec.SECP256R1()).public_key()
         pub = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        reg.import_devices("new", [f"{hashlib.sha256(pub).hexdigest()},{pub.hex()}"])
-        fresh = reg.device(hashlib.sha256(pub).hexdigest())
+        reg.batches.import_devices("new", [f"{hashlib.sha256(pub).hexdigest()},{pub.hex()}"])
+        fresh = reg.devices.get(hashlib.sha256(pub).hexdigest())
         assert fresh is not None and not fresh.policy_exception
     finally:
         reg.close()

@@ -1,14 +1,38 @@
-"""Policy drivers: how the server tells a broker what a device may do."""
+"""Policy drivers: how the server tells a broker what a device may do; `Policies`: the
+drivers by batch policy name, and the one owner of what a broker may hold for a device.
+
+A driver whose broker gives rights by certificate (Mosquitto's pattern ACL) needs to hear of a
+device at onboarding only when the broker may hold an exception for it (a deny entry). That
+mark (`DeviceRecord.policy_exception`) is set, and committed, before a deny is sent, and
+cleared once onboarding or enabling has removed the entry: `Policies` is the only code that
+decides it; the store records it.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from host.server import ServerError
+
+if TYPE_CHECKING:
+    from host.server.schemas import DeviceRecord
+    from host.server.store.devices import Devices
 
 
 class PolicyError(ServerError):
     """The broker did not accept a policy change; the operation can be retried."""
+
+
+class PolicyUnavailable(PolicyError):
+    """The device's batch names a policy driver this server has not configured."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(
+            f"the policy driver {policy!r} of this device's batch is not configured on the "
+            "server; retry later"
+        )
+        self.policy = policy
 
 
 class PolicyDriver(Protocol):
@@ -75,3 +99,58 @@ class MemoryPolicy:
 
     def close(self) -> None:
         pass
+
+
+class Policies:
+    """The policy drivers by batch policy name, over the devices' exception marks."""
+
+    def __init__(self, drivers: Mapping[str, PolicyDriver], devices: Devices) -> None:
+        self.drivers = dict(drivers)
+        self._devices = devices
+
+    def driver_for(self, dev: DeviceRecord) -> PolicyDriver:
+        driver = self.drivers.get(dev.policy)
+        if driver is None:
+            raise PolicyUnavailable(dev.policy)
+        return driver
+
+    def onboarding_call(self, dev: DeviceRecord) -> PolicyDriver | None:
+        """The driver to tell of the device before it learns its certificate, or None when
+        its certificate alone gives it its rights and its broker holds no exception for it."""
+        driver = self.driver_for(dev)
+        if driver.rights_from_certificate and not dev.policy_exception:
+            return None
+        return driver
+
+    def deny(self, dev: DeviceRecord, *, revoke: bool) -> None:
+        """Cut the device off at its broker (disable, or revoke: for good)."""
+        driver = self.driver_for(dev)
+        # Marked before the broker hears of it: were this process to die between the deny and
+        # the state change, the device's next onboarding still clears the entry.
+        self._devices.set_policy_exception(dev.device_id, True)
+        if revoke:
+            driver.delete_device(dev.device_id)
+        else:
+            driver.disable_device(dev.device_id)
+
+    def allow(self, dev: DeviceRecord) -> None:
+        """Undo `deny(revoke=False)`; the caller records that no exception is left."""
+        self.driver_for(dev).enable_device(dev.device_id)
+
+    def reapply_denials(self, policy: str) -> int:
+        """Deny again every disabled or revoked device of `policy`'s batches (at start: the
+        broker's own record of its denials may be lost or older than the store's)."""
+        driver = self.drivers.get(policy)
+        if driver is None:
+            return 0
+        denied = self._devices.denied(policy)
+        for dev in denied:
+            if dev.state == "revoked":
+                driver.delete_device(dev.device_id)
+            else:
+                driver.disable_device(dev.device_id)
+        return len(denied)
+
+    def close(self) -> None:
+        for driver in self.drivers.values():
+            driver.close()

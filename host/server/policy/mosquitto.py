@@ -31,7 +31,6 @@ from host.server.broker import DENY_ROLE, deny_role
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import MqttError, connect_admin
 from host.server.policy import PolicyError
-from host.server.registry import Registry
 
 log = logging.getLogger("qlink.policy")
 
@@ -201,18 +200,6 @@ class MosquittoDynsec:
         """For revocation: the deny entry stays for good (the certificate also goes on the CRL,
         which refuses its next TLS handshake)."""
         self._deny(device_id)
-
-    def reapply_denials(self, registry: Registry) -> int:
-        """Deny again every disabled or revoked device of the registry's Mosquitto batches.
-        The denials live in the plugin's file: were it lost or older than them, those devices
-        would get their certificates' rights back (a revoked one is also refused by the CRL,
-        a disabled one only by this). Run at start; returns how many were applied."""
-        denied = registry.denied_devices(POLICY_NAME)
-        for dev in denied:
-            self._deny(dev.device_id)
-        if denied:
-            log.info("event=policy_denials_applied devices=%d", len(denied))
-        return len(denied)
 
     def close(self) -> None:
         self._client.loop_stop()

@@ -1,22 +1,20 @@
-"""Registry import: every bad row is named with its line number and nothing is stored."""
+"""The store (host/server/store): import names every bad row with its line number and stores
+nothing; batch names; the challenge and telemetry records."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from host.server.registry import (
-    STATE_REGISTERED,
-    ImportRejected,
-    Registry,
-    RegistryError,
-    parse_import,
-)
+from host.server.identities import parse_import
+from host.server.schemas import STATE_REGISTERED
+from host.server.store import ImportRejected, StoreError, Store
 
 # P-256 field prime (SEC 2, 2.4.2): y = 1 with this x is not on the curve.
 _P = 2**256 - 2**224 + 2**192 + 2**96 - 1
@@ -36,37 +34,37 @@ def line(device_id: str, pub_hex: str) -> str:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    r = Registry(tmp_path / "registry.sqlite")
-    r.create_batch("b1", "acme")
+def registry(tmp_path: Path) -> Iterator[Store]:
+    r = Store(tmp_path / "registry.sqlite")
+    r.batches.create("b1", "acme")
     yield r
     r.close()
 
 
-def dump(registry: Registry) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+def dump(registry: Store) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     with sqlite3.connect(registry.path) as db:
         devices = db.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
         batches = db.execute("SELECT * FROM batches ORDER BY id").fetchall()
     return devices, batches
 
 
-def test_import_stores_every_row(registry: Registry) -> None:
+def test_import_stores_every_row(registry: Store) -> None:
     ids = [identity() for _ in range(3)]
     text = "# device_id,public_key\n\n" + "\n".join(line(*i) for i in ids)
-    assert registry.import_devices("b1", text.splitlines()) == 3
-    devs = {d.device_id: d for d in registry.devices()}
+    assert registry.batches.import_devices("b1", text.splitlines()) == 3
+    devs = {d.device_id: d for d in registry.devices.list()}
     assert set(devs) == {i[0] for i in ids}
     for device_id, pub_hex in ids:
         d = devs[device_id]
         assert d.public_key == bytes.fromhex(pub_hex)
         assert (d.batch, d.tenant, d.state) == ("b1", "acme", STATE_REGISTERED)
-    assert [(b.name, b.devices) for b in registry.batches()] == [("b1", 3)]
+    assert [(b.name, b.devices) for b in registry.batches.list()] == [("b1", 3)]
 
 
-def test_import_accepts_uppercase_hex(registry: Registry) -> None:
+def test_import_accepts_uppercase_hex(registry: Store) -> None:
     device_id, pub = identity()
-    assert registry.import_devices("b1", [line(device_id.upper(), pub.upper())]) == 1
-    assert registry.device(device_id) is not None
+    assert registry.batches.import_devices("b1", [line(device_id.upper(), pub.upper())]) == 1
+    assert registry.devices.get(device_id) is not None
 
 
 def _bad_cases() -> list[tuple[str, str, str]]:
@@ -106,61 +104,64 @@ def _bad_cases() -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize(
     ("bad", "reason"), [(c[1], c[2]) for c in _bad_cases()], ids=[c[0] for c in _bad_cases()]
 )
-def test_bad_row_is_named_and_nothing_is_stored(registry: Registry, bad: str, reason: str) -> None:
+def test_bad_row_is_named_and_nothing_is_stored(registry: Store, bad: str, reason: str) -> None:
     good = [line(*identity()) for _ in range(2)]
     before = dump(registry)
     with pytest.raises(ImportRejected) as info:
-        registry.import_devices("b1", [good[0], bad, good[1]])
+        registry.batches.import_devices("b1", [good[0], bad, good[1]])
     assert [(e.line, reason in e.reason) for e in info.value.errors] == [(2, True)]
     assert "line 2" in str(info.value) and "nothing imported" in str(info.value)
     assert dump(registry) == before
 
 
-def test_every_bad_row_is_listed_in_line_order(registry: Registry) -> None:
+def test_every_bad_row_is_listed_in_line_order(registry: Store) -> None:
     a = line(*identity())
     rows = [a, "nonsense", line(*identity()), a, "", f"{'0' * 64},{'04' + '00' * 64}"]
     with pytest.raises(ImportRejected) as info:
-        registry.import_devices("b1", rows)
+        registry.batches.import_devices("b1", rows)
     assert [e.line for e in info.value.errors] == [2, 4, 6]
     assert info.value.errors[1].reason == "duplicate of line 1"
-    assert registry.devices() == []
+    assert registry.devices.list() == []
 
 
-def test_already_registered_device_rejects_the_whole_file(registry: Registry) -> None:
+def test_already_registered_device_rejects_the_whole_file(registry: Store) -> None:
     first = line(*identity())
-    registry.import_devices("b1", [first])
-    registry.create_batch("b2")
+    registry.batches.import_devices("b1", [first])
+    registry.batches.create("b2")
     before = dump(registry)
     with pytest.raises(ImportRejected) as info:
-        registry.import_devices("b2", [line(*identity()), first])
+        registry.batches.import_devices("b2", [line(*identity()), first])
     assert [(e.line, e.reason) for e in info.value.errors] == [
         (2, "device is already registered in another batch")
     ]
     assert dump(registry) == before
 
 
-def test_import_into_missing_batch_says_how_to_create_it(registry: Registry) -> None:
+def test_import_into_missing_batch_says_how_to_create_it(registry: Store) -> None:
     before = dump(registry)
-    with pytest.raises(RegistryError, match="qlink batch create nope"):
-        registry.import_devices("nope", [line(*identity())])
+    with pytest.raises(StoreError, match="qlink batch create nope"):
+        registry.batches.import_devices("nope", [line(*identity())])
     assert dump(registry) == before
 
 
-def test_batch_names_are_unique(registry: Registry) -> None:
-    with pytest.raises(RegistryError, match="already exists"):
-        registry.create_batch("b1", "acme")
-    assert [b.name for b in registry.batches()] == ["b1"]
+def test_batch_names_are_unique(registry: Store) -> None:
+    with pytest.raises(StoreError, match="already exists"):
+        registry.batches.create("b1", "acme")
+    assert [b.name for b in registry.batches.list()] == ["b1"]
     # Names are per tenant: another tenant's "b1" neither collides nor learns of acme's.
-    registry.create_batch("b1", "globex")
-    assert [(b.tenant, b.name) for b in registry.batches()] == [("acme", "b1"), ("globex", "b1")]
-    with pytest.raises(RegistryError, match="exists in tenants acme, globex; add --tenant"):
-        registry.import_devices("b1", [line(*identity())])
+    registry.batches.create("b1", "globex")
+    assert [(b.tenant, b.name) for b in registry.batches.list()] == [
+        ("acme", "b1"),
+        ("globex", "b1"),
+    ]
+    with pytest.raises(StoreError, match="exists in tenants acme, globex; add --tenant"):
+        registry.batches.import_devices("b1", [line(*identity())])
 
 
 @pytest.mark.parametrize("name", ["", "a,b", "x" * 129])
-def test_bad_batch_name_is_refused(registry: Registry, name: str) -> None:
-    with pytest.raises(RegistryError, match="batch name"):
-        registry.create_batch(name)
+def test_bad_batch_name_is_refused(registry: Store, name: str) -> None:
+    with pytest.raises(StoreError, match="batch name"):
+        registry.batches.create(name)
 
 
 def test_parse_import_boundary_lengths() -> None:
@@ -173,39 +174,41 @@ def test_parse_import_boundary_lengths() -> None:
     assert errors[0].reason == "public key must be 130 hex characters"
 
 
-def test_database_runs_in_wal_mode(registry: Registry) -> None:
+def test_database_runs_in_wal_mode(registry: Store) -> None:
     with sqlite3.connect(registry.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_challenge_is_consumed_once(registry: Registry) -> None:
+def test_challenge_is_consumed_once(registry: Store) -> None:
     device_id, pub = identity()
-    registry.import_devices("b1", [line(device_id, pub)])
-    registry.add_challenge("c" * 32, device_id, b"\x01" * 32, 2**31)
-    assert registry.complete_onboarding("c" * 32, device_id, b"cert", 5, 1.0, 2.0)
-    assert not registry.complete_onboarding("c" * 32, device_id, b"other", 6, 1.0, 3.0)
-    d = registry.device(device_id)
+    registry.batches.import_devices("b1", [line(device_id, pub)])
+    registry.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31)
+    dev = registry.devices.get(device_id)
+    assert dev is not None
+    assert registry.challenges.complete("c" * 32, dev, b"cert", 5, 1.0, 2.0)
+    assert not registry.challenges.complete("c" * 32, dev, b"other", 6, 1.0, 3.0)
+    d = registry.devices.get(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
-    found = registry.challenge_with_device("c" * 32)
+    found = registry.challenges.with_device("c" * 32)
     assert found is not None
     ch, dev = found
     assert ch.used_at == 2.0 and (ch.device_id, dev.device_id) == (device_id, device_id)
 
 
-def test_telemetry_of_unknown_device_is_not_stored(registry: Registry) -> None:
-    assert not registry.record_telemetry("0" * 64, {"seq": 1}, 1.0, "acme")
+def test_telemetry_of_unknown_device_is_not_stored(registry: Store) -> None:
+    assert not registry.devices.record_telemetry("0" * 64, {"seq": 1}, 1.0, "acme")
     device_id, pub = identity()
-    registry.import_devices("b1", [line(device_id, pub)])
-    assert registry.record_telemetry(device_id, {"seq": 7}, 5.0, "acme")
-    d = registry.device(device_id)
+    registry.batches.import_devices("b1", [line(device_id, pub)])
+    assert registry.devices.record_telemetry(device_id, {"seq": 7}, 5.0, "acme")
+    d = registry.devices.get(device_id)
     assert d is not None and (d.last_seen, d.last_telemetry) == (5.0, {"seq": 7})
 
 
-def test_telemetry_under_another_tenant_is_not_stored(registry: Registry) -> None:
+def test_telemetry_under_another_tenant_is_not_stored(registry: Store) -> None:
     # The broker lets a device publish under any tenant with its own ID; only its own counts.
-    registry.create_batch("g1", "globex")
+    registry.batches.create("g1", "globex")
     device_id, pub = identity()
-    registry.import_devices("b1", [line(device_id, pub)])
-    assert not registry.record_telemetry(device_id, {"seq": 9}, 6.0, "globex")
-    d = registry.device(device_id)
+    registry.batches.import_devices("b1", [line(device_id, pub)])
+    assert not registry.devices.record_telemetry(device_id, {"seq": 9}, 6.0, "globex")
+    d = registry.devices.get(device_id)
     assert d is not None and (d.last_seen, d.last_telemetry) == (None, None)

@@ -1,0 +1,70 @@
+"""The store: the server's state split by concept, over one database.
+
+- `audit`: the audit log (every change writes its event in its own transaction)
+- `tokens`: operator API tokens
+- `batches`: batches and the import of device identities into them
+- `devices`: devices, their state changes, telemetry, revoked certificates
+- `challenges`: onboarding challenges and the onboarding record
+
+Each concept's SQL lives in its module and runs on the DBAPI (store/database.py says why).
+Use cases that span concepts or reach outside the database (the broker, the CA) are the
+application layer's (host/server/application.py), not the store's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from host.server.store.audit import LOCAL, Actor, AuditLog
+from host.server.store.batches import Batches
+from host.server.store.challenges import ChallengeInfo, Challenges
+from host.server.store.database import Database
+from host.server.store.devices import Devices, RevokedCert
+from host.server.store.errors import (
+    Conflict,
+    ConstraintViolation,
+    DatabaseUnavailable,
+    DuplicateKey,
+    ImportRejected,
+    Invalid,
+    NotFound,
+    StoreError,
+)
+from host.server.store.tokens import TOKEN_PREFIX, Tokens
+
+__all__ = [
+    "LOCAL",
+    "TOKEN_PREFIX",
+    "Actor",
+    "ChallengeInfo",
+    "Conflict",
+    "ConstraintViolation",
+    "DatabaseUnavailable",
+    "DuplicateKey",
+    "ImportRejected",
+    "Invalid",
+    "NotFound",
+    "RevokedCert",
+    "Store",
+    "StoreError",
+]
+
+
+class Store:
+    """Every concept's store over one database (opened and migrated here)."""
+
+    def __init__(self, target: Path | str, *, migrate: bool = True) -> None:
+        self.db = Database(target, migrate=migrate)
+        self.audit = AuditLog(self.db)
+        self.tokens = Tokens(self.db)
+        self.batches = Batches(self.db)
+        self.devices = Devices(self.db)
+        self.challenges = Challenges(self.db)
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, None for PostgreSQL."""
+        return self.db.path
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,152 @@
+"""Onboarding challenges: single use, expiring, each bound to one device; consuming one and
+recording the device's certificate is one transaction.
+
+This is the onboarding hot path: each hello costs one read and one insert, each proof one read
+(the challenge with its device, in one join) and one write transaction of two UPDATEs (plus an
+audit event when the certificate is new).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
+from host.server.store import audit
+from host.server.store.audit import Actor
+from host.server.store.database import Database
+from host.server.store.devices import SELECT, record
+
+_PURGE_EVERY_S = 60.0
+_INSERT = (
+    "INSERT INTO challenges (id, device_id, challenge, expires)"
+    " VALUES (:id, :device_id, :challenge, :expires)"
+)
+_PURGE = "DELETE FROM challenges WHERE expires < :before"
+_WITH_DEVICE = (
+    SELECT.replace(
+        "SELECT ",
+        "SELECT c.id AS c_id, c.challenge AS c_challenge, c.expires AS c_expires,"
+        " c.used_at AS c_used_at, c.proof_hash AS c_hash, ",
+        1,
+    ).replace(
+        " FROM devices d", " FROM challenges c JOIN devices d ON d.device_id = c.device_id", 1
+    )
+    + " WHERE c.id = :id"
+)
+_USE = "UPDATE challenges SET used_at = :now, proof_hash = :hash WHERE id = :id AND used_at IS NULL"
+# A device leaves the onboarding states only by revocation or disabling: then nothing changes.
+_ONBOARD = (
+    "UPDATE devices SET state = :onboarded, cert_der = :cert_der, serial = :serial,"
+    " not_after = :not_after, onboarded_at = COALESCE(onboarded_at, :now)"
+    "{clear}"
+    " WHERE device_id = :device_id AND state IN (:registered, :onboarded) AND disabled = FALSE"
+)
+_ONBOARD_KEEP = _ONBOARD.format(clear="")
+_ONBOARD_CLEAR = _ONBOARD.format(clear=", policy_exception = FALSE")
+
+
+@dataclass(frozen=True)
+class ChallengeInfo:
+    id: str
+    device_id: str
+    challenge: bytes
+    expires: int
+    used_at: float | None
+    proof_hash: str | None = None
+
+
+class Challenges:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._last_purge = 0.0
+
+    def add(
+        self, cid: str, device_id: str, challenge: bytes, expires: int, purge_before: float = 0
+    ) -> None:
+        """Store a challenge; with `purge_before`, also drop those expired before it (at most
+        once a minute: the purge is housekeeping, not part of each hello)."""
+        now = time.monotonic()
+        purge = bool(purge_before) and now - self._last_purge > _PURGE_EVERY_S
+        with self._db.transaction() as tx:
+            if purge:
+                self._last_purge = now
+                tx.execute(_PURGE, {"before": purge_before})
+            tx.execute(
+                _INSERT,
+                {"id": cid, "device_id": device_id, "challenge": challenge, "expires": expires},
+            )
+
+    def with_device(self, cid: str) -> tuple[ChallengeInfo, DeviceRecord] | None:
+        """A challenge and its device in one query (the proof's first read)."""
+        m = self._db.one(_WITH_DEVICE, {"id": cid})
+        if m is None:
+            return None
+        challenge = ChallengeInfo(
+            m["c_id"],
+            m["device_id"],
+            bytes(m["c_challenge"]),
+            m["c_expires"],
+            m["c_used_at"],
+            m["c_hash"],
+        )
+        return challenge, record(m)
+
+    def complete(
+        self,
+        cid: str,
+        dev: DeviceRecord,
+        cert_der: bytes,
+        serial: int,
+        not_after: float,
+        now: float,
+        *,
+        proof_hash: str | None = None,
+        actor: Actor | None = None,
+        policy_cleared: bool = False,
+    ) -> bool:
+        """Consume the challenge and mark the device onboarded, in one transaction.
+
+        `dev` is the device as the proof read it; `cert_der` its (new or unchanged)
+        certificate, and a new serial gets an audit event. The first onboarding time is kept.
+        False when the challenge was consumed meanwhile (a concurrent replay) or the device
+        left the registered/onboarded states; then nothing changes. `policy_cleared`: the
+        policy driver registered the device, which removed any exception it held there.
+        """
+        serial_hex = format(serial, "x")
+        with self._db.transaction() as tx:
+            if tx.execute(_USE, {"id": cid, "now": now, "hash": proof_hash}) != 1:
+                self._db.rollback()
+            changed = tx.execute(
+                _ONBOARD_CLEAR if policy_cleared else _ONBOARD_KEEP,
+                {
+                    "device_id": dev.device_id,
+                    "cert_der": cert_der,
+                    "serial": serial_hex,
+                    "not_after": not_after,
+                    "now": now,
+                    "registered": STATE_REGISTERED,
+                    "onboarded": STATE_ONBOARDED,
+                },
+            )
+            if changed != 1:
+                self._db.rollback()
+            # Compared with the serial the proof read: two proofs racing with new
+            # certificates each get their event, a retry with the same certificate none.
+            if dev.serial != serial_hex:
+                who = actor or Actor(f"device:{dev.device_id}", "-")
+                audit.record(
+                    tx,
+                    who,
+                    dev.tenant,
+                    "device.onboard",
+                    f"device:{dev.device_id}",
+                    serial=serial_hex,
+                )
+            return True
+        return False
+
+    def purge(self, before: float) -> int:
+        """Drop challenges that expired before `before` (used or not)."""
+        with self._db.transaction() as tx:
+            return tx.execute(_PURGE, {"before": before})

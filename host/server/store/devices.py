@@ -1,0 +1,208 @@
+"""Devices: identities registered by import, their onboarding state, certificate, broker
+bookkeeping and last telemetry; and the certificates revoked with them (the CRL's source).
+
+A device of another tenant is reported as not existing; `tenant=None` sees every tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from host.server.schemas import STATE_REVOKED, STATES, DeviceRecord
+from host.server.store import audit
+from host.server.store.audit import Actor
+from host.server.store.database import Database, Tx
+from host.server.store.errors import Invalid
+
+# The device row and its batch's columns that a DeviceRecord needs, in one join.
+SELECT = (
+    "SELECT d.device_id, d.public_key, d.state, d.disabled, d.policy_exception, d.cert_der,"
+    " d.serial, d.not_after, d.onboarded_at, d.revoked_at, d.last_seen, d.last_telemetry,"
+    " b.name AS batch_name, b.tenant, b.active, b.policy"
+    " FROM devices d JOIN batches b ON b.id = d.batch_id"
+)
+_BY_ID = SELECT + " WHERE d.device_id = :device_id"
+_BY_ID_OF_TENANT = _BY_ID + " AND b.tenant = :tenant"
+STATE_FILTERS = (*STATES, "disabled")
+
+
+@dataclass(frozen=True)
+class RevokedCert:
+    serial: int
+    revoked_at: float
+
+
+def record(m: Mapping[str, Any]) -> DeviceRecord:
+    """A DeviceRecord from a row of SELECT (or of a join that names the same columns).
+
+    Raw DBAPI rows: SQLite gives 0/1 for booleans, a driver may give memoryview for bytes.
+    The row comes from our own schema, so it is not validated again (model_construct).
+    """
+    cert_der = m["cert_der"]
+    telemetry = m["last_telemetry"]
+    return DeviceRecord.model_construct(
+        device_id=m["device_id"],
+        batch=m["batch_name"],
+        tenant=m["tenant"],
+        state=m["state"],
+        disabled=bool(m["disabled"]),
+        serial=m["serial"],
+        not_after=m["not_after"],
+        onboarded_at=m["onboarded_at"],
+        revoked_at=m["revoked_at"],
+        last_seen=m["last_seen"],
+        last_telemetry=json.loads(telemetry) if telemetry else None,
+        public_key=bytes(m["public_key"]),
+        cert_der=None if cert_der is None else bytes(cert_der),
+        batch_active=bool(m["active"]),
+        policy=m["policy"],
+        policy_exception=bool(m["policy_exception"]),
+    )
+
+
+class Devices:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get(self, device_id: str, tenant: str | None = None) -> DeviceRecord | None:
+        if tenant is None:
+            row = self._db.one(_BY_ID, {"device_id": device_id})
+        else:
+            row = self._db.one(_BY_ID_OF_TENANT, {"device_id": device_id, "tenant": tenant})
+        return None if row is None else record(row)
+
+    def list(
+        self,
+        tenant: str | None = None,
+        batch: str | None = None,
+        *,
+        state: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[DeviceRecord]:
+        """By batch name, then device ID. `state` is registered, onboarded, revoked or
+        disabled (the flag: a disabled device keeps its state)."""
+        where: list[str] = []
+        params: dict[str, Any] = {"tenant": tenant, "batch": batch, "state": state}
+        if tenant is not None:
+            where.append("b.tenant = :tenant")
+        if batch is not None:
+            where.append("b.name = :batch")
+        if state == "disabled":
+            where.append("d.disabled = TRUE")
+        elif state is not None:
+            if state not in STATES:
+                raise Invalid(f"state must be one of {', '.join(STATE_FILTERS)}, not {state!r}")
+            where.append("d.state = :state")
+        sql = SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY b.name, d.device_id"
+        if limit is not None:
+            sql += " LIMIT :limit OFFSET :offset"
+            params.update(limit=limit, offset=offset)
+        return [record(r) for r in self._db.all(sql, params)]
+
+    def denied(self, policy: str) -> list[DeviceRecord]:
+        """Disabled or revoked devices of batches with `policy`: the exceptions a broker must
+        keep (applied again when the server starts)."""
+        sql = (
+            SELECT + " WHERE b.policy = :policy AND (d.disabled = TRUE OR d.state = :revoked)"
+            " ORDER BY d.device_id"
+        )
+        return [record(r) for r in self._db.all(sql, {"policy": policy, "revoked": STATE_REVOKED})]
+
+    # -- the policy layer's bookkeeping -------------------------------------------------
+    def set_policy_exception(self, device_id: str, held: bool) -> None:
+        """Mark (committed at once) that the broker may hold an exception for the device, or
+        that it holds none any more."""
+        with self._db.transaction() as tx:
+            tx.execute(
+                "UPDATE devices SET policy_exception = :held WHERE device_id = :device_id",
+                {"held": held, "device_id": device_id},
+            )
+
+    # -- state changes (host/server/lifecycle.py decides; these record) -----------------
+    def revoke(self, dev: DeviceRecord, actor: Actor) -> bool:
+        """The device revoked and its certificate on the CRL, with its audit event; False when
+        it already was (nothing written)."""
+        now = time.time()
+        with self._db.transaction() as tx:
+            changed = tx.execute(
+                "UPDATE devices SET state = :revoked, revoked_at = :now"
+                " WHERE device_id = :device_id AND state <> :revoked",
+                {"revoked": STATE_REVOKED, "now": now, "device_id": dev.device_id},
+            )
+            if not changed:
+                return False
+            row = tx.one(
+                "SELECT serial, not_after FROM devices WHERE device_id = :device_id",
+                {"device_id": dev.device_id},
+            )
+            serial = row["serial"] if row else None
+            if row and serial is not None and row["not_after"] is not None:
+                _add_revoked(tx, serial, dev.device_id, row["not_after"], now)
+            audit.record(
+                tx, actor, dev.tenant, "device.revoke", f"device:{dev.device_id}", serial=serial
+            )
+        return True
+
+    def set_disabled(
+        self, dev: DeviceRecord, disabled: bool, actor: Actor, *, exception_cleared: bool = False
+    ) -> bool:
+        """Disable or enable, with its audit event; False when it already was so.
+        `exception_cleared`: the broker holds no exception for it any more."""
+        with self._db.transaction() as tx:
+            changed = tx.execute(
+                "UPDATE devices SET disabled = :disabled"
+                + (", policy_exception = FALSE" if exception_cleared else "")
+                + " WHERE device_id = :device_id AND disabled = :was",
+                {"disabled": disabled, "was": not disabled, "device_id": dev.device_id},
+            )
+            if changed:
+                action = "device.disable" if disabled else "device.enable"
+                audit.record(
+                    tx, actor, dev.tenant, action, f"device:{dev.device_id}", serial=dev.serial
+                )
+        return bool(changed)
+
+    def revoked_certs(self, now: float | None = None) -> list[RevokedCert]:
+        """Revoked certificates not yet expired (an expired one leaves the CRL, RFC 5280 3.3)."""
+        now = time.time() if now is None else now
+        rows = self._db.all(
+            "SELECT serial, revoked_at FROM revoked_certs WHERE not_after > :now"
+            " ORDER BY revoked_at",
+            {"now": now},
+        )
+        return [RevokedCert(int(r["serial"], 16), r["revoked_at"]) for r in rows]
+
+    def record_telemetry(
+        self, device_id: str, payload: dict[str, Any], at: float, tenant: str
+    ) -> bool:
+        """Keep the last telemetry of a known device of `tenant` (the tenant its topic names);
+        False if there is no such device in that tenant."""
+        with self._db.transaction() as tx:
+            return bool(
+                tx.execute(
+                    "UPDATE devices SET last_seen = :at, last_telemetry = :payload"
+                    " WHERE device_id = :device_id"
+                    " AND batch_id IN (SELECT id FROM batches WHERE tenant = :tenant)",
+                    {
+                        "at": at,
+                        "payload": json.dumps(payload, sort_keys=True),
+                        "device_id": device_id,
+                        "tenant": tenant,
+                    },
+                )
+            )
+
+
+def _add_revoked(tx: Tx, serial: str, device_id: str, not_after: float, now: float) -> None:
+    if tx.one("SELECT 1 FROM revoked_certs WHERE serial = :serial", {"serial": serial}) is None:
+        tx.execute(
+            "INSERT INTO revoked_certs (serial, device_id, not_after, revoked_at)"
+            " VALUES (:serial, :device_id, :not_after, :now)",
+            {"serial": serial, "device_id": device_id, "not_after": not_after, "now": now},
+        )
