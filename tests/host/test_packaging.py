@@ -1,5 +1,5 @@
 """qlink as a package a user installs: dependencies declared and pinned, a wheel that carries the
-firmware and finds it outside a checkout, its metadata."""
+firmware and finds it outside a checkout, its metadata, the run products a checkout ignores."""
 
 from __future__ import annotations
 
@@ -337,3 +337,50 @@ def test_the_wheel_metadata_has_the_readme_the_license_and_the_project_urls(whee
     assert all(u.startswith("https://github.com/qlink-dev/qlink") for u in urls.values())
     assert urls["Documentation"].endswith("/docs")
     assert urls["Changelog"].endswith("/CHANGELOG.md")
+
+
+# -- what a checkout ignores ---------------------------------------------------------------
+
+# Run products the commands write by default in the folder they run in (the file and the text that
+# shows the default), and those of the tools.
+RUN_PRODUCTS = {
+    "qlink-data/registry.db": ("host/server/settings.py", '"./qlink-data"'),
+    "demo-data/server.log": ("hil/demo.py", '"demo-data"'),
+    "puf-report.png": ("hil/pufcli.py", 'Path("puf-report.png")'),
+    "rig-report.json": ("hil/rigcli.py", 'Path("rig-report")'),
+    "rig-report.md": ("hil/rigcli.py", 'Path("rig-report")'),
+    "rig-report.xml": ("hil/rigcli.py", 'Path("rig-report")'),
+}
+TOOL_PRODUCTS = [
+    "run/server.log",
+    "build/lib/hil/__init__.py",
+    "dist/qlink-0.1.0.tar.gz",
+    "qlink-0.1.0-py3-none-any.whl",
+    "qlink.egg-info/PKG-INFO",
+    ".venv/bin/python",
+    ".mypy_cache/3.11/x.json",
+    ".pytest_cache/v/x",
+    ".ruff_cache/x",
+    ".hypothesis/examples/x",
+    ".coverage",
+    ".coverage.host.1234",
+    "htmlcov/index.html",
+    "firmware/qdid/p256.mpy",
+    "hil/__pycache__/build.cpython-311.pyc",
+    "bench/onboarding.prof",
+]
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+
+
+def test_every_run_product_is_ignored_and_no_tracked_file_is() -> None:
+    for product, (path, text) in RUN_PRODUCTS.items():
+        assert text in (REPO / path).read_text(), f"{path} no longer writes {product}"
+    products = [*RUN_PRODUCTS, *TOOL_PRODUCTS]
+    r = _git("check-ignore", "--no-index", *products)
+    assert sorted(r.stdout.split()) == sorted(products)
+    assert _git("ls-files", "--cached", "--ignored", "--exclude-standard").stdout == ""
