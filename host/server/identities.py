@@ -1,9 +1,18 @@
-"""Device identity files (CSV or JSON) checked row by row: every bad row is named with its line
-number and reason, so an operator fixes a whole file in one pass.
+"""Device identity files checked row by row: every bad row is named with its line number and
+reason, so an operator fixes a whole file in one pass. A file with no device rows at all is an
+error, not "0 imported": it is almost always the wrong file.
 
-CSV: one `device_id,public_key_hex` per line; blank lines and `#` comments are skipped.
-JSON: an array of `{"device_id": ..., "public_key": ...}` objects, or a batch export
-(`{"format": "qlink-batch-v1", ..., "devices": [...]}`); other fields of a row are ignored.
+csv:   one `device_id,public_key_hex` per line; blank lines and `#` comments are skipped, and
+       so is a header row (`device_id,public_key`) as the first of the other lines.
+json:  an array of `{"device_id": ..., "public_key": ...}` objects, or a batch export
+       (`{"format": "qlink-batch-v1", ..., "devices": [...]}`); other fields of a row are ignored.
+jsonl: one such object per line (JSON Lines); blank lines are skipped.
+qdid:  a board's console as captured: each `QDID {...}` line that firmware/enrol.py prints is a
+       row; every other line (banners, `>>>` prompts, the echo of `import enrol`) is ignored,
+       except an enrolment error, which is named so that no failed board goes unnoticed.
+
+Line numbers are those an editor shows. In jsonl and qdid only `\\n` ends a line: a serial
+console writes `\\r\\r\\n`, which is one line, not two.
 """
 
 from __future__ import annotations
@@ -20,9 +29,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from host.server import ServerError
 
 EXPORT_FORMAT = "qlink-batch-v1"
+FORMATS = ("csv", "json", "jsonl", "qdid")
 _HEX = frozenset("0123456789abcdef")
 _CURVE = ec.SECP256R1()
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
+
+# Column names a header row may give (compared lower-case, runs of spaces or `-` as `_`).
+_ID_NAMES = frozenset({"device_id", "deviceid", "id"})
+_KEY_NAMES = frozenset({"public_key", "public_key_hex", "publickey", "pubkey", "key"})
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_QDID = "QDID "  # firmware/enrol.py: print("QDID " + json.dumps({...}))
+_ENROL_ERROR = "E enrol:"  # firmware/enrol.py, when the identity cannot be enrolled
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,7 @@ class ImportRow:
 
 
 class ImportFormatError(ServerError):
-    """The file as a whole is not CSV rows or one of the JSON shapes."""
+    """The file as a whole is not one of the formats, or holds no device rows."""
 
 
 def public_key_error(pub: bytes) -> str | None:
@@ -56,10 +73,13 @@ def public_key_error(pub: bytes) -> str | None:
     return None
 
 
+_NOT_OBJECT = object()  # a JSON row that is not an object
+
+
 def _check(
     line: int, device_id: object, key_hex: object, seen: dict[str, int]
 ) -> ImportRow | RowError:
-    if device_id == "not an object":
+    if device_id is _NOT_OBJECT:
         return RowError(line, 'row must be an object {"device_id", "public_key"}')
     if not isinstance(device_id, str) or len(device_id) != 64:
         return RowError(line, "device ID must be 64 hex characters")
@@ -84,46 +104,83 @@ def _check(
 
 
 def _collect(
-    items: Iterable[tuple[int, object, object]], total: int, progress: Progress | None
+    items: Iterable[tuple[int, object, object] | RowError],
+    total: int,
+    progress: Progress | None,
+    empty: str,
 ) -> tuple[list[ImportRow], list[RowError]]:
+    """Check every item (a row's fields, or an error the reader already found); `empty` is the
+    sentence of the ImportFormatError raised when there was no item at all."""
     rows: list[ImportRow] = []
     errors: list[RowError] = []
     seen: dict[str, int] = {}
-    for done, (line, device_id, key_hex) in enumerate(items, start=1):
-        result = _check(line, device_id, key_hex, seen)
-        (rows if isinstance(result, ImportRow) else errors).append(result)  # type: ignore[arg-type]
+    done = 0
+    for done, item in enumerate(items, start=1):
+        if isinstance(item, RowError):
+            errors.append(item)
+        else:
+            result = _check(*item, seen)
+            (rows if isinstance(result, ImportRow) else errors).append(result)  # type: ignore[arg-type]
         if progress is not None and done % 1000 == 0:
             progress(done, total)
+    if not done:
+        raise ImportFormatError(empty)
     if progress is not None:
         progress(total, total)
+    errors.sort(key=lambda e: e.line)
     return rows, errors
+
+
+# -- csv -------------------------------------------------------------------------------------
+def _header_names(fields: list[str]) -> list[str] | None:
+    """The fields as column names when each one is a name (not a hex value), else None."""
+    names = [re.sub(r"[\s-]+", "_", f.strip('"').strip().lower()) for f in fields]
+    if all(_NAME.fullmatch(n) and not set(n) <= _HEX for n in names):
+        return names
+    return None
+
+
+def _is_header(names: list[str] | None) -> bool:
+    return names is not None and names[0] in _ID_NAMES and names[1] in _KEY_NAMES
 
 
 def parse_import(
     lines: Iterable[str], progress: Progress | None = None
 ) -> tuple[list[ImportRow], list[RowError]]:
-    """Check every CSV row `device_id,public_key_hex`."""
+    """Check every CSV row `device_id,public_key_hex`; a header row may come first."""
     lines = list(lines)
-    bad: list[RowError] = []
 
-    def items() -> Iterable[tuple[int, object, object]]:
+    def items() -> Iterable[tuple[int, object, object] | RowError]:
+        first = True
         for n, raw in enumerate(lines, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             fields = [f.strip() for f in line.split(",")]
+            was_first, first = first, False
             if len(fields) != 2:
-                bad.append(
-                    RowError(n, f"expected 2 fields device_id,public_key, got {len(fields)}")
-                )
+                yield RowError(n, f"expected 2 fields device_id,public_key, got {len(fields)}")
                 continue
-            yield n, fields[0], fields[1]
+            # A device ID is 64 characters; no column name is.
+            names = _header_names(fields) if len(fields[0]) != 64 else None
+            if was_first and _is_header(names):
+                continue
+            if _is_header(names):
+                yield RowError(n, "a header row may only be the first line; delete this one")
+            elif was_first and names is not None:
+                yield RowError(n, "a header row must name the columns device_id,public_key")
+            else:
+                yield n, fields[0], fields[1]
 
-    rows, errors = _collect(items(), len(lines), progress)
-    errors = sorted(errors + bad, key=lambda e: e.line)
-    return rows, errors
+    return _collect(
+        items(),
+        len(lines),
+        progress,
+        "the file has no device rows; expected device_id,public_key lines",
+    )
 
 
+# -- json ------------------------------------------------------------------------------------
 _DEVICES_KEY = re.compile(r'"devices"\s*:\s*\[')
 
 
@@ -148,6 +205,12 @@ def _json_elements(text: str, start: int) -> Iterable[tuple[int, Any]]:
         yield line, value
 
 
+def _fields(line: int, value: object) -> tuple[int, object, object]:
+    if not isinstance(value, dict):
+        return line, _NOT_OBJECT, None
+    return line, value.get("device_id"), value.get("public_key")
+
+
 def parse_json(
     text: str, progress: Progress | None = None
 ) -> tuple[list[ImportRow], list[RowError]]:
@@ -159,36 +222,107 @@ def parse_json(
     if isinstance(doc, list):
         start = text.index("[")
         total = len(doc)
+        empty = (
+            'the file has no device rows; expected an array of {"device_id", "public_key"} objects'
+        )
     elif isinstance(doc, dict) and isinstance(doc.get("devices"), list):
         found = list(_DEVICES_KEY.finditer(text))  # the export writes "devices" last
         if not found:
             raise ImportFormatError('cannot find the "devices" array')
         start = found[-1].end() - 1
         total = len(doc["devices"])
+        empty = "the batch export has no devices; export a batch that has some"
     else:
         raise ImportFormatError(
             'JSON must be an array of {"device_id", "public_key"} objects or a batch export'
         )
+    items = (_fields(line, value) for line, value in _json_elements(text, start))
+    return _collect(items, total, progress, empty)
 
-    def items() -> Iterable[tuple[int, object, object]]:
-        for line, value in _json_elements(text, start):
-            if not isinstance(value, dict):
-                yield line, "not an object", None
-                continue
-            yield line, value.get("device_id"), value.get("public_key")
 
-    rows, errors = _collect(items(), total, progress)
-    return rows, errors
+# -- jsonl and qdid: one JSON object per line ------------------------------------------------
+def _json_line(n: int, raw: str, what: str) -> tuple[int, object, object] | RowError:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return RowError(n, f"{what} is not valid JSON ({e.msg})")
+    return _fields(n, value)
+
+
+def parse_jsonl(
+    text: str, progress: Progress | None = None
+) -> tuple[list[ImportRow], list[RowError]]:
+    """Check every line of JSON Lines, each a `{"device_id", "public_key"}` object."""
+    lines = text.split("\n")
+    items = (_json_line(n, raw, "the line") for n, raw in enumerate(lines, start=1) if raw.strip())
+    return _collect(
+        items,
+        len(lines),
+        progress,
+        'the file has no device rows; expected one {"device_id", "public_key"} object a line',
+    )
+
+
+def parse_qdid(
+    text: str, progress: Progress | None = None
+) -> tuple[list[ImportRow], list[RowError]]:
+    """Check every `QDID {...}` line of a console capture; other console lines are ignored."""
+    lines = text.split("\n")
+
+    def items() -> Iterable[tuple[int, object, object] | RowError]:
+        for n, raw in enumerate(lines, start=1):
+            line = raw.strip()
+            if line.startswith(_QDID):
+                yield _json_line(n, line[len(_QDID) :], "the QDID record")
+            elif line.startswith(_ENROL_ERROR):
+                yield RowError(
+                    n,
+                    f"the board could not enrol ({line}); enrol it again, or delete this line "
+                    "to import the others",
+                )
+            elif "QDID {" in line:
+                yield RowError(n, "a QDID record must start its line; delete what precedes it")
+
+    return _collect(
+        items(),
+        len(lines),
+        progress,
+        "the file has no QDID lines; expected the QDID {...} lines enrol.py prints",
+    )
+
+
+# -- any -------------------------------------------------------------------------------------
+def detect_format(text: str) -> str:
+    """The format of `text`: qdid when a line holds a `QDID {` record (a console line may start
+    with `[` or `{` too); else JSON when it starts with `[` or `{` (JSON Lines when a second
+    value follows the first object); else CSV."""
+    if "QDID {" in text:
+        return "qdid"
+    head = text.lstrip()[:1]
+    if head == "[":
+        return "json"
+    if head == "{":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            # The first value parsed and more follow: one object a line, not one document.
+            return "jsonl" if e.msg == "Extra data" else "json"
+    return "json" if head == "{" else "csv"
 
 
 def parse_any(
     text: str, fmt: str | None = None, progress: Progress | None = None
 ) -> tuple[list[ImportRow], list[RowError]]:
-    """CSV or JSON; without `fmt`, a file starting with `[` or `{` is JSON."""
+    """Any of the formats (csv, json, jsonl, qdid); without `fmt`, the one `text` has."""
+    text = text.removeprefix("\ufeff")  # the byte-order mark some spreadsheets write
     if fmt is None:
-        fmt = "json" if text.lstrip()[:1] in ("[", "{") else "csv"
+        fmt = detect_format(text)
     if fmt == "json":
         return parse_json(text, progress)
+    if fmt == "jsonl":
+        return parse_jsonl(text, progress)
+    if fmt == "qdid":
+        return parse_qdid(text, progress)
     if fmt == "csv":
         return parse_import(text.splitlines(), progress)
-    raise ImportFormatError(f"unknown import format {fmt!r}; use csv or json")
+    raise ImportFormatError(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")

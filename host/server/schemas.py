@@ -116,7 +116,7 @@ class BatchState(Strict):
 
 
 class ImportRequest(Strict):
-    format: Literal["csv", "json"]
+    format: Literal["csv", "json", "jsonl", "qdid"]
     data: str
 
 
