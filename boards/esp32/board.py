@@ -23,6 +23,10 @@
 from micropython import const
 import machine
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    import hal
+
 NAME = "esp32"
 _PUF_BASE = const(0x50001C00)  # top 1 KiB of RTC slow memory
 PUF_BYTES = const(1024)  # bytes of the PUF region
@@ -35,16 +39,16 @@ _LED_PIN = const(2)  # on-board LED of DevKitC-style boards
 class Board:
     name = NAME
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._cold = machine.reset_cause() == machine.PWRON_RESET and (
             machine.mem32[_MARK_ADDR] & 0xFFFFFFFF != _MARK
         )
-        self._sram = None
+        self._sram: bytearray | None = None
         self._forgotten = False
-        self._adc = None
-        self._led = None
+        self._adc: machine.ADC | None = None
+        self._led: machine.Pin | None = None
 
-    def sram_bits(self, nbytes):
+    def sram_bits(self, nbytes: int) -> bytes:
         # Snapshot the region once per boot (RTC slow memory takes 32-bit accesses only), then
         # mark it read.
         if nbytes < 0 or nbytes > PUF_BYTES:
@@ -64,7 +68,7 @@ class Board:
             mem[_MARK_ADDR] = _MARK
         return bytes(self._sram[:nbytes])
 
-    def forget_sram(self):
+    def forget_sram(self) -> None:
         # Zero and drop the snapshot once the identity has its copy (key material in RAM).
         if self._sram is not None:
             for i in range(len(self._sram)):
@@ -72,7 +76,7 @@ class Board:
         self._sram = None
         self._forgotten = True
 
-    def noise(self, n):
+    def noise(self, n: int) -> bytes:
         if self._adc is None:
             self._adc = machine.ADC(machine.Pin(_ADC_PIN))
         adc = self._adc
@@ -81,20 +85,20 @@ class Board:
             out[i] = (adc.read_u16() >> 4) & 0xFF  # low 8 bits of the 12-bit conversion
         return bytes(out)
 
-    def unique_id(self):
+    def unique_id(self) -> bytes:
         return machine.unique_id()  # the factory MAC address from eFuse
 
-    def cold_boot(self):
+    def cold_boot(self) -> bool:
         return self._cold
 
-    def reset(self):
+    def reset(self) -> None:
         machine.reset()
 
-    def led(self, on):
+    def led(self, on: bool) -> None:
         if self._led is None:
             self._led = machine.Pin(_LED_PIN, machine.Pin.OUT)
         self._led.value(1 if on else 0)
 
 
-def make():
+def make() -> hal.Board:
     return Board()

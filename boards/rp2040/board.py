@@ -33,6 +33,10 @@
 from micropython import const
 import machine
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    import hal
+
 NAME = "rp2040"
 _PUF_BASE = const(0x20040000)  # bottom of SRAM4
 PUF_BYTES = const(2048)  # bytes of the PUF region
@@ -46,15 +50,15 @@ _ADC_TEMP = const(4)  # ADC input of the on-chip temperature sensor
 class Board:
     name = NAME
 
-    def __init__(self):
+    def __init__(self) -> None:
         mem = machine.mem32
         self._cold = bool(mem[_CHIP_RESET] & _HAD_POR) and mem[_WD_SCRATCH0] != _MARK
-        self._sram = None
+        self._sram: bytearray | None = None
         self._forgotten = False
-        self._adc = None
-        self._led = None
+        self._adc: machine.ADC | None = None
+        self._led: machine.Pin | None = None
 
-    def sram_bits(self, nbytes):
+    def sram_bits(self, nbytes: int) -> bytes:
         # Snapshot the region once per boot (word reads, the bus is 32-bit), then mark it read.
         if nbytes < 0 or nbytes > PUF_BYTES:
             raise ValueError("rp2040 PUF region is 2048 bytes")
@@ -73,7 +77,7 @@ class Board:
             mem[_WD_SCRATCH0] = _MARK
         return bytes(self._sram[:nbytes])
 
-    def forget_sram(self):
+    def forget_sram(self) -> None:
         # Zero and drop the snapshot once the identity has its copy (key material in RAM).
         if self._sram is not None:
             for i in range(len(self._sram)):
@@ -81,7 +85,7 @@ class Board:
         self._sram = None
         self._forgotten = True
 
-    def noise(self, n):
+    def noise(self, n: int) -> bytes:
         if self._adc is None:
             self._adc = machine.ADC(_ADC_TEMP)
         adc = self._adc
@@ -92,20 +96,20 @@ class Board:
             out[i] = (adc.read_u16() >> 4) & 0xFF
         return bytes(out)
 
-    def unique_id(self):
+    def unique_id(self) -> bytes:
         return machine.unique_id()  # the flash chip's 64-bit unique ID
 
-    def cold_boot(self):
+    def cold_boot(self) -> bool:
         return self._cold
 
-    def reset(self):
+    def reset(self) -> None:
         machine.reset()
 
-    def led(self, on):
+    def led(self, on: bool) -> None:
         if self._led is None:
             self._led = machine.Pin("LED", machine.Pin.OUT)
         self._led.value(1 if on else 0)
 
 
-def make():
+def make() -> hal.Board:
     return Board()

@@ -6,6 +6,10 @@ import os
 import time
 import silicon
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    import hal
+
 NAME = "unix"
 _EXIT_RESET = const(3)  # exit status the rig reads as "board asked for a reset"
 
@@ -13,12 +17,12 @@ _EXIT_RESET = const(3)  # exit status the rig reads as "board asked for a reset"
 class Board:
     name = NAME
 
-    def __init__(self, die):
+    def __init__(self, die: silicon.Die) -> None:
         self._die = die
         self._sram = bytearray()
         self._forgotten = False
 
-    def sram_bits(self, nbytes):
+    def sram_bits(self, nbytes: int) -> bytes:
         # One power-up state per process (a process is one power cycle): later calls in the same
         # boot see the same SRAM content, extended with fresh cells if more is asked for.
         if self._forgotten:
@@ -28,7 +32,7 @@ class Board:
             self._sram = self._sram + more[len(self._sram) :]
         return bytes(self._sram[:nbytes])
 
-    def forget_sram(self):
+    def forget_sram(self) -> None:
         # Drop the snapshot once the identity has its copy: the power-up state is key material
         # and a later read in this boot would not be a power-up state anyway (the region is in
         # use on a real board).
@@ -38,7 +42,7 @@ class Board:
         self._sram = bytearray()
         self._forgotten = True
 
-    def noise(self, n):
+    def noise(self, n: int) -> bytes:
         # Raw samples of a modelled 8-bit ADC: mid-scale plus the sum of two 6-bit uniform noise
         # terms (a triangular spread, so not every value is equally likely: max p = 64/4096,
         # min-entropy 6 bits per sample). Unconditioned, like a real ADC's low bits.
@@ -50,21 +54,21 @@ class Board:
             out[i] = 64 + (raw[j] & 0x3F) + (raw[j + 1] & 0x3F)
         return bytes(out)
 
-    def unique_id(self):
+    def unique_id(self) -> bytes:
         return self._die.uid()
 
-    def cold_boot(self):
+    def cold_boot(self) -> bool:
         # A process start is a power-on unless the rig says it emulates a warm reset.
         return os.getenv("QLINK_WARM_BOOT") != "1"
 
-    def reset(self):
+    def reset(self) -> None:
         # The rig restarts the process: that is the reset.
         raise SystemExit(_EXIT_RESET)
 
-    def led(self, on):
+    def led(self, on: bool) -> None:
         print("D board: led", "on" if on else "off")
 
-    def rtc(self):
+    def rtc(self) -> int:
         # Battery-backed RTC: the host's time plus the offset (s) in the file "rtc" beside the
         # die, outside the device filesystem as an RTC chip is outside flash; the rig skews it
         # there (hil.emulated.EmulatedBoard.set_rtc). No file: the host's time.
@@ -74,15 +78,15 @@ class Board:
         except (OSError, ValueError):
             return int(time.time())
 
-    def set_rtc(self, t):
+    def set_rtc(self, t: int) -> None:
         with open(_rtc_file(), "w") as f:
             f.write(str(int(t) - int(time.time())))
 
 
-def _rtc_file():
+def _rtc_file() -> str:
     die = os.getenv("QLINK_DIE") or ""
     return die[: die.rfind("/") + 1] + "rtc"
 
 
-def make(die_path=None):
+def make(die_path: str | None = None) -> hal.Board:
     return Board(silicon.load(die_path))

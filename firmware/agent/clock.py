@@ -8,6 +8,10 @@ from micropython import const
 from agent.errors import LinkError
 from agent.log import log
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    from collections.abc import Callable
+
 _MIN_UNIX = const(1767225600)  # s, 2026-01-01T00:00:00Z: no true time is older than this firmware
 _MAX_AHEAD = const(252288000)  # s, 8 years: the support window of one firmware build
 _NTP_DELTA = const(2208988800)  # s, 1900-01-01 (NTP era 0) to 1970-01-01 (RFC 4330 section 3)
@@ -31,7 +35,7 @@ _setter = None  # (UNIX seconds) -> None; None keeps an offset in RAM
 _offset = 0
 
 
-def use(source, setter=None):
+def use(source: Callable[[], float], setter: Callable[[int], None] | None = None) -> None:
     global _source, _setter, _offset
     _source = source
     _setter = setter

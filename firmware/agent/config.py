@@ -17,8 +17,18 @@ _MAX_CA = const(4096)  # bytes; a P-256 root is ~500, an RSA-4096 root ~1400
 
 class Config:
     # Plain attributes only, set by load(): without methods the instance keeps no reference to
-    # this module, which main.py unloads after reading the file.
-    pass
+    # this module, which main.py unloads after reading the file. (The declarations below are for
+    # the type checker: they compile to nothing.)
+    server: str | None  # a str once load() returns: parse_https_url refuses anything else
+    host: str
+    port: int
+    prefix: str
+    root_der: bytes
+    telemetry_interval_ms: int
+    max_messages: int
+    max_failures: int
+    log_level: str
+    time_server: tuple[str, int] | None
 
 
 def parse_https_url(url):

@@ -23,6 +23,12 @@ from agent.errors import LinkError, OnboardingError, BrokerRefusedError, ConfigE
 from agent.log import log, set_level, enabled as log_enabled
 from agent.mqtt import MQTTClient
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    from collections.abc import Callable
+    from hal import Board
+    from qdid.identity import Identity
+
 _BACKOFF_MIN_MS = const(1000)  # ms, first retry
 _BACKOFF_MAX_MS = const(60000)  # ms, cap for link failures
 _REFUSED_MS = const(300000)  # ms, after the server refused us (operator action needed)
@@ -115,7 +121,7 @@ def _load_config(path):
     from agent import config
 
     cfg = config.load(path)
-    config = None
+    del config
     _drop("config")
     return cfg
 
@@ -237,8 +243,14 @@ def _sleep_sampling(st, wait):
             st.sample()
 
 
-def run(board, config_path="config.json", data_dir="data", boot=None):
-    # boot: identity factory, qdid.identity.boot unless a test passes another.
+def run(
+    board: Board,
+    config_path: str = "config.json",
+    data_dir: str = "data",
+    boot: Callable[[Board, str], Identity] | None = None,
+) -> _State:
+    # boot: identity factory, qdid.identity.boot unless a test passes another (tests pass None
+    # for the board with a boot of their own).
     try:
         cfg = _load_config(config_path)
     except ConfigError as e:

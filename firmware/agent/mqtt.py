@@ -7,6 +7,10 @@ import time
 from micropython import const
 from agent.errors import LinkError, BrokerRefusedError
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    from tls import SSLSocket
+
 _TX = const(320)  # bytes; fixed header + topic + packet id + a telemetry payload fit in one write
 _RX = const(256)  # bytes; longest inbound packet kept whole (longer PUBLISH payloads are dropped)
 _HDR = const(5)  # bytes; fixed header = 1 type byte + at most 4 remaining-length bytes (2.2.3)
@@ -78,7 +82,7 @@ class MQTTClient:
         self.keepalive_s = keepalive_s
         self.timeout_ms = timeout_ms
         self.on_message = on_message  # called as on_message(topic_bytes, payload_bytes)
-        self.sock = None
+        self.sock: SSLSocket | None = None
         self._pid = 0
         self._tx = bytearray(_TX)
         self._txv = memoryview(self._tx)
@@ -91,6 +95,8 @@ class MQTTClient:
 
     # --- sending -------------------------------------------------------------------------
     def _write(self, mv):
+        if _TYPE_CHECKING:
+            assert self.sock is not None  # packets are sent only after connect()
         try:
             while len(mv):
                 n = self.sock.write(mv)
@@ -123,6 +129,8 @@ class MQTTClient:
 
     # --- receiving -----------------------------------------------------------------------
     def _read_into(self, mv):
+        if _TYPE_CHECKING:
+            assert self.sock is not None  # packets are read only after connect()
         got = 0
         n = len(mv)
         try:

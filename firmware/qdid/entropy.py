@@ -15,6 +15,11 @@ from micropython import const
 import hashlib
 from qdid import QdidError
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    from hal import Board
+    from qdid.drbg import HmacDrbg
+
 _H_CLAIM = const(1)  # claimed min-entropy, bits per raw sample
 _RCT_CUTOFF = const(21)  # 1 + ceil(20 / H), alpha = 2^-20 (SP 800-90B 4.4.1)
 _APT_WINDOW = const(512)  # non-binary samples (SP 800-90B 4.4.2)
@@ -81,12 +86,12 @@ class HealthTests:
 
 class _Source:
     # Health-tested, conditioned noise: full-entropy 32-byte blocks.
-    def __init__(self, board):
+    def __init__(self, board: Board) -> None:
         self._board = board
         self.tests = HealthTests()
         self.tests.feed(board.noise(_STARTUP))  # start-up test; these samples are discarded
 
-    def block(self):
+    def block(self) -> bytes:
         raw = self._board.noise(_APT_WINDOW)
         if len(raw) != _APT_WINDOW:
             raise EntropyError("board noise() returned the wrong number of samples")
@@ -96,12 +101,12 @@ class _Source:
         return h.digest()
 
 
-_source = None
-_drbg = None
+_source: _Source | None = None
+_drbg: HmacDrbg | None = None
 _requests = 0
 
 
-def init(board):
+def init(board: Board) -> None:
     # Start-up tests, then instantiate the DRBG: 32 bytes of full entropy, a 16-byte nonce from
     # the next block (SP 800-90A 8.6.7), the board's unique ID as personalisation string.
     global _source, _drbg, _requests
@@ -115,17 +120,19 @@ def init(board):
     _requests = 0
 
 
-def ready():
+def ready() -> bool:
     return _drbg is not None
 
 
-def random_bytes(n):
+def random_bytes(n: int) -> bytes:
     global _requests
     if _drbg is None:
         raise EntropyError("entropy is not initialised: call qdid.entropy.init(board) at boot")
     if n < 0 or n > _MAX_REQUEST:
         raise ValueError("request 0..65536 bytes")
     if _requests >= _RESEED_EVERY:
+        if _TYPE_CHECKING:
+            assert _source is not None  # init() sets it with _drbg
         _drbg.reseed(_source.block())
         _requests = 0
     _requests += 1

@@ -37,6 +37,10 @@ from qdid.hmac import hkdf_extract, hkdf_expand
 from qdid import files
 from qdid.offset import hamming_weight
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    from hal import Board
+
 SEEDS = const(8)  # seeds per device
 _SEED_LEN = const(16)  # bytes per seed (128 bits)
 _HW_MIN_PCT = const(35)  # power-up Hamming weight bounds, percent of the bits read
@@ -65,7 +69,7 @@ class IdentityWiped(QdidError):
     pass
 
 
-def check_sram(resp):
+def check_sram(resp: bytes | bytearray) -> None:
     # Reject reads that cannot be a power-up state before they reach the fuzzy extractor.
     n = len(resp) * 8
     if n == 0:
@@ -113,7 +117,7 @@ def _extractor(profile):
     return polar
 
 
-def health_failures(data_dir="data"):
+def health_failures(data_dir: str = "data") -> int:
     # PUF health failures recorded on this device so far (public; the agent reports it).
     raw = files.read(data_dir + "/" + _HEALTH)
     if raw is None or len(raw) != 4:
@@ -121,7 +125,7 @@ def health_failures(data_dir="data"):
     return int.from_bytes(raw, "big")
 
 
-def _count_failure(data_dir):
+def _count_failure(data_dir: str) -> None:
     # Count a failed health check before failing closed, so the next boot that succeeds can
     # report it. Best effort: a filesystem error must not hide the health error itself.
     try:
@@ -132,7 +136,7 @@ def _count_failure(data_dir):
 
 
 class Identity:
-    def __init__(self, prk, health=None):
+    def __init__(self, prk: bytes, health: dict[str, int] | None = None) -> None:
         from qdid import p256
 
         # PUF health of this boot (public numbers, no secret): corrected_bits (raw SRAM bits the
@@ -142,51 +146,53 @@ class Identity:
         self.health = health or {}
         self._prk = bytearray(prk)
         self._live = True
-        self._d = p256.scalar_from_seed(self.seed(0))
-        self.public_key = p256.public_key(self._d)
-        self.device_id = binascii.hexlify(hashlib.sha256(self.public_key).digest()).decode()
+        self._d: int | None = p256.scalar_from_seed(self.seed(0))
+        self.public_key: bytes = p256.public_key(self._d)
+        self.device_id: str = binascii.hexlify(hashlib.sha256(self.public_key).digest()).decode()
 
-    def _check(self):
+    def _check(self) -> None:
         if not self._live:
             raise IdentityWiped("identity was wiped; boot again to use it")
 
-    def _key(self):
+    def _key(self) -> int:
         self._check()
+        if _TYPE_CHECKING:
+            assert self._d is not None  # wipe() drops it with _live
         return self._d
 
-    def seed(self, i):
+    def seed(self, i: int) -> bytes:
         # Seed i (0..7) for this device's owners and keys: never print, log or store it.
         if not 0 <= i < SEEDS:
             raise ValueError("seed index 0..7")
         self._check()
         return hkdf_expand(self._prk, _SEED_INFO + str(i).encode(), _SEED_LEN)
 
-    def sign_digest(self, digest32):
+    def sign_digest(self, digest32: bytes) -> bytes:
         # ECDSA P-256 with RFC 6979 nonces hedged with DRBG output (RFC 6979 3.6 additional data).
         from qdid import p256
 
         extra = entropy.random_bytes(32) if entropy.ready() else b""
         return p256.sign_digest(self._key(), digest32, extra)
 
-    def csr(self):
+    def csr(self) -> bytes:
         from qdid import der
 
         return der.csr(self._key(), self.public_key, self.device_id)
 
-    def private_key_der(self):
+    def private_key_der(self) -> bytes:
         # SEC1 DER for tls.SSLContext.load_cert_chain: RAM only, never written.
         from qdid import der
 
         return der.ec_private_key(self._key(), self.public_key)
 
-    def wipe(self):
+    def wipe(self) -> None:
         for i in range(len(self._prk)):
             self._prk[i] = 0
         self._live = False
         self._d = None
 
 
-def boot(board, data_dir="data"):
+def boot(board: Board, data_dir: str = "data") -> Identity:
     # The SRAM first: on a real board the power-up region is read before anything else runs
     # (the C stack and the heap only grow from here on).
     # The fuzzy extractor (tables, buffers and decoder: 7-12 KiB) is loaded for the boot only,
@@ -257,7 +263,7 @@ def boot(board, data_dir="data"):
     return Identity(prk, health)
 
 
-def _drop(before):
+def _drop(before: set[str]) -> None:
     # Lifecycle modules: the extractor loaded for this boot goes, its heap back to the pool.
     import qdid
 

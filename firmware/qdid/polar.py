@@ -39,6 +39,10 @@ from qdid.offset import (  # noqa: F401 (the profile's interface, as qdid.fuzzy 
     stats,
 )
 
+_TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
+if _TYPE_CHECKING:
+    from micropython import ptr8  # a builtin inside @micropython.viper functions
+
 PROFILE_POLAR = const(4)  # helper profile ID
 _N = const(2048)  # mother code length
 _LOG_N = const(11)
