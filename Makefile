@@ -28,10 +28,11 @@ demo: setup ## Run CA + server + Mosquitto on loopback and onboard one emulated 
 test: setup ## Host tests and firmware tests (inside MicroPython) in one pytest summary
 	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests
 
-lint: setup ## ruff check + format check; mypy strict on host/ and hil/
+lint: setup ## ruff check + format check; mypy: strict on host/ and hil/, the firmware on its HAL
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy --config-file mypy-firmware.ini
 
 fmt: setup ## Rewrite code with ruff's formatter and fixes
 	@$(VENV)/bin/ruff check --fix .
