@@ -37,12 +37,12 @@ def _boot(board):
     board.wait_for("console line of the board", timeout=30)
 
 
-def test_passes(board):
-    _boot(board)
+def test_passes(qlink_board):
+    _boot(qlink_board)
 
 
-def test_fails(board):
-    _boot(board)
+def test_fails(qlink_board):
+    _boot(qlink_board)
     assert 6 * 7 == 41, "deliberate"
 """
 

@@ -1,4 +1,5 @@
-"""The rig's pytest fixtures: `board` is a target the protocols describe; rig actions are steps."""
+"""The rig's pytest fixtures: `qlink_board` is a target the protocols describe; rig actions are
+steps."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from hil.emulated import EmulatedBoard
 from hil.targets import EmulatedTarget
 
 
-def test_board_fixture_is_an_emulated_target_with_every_protocol(board: EmulatedTarget) -> None:
+def test_board_fixture_is_an_emulated_target_with_every_protocol(
+    qlink_board: EmulatedTarget,
+) -> None:
     for proto in (protocols.Console, protocols.FileTransfer, protocols.Reset, protocols.Power):
-        assert isinstance(board, proto)
-    board.power_on()
-    assert board.exec("print(7 * 6)") == "42\n"
+        assert isinstance(qlink_board, proto)
+    qlink_board.power_on()
+    assert qlink_board.exec("print(7 * 6)") == "42\n"
     names = [s.name for s in steps.current().steps]
     assert names[:2] == ["power_on", "mpremote"]
     assert steps.current().steps[1].args["args"] == "exec print(7 * 6)"
@@ -21,8 +24,8 @@ def test_board_fixture_is_an_emulated_target_with_every_protocol(board: Emulated
 
 
 def test_fleet_fixture_makes_n_boards_with_their_own_ports(
-    fleet: Callable[[int], list[EmulatedBoard]],
+    qlink_fleet: Callable[[int], list[EmulatedBoard]],
 ) -> None:
-    boards = fleet(3)
+    boards = qlink_fleet(3)
     assert len({b.port for b in boards}) == 3
     assert len({b.die_path.read_text() for b in boards}) == 3  # three dies

@@ -1,5 +1,6 @@
 """qlink as a package a user installs: dependencies declared and pinned, a wheel that carries the
-firmware and finds it outside a checkout, its metadata, the run products a checkout ignores."""
+firmware and finds it outside a checkout, its metadata, the run products a checkout ignores, a
+pytest plug-in that changes nothing in a run that does not use it."""
 
 from __future__ import annotations
 
@@ -384,3 +385,114 @@ def test_every_run_product_is_ignored_and_no_tracked_file_is() -> None:
     r = _git("check-ignore", "--no-index", *products)
     assert sorted(r.stdout.split()) == sorted(products)
     assert _git("ls-files", "--cached", "--ignored", "--exclude-standard").stdout == ""
+
+
+# -- the pytest plug-in ------------------------------------------------------------------------
+
+_OWN_CONFTEST = """
+import pytest
+
+def pytest_addoption(parser):
+    parser.addoption("--board", default="none")
+
+@pytest.fixture
+def server():
+    return "own server"
+
+@pytest.fixture
+def broker():
+    return "own broker"
+
+@pytest.fixture
+def board(request):
+    return "own board on " + request.config.getoption("--board")
+
+@pytest.fixture
+def fleet():
+    return ["a", "b"]
+
+@pytest.fixture
+def board_ports():
+    return []
+
+@pytest.fixture
+def rig_steps():
+    return "own steps"
+"""
+
+_OWN_TEST = """
+from hil import steps
+
+def test_own_fixtures(server, broker, board, fleet, board_ports, rig_steps, request):
+    assert request.config.pluginmanager.has_plugin("hil.pytest_plugin")
+    assert (server, broker, board) == ("own server", "own broker", "own board on X")
+    assert (fleet, board_ports, rig_steps) == (["a", "b"], [], "own steps")
+
+def test_steps_outside_the_rig_fixtures_stay_out_of_the_report():
+    with steps.step("own step"):
+        pass
+"""
+
+_FIXTURE_NAMES = """
+import json, os
+
+def test_closure(request):
+    with open(os.environ["CLOSURE_OUT"], "w") as f:
+        json.dump(sorted(request.fixturenames), f)
+"""
+
+
+def _pytest(cwd: Path, *args: str, plugin: bool = True) -> subprocess.CompletedProcess[str]:
+    """pytest in `cwd` with only its own plugins, and the rig's when `plugin`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env.update(CLOSURE_OUT=str(cwd / "closure.json"))
+    load = ["-p", "hil.pytest_plugin"] if plugin else []
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *load, *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_project_with_its_own_server_board_fleet_and_board_option_runs_with_the_plugin(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "conftest.py").write_text(_OWN_CONFTEST)
+    (tmp_path / "test_own.py").write_text(_OWN_TEST)
+    r = _pytest(tmp_path, "-rP", "--board", "X")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 passed" in r.stdout
+    assert "rig steps" not in r.stdout
+
+
+def _options(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", help_text))
+
+
+def _fixtures(listing: str) -> set[str]:
+    return set(re.findall(r"^(\w+)(?: \[[^\]]*\])? -- ", listing, re.M))
+
+
+def test_the_plugin_adds_only_prefixed_options_and_fixtures_and_nothing_autouse(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_closure.py").write_text(_FIXTURE_NAMES)
+    seen = {}
+    for plugin in (False, True):
+        helped = _pytest(tmp_path, "--help", plugin=plugin)
+        listed = _pytest(tmp_path, "--fixtures", "-v", plugin=plugin)
+        ran = _pytest(tmp_path, "-q", plugin=plugin)
+        for r in (helped, listed, ran):
+            assert r.returncode == 0, r.stdout + r.stderr
+        closure = json.loads((tmp_path / "closure.json").read_text())
+        seen[plugin] = (_options(helped.stdout), _fixtures(listed.stdout), closure)
+    (opts0, fix0, closure0), (opts1, fix1, closure1) = seen[False], seen[True]
+    assert opts1 - opts0 == {"--qlink-board"}
+    assert opts0 <= opts1
+    assert fix1 - fix0 == {
+        "qlink_server",
+        "qlink_broker",
+        "qlink_board",
+        "qlink_fleet",
+        "qlink_board_ports",
+        "qlink_rig_steps",
+    }
+    assert closure1 == closure0 == ["request"]
