@@ -1,6 +1,7 @@
 """qlink as a package a user installs: dependencies declared and pinned, a wheel that carries the
 firmware and finds it outside a checkout, its metadata, the run products a checkout ignores, a
-pytest plug-in that changes nothing in a run that does not use it."""
+pytest plug-in that changes nothing in a run that does not use it, and the MicroPython package
+files (mip's firmware/package.json, the freeze manifest.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 import zipfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,15 @@ from typing import Any
 import pytest
 
 from hil import build, unixport
+from hil.emulated import EmulatedBoard
+from hil.targets import mpremote_exe
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT: dict[str, Any] = PYPROJECT["project"]
 FIRMWARE = REPO / "firmware"
 BOARDS = REPO / "boards"
+GITHUB = "github:qlink-dev/qlink"
 
 # Core dependencies that no module imports: programs the rig runs, and uvicorn's HTTP parser.
 # Each with a file and a text in it that shows the use.
@@ -496,3 +502,196 @@ def test_the_plugin_adds_only_prefixed_options_and_fixtures_and_nothing_autouse(
         "qlink_rig_steps",
     }
     assert closure1 == closure0 == ["request"]
+
+
+# -- MicroPython package files -----------------------------------------------------------------
+
+
+def _package_json() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((FIRMWARE / "package.json").read_text())
+    return doc
+
+
+def _firmware_version() -> str:
+    tree = ast.parse((FIRMWARE / "agent" / "version.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "VERSION":
+            return str(ast.literal_eval(node.value))
+    raise AssertionError("firmware/agent/version.py has no VERSION")
+
+
+def test_package_json_lists_exactly_the_firmware_files_at_their_device_paths() -> None:
+    doc = _package_json()
+    files = sorted(p.relative_to(FIRMWARE).as_posix() for p in _python_files("firmware"))
+    devices = [dev for dev, _ in doc["urls"]]
+    assert sorted(devices) == files
+    assert len(set(devices)) == len(devices)
+    # Each file comes from beside package.json, under the path it has on the board (the layout
+    # `qlink rig flash` installs: packages and entry points at the root of the filesystem).
+    assert all(url == dev for dev, url in doc["urls"])
+    assert {p.split("/")[0] for p in files if "/" in p} == set(build.PACKAGES)
+    assert set(build.ENTRY_POINTS) <= set(files)
+    assert doc["version"] == _firmware_version()
+    assert doc.get("deps", []) == []  # MicroPython's own modules only (DESIGN.md)
+
+
+class _DirectoryTransport:
+    """The transport calls mpremote's mip makes, on a directory standing for a board's
+    filesystem root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def fs_exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def fs_mkdir(self, path: str) -> None:
+        self._path(path).mkdir()
+
+    def fs_writefile(self, path: str, data: bytes, progress_callback: object = None) -> None:
+        self._path(path).write_bytes(data)
+
+
+class _Answer:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __enter__(self) -> _Answer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read(self) -> bytes:
+        return self.data
+
+
+def test_mpremote_mip_installs_the_github_package_onto_the_board_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mpremote import mip
+
+    raw = "https://raw.githubusercontent.com/qlink-dev/qlink/HEAD/"
+    asked = []
+
+    def urlopen(url: str) -> _Answer:  # GitHub's raw files, served from this checkout
+        asked.append(url)
+        assert url.startswith(raw), url
+        return _Answer((REPO / urllib.parse.unquote(url.removeprefix(raw))).read_bytes())
+
+    monkeypatch.setattr(mip.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(mip, "show_progress_bar", None)
+    board = tmp_path / "board"
+    board.mkdir()
+    # = mpremote mip install --target / github:qlink-dev/qlink/firmware
+    mip._install_package(_DirectoryTransport(board), f"{GITHUB}/firmware", "", "/", None, True)
+    assert asked[0] == raw + "firmware/package.json"
+    installed = sorted(p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file())
+    expected = sorted(p.relative_to(FIRMWARE).as_posix() for p in _python_files("firmware"))
+    assert installed == expected
+    for name in expected:
+        assert (board / name).read_bytes() == (FIRMWARE / name).read_bytes()
+
+
+@pytest.fixture
+def bare_board(tmp_path: Path) -> Iterator[EmulatedBoard]:
+    b = EmulatedBoard(tmp_path, "mip")
+    b.fs.mkdir(parents=True)
+    (b.fs / "boot.py").write_text("")
+    (b.fs / "main.py").write_text("print('BOARD UP')\n")
+    b.power_on()
+    b.wait_for("BOARD UP", timeout=30)
+    yield b
+    b.close()
+
+
+def test_mpremote_mip_installs_the_local_package_json_onto_a_board(
+    bare_board: EmulatedBoard,
+) -> None:
+    # `--target .`: the board's current directory, its root (an emulated board's absolute paths
+    # would reach the host's filesystem).
+    cmd = [mpremote_exe(), "connect", bare_board.port, "mip", "install", "--target", "."]
+    proc = subprocess.run(
+        [*cmd, str(FIRMWARE / "package.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in (p.relative_to(FIRMWARE).as_posix() for p in _python_files("firmware")):
+        assert (bare_board.fs / name).read_bytes() == (FIRMWARE / name).read_bytes(), name
+
+
+class _Options:
+    """MicroPython's `options` in a manifest: include() keywords over the manifest's defaults."""
+
+    def __init__(self, **given: object) -> None:
+        self._given = given
+        self._defaults: dict[str, object] = {}
+
+    def defaults(self, **kw: object) -> None:
+        self._defaults = kw
+
+    def __getattr__(self, name: str) -> object:
+        return self._given.get(name, self._defaults.get(name))
+
+
+def _run_manifest(monkeypatch: pytest.MonkeyPatch, **given: object) -> dict[str, list[Any]]:
+    calls: dict[str, list[Any]] = {k: [] for k in ("package", "module", "include", "freeze")}
+    calls["require"] = []
+
+    def package(path: str, files: object = None, base_path: str = ".", opt: object = None) -> None:
+        assert (REPO / base_path / path / "__init__.py").is_file(), (base_path, path)
+        calls["package"].append((base_path, path))
+
+    def module(path: str, base_path: str = ".", opt: object = None) -> None:
+        assert (REPO / base_path / path).is_file(), (base_path, path)
+        calls["module"].append(f"{base_path}/{path}")
+
+    stubs = {
+        "package": package,
+        "module": module,
+        "include": lambda path, **kw: calls["include"].append(path),
+        "freeze": lambda *a, **kw: calls["freeze"].append(a),
+        "require": lambda *a, **kw: calls["require"].append(a),
+        "options": _Options(**given),
+    }
+    monkeypatch.chdir(REPO)  # the manifest tool runs a manifest in its own folder
+    exec(compile((REPO / "manifest.py").read_text(), "manifest.py", "exec"), stubs)
+    return calls
+
+
+def test_the_freeze_manifest_names_every_firmware_package_entry_point_and_the_board_hal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    packages = sorted(p.parent.name for p in FIRMWARE.glob("*/__init__.py"))
+    entry_points = sorted(p.name for p in FIRMWARE.glob("*.py"))
+    monkeypatch.delenv("QLINK_BOARD", raising=False)
+    calls = _run_manifest(monkeypatch, board="rp2040")
+    assert sorted(p for _, p in calls["package"]) == packages == sorted(build.PACKAGES)
+    assert {b for b, _ in calls["package"]} == {"firmware"}
+    assert sorted(calls["module"]) == sorted(
+        [f"firmware/{e}" for e in entry_points] + ["boards/rp2040/board.py"]
+    )
+    assert calls["include"] == ["$(PORT_DIR)/boards/manifest.py"]
+    assert calls["freeze"] == calls["require"] == []
+    # The unix board's HAL has its silicon model beside it.
+    calls = _run_manifest(
+        monkeypatch, board="unix", port_manifest="$(PORT_DIR)/variants/manifest.py"
+    )
+    assert {"boards/unix/board.py", "boards/unix/silicon.py"} <= set(calls["module"])
+    assert calls["include"] == ["$(PORT_DIR)/variants/manifest.py"]
+    # The board can come from the environment (a port's FROZEN_MANIFEST build takes no keywords).
+    monkeypatch.setenv("QLINK_BOARD", "esp32")
+    assert "boards/esp32/board.py" in _run_manifest(monkeypatch)["module"]
+    # Packages only: no HAL, no entry points, no port manifest.
+    monkeypatch.delenv("QLINK_BOARD")
+    calls = _run_manifest(monkeypatch, port_manifest="", entry_points=False)
+    assert calls["module"] == calls["include"] == []
+    assert len(calls["package"]) == len(packages)
+    with pytest.raises(ValueError, match="no board 'pico9'"):
+        _run_manifest(monkeypatch, board="pico9")
