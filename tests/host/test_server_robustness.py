@@ -142,3 +142,27 @@ def test_wrong_method_is_405(env: Any) -> None:
 def test_openapi_schema_is_served(env: Any) -> None:
     doc = call(env, "GET", "/openapi.json").json()
     assert "/v1/onboard/proof" in doc["paths"] and "/v1/admin/batches" in doc["paths"]
+
+
+def test_device_routes_are_documented_from_their_one_table(env: Any) -> None:
+    from host.server.deviceapi import ROUTES
+
+    doc = call(env, "GET", "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for path, route in ROUTES.items():
+        post = doc["paths"][path]["post"]
+        ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{route.request.__name__}"
+        assert set(schemas[route.request.__name__]["properties"]) == set(
+            route.request.model_fields
+        )
+        answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert answer.rsplit("/", 1)[1] in schemas
+        assert {"400", "405", "408", "413"} <= set(post["responses"])
+        assert list(doc["paths"][path]) == ["post"]
+
+
+def test_a_path_beside_the_device_routes_goes_to_the_framework(env: Any) -> None:
+    for path in ("/v1/onboard/hello/", "/v1/onboard/other"):
+        r = call(env, "POST", path, json={})
+        assert (r.status_code, r.json()["error"]) == (404, "not_found")

@@ -212,3 +212,13 @@ def test_telemetry_under_another_tenant_is_not_stored(registry: Store) -> None:
     assert not registry.devices.record_telemetry(device_id, {"seq": 9}, 6.0, "globex")
     d = registry.devices.get(device_id)
     assert d is not None and (d.last_seen, d.last_telemetry) == (None, None)
+
+
+@pytest.mark.parametrize("name", ["a+b", "a#", "#"])
+def test_names_with_mqtt_wildcards_are_refused(registry: Store, name: str) -> None:
+    # A tenant is a level of every device topic: a wildcard there would widen a subscription.
+    with pytest.raises(StoreError, match="tenant"):
+        registry.batches.create("ok", name)
+    with pytest.raises(StoreError, match="batch name"):
+        registry.batches.create(name, "acme")
+    assert [b.name for b in registry.batches.list()] == ["b1"]

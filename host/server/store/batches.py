@@ -141,6 +141,8 @@ class Batches:
         batch with the same key is left as it is, so a retried import changes nothing; a row
         registered in another batch is an error. Returns the number of devices added.
         """
+        with self._db.transaction(write=False) as tx:
+            find(tx, batch, tenant)  # an unknown batch is named before the file's faults
         if isinstance(lines, str):
             rows, errors = parse_any(lines, fmt, progress)
         else:

@@ -200,24 +200,59 @@ class Database:
                 f"cannot open the database ({type(e).__name__}: {e}); check the path or URL"
             ) from e
 
-    def _checkout(self) -> _Connection:
+    def _checkout(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection and whether it was pooled (`fresh`: a new one whatever the pool has)."""
         now = time.monotonic()
         while True:
             with self._lock:
                 if self._closed:
                     raise StoreError("the store is closed")
-                conn, since = self._idle.pop() if self._idle else (None, now)
+                conn, since = self._idle.pop() if self._idle and not fresh else (None, now)
                 self.checked_out += 1
             if conn is None:
                 try:
-                    return self._connect()
+                    return self._connect(), False
                 except BaseException:
                     with self._lock:
                         self.checked_out -= 1
                     raise
             if self.dialect == "sqlite" or now - since < _PING_AFTER_S or self._alive(conn):
-                return conn
+                return conn, True
             self._discard(conn)  # a server restart killed it: take another
+
+    def _drop_idle(self) -> None:
+        """Close every pooled connection (after one turned out dead, the others likely are)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _since in idle:
+            try:
+                conn.close()
+            except self.dbapi_errors:
+                pass
+
+    def _first(self, statement: str, params: Mapping[str, Any] | None) -> tuple[_Connection, Any]:
+        """A connection and a cursor that has run `statement`. A pooled connection that the
+        database dropped (a restart, an idle timeout) fails here before anything ran, so the
+        statement is tried once more on a new connection."""
+        for attempt in (1, 2):
+            conn, pooled = self._checkout(fresh=attempt == 2)
+            try:
+                cur = conn.cursor()
+                cur.execute(self.sql(statement), params or {})
+                return conn, cur
+            except self.dbapi_errors as e:
+                if isinstance(e, self._gone) or attempt == 2 or not pooled:
+                    self._discard(conn)
+                else:
+                    self._checkin(conn)
+                if attempt == 1 and pooled and isinstance(e, self._gone):
+                    self._drop_idle()
+                    continue
+                raise self.translate(e) from e
+            except BaseException:
+                self._discard(conn)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _alive(self, conn: _Connection) -> bool:
         try:
@@ -249,17 +284,11 @@ class Database:
         """One transaction: committed when the block ends, rolled back when it raises (or
         calls `rollback()`); the connection goes back to the pool either way, or is closed
         if the database dropped it."""
-        conn = self._checkout()
-        cur: Any = None
-        began = False
+        conn, cur = self._first(
+            "BEGIN IMMEDIATE" if write and self.dialect == "sqlite" else "BEGIN", None
+        )
+        began = True
         try:
-            cur = conn.cursor()
-            begin = "BEGIN IMMEDIATE" if write and self.dialect == "sqlite" else "BEGIN"
-            try:
-                cur.execute(begin)
-            except self.dbapi_errors as e:
-                raise self.translate(e) from e
-            began = True
             try:
                 yield Tx(self, cur)
             except _Rollback:
@@ -277,8 +306,7 @@ class Database:
             raise
         finally:
             if conn is not None:
-                if cur is not None:
-                    cur.close()
+                cur.close()
                 self._checkin(conn)
 
     def _settle(self, conn: _Connection, cur: Any, began: bool, e: BaseException) -> bool:
@@ -303,21 +331,16 @@ class Database:
 
     def one(self, sql: str, params: Mapping[str, Any] | None = None) -> Row | None:
         """One statement that reads, outside any explicit transaction (it is atomic alone)."""
-        conn = self._checkout()
-        ok = False
+        conn, cur = self._first(sql, params)
         try:
-            cur = conn.cursor()
-            try:
-                result = Tx(self, cur).one(sql, params)
-            finally:
-                cur.close()
-            ok = True
-            return result
-        finally:
-            if ok:
-                self._checkin(conn)
-            else:
-                self._discard(conn)
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description or ()]
+            cur.close()
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._checkin(conn)
+        return None if row is None else dict(zip(names, row, strict=True))
 
     def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         with self.transaction(write=False) as tx:
