@@ -12,7 +12,8 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from host.server.store.database import SCHEMA_HEAD as HEAD
-from host.server.store.database import StoreError, database_url
+from host.server.store.database import database_url
+from host.server.store.errors import StoreError
 
 _BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

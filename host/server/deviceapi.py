@@ -161,7 +161,7 @@ def openapi_paths(ref_template: str = "#/components/schemas/{model}") -> tuple[d
     """The device routes for the OpenAPI schema: (paths, component schemas)."""
     from pydantic.json_schema import models_json_schema
 
-    models = {ErrorBody}
+    models: set[type[BaseModel]] = {ErrorBody}
     for r in ROUTES.values():
         models.update((r.request, r.answer))
     refs, defs = models_json_schema(

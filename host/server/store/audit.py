@@ -58,7 +58,8 @@ class AuditLog:
         limit: int = 1000,
     ) -> list[AuditOut]:
         """Newest first."""
-        where, params = [], {"limit": limit}
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit}
         for column, value in (("tenant", tenant), ("action", action), ("target", target)):
             if value is not None:
                 where.append(f"{column} = :{column}")

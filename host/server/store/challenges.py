@@ -114,6 +114,7 @@ class Challenges:
         policy driver registered the device, which removed any exception it held there.
         """
         serial_hex = format(serial, "x")
+        done = False
         with self._db.transaction() as tx:
             if tx.execute(_USE, {"id": cid, "now": now, "hash": proof_hash}) != 1:
                 self._db.rollback()
@@ -143,8 +144,8 @@ class Challenges:
                     f"device:{dev.device_id}",
                     serial=serial_hex,
                 )
-            return True
-        return False
+            done = True
+        return done
 
     def purge(self, before: float) -> int:
         """Drop challenges that expired before `before` (used or not)."""

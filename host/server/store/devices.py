@@ -6,6 +6,7 @@ A device of another tenant is reported as not existing; `tenant=None` sees every
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Mapping
@@ -105,7 +106,7 @@ class Devices:
             params.update(limit=limit, offset=offset)
         return [record(r) for r in self._db.all(sql, params)]
 
-    def denied(self, policy: str) -> list[DeviceRecord]:
+    def denied(self, policy: str) -> builtins.list[DeviceRecord]:
         """Disabled or revoked devices of batches with `policy`: the exceptions a broker must
         keep (applied again when the server starts)."""
         sql = (
@@ -168,7 +169,7 @@ class Devices:
                 )
         return bool(changed)
 
-    def revoked_certs(self, now: float | None = None) -> list[RevokedCert]:
+    def revoked_certs(self, now: float | None = None) -> builtins.list[RevokedCert]:
         """Revoked certificates not yet expired (an expired one leaves the CRL, RFC 5280 3.3)."""
         now = time.time() if now is None else now
         rows = self._db.all(
