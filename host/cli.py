@@ -2,28 +2,174 @@
 
 Every command works on the data directory (`--data-dir`, or env QLINK_DATA_DIR, default
 ./qlink-data). The registry is SQLite in WAL mode, so these commands are safe while the
-server runs.
+server runs. A command that only reads refuses a directory without qlink data rather than
+create an empty registry there.
+
+Start-up cost: this module imports only what `qlink --help` needs (typer and the settings'
+names). Each command imports its own layers (the registry and SQLAlchemy, the CA, rich's
+tables and progress bars, httpx), and the plug-in groups of other packages (`qlink rig`,
+`qlink puf`: numpy, matplotlib, the whole rig) are imported only when invoked; `--help` reads
+their one-line help from their module's docstring without running it. bench/cli_start.py
+measures each command against a bare `import typer, cryptography.x509`.
+
+Every list and every command that reports a result takes `--json`: one JSON document on
+stdout, messages on stderr, the same exit codes.
 """
 
-from __future__ import annotations
-
-import datetime as dt
+# No `from __future__ import annotations`: typer reads every command's signature when it builds
+# the command tree, and string annotations cost it an eval each (~20 ms on every call).
+import functools
 import json
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.console import Console
-from rich.table import Column, Table
+from typer.core import TyperGroup
 
 from host.server import ServerError
 from host.server.settings import ENV_DATA_DIR, Settings
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from host.server.registry import Actor, Registry
 
+PLUGIN_GROUP = "qlink.cli"
+
+
+class CliError(ServerError):
+    pass
+
+
+# -- plug-in groups ----------------------------------------------------------------------------
+@functools.cache
+def _plugins() -> dict[str, str]:
+    """Command groups that other packages add (the rig's `qlink rig`, `qlink puf`), found through
+    the `qlink.cli` entry points so the server package never imports them: name -> module:attr.
+
+    Read straight from the entry_points.txt of each distribution on sys.path (the first of a
+    name wins, as in importlib.metadata), because importing importlib.metadata and letting it
+    scan costs ~25 ms, a tenth of `qlink --help`.
+    """
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:  # a zip file or a missing directory: no plug-in installs there
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            dist = name.rsplit(".", 1)[0].split("-")[0].lower().replace("_", "-")
+            if dist in seen:
+                continue
+            seen.add(dist)
+            try:
+                text = Path(entry or ".", name, "entry_points.txt").read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            found.update(_entry_points(text, PLUGIN_GROUP))
+    return found
+
+
+def _entry_points(text: str, group: str) -> dict[str, str]:
+    """`name = module:attr` lines of section [group] of an entry_points.txt (an INI file)."""
+    points: dict[str, str] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line and not line.startswith(("#", ";")):
+            name, _, value = line.partition("=")
+            points[name.strip()] = value.split("[", 1)[0].strip()  # drop any [extras]
+    return points
+
+
+class _PluginStub(TyperGroup):
+    """Stands for a plug-in group in `qlink --help` until the group is invoked."""
+
+
+def _plugin_help(target: str) -> str:
+    """The first line of the plug-in module's docstring, read from its source without running
+    it (its imports are what a lazy group saves)."""
+    import ast
+    from importlib.util import find_spec
+
+    module = target.partition(":")[0]
+    source: str | None = None
+    try:
+        spec = find_spec(module)
+        if spec is None:
+            return f"(unavailable: no module {module})"
+        if spec.origin and spec.origin.endswith(".py"):
+            source = Path(spec.origin).read_text()
+        else:  # not a plain source file: ask its loader, if it can tell
+            get_source = getattr(spec.loader, "get_source", None)
+            source = get_source(module) if get_source else None
+        doc = ast.get_docstring(ast.parse(source)) if source else None
+    except Exception as e:  # a broken plug-in must not take `qlink --help` down
+        return f"(unavailable: {type(e).__name__}: {e})"
+    if not doc:
+        return ""
+    line = doc.strip().splitlines()[0]
+    # "`qlink rig`: list targets, ..." -> "List targets, ..."
+    if line.startswith("`qlink ") and "`:" in line:
+        line = line.split("`:", 1)[1].strip()
+    return line[:1].upper() + line[1:]
+
+
+def _load_plugin(name: str) -> Any:
+    """Import the plug-in group `name`. One that fails says why (and what to do) when used."""
+    import importlib
+
+    module, _, attr = _plugins()[name].partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+        return typer.main.get_group(obj) if isinstance(obj, typer.Typer) else obj
+    except Exception as e:  # a broken plug-in must not take the whole CLI down
+        raise CliError(
+            f"'qlink {name}' cannot load ({type(e).__name__}: {e}); run: make setup"
+        ) from e
+
+
+class _Qlink(TyperGroup):
+    """The root group: its own commands, then the plug-in groups, imported when invoked."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        own = super().list_commands(ctx)
+        return own + sorted(n for n in _plugins() if n not in self.commands)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in _plugins():
+            return _PluginStub(name=cmd_name, help=_plugin_help(_plugins()[cmd_name]))
+        return cmd
+
+    def get_help_option(self, ctx: Any) -> Any:
+        # typer passes an absent --help (None) through a pydantic TypeAdapter, which imports
+        # pydantic (~50 ms) on every subcommand, `qlink batch --help` included; it leaves a
+        # bool alone, so the root's absent --help is False.
+        option = super().get_help_option(ctx)
+        if option is not None and option.default is None:
+            option.default = False
+        return option
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if isinstance(cmd, _PluginStub) and name is not None:
+            cmd = _load_plugin(name)
+        return name, cmd, rest
+
+
+# -- the command tree ----------------------------------------------------------------------------
 app = typer.Typer(
+    cls=_Qlink,
     help="qlink: chip-to-cloud device security (server, CA, registry, broker).",
     no_args_is_help=True,
     add_completion=False,
@@ -51,8 +197,67 @@ app.add_typer(ca_app, name="ca")
 app.add_typer(token_app, name="token")
 app.add_typer(device_app, name="device")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"qlink {version('qlink')}")
+        except PackageNotFoundError:
+            raise CliError(
+                "qlink is not installed, so it has no version; run: make setup"
+            ) from None
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+# -- output ----------------------------------------------------------------------------------
+@functools.cache
+def _console(stderr: bool) -> "Console":
+    # rich's console costs ~25 ms to import: only commands that print through it pay.
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True)
+
+
+def _out(*text: Any) -> None:
+    _console(False).print(*text)
+
+
+def _err(*text: Any, **kw: Any) -> None:
+    _console(True).print(*text, **kw)
+
+
+def _plain(obj: Any) -> Any:
+    """A read model as JSON-ready data: the store's pydantic models (`model_dump`) or the
+    registry's dataclasses (`as_json`). Every JSON the CLI prints goes through here."""
+    dump = getattr(obj, "model_dump", None)
+    return dump(mode="json") if dump is not None else obj.as_json()
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
 
 DataDir = Annotated[
     Path,
@@ -64,19 +269,29 @@ DataDir = Annotated[
     ),
 ]
 _DEFAULT_DIR = Path("qlink-data")
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+Tenant = Annotated[
+    str | None,
+    typer.Option(help="Tenant of the batch (needed only when two tenants use the name)."),
+]
 
 
-class CliError(ServerError):
-    pass
+def _registry(data_dir: Path, *, create: bool = False) -> "Registry":
+    """The registry of `data_dir`. Only a command that makes the first records (`batch create`,
+    `token create`) may create it; any other refuses a directory without qlink data, which it
+    leaves exactly as it was (an operator who mistyped the path learns it at once)."""
+    settings = Settings(data_dir=data_dir)
+    if not create:
+        from host.server.datadir import NoQlinkData, data_dir_has_qlink_data
 
-
-def _registry(data_dir: Path) -> Registry:
+        if not data_dir_has_qlink_data(settings.data_dir, settings.database_url):
+            raise NoQlinkData(settings.data_dir)
     from host.server.registry import Registry
 
-    return Registry(Settings(data_dir=data_dir).database)
+    return Registry(settings.database)
 
 
-def _actor() -> Actor:
+def _actor() -> "Actor":
     import getpass
 
     from host.server.registry import Actor
@@ -88,18 +303,7 @@ def _actor() -> Actor:
     return Actor(f"cli:{user}", "local")
 
 
-Tenant = Annotated[
-    str | None,
-    typer.Option(help="Tenant of the batch (needed only when two tenants use the name)."),
-]
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
+# -- commands ----------------------------------------------------------------------------------
 @app.command()
 def server(
     data_dir: DataDir = _DEFAULT_DIR,
@@ -160,13 +364,17 @@ def batch_create(
     policy: Annotated[
         str, typer.Option(help="Policy driver of its devices: mosquitto, aws or azure.")
     ] = "mosquitto",
+    as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Create an empty, active batch."""
     if policy not in ("mosquitto", "aws", "azure"):
         raise CliError(f"policy must be mosquitto, aws or azure, not {policy!r}")
-    _registry(data_dir).create_batch(name, tenant, policy, actor=_actor())
-    out.print(f"batch [bold]{name}[/] created (tenant {tenant})")
+    batch = _registry(data_dir, create=True).create_batch(name, tenant, policy, actor=_actor())
+    if as_json:
+        _print_json(_plain(batch))
+        return
+    _out(f"batch [bold]{name}[/] created (tenant {tenant})")
 
 
 @batch_app.command("import")
@@ -178,6 +386,7 @@ def batch_import(
     ] = None,
     tenant: Tenant = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Import devices from a CSV or JSON file: all rows or none.
@@ -196,18 +405,19 @@ def batch_import(
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise CliError(f"cannot read {file}: {why}; check the path") from e
+    registry = _registry(data_dir)
     bar = Progress(
         TextColumn("checking"),
         BarColumn(),
         MofNCompleteColumn(),
-        console=err,
+        console=_console(True),
         transient=True,
         disable=not progress,
     )
     try:
         with bar:
             task = bar.add_task("import", total=None)
-            count = _registry(data_dir).import_devices(
+            count = registry.import_devices(
                 name,
                 text,
                 tenant=tenant,
@@ -217,20 +427,30 @@ def batch_import(
             )
     except ImportRejected as e:
         for row in e.errors:
-            err.print(f"[red]{file}:{row.line}: {row.reason}[/]")
+            _err(f"[red]{file}:{row.line}: {row.reason}[/]")
         raise CliError(
             f"{len(e.errors)} bad row(s) in {file}; nothing was imported. Fix them and run again"
         ) from e
-    out.print(f"imported {count} device(s) into batch [bold]{name}[/]")
+    if as_json:
+        _print_json({"imported": count, "batch": _plain(registry.batch(name, tenant))})
+        return
+    _out(f"imported {count} device(s) into batch [bold]{name}[/]")
 
 
 @batch_app.command("list")
-def batch_list(data_dir: DataDir = _DEFAULT_DIR) -> None:
+def batch_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """List batches with their tenant, state and device count."""
-    table = Table("batch", "tenant", "active", "policy", "devices")
-    for b in _registry(data_dir).batches():
-        table.add_row(b.name, b.tenant, "yes" if b.active else "no", b.policy, str(b.devices))
-    out.print(table)
+    rows = _registry(data_dir).batches()
+    if as_json:
+        _print_json([_plain(b) for b in rows])
+        return
+    from rich.table import Table
+
+    table = Table("batch", "tenant", "active", "policy", "devices", "created (UTC)")
+    for b in rows:
+        active = "yes" if b.active else "no"
+        table.add_row(b.name, b.tenant, active, b.policy, str(b.devices), _when(b.created_at))
+    _out(table)
 
 
 @batch_app.command("export")
@@ -241,34 +461,42 @@ def batch_export(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Export a batch and its devices as JSON (a backup; `batch import` takes it back)."""
-    from host.server.files import atomic_write
-
     doc = json.dumps(_registry(data_dir).export_batch(name, tenant), indent=1) + "\n"
     if out_file is None:
         sys.stdout.write(doc)
     else:
+        from host.server.files import atomic_write
+
         atomic_write(out_file, doc.encode(), 0o600)
-        err.print(f"batch {name} written to {out_file}")
+        _err(f"batch {name} written to {out_file}")
 
 
-def _set_active(name: str, active: bool, tenant: str | None, data_dir: Path) -> None:
-    _registry(data_dir).set_batch_active(name, active, tenant, actor=_actor())
-    out.print(f"batch [bold]{name}[/] {'enabled' if active else 'disabled'}")
+def _set_active(name: str, active: bool, tenant: str | None, data_dir: Path, as_json: bool) -> None:
+    registry = _registry(data_dir)
+    registry.set_batch_active(name, active, tenant, actor=_actor())
+    if as_json:
+        _print_json(_plain(registry.batch(name, tenant)))
+        return
+    _out(f"batch [bold]{name}[/] {'enabled' if active else 'disabled'}")
 
 
 @batch_app.command("disable")
-def batch_disable(name: str, tenant: Tenant = None, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def batch_disable(
+    name: str, tenant: Tenant = None, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR
+) -> None:
     """Stop onboarding the batch's devices (onboarded devices keep their certificates)."""
-    _set_active(name, False, tenant, data_dir)
+    _set_active(name, False, tenant, data_dir, as_json)
 
 
 @batch_app.command("enable")
-def batch_enable(name: str, tenant: Tenant = None, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def batch_enable(
+    name: str, tenant: Tenant = None, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR
+) -> None:
     """Let the batch's devices onboard again."""
-    _set_active(name, True, tenant, data_dir)
+    _set_active(name, True, tenant, data_dir, as_json)
 
 
-def _device_change(device_id: str, change: str, data_dir: Path) -> None:
+def _device_change(device_id: str, change: str, data_dir: Path, as_json: bool = False) -> None:
     from host.server.admin import device_change
     from host.server.ca import CertificateAuthority
     from host.server.onboarding import BrokerEndpoint, Onboarding
@@ -294,26 +522,29 @@ def _device_change(device_id: str, change: str, data_dir: Path) -> None:
         raise CliError(f"the broker refused the change ({e}); nothing changed, retry") from e
     finally:
         driver.close()
+    if as_json:
+        _print_json(_plain(dev))
+        return
     state = dev.state + (" (disabled)" if dev.disabled else "")
-    out.print(f"device {dev.device_id}: {state}")
+    _out(f"device {dev.device_id}: {state}")
 
 
 @device_app.command("revoke")
-def device_revoke(device_id: str, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_revoke(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """Revoke a device for good: its certificate goes on the CRL, the broker forgets it."""
-    _device_change(device_id, "revoke", data_dir)
+    _device_change(device_id, "revoke", data_dir, as_json)
 
 
 @device_app.command("disable")
-def device_disable(device_id: str, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_disable(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """Refuse the device's broker connections and onboarding until it is enabled again."""
-    _device_change(device_id, "disable", data_dir)
+    _device_change(device_id, "disable", data_dir, as_json)
 
 
 @device_app.command("enable")
-def device_enable(device_id: str, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_enable(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """Undo `device disable`."""
-    _device_change(device_id, "enable", data_dir)
+    _device_change(device_id, "enable", data_dir, as_json)
 
 
 @token_app.command("create")
@@ -324,6 +555,9 @@ def token_create(
     remote: Annotated[
         bool, typer.Option(help="Ask the server you logged in to (qlink login), in your tenant.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The token and its operator as one JSON object.")
+    ] = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Create an operator API token and print it once (only its SHA-256 is stored)."""
@@ -331,33 +565,49 @@ def token_create(
         from host.client import AdminClient
 
         answer = AdminClient.from_login().post("/v1/admin/tokens", {"name": name, "role": role})
-        print(answer["token"])
-        err.print(f"token for {name} ({answer['role']} in tenant {answer['tenant']})")
+        if as_json:
+            _print_json(answer)
+        else:
+            print(answer["token"])
+        _err(f"token for {name} ({answer['role']} in tenant {answer['tenant']})")
         return
-    token, op = _registry(data_dir).create_token(name, tenant, role, actor=_actor())
-    print(token)
-    err.print(f"token for {op.name} ({op.role} in tenant {op.tenant}); it is not shown again")
+    token, op = _registry(data_dir, create=True).create_token(name, tenant, role, actor=_actor())
+    if as_json:
+        _print_json({"token": token, **_plain(op)})
+    else:
+        print(token)
+    _err(f"token for {op.name} ({op.role} in tenant {op.tenant}); it is not shown again")
 
 
 @token_app.command("list")
-def token_list(data_dir: DataDir = _DEFAULT_DIR) -> None:
+def token_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """List operators and their tokens' state (never the tokens)."""
-    table = Table("operator", "tenant", "role", "created", "state")
-    for o in _registry(data_dir).operators():
+    rows = _registry(data_dir).operators()
+    if as_json:
+        _print_json([{**_plain(o), "created_at": o.created_at, "revoked": o.revoked} for o in rows])
+        return
+    from rich.table import Table
+
+    table = Table("operator", "tenant", "role", "created (UTC)", "state")
+    for o in rows:
         state = "revoked" if o.revoked else "live"
         table.add_row(o.name, o.tenant, o.role, _when(o.created_at), state)
-    out.print(table)
+    _out(table)
 
 
 @token_app.command("revoke")
 def token_revoke(
     name: str,
     tenant: Annotated[str, typer.Option(help="Tenant of the operator.")] = "default",
+    as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Revoke every token of an operator."""
     n = _registry(data_dir).revoke_tokens(name, tenant, actor=_actor())
-    out.print(f"revoked {n} token(s) of {name} in tenant {tenant}")
+    if as_json:
+        _print_json({"revoked": n, "name": name, "tenant": tenant})
+        return
+    _out(f"revoked {n} token(s) of {name} in tenant {tenant}")
 
 
 @app.command()
@@ -376,8 +626,8 @@ def login(
     client = AdminClient(url, token, ca_pem)
     who = client.get("/v1/admin/whoami")
     path = client.save()
-    out.print(f"logged in to {url} as {who['name']} ({who['role']} in tenant {who['tenant']})")
-    err.print(f"credentials saved to {path} (mode 0600)")
+    _out(f"logged in to {url} as {who['name']} ({who['role']} in tenant {who['tenant']})")
+    _err(f"credentials saved to {path} (mode 0600)")
 
 
 @app.command()
@@ -392,13 +642,18 @@ def audit(
     """The audit log: every state change with who, what, when and from where."""
     rows = _registry(data_dir).audit(tenant, action=action, target=target, limit=limit)
     if as_json:
-        print(json.dumps([a.as_json() for a in rows], indent=2))
+        _print_json([_plain(a) for a in rows])
         return
+    from rich.table import Column, Table
+
     target_col = Column("target", overflow="fold")
     table = Table("when (UTC)", "tenant", "actor", "from", "action", target_col)
     for a in rows:
         table.add_row(_when(a.at), a.tenant, a.actor, a.source, a.action, a.target)
-    out.print(table)
+    _out(table)
+
+
+State = Literal["registered", "onboarded", "revoked", "disabled"]
 
 
 @app.command()
@@ -407,27 +662,38 @@ def devices(
         bool, typer.Option("--json", help="One JSON array instead of a table.")
     ] = False,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's devices.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only this batch's devices.")] = None,
+    state: Annotated[
+        State | None,
+        typer.Option(help="Only devices in this state (disabled: the disabled flag is set)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=0, help="At most this many devices (by batch, then ID).")
+    ] = None,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many devices first.")] = 0,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """List devices: ID, batch, state, certificate expiry, last seen, last telemetry seq."""
-    rows = _registry(data_dir).devices(tenant)
+    rows = _registry(data_dir).devices(tenant, batch, state=state, limit=limit, offset=offset)
     if as_json:
-        print(json.dumps([d.as_json() for d in rows], indent=2))
+        _print_json([_plain(d) for d in rows])
         return
+    from rich.table import Column, Table
+
     # The full ID is what an operator acts on: fold it over lines rather than cut it.
     device_column = Column("device ID", overflow="fold", min_width=16)
-    table = Table(device_column, "batch", "state", "cert expires", "last seen", "seq")
+    table = Table(device_column, "batch", "state", "cert expires (UTC)", "last seen (UTC)", "seq")
     for d in rows:
         seq = d.last_telemetry.get("seq") if d.last_telemetry else None
         table.add_row(
             d.device_id,
             d.batch,
-            d.state,
+            d.state + (" (disabled)" if d.disabled else ""),
             _when(d.not_after),
             _when(d.last_seen),
             "-" if seq is None else str(seq),
         )
-    out.print(table)
+    _out(table)
 
 
 @ca_app.command("root")
@@ -447,7 +713,7 @@ def ca_root(
     data = (ca.root_der_path if der else ca.root_pem_path).read_bytes()
     if out_file is not None:
         out_file.write_bytes(data)
-        err.print(f"root CA written to {out_file}")
+        _err(f"root CA written to {out_file}")
     elif der:
         if sys.stdout.isatty():
             raise CliError("DER is binary; add --out FILE or redirect the output")
@@ -456,35 +722,11 @@ def ca_root(
         sys.stdout.write(data.decode())
 
 
-PLUGIN_GROUP = "qlink.cli"
-
-
-def _add_plugins() -> None:
-    """Command groups that other packages add (the rig's `qlink rig`, `qlink puf`) are found
-    through the `qlink.cli` entry points, so the server package never imports them. A group that
-    fails to load still shows up, and says why when it is used."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            sub = ep.load()
-        except Exception as e:  # a broken plug-in must not take the whole CLI down
-            reason = f"{type(e).__name__}: {e}"
-            sub = typer.Typer(help=f"(unavailable: {reason})")
-
-            @sub.callback(invoke_without_command=True)
-            def _unavailable(reason: str = reason, name: str = ep.name) -> None:
-                raise CliError(f"'qlink {name}' cannot load ({reason}); run: make setup")
-
-        app.add_typer(sub, name=ep.name)
-
-
 def main() -> None:
-    _add_plugins()
     try:
         app()
     except ServerError as e:
-        err.print(f"[red]error: {e}[/]", highlight=False)
+        _err(f"[red]error: {e}[/]", highlight=False)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from host.cli import main
+from host.server.datadir import NoQlinkData
 
 
 def run(
@@ -110,6 +112,7 @@ def test_import_missing_file(qlink, tmp_path: Path) -> None:
 
 
 def test_import_into_missing_batch(qlink, tmp_path: Path) -> None:
+    qlink("batch", "create", "f1")
     csv = tmp_path / "ids.csv"
     csv.write_text(identity_line())
     code, _, err = qlink("batch", "import", "nope", str(csv))
@@ -145,12 +148,350 @@ def test_bad_port_is_one_sentence(qlink) -> None:
 
 
 def test_entry_point_runs_as_module(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "host.cli", "batch", "list", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    for command in (("batch", "create", "f1"), ("batch", "list")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "host.cli", *command, "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert "f1" in proc.stdout
+
+
+# -- start-up: what `qlink --help` and `qlink --version` load ------------------------------------
+_HEAVY = (
+    "numpy",
+    "matplotlib",
+    "sqlalchemy",
+    "alembic",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "pydantic",
+    "serial",
+    "hil.rigcli",
+    "hil.pufcli",
+    "hil.targets",
+    "hil.build",
+    "hil.emulated",
+    "host.puf",
+    "host.server.registry",
+    "host.server.ca",
+    "rich.progress",
+)
+
+
+def modules_after(*args: str) -> set[str]:
+    """The modules a fresh interpreter holds after running `qlink ARGS` in-process."""
+    script = (
+        "import io, json, sys\n"
+        f"sys.argv = ['qlink', *{list(args)!r}]\n"
+        "from host.cli import main\n"
+        "stdout, sys.stdout = sys.stdout, io.StringIO()\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stdout = stdout\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "batch" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(json.loads(proc.stdout))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY))
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("batch", "--help")])
+def test_help_and_version_load_no_plugin_database_or_server_module(args: tuple[str, ...]) -> None:
+    loaded = modules_after(*args)
+    assert "host.cli" in loaded  # the script did run the command
+    assert heavy(loaded) == []
+
+
+def test_help_does_not_scan_every_distribution() -> None:
+    assert "importlib.metadata" not in modules_after("--help")
+
+
+def test_plugin_group_help_loads_its_group_but_not_its_commands_imports() -> None:
+    loaded = modules_after("rig", "--help")
+    assert "hil.rigcli" in loaded
+    assert [m for m in heavy(loaded) if m != "hil.rigcli"] == []
+    loaded = modules_after("puf", "--help")
+    assert "hil.pufcli" in loaded
+    assert [m for m in heavy(loaded) if m != "hil.pufcli"] == []
+
+
+def test_version_prints_the_installed_version(qlink) -> None:
+    from importlib.metadata import version
+
+    code, out, _ = qlink("--version")
+    assert code == 0 and out == f"qlink {version('qlink')}\n"
+
+
+def test_help_lists_plugin_groups_with_their_line(qlink) -> None:
+    code, out, _ = qlink("--help")
+    assert code == 0
+    assert re.search(r"\brig\s+List targets, flash a board", out)
+    assert re.search(r"\bpuf\s+Statistics of N power-up reads", out)
+
+
+def test_plugin_groups_work_when_invoked(qlink) -> None:
+    code, out, _ = qlink("rig", "list", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    boards = {r["name"]: r["board"] for r in rows if r["kind"] == "board"}
+    assert boards["rp2040"]["mpy_arch"] == "armv6m"
+    assert rows[-1]["kind"] == "emulated"
+    code, out, _ = qlink("puf", "--help")
+    assert code == 0 and "report" in out
+
+
+def test_a_plugin_that_cannot_load_is_listed_and_says_why_when_used(
+    qlink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import host.cli
+
+    monkeypatch.setattr(host.cli, "_plugins", lambda: {"ghost": "hil.no_such_module:app"})
+    code, out, _ = qlink("--help")
+    assert code == 0 and re.search(r"\bghost\s+\(unavailable: no module hil.no_such_module\)", out)
+    code, out, err = qlink("ghost", "anything")
+    assert code == 1
+    assert "'qlink ghost' cannot load (ModuleNotFoundError" in err and "make setup" in err
+    assert "Traceback" not in out + err
+
+
+def test_plugin_entry_points_are_read_from_the_installed_distribution() -> None:
+    from importlib.metadata import entry_points
+
+    from host.cli import _plugins
+
+    expected = {ep.name: ep.value for ep in entry_points(group="qlink.cli")}
+    assert _plugins() == expected and {"rig", "puf"} <= set(expected)
+
+
+# -- --json: one document on stdout, messages on stderr --------------------------------------------
+def import_ids(qlink, tmp_path: Path, batch: str, n: int) -> list[str]:
+    lines = [identity_line() for _ in range(n)]
+    csv = tmp_path / f"{batch}-{n}.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    code, _, err = qlink("batch", "import", batch, str(csv), "--no-progress")
+    assert code == 0, err
+    return [line.split(",")[0] for line in lines]
+
+
+def test_batch_commands_report_json(qlink, tmp_path: Path) -> None:
+    code, out, _ = qlink("batch", "create", "f1", "--tenant", "acme", "--json")
+    assert code == 0
+    created = json.loads(out)
+    assert (created["name"], created["tenant"], created["active"], created["devices"]) == (
+        "f1",
+        "acme",
+        True,
+        0,
+    )
+    csv = tmp_path / "ids.csv"
+    csv.write_text(identity_line() + "\n" + identity_line() + "\n")
+    code, out, _ = qlink("batch", "import", "f1", str(csv), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["imported"] == 2 and (doc["batch"]["name"], doc["batch"]["devices"]) == ("f1", 2)
+    code, out, _ = qlink("batch", "import", "f1", str(csv), "--json")
+    assert json.loads(out)["imported"] == 0
+    code, out, _ = qlink("batch", "disable", "f1", "--json")
+    assert code == 0 and json.loads(out)["active"] is False
+    code, out, _ = qlink("batch", "enable", "f1", "--json")
+    assert code == 0 and json.loads(out)["active"] is True
+    code, out, _ = qlink("batch", "list", "--json")
+    assert code == 0
+    [row] = json.loads(out)
+    assert (row["name"], row["tenant"], row["active"], row["devices"]) == ("f1", "acme", True, 2)
+    assert row["created_at"] == created["created_at"]
+
+
+def test_json_errors_keep_their_exit_code_and_print_nothing_on_stdout(qlink) -> None:
+    qlink("batch", "create", "f1")
+    code, out, err = qlink("batch", "create", "f1", "--json")
+    assert code == 1 and out == "" and "already exists" in err
+    code, out, err = qlink("batch", "disable", "nope", "--json")
+    assert code == 1 and out == "" and "qlink batch create nope" in err
+
+
+def test_token_commands_report_json(qlink) -> None:
+    code, out, err = qlink(
+        "token", "create", "alice", "--role", "admin", "--tenant", "acme", "--json"
+    )
+    assert code == 0 and "not shown again" in err
+    doc = json.loads(out)
+    assert doc["token"].startswith("qlk_")
+    assert (doc["name"], doc["role"], doc["tenant"]) == ("alice", "admin", "acme")
+    code, out, _ = qlink("token", "list", "--json")
+    [row] = json.loads(out)
+    assert (row["name"], row["tenant"], row["role"], row["revoked"]) == (
+        "alice",
+        "acme",
+        "admin",
+        False,
+    )
+    assert row["created_at"] > 0 and doc["token"] not in out
+    code, out, _ = qlink("token", "revoke", "alice", "--tenant", "acme", "--json")
+    assert code == 0 and json.loads(out) == {"revoked": 1, "name": "alice", "tenant": "acme"}
+    assert json.loads(qlink("token", "list", "--json")[1])[0]["revoked"] is True
+
+
+def test_every_list_and_result_command_has_json(qlink) -> None:
+    for command in (
+        ("batch", "list"),
+        ("batch", "create"),
+        ("batch", "import"),
+        ("batch", "enable"),
+        ("batch", "disable"),
+        ("token", "list"),
+        ("token", "create"),
+        ("token", "revoke"),
+        ("device", "revoke"),
+        ("device", "disable"),
+        ("device", "enable"),
+        ("devices",),
+        ("audit",),
+        ("rig", "list"),
+    ):
+        code, out, _ = qlink(*command, "--help")
+        assert code == 0 and "--json" in out, command
+
+
+# -- qlink devices: filters ----------------------------------------------------------------------
+def set_device(tmp_path: Path, device_id: str, **values: object) -> None:
+    """Put a device in a state the CLI cannot reach without a server and a board."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "data" / "registry.sqlite")
+    try:
+        with db:
+            for column, value in values.items():
+                db.execute(
+                    f"UPDATE devices SET {column} = ? WHERE device_id = ?", (value, device_id)
+                )
+    finally:
+        db.close()
+
+
+def listed(qlink, *args: str) -> list[str]:
+    code, out, err = qlink("devices", "--json", *args)
+    assert code == 0, err
+    return [d["device_id"] for d in json.loads(out)]
+
+
+def test_devices_filters_by_batch_state_and_pages(qlink, tmp_path: Path) -> None:
+    qlink("batch", "create", "f1")
+    qlink("batch", "create", "f2")
+    f1 = sorted(import_ids(qlink, tmp_path, "f1", 4))
+    f2 = sorted(import_ids(qlink, tmp_path, "f2", 2))
+    set_device(tmp_path, f1[0], state="onboarded")
+    set_device(tmp_path, f1[1], state="onboarded", disabled=1)
+    set_device(tmp_path, f1[2], state="revoked")
+    assert listed(qlink) == f1 + f2  # by batch, then ID
+    assert listed(qlink, "--batch", "f2") == f2
+    assert listed(qlink, "--batch", "nope") == []
+    assert listed(qlink, "--state", "registered") == [f1[3], *f2]
+    assert listed(qlink, "--state", "onboarded") == f1[:2]
+    assert listed(qlink, "--state", "revoked") == [f1[2]]
+    assert listed(qlink, "--state", "disabled") == [f1[1]]
+    assert listed(qlink, "--state", "registered", "--batch", "f1") == [f1[3]]
+    assert listed(qlink, "--limit", "2") == f1[:2]
+    assert listed(qlink, "--limit", "2", "--offset", "2") == f1[2:]
+    assert listed(qlink, "--offset", "5") == f2[1:]
+    assert listed(qlink, "--limit", "0") == []
+    code, out, _ = qlink("devices", "--state", "disabled")
+    assert code == 0 and "onboarded (disabled)" in out
+
+
+def test_devices_refuses_an_unknown_state_or_a_negative_page(qlink) -> None:
+    qlink("batch", "create", "f1")
+    code, out, err = qlink("devices", "--state", "lost")
+    assert code == 2 and out == ""
+    assert "'lost' is not one of 'registered', 'onboarded', 'revoked', 'disabled'" in err
+    code, _, err = qlink("devices", "--limit", "-1")
+    assert code == 2 and "--limit" in err
+    code, _, err = qlink("devices", "--offset", "-1")
+    assert code == 2 and "--offset" in err
+
+
+# -- tables say their times are UTC ------------------------------------------------------------
+def test_table_times_say_utc(qlink, tmp_path: Path) -> None:
+    qlink("batch", "create", "f1")
+    import_ids(qlink, tmp_path, "f1", 1)
+    qlink("token", "create", "alice")
+    out = qlink("devices")[1]
+    assert "cert expires (UTC)" in out and "last seen (UTC)" in out
+    assert "created (UTC)" in qlink("token", "list")[1]
+    assert "created (UTC)" in qlink("batch", "list")[1]
+    assert "when (UTC)" in qlink("audit")[1]
+
+
+# -- a directory without qlink data ----------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, bytes] | None:
+    if not root.exists():
+        return None
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/" for p in root.rglob("*")
+    }
+
+
+NEEDS_DATA = [
+    ("devices",),
+    ("devices", "--json"),
+    ("batch", "list"),
+    ("batch", "list", "--json"),
+    ("audit", "--json"),
+    ("token", "list"),
+    ("batch", "export", "f1"),
+    ("batch", "import", "f1", "IDS"),
+    ("batch", "disable", "f1"),
+    ("token", "revoke", "alice"),
+]
+
+
+@pytest.mark.parametrize("where", ["missing", "empty", "other files"])
+@pytest.mark.parametrize("command", NEEDS_DATA, ids=" ".join)
+def test_a_command_without_qlink_data_refuses_and_creates_nothing(
+    qlink, tmp_path: Path, where: str, command: tuple[str, ...]
+) -> None:
+    target = tmp_path / "elsewhere"
+    if where != "missing":
+        target.mkdir()
+    if where == "other files":
+        (target / "notes.txt").write_text("not qlink's\n")
+    ids = tmp_path / "ids.csv"
+    ids.write_text(identity_line() + "\n")
+    before = snapshot(target)
+    args = [str(ids) if a == "IDS" else a for a in command]
+    code, out, err = qlink(*args, "--data-dir", str(target))
+    assert code == 1 and out == ""
+    assert err.strip() == f"error: {NoQlinkData(target)}"
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "made"),
+    [
+        (("batch", "create", "f1"), "registry.sqlite"),
+        (("token", "create", "alice"), "registry.sqlite"),
+        (("ca", "root"), "ca/root.pem"),
+    ],
+)
+def test_a_command_that_makes_the_first_records_creates_the_data(
+    qlink, tmp_path: Path, command: tuple[str, ...], made: str
+) -> None:
+    target = tmp_path / "fresh"
+    code, _, err = qlink(*command, "--data-dir", str(target))
+    assert code == 0, err
+    assert (target / made).exists()
+    if made == "registry.sqlite":
+        code, _, err = qlink("batch", "list", "--data-dir", str(target))
+        assert code == 0, err

@@ -135,3 +135,23 @@ def test_login_and_remote_token_create(qlink, tmp_path: Path) -> None:
         )
         assert code == 1 and "unknown or revoked" in err
     assert os.environ.get("QLINK_TOKEN") is None
+
+
+@pytest.mark.e2e
+def test_device_changes_report_json(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.csv"
+    ids.write_text(identity_line() + "\n")
+    device_id = ids.read_text().split(",")[0]
+    with ServerProcess(tmp_path / "srv") as srv:
+        srv.cli("batch", "create", "f1")
+        srv.cli("batch", "import", "f1", str(ids))
+        for change, state, disabled in (
+            ("disable", "registered", True),
+            ("enable", "registered", False),
+            ("revoke", "revoked", False),
+        ):
+            done = srv.cli("device", change, device_id, "--json")
+            doc = json.loads(done.stdout)
+            assert (doc["device_id"], doc["state"], doc["disabled"]) == (device_id, state, disabled)
+        again = srv.cli("device", "enable", device_id, "--json", check=False)
+        assert again.returncode == 1 and again.stdout == "" and "stays revoked" in again.stderr
