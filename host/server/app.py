@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -31,11 +32,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from host.server import ServerError
 from host.server.admin import ApiError, ca_router
 from host.server.admin import router as admin_router
 from host.server.application import Application
 from host.server.broker import ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
+from host.server.datadir import lock_data_dir
 from host.server.deviceapi import DeviceApi, openapi_paths
 from host.server.files import atomic_write
 from host.server.limits import RequestLimits
@@ -157,13 +160,30 @@ def worker_app() -> FastAPI:
     return create_app(Settings(**raw), broker_port=port)
 
 
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "port {port} on {host} is in use by another program; "
+    "choose another with --port",
+    errno.EACCES: "port {port} on {host} needs privileges this user lacks; "
+    "choose a port above 1023 with --port",
+    errno.EADDRNOTAVAIL: "{host} is not an address of this machine; choose another with --bind",
+}
+
+
 def _listen(host: str, port: int) -> socket.socket:
     # proto IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets whose proto
     # says TCP, and accepted sockets inherit it. Without it uvicorn's answer head and body leave
     # in two segments and the body waits for the client's delayed ACK (about 40 ms a request).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = _BIND_ERRORS.get(e.errno or 0)
+        if why is None:
+            raise
+        log.error("event=listen_failed host=%s port=%d error=%r", host, port, e.strerror)
+        raise ServerError(why.format(host=host, port=port)) from None
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
@@ -222,8 +242,16 @@ _CRL_CHECK_S = 600.0
 
 
 def serve(settings: Settings) -> None:
-    """Run the server until SIGTERM/SIGINT; `server.json` tells others where it listens."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    """Run the server until SIGTERM/SIGINT; `server.json` tells others where it listens.
+
+    The data directory's lock comes first and lasts as long as the server: a second server on
+    the same directory stops there, before it touches the running one's `server.json`, CA,
+    registry or broker (see host/server/datadir.py)."""
+    with lock_data_dir(settings.data_dir):
+        _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     with contextlib.suppress(FileNotFoundError):
         settings.server_json.unlink()
     ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.public_host, settings.hsm)

@@ -41,6 +41,8 @@ ADMIN_ROLE = "qlink-admin"
 DENY_ROLE = "qlink-deny"
 DEVICE_PATTERN = "qlink/+/%u/#"  # %u: the MQTT user name, which is the certificate CN
 CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
+# Mosquitto 2.0 logs this and exits when its listener's port is taken (bind(2): EADDRINUSE).
+_ADDRESS_IN_USE = b"Error: Address already in use"
 
 
 class BrokerError(ServerError):
@@ -222,6 +224,7 @@ class ManagedBroker:
             self.port = free_port(self.host)
         self.write_config()
         log_file = self.log_path.open("ab")
+        log_start = log_file.tell()  # this start's lines begin here
         try:
             self._proc = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.config_path)],
@@ -236,6 +239,11 @@ class ManagedBroker:
         deadline = time.monotonic() + timeout_s
         while True:
             if self._proc.poll() is not None:
+                if _ADDRESS_IN_USE in self._log_since(log_start):
+                    raise BrokerError(
+                        f"port {self.port} on {self.host} is in use by another program; "
+                        "choose another with --broker-port"
+                    )
                 raise BrokerError(
                     f"mosquitto exited with status {self._proc.returncode} at start; "
                     f"see {self.log_path}:\n{self.log_tail()}"
@@ -253,6 +261,11 @@ class ManagedBroker:
                 )
             time.sleep(0.05)
         log.info("event=broker_started pid=%d port=%d", self._proc.pid, self.port)
+
+    def _log_since(self, offset: int) -> bytes:
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
 
     def log_tail(self, lines: int = 20) -> str:
         try:
