@@ -12,7 +12,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -62,15 +62,16 @@ def flash(
 ) -> None:
     """Compile for the board, copy with mpremote, verify SHA-256 on the device, reset."""
     from hil import build
-    from hil.targets import SerialTarget, TargetError
+    from hil.targets import PortError, SerialTarget, TargetError, port_problem
 
     try:
         target = SerialTarget(port, board=board)
         digests = target.deploy(json.loads(config.read_text()), ca.read_bytes())
         target.hard_reset()
+    except PortError as e:
+        _fail("flash", port_problem(e.port) or str(e))
     except (OSError, build.BuildError, TargetError) as e:
-        typer.echo(f"flash failed: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail("flash", str(e))
     typer.echo(f"flashed {len(digests)} files to {port}; hashes verified; board reset")
 
 
@@ -85,9 +86,20 @@ def console(port: Annotated[str, typer.Argument(help="serial port")]) -> None:
 @app.command("power-cycle")
 def power_cycle(port: Annotated[str, typer.Argument(help="serial port")]) -> None:
     """Reset the board (machine.reset(); a real board has no power switch on the rig)."""
-    from hil.targets import SerialTarget
+    from hil.targets import PortError, SerialTarget, TargetError, port_problem
 
-    SerialTarget(port).hard_reset()
+    try:
+        SerialTarget(port).hard_reset()
+    except PortError as e:
+        _fail("power-cycle", port_problem(e.port) or str(e))
+    except TargetError as e:
+        _fail("power-cycle", str(e))
+
+
+def _fail(action: str, why: str) -> NoReturn:
+    """The one message a person reads when a rig command fails, and exit status 1."""
+    typer.echo(f"{action} failed: {why}", err=True)
+    raise typer.Exit(1) from None
 
 
 @app.command()

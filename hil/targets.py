@@ -7,7 +7,9 @@ from the relay, which sees everything the board printed even while mpremote hold
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import subprocess
 import sys
@@ -46,6 +48,55 @@ class TargetError(RuntimeError):
     """A rig action on a board failed; the message says which and what the tool printed."""
 
 
+class PortError(TargetError):
+    """The board's serial port could not be opened (missing, held by another program, not
+    permitted). `port` names it; port_problem(port) says why, as a sentence for a person."""
+
+    def __init__(self, port: str, message: str) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+# mpremote's words when it cannot open the port (mpremote.transport_serial; the same for a
+# missing, busy or forbidden port).
+_MPREMOTE_NO_PORT = "failed to access"
+
+
+def open_failure(port: str, err: OSError) -> str:
+    """What a failed open of `port` means and what to do (pyserial's SerialException is an
+    OSError with the errno of open(2), or of flock(2) when another program holds the port)."""
+    code = err.errno
+    if code == errno.ENOENT or (code is None and not os.path.exists(port)):
+        return (
+            f"no serial port {port}; plug the board in or correct the name "
+            "(qlink rig list shows the ports with a board)"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"no permission to open {port}; add your user to the port's group "
+            f"(ls -l {port} names it, often dialout), log in again, then retry"
+        )
+    if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+        return (
+            f"serial port {port} is in use by another program (a console, mpremote or another "
+            "rig command); close that program, then retry"
+        )
+    reason = os.strerror(code) if code else str(err)
+    return f"cannot open serial port {port} ({reason}); check the board and its cable"
+
+
+def port_problem(port: str) -> str | None:
+    """Why `port` cannot be opened, or None when it opens. Opens the port exclusively, as
+    mpremote does: ask only after a tool failed, since opening a port may reset some boards."""
+    import serial
+
+    try:
+        with serial.Serial(port, exclusive=True):
+            return None
+    except (serial.SerialException, OSError) as e:
+        return open_failure(port, e)
+
+
 def mpremote_exe() -> str:
     beside = Path(sys.executable).parent / "mpremote"
     return str(beside) if beside.exists() else "mpremote"
@@ -74,10 +125,13 @@ class SerialTarget:
                     f"{' '.join(args)[:200]}; is the board at its REPL?"
                 ) from None
         if proc.returncode != 0:
-            raise TargetError(
+            message = (
                 f"mpremote on {self.port} failed (exit {proc.returncode}) running "
                 f"{' '.join(args)[:200]}:\n{(proc.stdout + proc.stderr)[-2000:]}"
             )
+            if _MPREMOTE_NO_PORT in proc.stdout + proc.stderr:
+                raise PortError(self.port, message)
+            raise TargetError(message)
         return proc.stdout
 
     # -- FileTransfer ------------------------------------------------------------------------
@@ -151,11 +205,17 @@ class SerialTarget:
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         import serial
 
+        def open_port() -> serial.Serial:
+            try:
+                return serial.Serial(self.port, self.baud, timeout=0.2)
+            except (serial.SerialException, OSError) as e:
+                raise PortError(self.port, open_failure(self.port, e)) from None
+
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with (
             steps.step("wait_for", port=self.port, pattern=pattern),
-            serial.Serial(self.port, self.baud, timeout=0.2) as ser,
+            open_port() as ser,
         ):
             buf = b""
             while time.monotonic() < deadline:
@@ -235,4 +295,4 @@ class EmulatedTarget:
             self.board.power_cycle()
 
 
-__all__ = ["BoardError", "EmulatedTarget", "SerialTarget", "TargetError"]
+__all__ = ["BoardError", "EmulatedTarget", "PortError", "SerialTarget", "TargetError"]

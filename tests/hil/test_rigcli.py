@@ -1,19 +1,25 @@
 """`qlink rig` list / power-cycle / run, through Typer's CliRunner (as `qlink rig ...` calls
-them), against emulated boards; `run` writes its JSON and Markdown reports."""
+them), against emulated boards; `run` writes its JSON and Markdown reports. A port the rig cannot
+open (missing, held by another program) is one sentence and exit status 1, never a traceback."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from hil import scenarios
+from hil import scenarios, steps
 from hil.emulated import EmulatedBoard
 from hil.rigcli import app
+from hil.targets import PortError, SerialTarget, open_failure
 
 runner = CliRunner()
 
@@ -67,10 +73,108 @@ def test_power_cycle_resets_the_board_on_its_port(counting_board: EmulatedBoard)
     assert counting_board.relay.boots == boots + 2
 
 
-def test_power_cycle_on_a_port_without_a_board_fails_with_the_port_named(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["power-cycle", str(tmp_path / "ttyACM9")])
-    assert result.exit_code != 0
-    assert "ttyACM9" in str(result.exception) + result.output
+_MISSING = "/dev/ttyDOESNOTEXIST"
+_NO_PORT = (
+    f"no serial port {_MISSING}; plug the board in or correct the name "
+    "(qlink rig list shows the ports with a board)"
+)
+
+
+def _in_use(port: str) -> str:
+    return (
+        f"serial port {port} is in use by another program (a console, mpremote or another rig "
+        "command); close that program, then retry"
+    )
+
+
+def test_power_cycle_on_a_port_that_does_not_exist_says_so_and_exits_1() -> None:
+    result = runner.invoke(app, ["power-cycle", _MISSING])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # an exit, not an escaped exception
+    assert result.stderr == f"power-cycle failed: {_NO_PORT}\n"
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def held_pty() -> Iterator[str]:
+    # A pty whose port another process holds as mpremote does (pyserial, exclusive=True).
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import serial, sys\n"
+            "s = serial.Serial(sys.argv[1], exclusive=True)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+            port,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield port
+        assert holder.poll() is None  # the rig left the holder alone
+    finally:
+        holder.communicate(timeout=10)
+        os.close(master)
+        os.close(slave)
+
+
+def test_power_cycle_on_a_port_another_program_holds_says_it_is_in_use(held_pty: str) -> None:
+    # Run as `qlink rig` runs, in a process of its own: what a person sees is all it prints.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hil.rigcli", "power-cycle", held_pty],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr == f"power-cycle failed: {_in_use(held_pty)}\n"
+    assert proc.stdout == ""
+
+
+def test_flash_to_a_port_that_does_not_exist_says_so_and_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"server": "https://localhost:8443"}')
+    ca = tmp_path / "ca.der"
+    ca.write_bytes(b"0")
+    args = ["flash", "--board", "unix", "--port", _MISSING, "--config", str(config)]
+    result = runner.invoke(app, [*args, "--ca", str(ca)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr == f"flash failed: {_NO_PORT}\n"
+
+
+def test_reading_the_console_of_a_port_that_does_not_exist_is_a_port_error() -> None:
+    with pytest.raises(PortError) as e:
+        SerialTarget(_MISSING).wait_for("never", timeout=1)
+    assert str(e.value) == _NO_PORT
+    last = steps.current().steps[-1]  # the rig's step log shows the failed step
+    assert (last.name, last.ok, last.error) == ("wait_for", False, "PortError")
+
+
+@pytest.mark.parametrize(
+    ("code", "sentence"),
+    [
+        (errno.ENOENT, "no serial port /dev/ttyX; plug the board in or correct the name"),
+        (errno.EACCES, "no permission to open /dev/ttyX; add your user to the port's group"),
+        (errno.EPERM, "no permission to open /dev/ttyX; add your user to the port's group"),
+        (errno.EBUSY, "serial port /dev/ttyX is in use by another program"),
+        (errno.EAGAIN, "serial port /dev/ttyX is in use by another program"),
+        (errno.EIO, "cannot open serial port /dev/ttyX (Input/output error); check the board"),
+    ],
+    ids=lambda v: errno.errorcode[v] if isinstance(v, int) else "",
+)
+def test_each_open_failure_becomes_a_sentence_saying_what_to_do(code: int, sentence: str) -> None:
+    message = open_failure("/dev/ttyX", OSError(code, os.strerror(code)))
+    assert message.startswith(sentence)
+    assert "\n" not in message
 
 
 def test_run_writes_a_json_and_markdown_report_per_scenario(tmp_path: Path) -> None:
