@@ -109,8 +109,6 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.server_json.unlink()
         args = [
             sys.executable,
             "-m",
@@ -141,7 +139,9 @@ class ServerProcess:
         finally:
             log.close()
         deadline = time.monotonic() + timeout_s
-        while not self.server_json.exists():
+        # Ready when server.json names this process: a file left by an earlier server (or
+        # one still running on the directory, which this one will refuse) is not its answer.
+        while self._announced() is None:
             if self._proc.poll() is not None:
                 raise ServerStartError(
                     f"qlink server exited with status {self._proc.returncode}; log tail:\n"
@@ -154,8 +154,18 @@ class ServerProcess:
                     "log tail:\n" + self.log_tail()
                 )
             time.sleep(0.05)
-        self.info = json.loads(self.server_json.read_text())
+        info = self._announced()
+        assert info is not None
+        self.info = info
         return self
+
+    def _announced(self) -> dict[str, Any] | None:
+        assert self._proc is not None
+        try:
+            info: dict[str, Any] = json.loads(self.server_json.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if info.get("pid") == self._proc.pid else None
 
     def worker_pids(self) -> list[int]:
         """The server's uvicorn worker processes (with `--workers` above 1): its children that

@@ -43,6 +43,7 @@ DEVICE_PATTERN = "qlink/+/%u/#"  # %u: the MQTT user name, which is the certific
 CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
 # Mosquitto 2.0 logs this and exits when its listener's port is taken (bind(2): EADDRINUSE).
 _ADDRESS_IN_USE = b"Error: Address already in use"
+_RUNNING = b" running\n"  # "mosquitto version 2.0.x running", after its listeners are bound
 
 
 class BrokerError(ServerError):
@@ -248,11 +249,14 @@ class ManagedBroker:
                     f"mosquitto exited with status {self._proc.returncode} at start; "
                     f"see {self.log_path}:\n{self.log_tail()}"
                 )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), timeout=0.5),
-            ):
-                break
+            # "running" is logged once its listener is bound: a connection alone could reach
+            # another program squatting on the port while mosquitto is still failing to bind.
+            if _RUNNING in self._log_since(log_start):
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((self.host, self.port), timeout=0.5),
+                ):
+                    break
             if time.monotonic() > deadline:
                 self.stop()
                 raise BrokerError(

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from hil import unixport
 from host.server.identities import FORMATS, ImportFormatError, parse_any, parse_import
-from host.server.registry import ImportRejected, Registry
 from host.server.schemas import ImportRequest
+from host.server.store import ImportRejected, Store
 
 NO_ROWS = "the file has no device rows"
 
@@ -42,15 +42,15 @@ def qdid_line(device_id: str, pub_hex: str) -> str:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry(tmp_path / "r.sqlite")
-    r.create_batch("b")
+def registry(tmp_path: Path) -> Iterator[Store]:
+    r = Store(tmp_path / "r.sqlite")
+    r.batches.create("b")
     yield r
     r.close()
 
 
-def stored(registry: Registry) -> set[str]:
-    return {d.device_id for d in registry.devices()}
+def stored(registry: Store) -> set[str]:
+    return {d.device_id for d in registry.devices.list()}
 
 
 # -- a file with no device rows ---------------------------------------------------------------
@@ -65,15 +65,15 @@ def stored(registry: Registry) -> set[str]:
     ],
     ids=["empty", "blank-lines", "comments", "header", "comment-and-header"],
 )
-def test_a_csv_file_with_no_device_rows_is_refused(registry: Registry, text: str) -> None:
+def test_a_csv_file_with_no_device_rows_is_refused(registry: Store, text: str) -> None:
     with pytest.raises(ImportFormatError, match=f"^{NO_ROWS}; expected device_id,public_key"):
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     assert stored(registry) == set()
 
 
-def test_a_csv_file_with_one_device_row_imports_it(registry: Registry) -> None:
+def test_a_csv_file_with_one_device_row_imports_it(registry: Store) -> None:
     device_id, pub = identity()
-    assert registry.import_devices("b", f"# one board\n{device_id},{pub}\n") == 1
+    assert registry.batches.import_devices("b", f"# one board\n{device_id},{pub}\n") == 1
     assert stored(registry) == {device_id}
 
 
@@ -100,17 +100,17 @@ def test_csv_lines_with_no_device_rows_are_refused() -> None:
     ids=["array", "array-of-blanks", "export"],
 )
 def test_a_json_file_with_no_device_rows_is_refused(
-    registry: Registry, text: str, message: str
+    registry: Store, text: str, message: str
 ) -> None:
     with pytest.raises(ImportFormatError, match=message):
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     assert stored(registry) == set()
 
 
-def test_a_json_export_with_one_device_imports_it(registry: Registry) -> None:
+def test_a_json_export_with_one_device_imports_it(registry: Store) -> None:
     device_id, pub = identity()
     export = {"format": "qlink-batch-v1", "devices": [{"device_id": device_id, "public_key": pub}]}
-    assert registry.import_devices("b", json.dumps(export)) == 1
+    assert registry.batches.import_devices("b", json.dumps(export)) == 1
     assert stored(registry) == {device_id}
 
 
@@ -122,10 +122,10 @@ def test_a_json_export_with_one_device_imports_it(registry: Registry) -> None:
     ],
 )
 def test_a_line_format_file_with_no_device_rows_is_refused(
-    registry: Registry, fmt: str, text: str, message: str
+    registry: Store, fmt: str, text: str, message: str
 ) -> None:
     with pytest.raises(ImportFormatError, match=message):
-        registry.import_devices("b", text, fmt=fmt)
+        registry.batches.import_devices("b", text, fmt=fmt)
     assert stored(registry) == set()
 
 
@@ -141,31 +141,31 @@ def test_a_line_format_file_with_no_device_rows_is_refused(
         '"device_id","public_key"',
     ],
 )
-def test_a_header_row_as_the_first_line_is_skipped(registry: Registry, header: str) -> None:
+def test_a_header_row_as_the_first_line_is_skipped(registry: Store, header: str) -> None:
     a, b = identity(), identity()
     text = f"# factory line 2\n\n{header}\n{','.join(a)}\n{','.join(b)}\n"
     rows, errors = parse_any(text)
     assert errors == []
     assert [(r.line, r.device_id) for r in rows] == [(4, a[0]), (5, b[0])]
-    assert registry.import_devices("b", text) == 2
+    assert registry.batches.import_devices("b", text) == 2
     assert stored(registry) == {a[0], b[0]}
 
 
-def test_a_header_row_after_the_first_line_is_a_bad_row(registry: Registry) -> None:
+def test_a_header_row_after_the_first_line_is_a_bad_row(registry: Store) -> None:
     a, b = identity(), identity()
     text = f"{','.join(a)}\ndevice_id,public_key\n{','.join(b)}\n"
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     assert [(r.line, r.reason) for r in e.value.errors] == [
         (2, "a header row may only be the first line; delete this one")
     ]
     assert stored(registry) == set()
 
 
-def test_a_first_line_of_other_column_names_is_a_bad_row(registry: Registry) -> None:
+def test_a_first_line_of_other_column_names_is_a_bad_row(registry: Store) -> None:
     text = f"serial,pubkey\n{','.join(identity())}\n"
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     assert [(r.line, r.reason) for r in e.value.errors] == [
         (1, "a header row must name the columns device_id,public_key")
     ]
@@ -186,7 +186,7 @@ def test_a_byte_order_mark_before_the_header_is_ignored() -> None:
 
 
 # -- QDID lines (what enrol.py prints) ---------------------------------------------------------
-def test_qdid_lines_import_with_the_console_noise_around_them(registry: Registry) -> None:
+def test_qdid_lines_import_with_the_console_noise_around_them(registry: Store) -> None:
     a, b = identity(), identity()
     text = (
         "MicroPython v1.24.1 on 2025-01-01; linux [GCC 14.2.1] version\r\r\n"
@@ -200,7 +200,7 @@ def test_qdid_lines_import_with_the_console_noise_around_them(registry: Registry
     rows, errors = parse_any(text)
     assert errors == []
     assert [(r.line, r.device_id) for r in rows] == [(4, a[0]), (6, b[0])]
-    assert registry.import_devices("b", text) == 2
+    assert registry.batches.import_devices("b", text) == 2
     assert stored(registry) == {a[0], b[0]}
 
 
@@ -224,36 +224,36 @@ def test_console_lines_are_bad_rows_outside_the_qdid_format() -> None:
     assert (errors, [r.line for r in rows]) == ([], [2])
 
 
-def test_a_qdid_record_that_is_not_json_is_a_bad_row(registry: Registry) -> None:
+def test_a_qdid_record_that_is_not_json_is_a_bad_row(registry: Store) -> None:
     device_id, pub = identity()
     text = f'{qdid_line(device_id, pub)}\nQDID {{"device_id": "{device_id[:10]}\n'
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     [error] = e.value.errors
     assert error.line == 2
     assert error.reason.startswith("the QDID record is not valid JSON")
     assert stored(registry) == set()
 
 
-def test_a_qdid_record_with_a_bad_key_is_a_bad_row(registry: Registry) -> None:
+def test_a_qdid_record_with_a_bad_key_is_a_bad_row(registry: Store) -> None:
     device_id, pub = identity()
     other_id, _ = identity()
     text = f"{qdid_line(device_id, pub)}\n{qdid_line(other_id, pub)}\n"
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     assert [(r.line, r.reason) for r in e.value.errors] == [
         (2, "device ID must equal SHA-256 of the public key")
     ]
     assert stored(registry) == set()
 
 
-def test_an_enrolment_error_in_the_console_is_a_bad_row(registry: Registry) -> None:
+def test_an_enrolment_error_in_the_console_is_a_bad_row(registry: Store) -> None:
     """A board that printed `E enrol:` has no identity in the file: importing the others
     silently would leave it out unnoticed."""
     device_id, pub = identity()
     text = f"{qdid_line(device_id, pub)}\n>>> import enrol\nE enrol: SRAM too biased\n"
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     [error] = e.value.errors
     assert error.line == 3
     assert "the board could not enrol (E enrol: SRAM too biased)" in error.reason
@@ -261,14 +261,14 @@ def test_an_enrolment_error_in_the_console_is_a_bad_row(registry: Registry) -> N
 
 
 @pytest.mark.parametrize("second", [True, False], ids=["and-one-that-does", "alone"])
-def test_a_qdid_record_must_start_its_line(registry: Registry, second: bool) -> None:
+def test_a_qdid_record_must_start_its_line(registry: Store, second: bool) -> None:
     """A logger's time stamp before each record: named, not read as JSON or CSV."""
     device_id, pub = identity()
     text = f"[12:00:01] {qdid_line(device_id, pub)}\n"
     if second:
         text += f"{qdid_line(*identity())}\n"
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", text)
+        registry.batches.import_devices("b", text)
     assert [(r.line, r.reason) for r in e.value.errors] == [
         (1, "a QDID record must start its line; delete what precedes it")
     ]
@@ -319,7 +319,7 @@ def _console(board: Path, die_seed: str) -> bytes:
 
 
 def test_the_console_of_boards_running_enrol_imports_as_captured(
-    registry: Registry, tmp_path: Path
+    registry: Store, tmp_path: Path
 ) -> None:
     consoles = [
         _console(tmp_path / "board-1", "00112233445566778899aabbccddeeff"),
@@ -336,17 +336,17 @@ def test_the_console_of_boards_running_enrol_imports_as_captured(
     assert errors == []
     lines = text.split("\n")
     assert all(lines[r.line - 1].startswith("QDID ") for r in rows)
-    assert registry.import_devices("b", text) == 2
+    assert registry.batches.import_devices("b", text) == 2
     assert stored(registry) == expected
 
 
 # -- JSON Lines ------------------------------------------------------------------------------
-def test_json_lines_import_one_object_a_line(registry: Registry) -> None:
+def test_json_lines_import_one_object_a_line(registry: Store) -> None:
     a, b = identity(), identity()
     text = "\n".join(json.dumps({"device_id": d, "public_key": p, "label": "x"}) for d, p in (a, b))
     rows, errors = parse_any(text)
     assert (errors, [(r.line, r.device_id) for r in rows]) == ([], [(1, a[0]), (2, b[0])])
-    assert registry.import_devices("b", text + "\n") == 2
+    assert registry.batches.import_devices("b", text + "\n") == 2
     assert stored(registry) == {a[0], b[0]}
 
 
@@ -356,11 +356,11 @@ def test_one_json_object_is_not_json_lines() -> None:
         parse_any(json.dumps(dict(zip(("device_id", "public_key"), identity(), strict=True))))
 
 
-def test_a_json_line_that_is_not_an_object_is_a_bad_row(registry: Registry) -> None:
+def test_a_json_line_that_is_not_an_object_is_a_bad_row(registry: Store) -> None:
     device_id, pub = identity()
     first = json.dumps({"device_id": device_id, "public_key": pub})
     with pytest.raises(ImportRejected) as e:
-        registry.import_devices("b", f'{first}\n\n["{device_id}"]\n{{"device_id": \n')
+        registry.batches.import_devices("b", f'{first}\n\n["{device_id}"]\n{{"device_id": \n')
     assert [(r.line, r.reason.split(" (")[0]) for r in e.value.errors] == [
         (3, 'row must be an object {"device_id", "public_key"}'),
         (4, "the line is not valid JSON"),
@@ -369,11 +369,11 @@ def test_a_json_line_that_is_not_an_object_is_a_bad_row(registry: Registry) -> N
 
 
 # -- the format names ------------------------------------------------------------------------
-def test_an_unknown_format_is_refused_naming_the_formats(registry: Registry) -> None:
+def test_an_unknown_format_is_refused_naming_the_formats(registry: Store) -> None:
     with pytest.raises(
         ImportFormatError, match=r"^unknown import format 'xml'; use one of csv, json, jsonl, qdid$"
     ):
-        registry.import_devices("b", ",".join(identity()), fmt="xml")
+        registry.batches.import_devices("b", ",".join(identity()), fmt="xml")
     assert stored(registry) == set()
 
 
