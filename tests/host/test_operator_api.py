@@ -16,8 +16,8 @@ from cryptography import x509
 
 from hil.simdevice import SimDevice
 from host.server.app import create_app
-from host.server.policy import MemoryPolicy
 from host.server.application import Application
+from host.server.policy import MemoryPolicy
 from host.server.settings import Settings
 
 

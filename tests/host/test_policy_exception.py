@@ -138,7 +138,7 @@ def test_a_failed_clear_refuses_with_503_and_keeps_the_mark(env: Any) -> None:
 
 
 def test_refused_change_of_another_tenants_device_marks_nothing(env: Any) -> None:
-    svc, reg, policy = env
+    _svc, reg, policy = env
     d = _device(reg)
     with pytest.raises(NotFound):
         reg.disable(d.device_id, tenant="other", actor=OPERATOR)

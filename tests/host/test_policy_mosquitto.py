@@ -31,8 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from host.server.broker import DENY_ROLE, ManagedBroker
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import connect_admin
-from host.server.policy.mosquitto import MosquittoDynsec
 from host.server.policy import Policies
+from host.server.policy.mosquitto import MosquittoDynsec
 from host.server.store import LOCAL, Store
 
 TENANT = "acme"

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from hil.simdevice import ApiResponse, SimDevice, make_csr
 from host.server.app import create_app
+from host.server.application import Application
 from host.server.onboarding import proof_message
 from host.server.policy import MemoryPolicy, PolicyError
-from host.server.application import Application
 from host.server.settings import Settings
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from host.server.app import create_app
-from host.server.policy import MemoryPolicy
 from host.server.application import Application
+from host.server.policy import MemoryPolicy
 from host.server.settings import Settings
 
 
@@ -153,9 +153,7 @@ def test_device_routes_are_documented_from_their_one_table(env: Any) -> None:
         post = doc["paths"][path]["post"]
         ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref == f"#/components/schemas/{route.request.__name__}"
-        assert set(schemas[route.request.__name__]["properties"]) == set(
-            route.request.model_fields
-        )
+        assert set(schemas[route.request.__name__]["properties"]) == set(route.request.model_fields)
         answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         assert answer.rsplit("/", 1)[1] in schemas
         assert {"400", "405", "408", "413"} <= set(post["responses"])

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from host.server.identities import parse_import
 from host.server.schemas import STATE_REGISTERED
-from host.server.store import ImportRejected, StoreError, Store
+from host.server.store import ImportRejected, Store, StoreError
 
 # P-256 field prime (SEC 2, 2.4.2): y = 1 with this x is not on the curve.
 _P = 2**256 - 2**224 + 2**192 + 2**96 - 1
