@@ -1,12 +1,13 @@
 """The `qlink` command: run the server, manage batches and devices, export the root CA.
 
 Every command works on the data directory (`--data-dir`, or env QLINK_DATA_DIR, default
-./qlink-data). The registry is SQLite in WAL mode, so these commands are safe while the
-server runs. A command that only reads refuses a directory without qlink data rather than
-create an empty registry there.
+./qlink-data) through the server's application layer (host/server/application.py), as the
+operator API does. The store is SQLite in WAL mode by default, so these commands are safe while
+the server runs. A command that only reads refuses a directory without qlink data rather than
+create an empty store there.
 
 Start-up cost: this module imports only what `qlink --help` needs (typer and the settings'
-names). Each command imports its own layers (the registry and SQLAlchemy, the CA, rich's
+names). Each command imports its own layers (the application and its store, the CA, rich's
 tables and progress bars, httpx), and the plug-in groups of other packages (`qlink rig`,
 `qlink puf`: numpy, matplotlib, the whole rig) are imported only when invoked; `--help` reads
 their one-line help from their module's docstring without running it. bench/cli_start.py
@@ -34,7 +35,8 @@ from host.server.settings import ENV_DATA_DIR, Settings
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from host.server.registry import Actor, Registry
+    from host.server.application import Application
+    from host.server.store import Actor
 
 PLUGIN_GROUP = "qlink.cli"
 
@@ -241,10 +243,9 @@ def _err(*text: Any, **kw: Any) -> None:
 
 
 def _plain(obj: Any) -> Any:
-    """A read model as JSON-ready data: the store's pydantic models (`model_dump`) or the
-    registry's dataclasses (`as_json`). Every JSON the CLI prints goes through here."""
-    dump = getattr(obj, "model_dump", None)
-    return dump(mode="json") if dump is not None else obj.as_json()
+    """A read model (the store's pydantic schemas) as JSON-ready data: what the operator API
+    would answer. Every JSON the CLI prints goes through here."""
+    return obj.model_dump(mode="json")
 
 
 def _print_json(doc: Any) -> None:
@@ -276,8 +277,8 @@ Tenant = Annotated[
 ]
 
 
-def _registry(data_dir: Path, *, create: bool = False) -> "Registry":
-    """The registry of `data_dir`. Only a command that makes the first records (`batch create`,
+def _app(data_dir: Path, *, create: bool = False) -> "Application":
+    """The application over `data_dir`. Only a command that makes the first records (`batch create`,
     `token create`) may create it; any other refuses a directory without qlink data, which it
     leaves exactly as it was (an operator who mistyped the path learns it at once)."""
     settings = Settings(data_dir=data_dir)
@@ -286,15 +287,15 @@ def _registry(data_dir: Path, *, create: bool = False) -> "Registry":
 
         if not data_dir_has_qlink_data(settings.data_dir, settings.database_url):
             raise NoQlinkData(settings.data_dir)
-    from host.server.registry import Registry
+    from host.server.application import Application
 
-    return Registry(settings.database)
+    return Application.for_operator(settings)
 
 
 def _actor() -> "Actor":
     import getpass
 
-    from host.server.registry import Actor
+    from host.server.store import Actor
 
     try:
         user = getpass.getuser()
@@ -370,7 +371,7 @@ def batch_create(
     """Create an empty, active batch."""
     if policy not in ("mosquitto", "aws", "azure"):
         raise CliError(f"policy must be mosquitto, aws or azure, not {policy!r}")
-    batch = _registry(data_dir, create=True).create_batch(name, tenant, policy, actor=_actor())
+    batch = _app(data_dir, create=True).create_batch(name, tenant, policy, actor=_actor())
     if as_json:
         _print_json(_plain(batch))
         return
@@ -398,14 +399,14 @@ def batch_import(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from host.server.registry import ImportRejected
+    from host.server.store import ImportRejected
 
     try:
         text = sys.stdin.read() if str(file) == "-" else file.read_text()
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise CliError(f"cannot read {file}: {why}; check the path") from e
-    registry = _registry(data_dir)
+    service = _app(data_dir)
     bar = Progress(
         TextColumn("checking"),
         BarColumn(),
@@ -417,7 +418,7 @@ def batch_import(
     try:
         with bar:
             task = bar.add_task("import", total=None)
-            count = registry.import_devices(
+            count = service.import_devices(
                 name,
                 text,
                 tenant=tenant,
@@ -432,7 +433,7 @@ def batch_import(
             f"{len(e.errors)} bad row(s) in {file}; nothing was imported. Fix them and run again"
         ) from e
     if as_json:
-        _print_json({"imported": count, "batch": _plain(registry.batch(name, tenant))})
+        _print_json({"imported": count, "batch": _plain(service.batch(name, tenant))})
         return
     _out(f"imported {count} device(s) into batch [bold]{name}[/]")
 
@@ -440,7 +441,7 @@ def batch_import(
 @batch_app.command("list")
 def batch_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """List batches with their tenant, state and device count."""
-    rows = _registry(data_dir).batches()
+    rows = _app(data_dir).batches()
     if as_json:
         _print_json([_plain(b) for b in rows])
         return
@@ -461,7 +462,7 @@ def batch_export(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Export a batch and its devices as JSON (a backup; `batch import` takes it back)."""
-    doc = json.dumps(_registry(data_dir).export_batch(name, tenant), indent=1) + "\n"
+    doc = json.dumps(_plain(_app(data_dir).export_batch(name, tenant)), indent=1) + "\n"
     if out_file is None:
         sys.stdout.write(doc)
     else:
@@ -472,10 +473,9 @@ def batch_export(
 
 
 def _set_active(name: str, active: bool, tenant: str | None, data_dir: Path, as_json: bool) -> None:
-    registry = _registry(data_dir)
-    registry.set_batch_active(name, active, tenant, actor=_actor())
+    batch = _app(data_dir).set_batch_active(name, active, tenant, actor=_actor())
     if as_json:
-        _print_json(_plain(registry.batch(name, tenant)))
+        _print_json(_plain(batch))
         return
     _out(f"batch [bold]{name}[/] {'enabled' if active else 'disabled'}")
 
@@ -497,31 +497,18 @@ def batch_enable(
 
 
 def _device_change(device_id: str, change: str, data_dir: Path, as_json: bool = False) -> None:
-    from host.server.admin import device_change
-    from host.server.ca import CertificateAuthority
-    from host.server.onboarding import BrokerEndpoint, Onboarding
     from host.server.policy import PolicyError
-    from host.server.policy.mosquitto import MosquittoDynsec
 
-    settings = Settings(data_dir=data_dir)
+    service = _app(data_dir)
+    use_case = {"revoke": service.revoke, "disable": service.disable, "enable": service.enable}[
+        change
+    ]
     try:
-        info = json.loads(settings.server_json.read_text())
-    except (OSError, ValueError):
-        raise CliError(
-            "the server is not running; start it (qlink server) so its broker applies the change"
-        ) from None
-    ca = CertificateAuthority.load(settings.ca_dir, settings.hsm)
-    try:
-        driver = MosquittoDynsec(ca, settings.bind_host, int(info["broker_port"]))
-    except PolicyError as e:
-        raise CliError(f"cannot reach the server's broker: {e}") from e
-    try:
-        service = Onboarding(settings, _registry(data_dir), ca, driver, BrokerEndpoint("-", 0))
-        dev = device_change(service, device_id.lower(), change, None, _actor())
+        dev = use_case(device_id, actor=_actor())
     except PolicyError as e:
         raise CliError(f"the broker refused the change ({e}); nothing changed, retry") from e
     finally:
-        driver.close()
+        service.close()
     if as_json:
         _print_json(_plain(dev))
         return
@@ -531,7 +518,7 @@ def _device_change(device_id: str, change: str, data_dir: Path, as_json: bool = 
 
 @device_app.command("revoke")
 def device_revoke(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
-    """Revoke a device for good: its certificate goes on the CRL, the broker forgets it."""
+    """Revoke a device for good: its certificate goes on the CRL, its broker denies it."""
     _device_change(device_id, "revoke", data_dir, as_json)
 
 
@@ -571,7 +558,7 @@ def token_create(
             print(answer["token"])
         _err(f"token for {name} ({answer['role']} in tenant {answer['tenant']})")
         return
-    token, op = _registry(data_dir, create=True).create_token(name, tenant, role, actor=_actor())
+    token, op = _app(data_dir, create=True).create_token(name, tenant, role, actor=_actor())
     if as_json:
         _print_json({"token": token, **_plain(op)})
     else:
@@ -582,7 +569,7 @@ def token_create(
 @token_app.command("list")
 def token_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """List operators and their tokens' state (never the tokens)."""
-    rows = _registry(data_dir).operators()
+    rows = _app(data_dir).operators()
     if as_json:
         _print_json([{**_plain(o), "created_at": o.created_at, "revoked": o.revoked} for o in rows])
         return
@@ -603,7 +590,7 @@ def token_revoke(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Revoke every token of an operator."""
-    n = _registry(data_dir).revoke_tokens(name, tenant, actor=_actor())
+    n = _app(data_dir).revoke_tokens(name, tenant, actor=_actor())
     if as_json:
         _print_json({"revoked": n, "name": name, "tenant": tenant})
         return
@@ -640,7 +627,7 @@ def audit(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """The audit log: every state change with who, what, when and from where."""
-    rows = _registry(data_dir).audit(tenant, action=action, target=target, limit=limit)
+    rows = _app(data_dir).audit(tenant, action=action, target=target, limit=limit)
     if as_json:
         _print_json([_plain(a) for a in rows])
         return
@@ -674,7 +661,7 @@ def devices(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """List devices: ID, batch, state, certificate expiry, last seen, last telemetry seq."""
-    rows = _registry(data_dir).devices(tenant, batch, state=state, limit=limit, offset=offset)
+    rows = _app(data_dir).devices(tenant, batch, state=state, limit=limit, offset=offset)
     if as_json:
         _print_json([_plain(d) for d in rows])
         return
@@ -723,6 +710,9 @@ def ca_root(
 
 
 def main() -> None:
+    # typer checks option values with pydantic, whose first validator scans every installed
+    # distribution for pydantic plug-ins (~20 ms on every command); the CLI uses none.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
     except ServerError as e:

@@ -17,21 +17,18 @@ console writes `\\r\\r\\n`, which is one line, not two.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from host.server import ServerError
+from host.server.deviceid import BadDeviceId, device_id_of, parse_device_id
 
 EXPORT_FORMAT = "qlink-batch-v1"
 FORMATS = ("csv", "json", "jsonl", "qdid")
 _HEX = frozenset("0123456789abcdef")
-_CURVE = ec.SECP256R1()
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
 
 # Column names a header row may give (compared lower-case, runs of spaces or `-` as `_`).
@@ -66,8 +63,11 @@ def public_key_error(pub: bytes) -> str | None:
     """Why `pub` is not an uncompressed P-256 point on the curve (SEC 1 2.3.4), or None."""
     if len(pub) != 65 or pub[0] != 0x04:
         return "public key must be 65 bytes starting with 04 (uncompressed point)"
+    # Imported here: a command that only reads the store does not load cryptography.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
-        ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, pub)
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pub)
     except ValueError:
         return "public key is not a point on the P-256 curve"
     return None
@@ -81,11 +81,10 @@ def _check(
 ) -> ImportRow | RowError:
     if device_id is _NOT_OBJECT:
         return RowError(line, 'row must be an object {"device_id", "public_key"}')
-    if not isinstance(device_id, str) or len(device_id) != 64:
-        return RowError(line, "device ID must be 64 hex characters")
-    device_id = device_id.strip().lower()
-    if not set(device_id) <= _HEX:
-        return RowError(line, "device ID must be 64 hex characters")
+    try:
+        device_id = parse_device_id(device_id)
+    except BadDeviceId as e:
+        return RowError(line, str(e))
     if not isinstance(key_hex, str) or len(key_hex) != 130:
         return RowError(line, "public key must be 130 hex characters")
     key_hex = key_hex.strip().lower()
@@ -95,7 +94,7 @@ def _check(
     why = public_key_error(pub)
     if why:
         return RowError(line, why)
-    if hashlib.sha256(pub).hexdigest() != device_id:
+    if device_id_of(pub) != device_id:
         return RowError(line, "device ID must equal SHA-256 of the public key")
     if device_id in seen:
         return RowError(line, f"duplicate of line {seen[device_id]}")

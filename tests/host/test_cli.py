@@ -177,7 +177,8 @@ _HEAVY = (
     "hil.build",
     "hil.emulated",
     "host.puf",
-    "host.server.registry",
+    "host.server.store",
+    "host.server.application",
     "host.server.ca",
     "rich.progress",
 )
@@ -212,6 +213,21 @@ def test_help_and_version_load_no_plugin_database_or_server_module(args: tuple[s
     loaded = modules_after(*args)
     assert "host.cli" in loaded  # the script did run the command
     assert heavy(loaded) == []
+
+
+@pytest.mark.parametrize(
+    "args", [("devices", "--json"), ("batch", "list", "--json"), ("audit", "--json")]
+)
+def test_read_commands_load_no_orm_migration_or_web_framework(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    from host.server.store import Store
+
+    Store(tmp_path / "registry.sqlite").close()  # a data directory at the newest schema
+    loaded = modules_after(*args, "--data-dir", str(tmp_path))
+    assert "host.server.store" in loaded  # the command did read the store
+    for module in ("sqlalchemy", "alembic", "fastapi", "uvicorn", "cryptography.x509"):
+        assert module not in loaded
 
 
 def test_help_does_not_scan_every_distribution() -> None:

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from host.server.identities import (
-    EXPORT_FORMAT,
-    ImportRow,
-    Progress,
-    RowError,
-    parse_any,
-    parse_import,
-)
+from host.server.identities import EXPORT_FORMAT
+
+if TYPE_CHECKING:
+    from host.server.identities import ImportRow, Progress
 from host.server.schemas import STATE_REGISTERED, BatchExport, BatchOut, ExportedDevice
 from host.server.store import audit
 from host.server.store.audit import LOCAL, Actor
@@ -143,6 +139,10 @@ class Batches:
         """
         with self._db.transaction(write=False) as tx:
             find(tx, batch, tenant)  # an unknown batch is named before the file's faults
+        # Imported here: the checks need cryptography, which a command that only reads the
+        # store does not load.
+        from host.server.identities import RowError, parse_any, parse_import
+
         if isinstance(lines, str):
             rows, errors = parse_any(lines, fmt, progress)
         else:

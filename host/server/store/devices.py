@@ -101,9 +101,10 @@ class Devices:
             where.append("d.state = :state")
         sql = SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY b.name, d.device_id"
-        if limit is not None:
+        if limit is not None or offset:
+            # LIMIT is what both databases take before OFFSET: "no limit" is a huge one.
             sql += " LIMIT :limit OFFSET :offset"
-            params.update(limit=limit, offset=offset)
+            params.update(limit=2**62 if limit is None else limit, offset=offset)
         return [record(r) for r in self._db.all(sql, params)]
 
     def denied(self, policy: str) -> builtins.list[DeviceRecord]:
