@@ -153,15 +153,6 @@ class _Qlink(TyperGroup):
             return _PluginStub(name=cmd_name, help=_plugin_help(_plugins()[cmd_name]))
         return cmd
 
-    def get_help_option(self, ctx: Any) -> Any:
-        # typer passes an absent --help (None) through a pydantic TypeAdapter, which imports
-        # pydantic (~50 ms) on every subcommand, `qlink batch --help` included; it leaves a
-        # bool alone, so the root's absent --help is False.
-        option = super().get_help_option(ctx)
-        if option is not None and option.default is None:
-            option.default = False
-        return option
-
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         name, cmd, rest = super().resolve_command(ctx, args)
         if isinstance(cmd, _PluginStub) and name is not None:
@@ -245,7 +236,9 @@ def _err(*text: Any, **kw: Any) -> None:
 def _plain(obj: Any) -> Any:
     """A read model (the store's pydantic schemas) as JSON-ready data: what the operator API
     would answer. Every JSON the CLI prints goes through here."""
-    return obj.model_dump(mode="json")
+    from host.server.schemas import plain
+
+    return plain(obj)
 
 
 def _print_json(doc: Any) -> None:
@@ -710,8 +703,8 @@ def ca_root(
 
 
 def main() -> None:
-    # typer checks option values with pydantic, whose first validator scans every installed
-    # distribution for pydantic plug-ins (~20 ms on every command); the CLI uses none.
+    # The first pydantic model a command builds (a read model's JSON) would scan every
+    # installed distribution for pydantic plug-ins (~20 ms); the CLI uses none.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()

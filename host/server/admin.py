@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
 from host.server.application import Application
+from host.server.bodies import BatchCreate, BatchState, ImportRequest, TokenCreate
 from host.server.identities import ImportFormatError
 from host.server.policy import PolicyError
 from host.server.schemas import (
@@ -25,17 +26,13 @@ from host.server.schemas import (
     ROLE_OPERATOR,
     ROLE_VIEWER,
     AuditOut,
-    BatchCreate,
     BatchExport,
     BatchOut,
-    BatchState,
     DeviceOut,
     DeviceRecord,
     ImportRejectedBody,
-    ImportRequest,
     ImportResult,
     OperatorOut,
-    TokenCreate,
     TokenOut,
     WhoAmI,
     errors,

@@ -6,7 +6,7 @@ of them reaches the store, the CA or a driver another way.
   driver connected, the broker endpoint devices are sent to).
 - `Application.for_operator(settings)`: what a `qlink` command builds: the store at once, the
   CA and the policy drivers (a connection to the running server's broker) only when a use case
-  needs them, so a command that reads the registry pays for nothing else.
+  needs them, so a command that reads the store pays for nothing else.
 
 Reads and changes take `tenant`: `None` is the local operator, who sees every tenant; an
 operator token's tenant sees only its own (another tenant's batch or device does not exist).

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from host.server.bodies import HelloRequest, ProofRequest
 from host.server.limits import (
     App,
     BodyTooLarge,
@@ -31,7 +32,7 @@ from host.server.limits import (
     send_json,
 )
 from host.server.onboarding import Onboarding, OnboardingRefused
-from host.server.schemas import ErrorBody, HelloAnswer, HelloRequest, ProofAnswer, ProofRequest
+from host.server.schemas import ErrorBody, HelloAnswer, ProofAnswer
 
 log = logging.getLogger("qlink.onboard")
 

@@ -26,7 +26,6 @@ from typing import Any
 from host.server import ServerError
 from host.server.deviceid import BadDeviceId, device_id_of, parse_device_id
 
-EXPORT_FORMAT = "qlink-batch-v1"
 FORMATS = ("csv", "json", "jsonl", "qdid")
 _HEX = frozenset("0123456789abcdef")
 Progress = Callable[[int, int], None]  # (rows done, rows in all)

@@ -65,5 +65,5 @@ class Lifecycle:
         if not dev.disabled:
             return dev
         self._policies.allow(dev)
-        self._store.devices.set_disabled(dev, False, actor, exception_cleared=True)
+        self._store.devices.set_disabled(dev, False, actor)
         return self._now(dev.device_id)

@@ -90,7 +90,7 @@ class Settings:
 
     @property
     def database(self) -> Path | str:
-        """What `Registry` opens: the SQLite file, or the database URL."""
+        """What the store opens: the SQLite file, or the database URL."""
         return self.database_url or self.db_path
 
     @property

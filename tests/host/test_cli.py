@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -511,3 +512,36 @@ def test_a_command_that_makes_the_first_records_creates_the_data(
     if made == "registry.sqlite":
         code, _, err = qlink("batch", "list", "--data-dir", str(target))
         assert code == 0, err
+
+
+def test_the_cli_json_of_every_read_model_is_its_model_dump(qlink, tmp_path: Path) -> None:
+    from host.server.application import Application
+    from host.server.schemas import plain
+    from host.server.settings import Settings
+
+    qlink("batch", "create", "m1")
+    ids = import_ids(qlink, tmp_path, "m1", 2)
+    set_device(tmp_path, ids[0], state="onboarded", disabled=1)
+    qlink("token", "create", "viewer1", "--role", "viewer")
+    app = Application.for_operator(Settings(data_dir=tmp_path / "data"))
+    try:
+        models: list[Any] = [
+            *app.devices(),
+            *app.batches(),
+            *app.audit(),
+            *app.operators(),
+            app.export_batch("m1"),
+        ]
+        assert {type(m).__name__ for m in models} == {
+            "DeviceRecord",
+            "BatchOut",
+            "AuditOut",
+            "OperatorOut",
+            "BatchExport",
+        }
+        for m in models:
+            assert plain(m) == m.model_dump(mode="json")
+            assert "public_key" not in plain(m) or isinstance(plain(m)["public_key"], str)
+        assert plain(models) == [m.model_dump(mode="json") for m in models]
+    finally:
+        app.close()

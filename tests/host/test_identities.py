@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hil import unixport
+from host.server.bodies import ImportRequest
 from host.server.identities import FORMATS, ImportFormatError, parse_any, parse_import
-from host.server.schemas import ImportRequest
 from host.server.store import ImportRejected, Store
 
 NO_ROWS = "the file has no device rows"

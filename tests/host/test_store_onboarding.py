@@ -243,7 +243,7 @@ def test_onboarding_records_device_and_one_audit_event_per_new_serial(reg: Store
 def test_policy_cleared_onboarding_clears_the_exception(reg: Store) -> None:
     device_id = new_device(reg)
     disable(reg, device_id)
-    reg.devices.set_disabled(dev(reg, device_id), False, LOCAL, exception_cleared=True)
+    reg.devices.set_disabled(dev(reg, device_id), False, LOCAL)
     reg.devices.set_policy_exception(device_id, True)  # as a crash between deny and enable
     reg.challenges.add("1" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     assert complete(reg, "1" * 32, device_id, b"c", 1, 2e9, 1.0)

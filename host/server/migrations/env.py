@@ -1,4 +1,4 @@
-"""Alembic environment: the registry runs migrations over its own connection (host/server/db.py)."""
+"""Alembic environment: host/server/db.py runs the migrations over its own connection."""
 
 from __future__ import annotations
 

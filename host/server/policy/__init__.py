@@ -134,8 +134,9 @@ class Policies:
             driver.disable_device(dev.device_id)
 
     def allow(self, dev: DeviceRecord) -> None:
-        """Undo `deny(revoke=False)`; the caller records that no exception is left."""
+        """Undo `deny(revoke=False)`: the broker's entry removed, then its mark."""
         self.driver_for(dev).enable_device(dev.device_id)
+        self._devices.set_policy_exception(dev.device_id, False)
 
     def reapply_denials(self, policy: str) -> int:
         """Deny again every disabled or revoked device of `policy`'s batches (at start: the

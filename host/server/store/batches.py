@@ -11,11 +11,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from host.server.identities import EXPORT_FORMAT
-
 if TYPE_CHECKING:
     from host.server.identities import ImportRow, Progress
-from host.server.schemas import STATE_REGISTERED, BatchExport, BatchOut, ExportedDevice
+from host.server.schemas import (
+    EXPORT_FORMAT,
+    STATE_REGISTERED,
+    BatchExport,
+    BatchOut,
+    ExportedDevice,
+)
 from host.server.store import audit
 from host.server.store.audit import LOCAL, Actor
 from host.server.store.database import Database, Tx

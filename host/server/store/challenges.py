@@ -67,15 +67,14 @@ class Challenges:
         """Store a challenge; with `purge_before`, also drop those expired before it (at most
         once a minute: the purge is housekeeping, not part of each hello)."""
         now = time.monotonic()
-        purge = bool(purge_before) and now - self._last_purge > _PURGE_EVERY_S
-        with self._db.transaction() as tx:
-            if purge:
-                self._last_purge = now
+        row = {"id": cid, "device_id": device_id, "challenge": challenge, "expires": expires}
+        if bool(purge_before) and now - self._last_purge > _PURGE_EVERY_S:
+            self._last_purge = now
+            with self._db.transaction() as tx:
                 tx.execute(_PURGE, {"before": purge_before})
-            tx.execute(
-                _INSERT,
-                {"id": cid, "device_id": device_id, "challenge": challenge, "expires": expires},
-            )
+                tx.execute(_INSERT, row)
+        else:
+            self._db.write_one(_INSERT, row)  # one statement: a transaction by itself
 
     def with_device(self, cid: str) -> tuple[ChallengeInfo, DeviceRecord] | None:
         """A challenge and its device in one query (the proof's first read)."""

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from host.server.store.errors import (
     ConstraintViolation,
@@ -41,20 +41,21 @@ _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 Row = dict[str, Any]
 
 
-class _Cursor(Protocol):
-    description: Sequence[Sequence[Any]] | None
-    rowcount: int
+if TYPE_CHECKING:  # what the store uses of a DBAPI connection and cursor (PEP 249)
 
-    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
-    def executemany(self, sql: str, params: Any, /) -> Any: ...
-    def fetchone(self) -> Sequence[Any] | None: ...
-    def fetchall(self) -> Sequence[Sequence[Any]]: ...
-    def close(self) -> Any: ...
+    class _Cursor(Protocol):
+        description: Sequence[Sequence[Any]] | None
+        rowcount: int
 
+        def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+        def executemany(self, sql: str, params: Any, /) -> Any: ...
+        def fetchone(self) -> Sequence[Any] | None: ...
+        def fetchall(self) -> Sequence[Sequence[Any]]: ...
+        def close(self) -> Any: ...
 
-class _Connection(Protocol):
-    def cursor(self) -> Any: ...
-    def close(self) -> Any: ...
+    class _Connection(Protocol):
+        def cursor(self) -> Any: ...
+        def close(self) -> Any: ...
 
 
 def database_url(target: Path | str) -> str:
@@ -341,6 +342,15 @@ class Database:
             raise
         self._checkin(conn)
         return None if row is None else dict(zip(names, row, strict=True))
+
+    def write_one(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """One statement that writes, as its own transaction (autocommit: no BEGIN/COMMIT
+        round of its own); the rows it changed."""
+        conn, cur = self._first(sql, params)
+        n = int(cur.rowcount)
+        cur.close()
+        self._checkin(conn)
+        return n
 
     def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         with self.transaction(write=False) as tx:

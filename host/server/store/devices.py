@@ -151,16 +151,12 @@ class Devices:
             )
         return True
 
-    def set_disabled(
-        self, dev: DeviceRecord, disabled: bool, actor: Actor, *, exception_cleared: bool = False
-    ) -> bool:
-        """Disable or enable, with its audit event; False when it already was so.
-        `exception_cleared`: the broker holds no exception for it any more."""
+    def set_disabled(self, dev: DeviceRecord, disabled: bool, actor: Actor) -> bool:
+        """Disable or enable, with its audit event; False when it already was so."""
         with self._db.transaction() as tx:
             changed = tx.execute(
                 "UPDATE devices SET disabled = :disabled"
-                + (", policy_exception = FALSE" if exception_cleared else "")
-                + " WHERE device_id = :device_id AND disabled = :was",
+                " WHERE device_id = :device_id AND disabled = :was",
                 {"disabled": disabled, "was": not disabled, "device_id": dev.device_id},
             )
             if changed:
