@@ -117,6 +117,12 @@ def run(
     """Run the rig scenarios; write <report>.json and <report>.md."""
     xml = report.with_suffix(".xml")
     files = [str(p) for p in tests] if tests else [str(p) for p in _default_scenarios()]
+    if not files:
+        _fail(
+            "run",
+            "no scenario files; the rig scenarios are tests/e2e/test_rig_*.py of a qlink "
+            "checkout: run from one, or give --tests FILE",
+        )
     # xunit1: the family that carries the properties pytest-embedded records.
     cmd = [
         sys.executable,
@@ -131,7 +137,7 @@ def run(
     cmd += files
     cmd += [f"--junitxml={xml}"] + (["-k", scenario] if scenario else [])
     for p in board or []:
-        cmd += ["--board", p]
+        cmd += ["--qlink-board", p]
     t0 = time.monotonic()
     rc = subprocess.call(cmd)
     rows = _rows(xml, ", ".join(board) if board else "emulated")

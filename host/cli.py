@@ -136,7 +136,8 @@ def _load_plugin(name: str) -> Any:
         return typer.main.get_group(obj) if isinstance(obj, typer.Typer) else obj
     except Exception as e:  # a broken plug-in must not take the whole CLI down
         raise CliError(
-            f"'qlink {name}' cannot load ({type(e).__name__}: {e}); run: make setup"
+            f"'qlink {name}' cannot load ({type(e).__name__}: {e}); in a checkout run: make "
+            "setup; else install the extra it needs (pip install 'qlink[puf]' for qlink puf)"
         ) from e
 
 

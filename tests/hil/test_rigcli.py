@@ -227,3 +227,17 @@ def test_run_a_real_scenario_on_an_emulated_board(tmp_path: Path) -> None:
     assert doc["scenarios"][0]["scenario"].startswith(
         "test_d_corrupt_config_or_helper_data_is_safe_mode_with_the_repl_reachable[config.json"
     )
+
+
+def test_run_without_scenario_files_says_where_they_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from hil import rigcli
+
+    monkeypatch.setattr(rigcli, "REPO", tmp_path)  # as installed: no tests/ beside the package
+    result = CliRunner().invoke(rigcli.app, ["run"])
+    assert result.exit_code == 1
+    assert "no scenario files" in result.output and "--tests FILE" in result.output
+    assert "Traceback" not in result.output
