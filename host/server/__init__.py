@@ -1,4 +1,5 @@
-"""The qlink server: device onboarding API, CA, registry, managed broker and its policy."""
+"""The qlink server: the device and operator APIs over one application layer (store, CA,
+policy drivers), and the managed broker."""
 
 
 class ServerError(Exception):

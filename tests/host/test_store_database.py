@@ -18,13 +18,9 @@ from host.server.store.database import Database
 _databases = itertools.count()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        d = Database(tmp_path / "r.sqlite")
-    else:
-        pg: PrivatePostgres = request.getfixturevalue("postgres")
-        d = Database(pg.create_database(f"db{next(_databases)}"))
+@pytest.fixture
+def db(database: str | Path) -> Iterator[Database]:
+    d = Database(database)
     yield d
     assert d.checked_out == 0
     d.close()

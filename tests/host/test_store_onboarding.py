@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from hil.serverproc import PrivatePostgres
 from host.server.db import make_engine
 from host.server.models import AuditEvent, Batch, Challenge, Device
 from host.server.schemas import DeviceRecord
@@ -30,13 +29,9 @@ TENANT = "acme"
 _databases = itertools.count()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        r = Store(tmp_path / "r.sqlite")
-    else:
-        pg: PrivatePostgres = request.getfixturevalue("postgres")
-        r = Store(pg.create_database(f"hot{next(_databases)}"))
+@pytest.fixture
+def reg(database: str | Path) -> Iterator[Store]:
+    r = Store(database)
     r.batches.create("b1", TENANT)
     yield r
     assert r.db.checked_out == 0

@@ -237,16 +237,20 @@ class Database:
         statement is tried once more on a new connection."""
         for attempt in (1, 2):
             conn, pooled = self._checkout(fresh=attempt == 2)
+            cur = None
             try:
                 cur = conn.cursor()
                 cur.execute(self.sql(statement), params or {})
                 return conn, cur
             except self.dbapi_errors as e:
-                if isinstance(e, self._gone) or attempt == 2 or not pooled:
+                gone = isinstance(e, self._gone)
+                if gone:
                     self._discard(conn)
-                else:
+                else:  # the statement's fault: the connection still serves
+                    if cur is not None:
+                        cur.close()
                     self._checkin(conn)
-                if attempt == 1 and pooled and isinstance(e, self._gone):
+                if gone and pooled and attempt == 1:
                     self._drop_idle()
                     continue
                 raise self.translate(e) from e
