@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -199,11 +201,21 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM once it has shut down, which ends the process before any
-    code after `serve()` runs: `server.json` goes away as the shutdown begins instead."""
+    code after `serve()` runs: `server.json` goes away as the shutdown begins instead.
+
+    It re-raises SIGINT too, but asyncio may then finish its main task before the interrupt
+    reaches it, and the process would exit 0: `interrupted` lets `serve` end as Ctrl-C should
+    (KeyboardInterrupt, exit 130) either way."""
 
     def __init__(self, config: uvicorn.Config, on_shutdown: list[object]) -> None:
         super().__init__(config)
         self.on_shutdown = on_shutdown
+        self.interrupted = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT:
+            self.interrupted = True
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for fn in self.on_shutdown:
@@ -330,6 +342,8 @@ def _serve(settings: Settings) -> None:
                 server.run(sockets=[sock])
             finally:
                 started = server.started
+            if server.interrupted:
+                raise KeyboardInterrupt
         else:
             from uvicorn.supervisors import Multiprocess
 
