@@ -545,3 +545,17 @@ def test_the_cli_json_of_every_read_model_is_its_model_dump(qlink, tmp_path: Pat
         assert plain(models) == [m.model_dump(mode="json") for m in models]
     finally:
         app.close()
+
+
+def test_a_device_change_without_a_running_server_says_so_and_changes_nothing(
+    qlink, tmp_path: Path
+) -> None:
+    qlink("batch", "create", "s1")
+    [device_id] = import_ids(qlink, tmp_path, "s1", 1)
+    before = qlink("devices", "--json")[1], qlink("audit", "--json")[1]
+    for change in ("revoke", "disable", "enable"):
+        code, _, err = qlink("device", change, device_id)
+        assert code == 1
+        assert "the server is not running; start it (qlink server)" in err
+        assert "Traceback" not in err
+    assert (qlink("devices", "--json")[1], qlink("audit", "--json")[1]) == before
