@@ -1,5 +1,5 @@
 """The firmware's type check (mypy-firmware.ini) holds the firmware to the board HAL protocol
-(firmware/hal.pyi) and to MicroPython's modules (typings/), and its typing guards cost the device
+(typings/hal.pyi) and to MicroPython's modules (typings/), and its typing guards cost the device
 no bytecode."""
 
 from __future__ import annotations
