@@ -73,7 +73,7 @@ ROUTES: dict[str, DeviceRoute] = {
 _ALWAYS = (400, 405, 408, 413)
 
 
-def application(scope: Scope) -> Onboarding:
+def onboarding_of(scope: Scope) -> Onboarding:
     """The onboarding use cases of the application the app was started with."""
     service: Onboarding = scope["app"].state.application.onboarding
     return service
@@ -154,7 +154,7 @@ class DeviceApi:
             return
         client = scope.get("client")
         source = client[0] if client else "-"
-        status, body = await answer(application(scope), route.name, raw, source)
+        status, body = await answer(onboarding_of(scope), route.name, raw, source)
         await send_json(send, status, body)
 
 

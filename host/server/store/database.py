@@ -90,22 +90,24 @@ class Tx:
     def one(self, sql: str, params: Mapping[str, Any] | None = None) -> Row | None:
         """The first row by column name, or None."""
         self._run(sql, params)
-        row = self._cursor.fetchone()
-        if row is None:
-            return None
-        names = [d[0] for d in self._cursor.description or ()]
-        return dict(zip(names, row, strict=True))
+        rows = _rows(self._cursor, self._cursor.fetchone())
+        return rows[0] if rows else None
 
     def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         self._run(sql, params)
-        names = [d[0] for d in self._cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+        return _rows(self._cursor, *self._cursor.fetchall())
 
     def _run(self, sql: str, params: Mapping[str, Any] | None) -> None:
         try:
             self._cursor.execute(self._db.sql(sql), params or {})
         except self._db.dbapi_errors as e:
             raise self._db.translate(e) from e
+
+
+def _rows(cursor: _Cursor, *rows: Sequence[Any] | None) -> list[Row]:
+    """`rows` of the cursor's last statement by column name (a None row is no row)."""
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in rows if row is not None]
 
 
 class _Rollback(Exception):
@@ -336,16 +338,8 @@ class Database:
 
     def one(self, sql: str, params: Mapping[str, Any] | None = None) -> Row | None:
         """One statement that reads, outside any explicit transaction (it is atomic alone)."""
-        conn, cur = self._first(sql, params)
-        try:
-            row = cur.fetchone()
-            names = [d[0] for d in cur.description or ()]
-            cur.close()
-        except BaseException:
-            self._discard(conn)
-            raise
-        self._checkin(conn)
-        return None if row is None else dict(zip(names, row, strict=True))
+        rows = self._read(sql, params, many=False)
+        return rows[0] if rows else None
 
     def write_one(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         """One statement that writes, as its own transaction (autocommit: no BEGIN/COMMIT
@@ -357,8 +351,19 @@ class Database:
         return n
 
     def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        with self.transaction(write=False) as tx:
-            return tx.all(sql, params)
+        """Every row of one statement that reads (atomic alone, as `one`)."""
+        return self._read(sql, params, many=True)
+
+    def _read(self, sql: str, params: Mapping[str, Any] | None, *, many: bool) -> list[Row]:
+        conn, cur = self._first(sql, params)
+        try:
+            rows = _rows(cur, *cur.fetchall()) if many else _rows(cur, cur.fetchone())
+            cur.close()
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._checkin(conn)
+        return rows
 
     # -- schema ---------------------------------------------------------------------------
     def schema_version(self) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 from host.server.schemas import STATE_REVOKED, STATES, DeviceRecord
 from host.server.store import audit
 from host.server.store.audit import Actor
-from host.server.store.database import Database, Tx
+from host.server.store.database import Database
 from host.server.store.errors import Invalid
 
 # The device row and its batch's columns that a DeviceRecord needs, in one join.
@@ -132,20 +132,28 @@ class Devices:
         it already was (nothing written)."""
         now = time.time()
         with self._db.transaction() as tx:
-            changed = tx.execute(
+            row = tx.one(
                 "UPDATE devices SET state = :revoked, revoked_at = :now"
-                " WHERE device_id = :device_id AND state <> :revoked",
+                " WHERE device_id = :device_id AND state <> :revoked"
+                " RETURNING serial, not_after",
                 {"revoked": STATE_REVOKED, "now": now, "device_id": dev.device_id},
             )
-            if not changed:
+            if row is None:
                 return False
-            row = tx.one(
-                "SELECT serial, not_after FROM devices WHERE device_id = :device_id",
-                {"device_id": dev.device_id},
-            )
-            serial = row["serial"] if row else None
-            if row and serial is not None and row["not_after"] is not None:
-                _add_revoked(tx, serial, dev.device_id, row["not_after"], now)
+            serial = row["serial"]
+            if serial is not None and row["not_after"] is not None:
+                # A serial revoked before (a repeat of a crashed revocation) stays as it was.
+                tx.execute(
+                    "INSERT INTO revoked_certs (serial, device_id, not_after, revoked_at)"
+                    " VALUES (:serial, :device_id, :not_after, :now)"
+                    " ON CONFLICT (serial) DO NOTHING",
+                    {
+                        "serial": serial,
+                        "device_id": dev.device_id,
+                        "not_after": row["not_after"],
+                        "now": now,
+                    },
+                )
             audit.record(
                 tx, actor, dev.tenant, "device.revoke", f"device:{dev.device_id}", serial=serial
             )
@@ -195,12 +203,3 @@ class Devices:
                     },
                 )
             )
-
-
-def _add_revoked(tx: Tx, serial: str, device_id: str, not_after: float, now: float) -> None:
-    if tx.one("SELECT 1 FROM revoked_certs WHERE serial = :serial", {"serial": serial}) is None:
-        tx.execute(
-            "INSERT INTO revoked_certs (serial, device_id, not_after, revoked_at)"
-            " VALUES (:serial, :device_id, :not_after, :now)",
-            {"serial": serial, "device_id": device_id, "not_after": not_after, "now": now},
-        )
