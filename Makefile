@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-stamp
 JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint fmt bench soak clean flash hil test-pg
+.PHONY: help setup demo test lint fmt bench soak clean flash hil test-pg attacks
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: setup ## ruff check + format check; mypy: strict on host/ and hil/, the fi
 fmt: setup ## Rewrite code with ruff's formatter and fixes
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
+
+attacks: setup ## The attack suite alone: bench/results/attacks.json and the table in docs/security.md
+	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/attacks --attacks-report bench/results/attacks.json
 
 bench: setup ## Benchmarks; figures go to bench/results/*.json
 	@$(PY) -m bench

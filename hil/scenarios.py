@@ -44,15 +44,22 @@ class Message:
 
 
 class TelemetryTap:
-    """Subscribes (QoS 1) to `qlink/+/<device_id>/#` on the server's broker as qlink-admin."""
+    """Subscribes (QoS 1) to `qlink/+/<device_id>/#` as qlink-admin, on the admin listener of
+    the broker of the server running on `data_dir` (its server.json names the port)."""
 
-    def __init__(self, ca_dir: Path, host: str, port: int, device_id: str) -> None:
+    def __init__(self, data_dir: Path, device_id: str) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.device_id = device_id
         self._lock = threading.Condition()
         self.messages: list[Message] = []
+        ca_dir = data_dir / "ca"
+        try:
+            port = int(json.loads((data_dir / "server.json").read_text())["broker_admin_port"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ScenarioError(f"no running qlink server on {data_dir}: {e}") from e
+        host = "127.0.0.1"  # the admin listener is on the server's loopback
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_dir / "bundle.pem"))
         ctx.load_cert_chain(str(ca_dir / "admin.pem"), str(ca_dir / "admin.key"))
         self._client = mqtt.Client(
@@ -216,9 +223,7 @@ def board_behind_proxy(
     tap = None
     try:
         redirect_broker(EmulatedTarget(board), stored["host"], proxy.port, interval_ms)
-        tap = TelemetryTap(
-            server.data_dir / "ca", "localhost", int(stored["port"]), ident["device_id"]
-        )
+        tap = TelemetryTap(server.data_dir, ident["device_id"])
         with steps.step("power_cycle", board=name):
             board.power_cycle()
         board.wait_for(rf"I mqtt: connected to \S+:{proxy.port}\b", timeout=60)

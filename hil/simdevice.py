@@ -441,8 +441,17 @@ class SimDevice:
             conn.close()
 
     # -- MQTT --------------------------------------------------------------------------------
-    def mqtt_connect(self, answer: ApiResponse, workdir: Path | None = None) -> mqtt.Client:
-        """Connect to the broker of a proof answer with the issued certificate (mTLS)."""
+    def mqtt_connect(
+        self,
+        answer: ApiResponse,
+        workdir: Path | None = None,
+        *,
+        client_id: str | None = None,
+        clean_session: bool = True,
+    ) -> mqtt.Client:
+        """Connect to the broker of a proof answer with the issued certificate (mTLS), as
+        `client_id` (default: the device ID). Whether the broker resumed a stored session is
+        in `session_present(client)`."""
         b = answer.body
         work = Path(workdir or tempfile.mkdtemp(prefix="qlink-sim-"))
         certs = [base64.b64decode(b["certificate_b64"])] + [
@@ -466,13 +475,19 @@ class SimDevice:
         ctx = _root_context(base64.b64decode(b["broker"]["ca_b64"]))
         ctx.load_cert_chain(str(work / "cert.pem"), str(key_path))
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2,
+            client_id=self.device_id if client_id is None else client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
         )
         client.tls_set_context(ctx)
         connected = threading.Event()
         result: list[ReasonCode] = []
 
-        def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+        def on_connect(
+            c: mqtt.Client, _u: object, flags: mqtt.ConnectFlags, rc: ReasonCode, _p: object
+        ) -> None:
+            c.user_data_set({"session_present": flags.session_present})
             result.append(rc)
             connected.set()
 
@@ -485,6 +500,12 @@ class SimDevice:
                 f"broker refused device {self.device_id[:12]}: {result or 'timeout'}"
             )
         return client
+
+
+def session_present(client: mqtt.Client) -> bool:
+    """Whether the broker's CONNACK for `client`'s last connection resumed a stored session."""
+    data = client.user_data_get()
+    return bool(isinstance(data, dict) and data.get("session_present"))
 
 
 class OnboardFailed(Exception):

@@ -38,7 +38,7 @@ from host.server import ServerError
 from host.server.admin import ApiError, ca_router
 from host.server.admin import router as admin_router
 from host.server.application import Application
-from host.server.broker import ManagedBroker, die_with_parent
+from host.server.broker import ADMIN_HOST, ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
 from host.server.datadir import lock_data_dir
 from host.server.deviceapi import DeviceApi, openapi_paths
@@ -77,17 +77,24 @@ def error_response(status: int, code: str, detail: str) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings, *, policy: PolicyDriver | None = None, broker_port: int | None = None
+    settings: Settings,
+    *,
+    policy: PolicyDriver | None = None,
+    broker_port: int | None = None,
+    admin_port: int = 0,
 ) -> FastAPI:
     """The server app. With `policy` given (tests), no broker is used and the broker endpoint in
     answers is `settings.public_host:settings.broker_port`; else the app connects its policy
-    driver to the broker already listening on `broker_port` (see `serve`). The application
+    driver to the admin listener (`admin_port`) of the broker whose devices' listener is
+    `broker_port` (see `serve`). The application
     (host/server/application.py) is built at start, as `app.state.application`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         port = broker_port if broker_port is not None else settings.broker_port
-        application = Application.for_server(settings, broker_port=port, policy=policy)
+        application = Application.for_server(
+            settings, broker_port=port, admin_port=admin_port, policy=policy
+        )
         try:
             app.state.broker_port = port
             app.state.application = application
@@ -157,9 +164,10 @@ def worker_app() -> FastAPI:
     """The app of one uvicorn worker process (several workers): settings come from the env."""
     raw = json.loads(os.environ[ENV_WORKER_SETTINGS])
     port = int(raw.pop("_broker_port"))
+    admin_port = int(raw.pop("_broker_admin_port"))
     die_with_parent()  # a worker must not outlive its main process (kill -9 of the server)
     configure_logging()
-    return create_app(Settings(**raw), broker_port=port)
+    return create_app(Settings(**raw), broker_port=port, admin_port=admin_port)
 
 
 _BIND_ERRORS = {
@@ -298,6 +306,7 @@ def _serve(settings: Settings) -> None:
             "api_port": api_port,
             "broker_host": settings.public_host,
             "broker_port": broker.port,
+            "broker_admin_port": broker.admin_port,
             "pid": os.getpid(),
         }
         if not stop.is_set():
@@ -322,7 +331,7 @@ def _serve(settings: Settings) -> None:
     try:
         # Once per start, before any worker serves: the broker's denials from the store.
         denials = Policies(
-            {POLICY_NAME: MosquittoDynsec(ca, settings.bind_host, broker.port)}, store.devices
+            {POLICY_NAME: MosquittoDynsec(ca, ADMIN_HOST, broker.admin_port)}, store.devices
         )
         try:
             applied = denials.reapply_denials(POLICY_NAME)
@@ -330,13 +339,13 @@ def _serve(settings: Settings) -> None:
             denials.close()
         if applied:
             log.info("event=policy_denials_applied devices=%d", applied)
-        telemetry = TelemetrySubscriber(store.devices, ca, settings.bind_host, broker.port)
+        telemetry = TelemetrySubscriber(store.devices, ca, ADMIN_HOST, broker.admin_port)
         threading.Thread(target=announce, name="announce", daemon=True).start()
         threading.Thread(
             target=_refresh_crl, args=(main, broker, stop), name="crl", daemon=True
         ).start()
         if settings.workers == 1:
-            app = create_app(settings, broker_port=broker.port)
+            app = create_app(settings, broker_port=broker.port, admin_port=broker.admin_port)
             server = _Server(uvicorn.Config(app, **ssl_args), [unannounce, stop_broker])
             try:
                 server.run(sockets=[sock])
@@ -353,7 +362,9 @@ def _serve(settings: Settings) -> None:
                 else getattr(settings, f.name)
                 for f in dataclasses.fields(settings)
             }
-            os.environ[ENV_WORKER_SETTINGS] = json.dumps({**raw, "_broker_port": broker.port})
+            os.environ[ENV_WORKER_SETTINGS] = json.dumps(
+                {**raw, "_broker_port": broker.port, "_broker_admin_port": broker.admin_port}
+            )
             config = uvicorn.Config(
                 "host.server.app:worker_app", factory=True, workers=settings.workers, **ssl_args
             )

@@ -64,10 +64,13 @@ class Application:
         settings: Settings,
         *,
         broker_port: int,
+        admin_port: int = 0,
         policy: PolicyDriver | None = None,
     ) -> Application:
-        """An API process's application: the managed broker's driver (`policy` replaces it in
-        tests), the other drivers the settings configure, and devices sent to `broker_port`."""
+        """An API process's application: the managed broker's driver on its admin listener
+        (`admin_port`; `policy` replaces it in tests), the other drivers the settings configure,
+        and devices sent to `broker_port`."""
+        from host.server.broker import ADMIN_HOST
         from host.server.ca import CertificateAuthority
         from host.server.onboarding import BrokerEndpoint
         from host.server.policy import Policies
@@ -78,7 +81,7 @@ class Application:
         )
         store = Store(settings.database)
         try:
-            driver = policy or MosquittoDynsec(ca, settings.bind_host, broker_port)
+            driver = policy or MosquittoDynsec(ca, ADMIN_HOST, admin_port)
         except BaseException:
             store.close()
             raise
@@ -108,16 +111,17 @@ class Application:
     def policies(self) -> Policies:
         """For the local operator: the drivers, the managed one connected to the broker of the
         server running on this data directory."""
+        from host.server.broker import ADMIN_HOST
         from host.server.policy import Policies, PolicyError
         from host.server.policy.mosquitto import MosquittoDynsec
 
         try:
             info = json.loads(self.settings.server_json.read_text())
-            port = int(info["broker_port"])
+            port = int(info["broker_admin_port"])
         except (OSError, ValueError, KeyError, TypeError):
             raise ServerNotRunning from None
         try:
-            driver = MosquittoDynsec(self.ca, self.settings.bind_host, port)
+            driver = MosquittoDynsec(self.ca, ADMIN_HOST, port)
         except PolicyError as e:
             raise PolicyError(f"cannot reach the server's broker: {e}") from e
         return Policies({"mosquitto": driver, **extra_drivers(self.settings)}, self.store.devices)

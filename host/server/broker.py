@@ -4,6 +4,13 @@ The broker runs from `/usr/sbin/mosquitto` with a config under `data_dir/broker/
 the system service. TLS with client certificates is mandatory; the certificate's CN becomes the
 MQTT user name.
 
+Two listeners. Devices use the public one: `use_username_as_clientid` makes a device's MQTT
+client identifier its certificate's CN whatever it asks for, so a device can neither close
+another device's connection (a CONNECT with a taken client identifier closes the old one) nor
+resume its stored session. The server's own admin clients (several, one certificate) use a
+second listener on the loopback whose only trust anchor is that self-signed admin certificate:
+no device certificate passes its handshake, and the admin's never passes the devices'.
+
 Rights: a device's rights come with the certificate the CA issued it at onboarding: one pattern
 ACL, `qlink/+/%u/#`, lets every device use the topics under its own ID (CN = device ID) and
 nothing else. The dynamic-security plugin is asked first and holds only the exceptions: the
@@ -39,6 +46,7 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 _DYNSEC_GLOB = "/usr/lib/*/mosquitto_dynamic_security.so"
 ADMIN_ROLE = "qlink-admin"
 DENY_ROLE = "qlink-deny"
+ADMIN_HOST = "127.0.0.1"  # the admin listener: the server and its managed broker share a host
 DEVICE_PATTERN = "qlink/+/%u/#"  # %u: the MQTT user name, which is the certificate CN
 CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
 # Mosquitto 2.0 logs this and exits when its listener's port is taken (bind(2): EADDRINUSE).
@@ -131,12 +139,18 @@ class ManagedBroker:
     """One Mosquitto process with its own config; `start()` returns once it accepts TCP."""
 
     def __init__(
-        self, broker_dir: Path, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0
+        self,
+        broker_dir: Path,
+        ca: CertificateAuthority,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_port: int = 0,
     ) -> None:
         self.dir = broker_dir
         self.ca = ca
         self.host = host
         self.port = port
+        self.admin_port = admin_port  # on ADMIN_HOST; 0: a free one at start
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -211,6 +225,16 @@ class ManagedBroker:
             # Revoked certificates fail the TLS handshake; SIGHUP makes it re-read the file.
             f"crlfile {self.ca.crl_pem_path}",
             "use_identity_as_username true",
+            # The client identifier is the certificate's CN: see the module docstring.
+            "use_username_as_clientid true",
+            "set_tcp_nodelay true",
+            f"listener {self.admin_port} {ADMIN_HOST}",
+            "protocol mqtt",
+            f"cafile {self.ca.cert_path('admin')}",
+            f"certfile {self.ca.cert_path('broker')}",
+            f"keyfile {self.ca.key_path('broker')}",
+            "require_certificate true",
+            "use_identity_as_username true",
             "set_tcp_nodelay true",
         ]
         atomic_write(self.config_path, ("\n".join(lines) + "\n").encode(), 0o600)
@@ -223,6 +247,8 @@ class ManagedBroker:
             self.ca.publish_crl([])
         if self.port == 0:
             self.port = free_port(self.host)
+        if self.admin_port == 0:
+            self.admin_port = free_port(ADMIN_HOST)
         self.write_config()
         log_file = self.log_path.open("ab")
         log_start = log_file.tell()  # this start's lines begin here
@@ -264,7 +290,12 @@ class ManagedBroker:
                     f"{timeout_s:.0f} s; see {self.log_path}"
                 )
             time.sleep(0.05)
-        log.info("event=broker_started pid=%d port=%d", self._proc.pid, self.port)
+        log.info(
+            "event=broker_started pid=%d port=%d admin_port=%d",
+            self._proc.pid,
+            self.port,
+            self.admin_port,
+        )
 
     def _log_since(self, offset: int) -> bytes:
         with self.log_path.open("rb") as f:

@@ -6,8 +6,9 @@ Layout of `data_dir/ca/` (keys 0600, everything written atomically):
     bundle.pem                        root + issuing, the broker's `cafile`
     server.pem server.key             HTTPS leaf + issuing CA (the chain the server serves)
     broker.pem broker.key             the broker's TLS leaf + issuing CA
-    admin.pem admin.key               client certificate (CN qlink-admin) of the server's own
-                                      MQTT connection
+    admin.pem admin.key               self-signed client certificate (CN qlink-admin) of the
+                                      server's own MQTT connections: the only trust anchor of
+                                      the broker's admin listener, and no device's
     crl.der crl.pem                   the issuing CA's CRL, rewritten on every revocation and
                                       re-signed before it expires (the broker's `crlfile`)
 Each item is loaded when present and consistent, created otherwise, so a crash between two
@@ -283,8 +284,30 @@ class CertificateAuthority:
         sans = _service_sans(public_host)
         for service in ("server", "broker"):
             ca._ensure_leaf(service, ExtendedKeyUsageOID.SERVER_AUTH, sans)
-        ca._ensure_leaf("admin", ExtendedKeyUsageOID.CLIENT_AUTH, None)
+        ca._ensure_admin()
         return ca
+
+    def _ensure_admin(self) -> None:
+        """The admin client certificate, self-signed: the broker's admin listener trusts it
+        alone, so a device certificate never opens that listener (nor the admin's the devices')."""
+        current = _load_signer(self.dir, "admin")
+        if (
+            current is not None
+            and _issued_by(current.cert, current.cert)
+            and current.cert.not_valid_after_utc > _now() + dt.timedelta(days=30)
+        ):
+            return
+        key = ec.generate_private_key(ec.SECP256R1())
+        # No key usage extension: OpenSSL takes a self-signed certificate as its own issuer
+        # only if a key usage, when present, allows certificate signing.
+        cert = (
+            _builder(_name(ADMIN_CN), None, key.public_key(), _SERVICE_DAYS)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        atomic_write(self.key_path("admin"), _key_pem(key), 0o600)
+        atomic_write(self.cert_path("admin"), _pem(cert))
 
     def _ensure_leaf(
         self,

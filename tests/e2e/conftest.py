@@ -15,39 +15,13 @@ from typing import Any
 
 import pytest
 
+from hil.fleet import Fleet
 from hil.serverproc import PostgresUnavailable, PrivatePostgres, ServerProcess, temporary_postgres
-from hil.simdevice import SimDevice
 
 # The expiry test's own server: short enough to wait for, long enough for hello + proof.
 # (The shared server keeps the default TTL: an emulated board's P-256 signing takes seconds.)
 SHORT_TTL_S = 2
 POOL = 12
-
-
-class Fleet:
-    """Devices registered in batch `e2e`; `take()` hands out one not used by another test."""
-
-    def __init__(self, server: ServerProcess, size: int = POOL) -> None:
-        self.server = server
-        root = server.root_der()
-        self._free = [SimDevice(server.api_url, root) for _ in range(size)]
-        csv = server.data_dir / "e2e-devices.csv"
-        csv.write_text("\n".join(d.csv_line() for d in self._free) + "\n")
-        server.cli("batch", "create", "e2e", "--tenant", "acme")
-        server.cli("batch", "import", "e2e", str(csv))
-
-    def take(self) -> SimDevice:
-        return self._free.pop()
-
-    def stranger(self) -> SimDevice:
-        return SimDevice(self.server.api_url, self.server.root_der())
-
-    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every row of devices and batches, straight from the database."""
-        return {
-            table: self.server.query(f"SELECT * FROM {table} ORDER BY 1")
-            for table in ("devices", "batches")
-        }
 
 
 BACKEND = os.environ.get("QLINK_E2E_DATABASE", "sqlite")
@@ -94,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, make_server: Any) -> Iterat
 
 @pytest.fixture(scope="session")
 def fleet(server: ServerProcess) -> Fleet:
-    return Fleet(server)
+    return Fleet(server, size=POOL)
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_b_broker_name_mismatch_fails_closed_no_telemetry_accepted(
     board.wait_for(r"published seq=1\b", timeout=180)
     port = json.loads((board.fs / "data" / "onboard.json").read_text())["broker"]["port"]
     scenarios.redirect_broker(EmulatedTarget(board), OTHER_NAME, int(port))
-    tap = scenarios.TelemetryTap(server.data_dir / "ca", "localhost", int(port), device_id)
+    tap = scenarios.TelemetryTap(server.data_dir, device_id)
     try:
         board.power_cycle()
         _tls_refusal(board, OTHER_NAME)
@@ -118,8 +118,8 @@ def test_b_revoked_client_certificate_is_refused_live_and_after_a_power_cycle(
     board, device_id = boards.new("revoked")
     board.power_on()
     board.wait_for(r"published seq=3\b", timeout=180)
-    port = json.loads((board.fs / "data" / "onboard.json").read_text())["broker"]["port"]
-    tap = scenarios.TelemetryTap(server.data_dir / "ca", "localhost", int(port), device_id)
+
+    tap = scenarios.TelemetryTap(server.data_dir, device_id)
     try:
         tap.wait_seq(4, timeout=30)
         out = server.cli("device", "revoke", device_id)

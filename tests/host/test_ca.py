@@ -110,10 +110,20 @@ def test_server_key_matches_certificate(ca: CertificateAuthority) -> None:
     assert key.public_key() == _chain(ca.cert_path("server"))[0].public_key()
 
 
-def test_admin_certificate_is_client_auth_with_admin_cn(ca: CertificateAuthority) -> None:
-    leaf, _issuing = _chain(ca.cert_path("admin"))
-    assert leaf.subject.rfc4514_string() == f"CN={ADMIN_CN}"
-    _openssl_verify(ca, leaf, "sslclient")
+def test_admin_certificate_is_its_own_anchor_and_no_device_path(ca: CertificateAuthority) -> None:
+    """The admin listener trusts the admin certificate alone; the devices' listener (root +
+    issuing) does not take it."""
+    path = ca.cert_path("admin")
+    (leaf,) = _chain(path)
+    assert leaf.subject.rfc4514_string() == f"CN={ADMIN_CN}" == leaf.issuer.rfc4514_string()
+    alone = subprocess.run(
+        ["openssl", "verify", "-purpose", "sslclient", "-CAfile", str(path), str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert alone.returncode == 0, alone.stderr
+    with pytest.raises(AssertionError):
+        _openssl_verify(ca, leaf, "sslclient")
 
 
 def test_device_certificate_profile(ca: CertificateAuthority) -> None:

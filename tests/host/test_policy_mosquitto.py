@@ -135,8 +135,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]
     ca = CertificateAuthority.load_or_create(root / "ca")
     broker = ManagedBroker(root / "broker", ca)
     broker.start()
-    policy = MosquittoDynsec(ca, "127.0.0.1", broker.port)
-    listener = Listener(ca, broker.port)
+    policy = MosquittoDynsec(ca, "127.0.0.1", broker.admin_port)
+    listener = Listener(ca, broker.admin_port)
     devices = [Device(ca, root) for _ in range(3)]
     a, b, stranger = devices
     policy.register_device(TENANT, a.id)
@@ -252,7 +252,10 @@ def test_broker_files(env: dict) -> None:
         "allow_anonymous false",
         "persistence false",
         "set_tcp_nodelay true",
+        "use_username_as_clientid true",
         f"listener {broker.port} 127.0.0.1",
+        f"listener {broker.admin_port} 127.0.0.1",
+        f"cafile {broker.ca.cert_path('admin')}",
     ):
         assert line in conf
     assert f"acl_file {broker.acl_path}" in conf

@@ -36,7 +36,14 @@ def test_signal_stops_server_and_broker(tmp_path: Path, sig: signal.Signals) -> 
     proc = ServerProcess(tmp_path).start()
     try:
         info = json.loads((tmp_path / "server.json").read_text())
-        assert set(info) == {"api_url", "api_port", "broker_host", "broker_port", "pid"}
+        assert set(info) == {
+            "api_url",
+            "api_port",
+            "broker_host",
+            "broker_port",
+            "broker_admin_port",
+            "pid",
+        }
         assert info["api_url"] == f"https://localhost:{info['api_port']}"
         assert _accepts(info["api_port"]) and _accepts(info["broker_port"])
         broker = _broker_pid(tmp_path)
