@@ -1,13 +1,15 @@
 # HMAC_DRBG with SHA-256 (NIST SP 800-90A Rev.1 section 10.1.2), security strength 256 bits.
 # Feeds challenges and hedging data; its entropy input comes from the health-tested, SHA-256
-# conditioned board noise.
+# conditioned board noise (qdid.entropy).
+# Prediction resistance (9.3.1) is the caller's reseed right before a generate without
+# additional input, as the CAVP pr_true vectors run it (tests/firmware/test_drbg.py).
 from micropython import const
 from qdid import QdidError
 from qdid.hmac import hmac_sha256
 
 _OUTLEN = const(32)  # SHA-256 output, bytes
 _MIN_ENTROPY = const(32)  # security_strength / 8: 256-bit strength (SP 800-90A 10.1, table 2)
-_MAX_REQUEST = const(4096)  # bytes per request; 90A allows up to 2^19 bits, a device needs less
+MAX_REQUEST = const(4096)  # bytes per generate; 90A allows 2^19 bits (64 KiB), a device needs less
 _RESEED_INTERVAL = const(10000)  # generate calls between reseeds; 90A allows up to 2^48
 
 
@@ -17,6 +19,12 @@ class DrbgError(QdidError):
 
 class ReseedRequired(DrbgError):
     # SP 800-90A 9.3.1 step 7: the reseed counter passed the reseed interval.
+    pass
+
+
+class RequestTooLarge(DrbgError):
+    # SP 800-90A 9.3.1 step 2: more than max_number_of_bits_per_request (MAX_REQUEST bytes).
+    # The size asked for is public, so the message names it and the limit.
     pass
 
 
@@ -52,8 +60,13 @@ class HmacDrbg:
 
     def generate(self, n, additional=b""):
         # Generate (10.1.2.5).
-        if n < 0 or n > _MAX_REQUEST:
-            raise DrbgError  # request larger than max_number_of_bits_per_request
+        if n < 0:
+            raise DrbgError  # a negative length is a caller's bug
+        if n > MAX_REQUEST:
+            raise RequestTooLarge(
+                "HMAC_DRBG: at most %d bytes per request, asked for %d; split the request"
+                % (MAX_REQUEST, n)
+            )
         if self._counter > self._interval:
             raise ReseedRequired
         additional = bytes(additional)

@@ -1,20 +1,27 @@
 """HMAC_DRBG on the device (`qdid.drbg`, MicroPython) against an independent CPython reading of
 NIST SP 800-90A Rev.1 section 10.1.2 (stdlib `hmac`).
 
-cryptography_vectors ships no DRBG vectors, so besides the one CAVP known answer in
-tests/firmware/test_drbg.py, every path (personalization, additional input, reseed, odd output
-lengths) is checked here against this second implementation.
+The NIST CAVP vectors (tests/firmware/test_drbg.py, fetched by scripts/fetch-drbg-vectors) fix
+output lengths of 128 bytes and inputs of 0 or 32 bytes; the random scripts here reach the other
+paths (odd output lengths, other input lengths, several reseeds in a row) against this second
+implementation, which itself reproduces every SHA-256 CAVP case.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import json
+import os
 import random
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from hil import unixport
+
+FIRMWARE_TESTS = Path(__file__).resolve().parents[1] / "firmware"
 
 
 class ReferenceHmacDrbg:
@@ -134,3 +141,49 @@ def test_reference_reproduces_the_cavp_known_answer() -> None:
         .hex()
         .startswith("e528e9abf2dece54d47c7e75e5fe302149f817ea9fb4bee6f4199697d04d5b89")
     )
+
+
+def _drbgcavp() -> ModuleType:
+    # The device tests' reader of the vectors (plain Python that CPython runs as well).
+    spec = importlib.util.spec_from_file_location("drbgcavp", FIRMWARE_TESTS / "drbgcavp.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _vectors_dir() -> Path:
+    folder = os.environ.get("QLINK_DRBG_VECTORS")
+    if folder:
+        return Path(folder)
+    # scripts/fetch-drbg-vectors puts them in the virtualenv that runs the tests.
+    return Path(sys.prefix) / "share" / "qlink-vectors" / "hmac_drbg"
+
+
+def test_reference_reproduces_every_sha256_cavp_case() -> None:
+    cavp = _drbgcavp()
+    folder = _vectors_dir()
+    assert (folder / "SOURCE").exists(), (
+        f"NIST CAVP HMAC_DRBG vectors missing in {folder}: run scripts/fetch-drbg-vectors"
+    )
+    counts: dict[str, int] = {}
+    for mode in ("no_reseed", "pr_false", "pr_true"):
+        n = 0
+        for c in cavp.cases(str(folder), mode):
+            drbg = ReferenceHmacDrbg(c.entropy, c.nonce, c.pers)
+            size = len(c.returned)
+            if mode == "pr_true":
+                drbg.reseed(c.reseeds[0], c.adds[0])
+                drbg.generate(size, b"")
+                drbg.reseed(c.reseeds[1], c.adds[1])
+                got = drbg.generate(size, b"")
+            else:
+                adds = list(c.adds)
+                if mode == "pr_false":
+                    drbg.reseed(c.reseeds[0], adds.pop(0))
+                drbg.generate(size, adds[0])
+                got = drbg.generate(size, adds[1])
+            assert got == c.returned, c.name
+            n += 1
+        counts[mode] = n
+    assert counts == {"no_reseed": 60, "pr_false": 60, "pr_true": 60}
