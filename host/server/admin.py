@@ -8,15 +8,16 @@ the client address.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from host.server import ServerError
+from host.server import ServerError, jsonin
 from host.server.application import Application
 from host.server.bodies import BatchCreate, BatchState, ImportRequest, TokenCreate
 from host.server.identities import ImportFormatError
@@ -109,7 +110,29 @@ async def _call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         raise ApiError(503, "unavailable", str(e)) from None
 
 
-router = APIRouter(prefix="/v1/admin", responses=errors(400, 401, 408, 413))
+class _JsonRequest(Request):
+    """A request whose JSON body is read by jsonin (depth, duplicate keys, constants)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = jsonin.loads(await self.body())
+            except jsonin.JsonRejected as e:  # a syntax error goes on to FastAPI's own 400
+                raise HTTPException(400, f"the body is refused: {e}") from None
+        return self._json
+
+
+class _JsonRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def bounded(request: Request) -> Response:
+            return await handler(_JsonRequest(request.scope, request.receive))
+
+        return bounded
+
+
+router = APIRouter(prefix="/v1/admin", responses=errors(400, 401, 408, 413), route_class=_JsonRoute)
 
 
 @router.get("/whoami", response_model=WhoAmI)

@@ -10,7 +10,6 @@ object 400, another method than POST 405.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from host.server import jsonin
 from host.server.bodies import HelloRequest, ProofRequest
 from host.server.limits import (
     App,
@@ -88,9 +88,9 @@ async def answer(
     device = "-"
     try:
         try:
-            body = json.loads(raw)
-        except ValueError:  # also bytes that are not UTF-8
-            body = None
+            body = jsonin.loads(raw)
+        except ValueError as e:  # JsonRejected or a syntax error
+            raise OnboardingRefused(400, "bad_request", f"the body is not JSON: {e}") from None
         if not isinstance(body, dict):
             raise OnboardingRefused(400, "bad_request", "the body must be a JSON object")
         if route == "hello":

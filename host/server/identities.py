@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from host.server import ServerError
+from host.server import ServerError, jsonin
 from host.server.deviceid import BadDeviceId, device_id_of, parse_device_id
 
 FORMATS = ("csv", "json", "jsonl", "qdid")
@@ -184,7 +184,7 @@ _DEVICES_KEY = re.compile(r'"devices"\s*:\s*\[')
 
 def _json_elements(text: str, start: int) -> Iterable[tuple[int, Any]]:
     """The elements of the JSON array opening at `start`, each with the line it starts on."""
-    decoder = json.JSONDecoder()
+    decoder = jsonin.decoder()
     i, line, counted = start + 1, 1 + text.count("\n", 0, start), start
     n = len(text)
     while True:
@@ -200,6 +200,8 @@ def _json_elements(text: str, start: int) -> Iterable[tuple[int, Any]]:
             value, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise ImportFormatError(f"line {e.lineno}: not valid JSON ({e.msg})") from None
+        except jsonin.JsonRejected as e:
+            raise ImportFormatError(f"line {line}: {e}") from None
         yield line, value
 
 
@@ -214,9 +216,11 @@ def parse_json(
 ) -> tuple[list[ImportRow], list[RowError]]:
     """Check every row of a JSON array or of a batch export's `devices`."""
     try:
-        doc = json.loads(text)
+        doc = jsonin.loads(text)
     except json.JSONDecodeError as e:
         raise ImportFormatError(f"line {e.lineno}: not valid JSON ({e.msg})") from None
+    except jsonin.JsonRejected as e:
+        raise ImportFormatError(str(e)) from None
     if isinstance(doc, list):
         start = text.index("[")
         total = len(doc)
@@ -241,9 +245,11 @@ def parse_json(
 # -- jsonl and qdid: one JSON object per line ------------------------------------------------
 def _json_line(n: int, raw: str, what: str) -> tuple[int, object, object] | RowError:
     try:
-        value = json.loads(raw)
+        value = jsonin.loads(raw)
     except json.JSONDecodeError as e:
         return RowError(n, f"{what} is not valid JSON ({e.msg})")
+    except jsonin.JsonRejected as e:
+        return RowError(n, f"{what} is refused: {e}")
     return _fields(n, value)
 
 
@@ -301,10 +307,12 @@ def detect_format(text: str) -> str:
         return "json"
     if head == "{":
         try:
-            json.loads(text)
+            jsonin.loads(text)
         except json.JSONDecodeError as e:
             # The first value parsed and more follow: one object a line, not one document.
             return "jsonl" if e.msg == "Extra data" else "json"
+        except jsonin.JsonRejected:
+            return "json"  # parse_json says why
     return "json" if head == "{" else "csv"
 
 

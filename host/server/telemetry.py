@@ -3,7 +3,6 @@ last message and the time it arrived per device."""
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -11,6 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from host.server import jsonin
 from host.server.ca import CertificateAuthority
 from host.server.deviceid import is_device_id
 from host.server.mqtt import connect_admin
@@ -28,8 +28,8 @@ def parse_telemetry(payload: bytes | bytearray) -> dict[str, Any] | None:
     if len(payload) > _MAX_PAYLOAD:
         return None
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        data = jsonin.loads(payload)
+    except ValueError:  # JsonRejected (also not UTF-8) or a syntax error
         return None
     if not isinstance(data, dict):
         return None
