@@ -298,6 +298,17 @@ def _actor() -> "Actor":
     return Actor(f"cli:{user}", "local")
 
 
+def _check_names(**names: str) -> None:
+    """Refuse a new name that breaks the one name rule (host/server/store/names.py) before the
+    data directory is opened, so a refused command creates nothing at all."""
+    from host.server.store.names import name_problem
+
+    for kind, value in names.items():
+        problem = name_problem(kind.replace("_", " "), value)
+        if problem is not None:
+            raise CliError(problem)
+
+
 # -- commands ----------------------------------------------------------------------------------
 @app.command()
 def server(
@@ -362,9 +373,14 @@ def batch_create(
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
-    """Create an empty, active batch."""
+    """Create an empty, active batch.
+
+    NAME and TENANT are 1 to 64 characters: letters, digits, '.', '_' and '-', starting and
+    ending with a letter or digit.
+    """
     if policy not in ("mosquitto", "aws", "azure"):
         raise CliError(f"policy must be mosquitto, aws or azure, not {policy!r}")
+    _check_names(batch_name=name, tenant=tenant)
     batch = _app(data_dir, create=True).create_batch(name, tenant, policy, actor=_actor())
     if as_json:
         _print_json(_plain(batch))
@@ -541,7 +557,12 @@ def token_create(
     ] = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
-    """Create an operator API token and print it once (only its SHA-256 is stored)."""
+    """Create an operator API token and print it once (only its SHA-256 is stored).
+
+    NAME and TENANT are 1 to 64 characters: letters, digits, '.', '_' and '-', starting and
+    ending with a letter or digit.
+    """
+    _check_names(operator_name=name, tenant=tenant)
     if remote:
         from host.client import AdminClient
 
@@ -701,6 +722,78 @@ def ca_root(
         sys.stdout.buffer.write(data)
     else:
         sys.stdout.write(data.decode())
+
+
+@ca_app.command("azure-dps-group")
+def ca_azure_dps_group(
+    group_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="GROUP_ID",
+            help="Enrollment group ID in DPS: 1 to 64 letters, digits, '.', '_', '-'.",
+            show_default=True,
+        ),
+    ] = "qlink",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the document to FILE (mode 0644).")
+    ] = None,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="Create it disabled (provisioningStatus).")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="With --out: the result (ID, file, certificate fingerprint) as one JSON object.",
+        ),
+    ] = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Print or save the Azure DPS enrollment group that admits every device this CA issues.
+
+    The document is an EnrollmentGroup of the DPS service REST API (api-version 2021-10-01):
+    X.509 CA attestation whose signing certificate is the issuing CA (base64 DER), so a device
+    with a qlink certificate provisions with no per-device step. PUT it to your DPS instance
+    (here DPS) with the Azure CLI:
+
+        URL=https://DPS.azure-devices-provisioning.net/enrollmentGroups/GROUP_ID
+        az rest --method put --url "$URL?api-version=2021-10-01" --body @group.json \\
+          --resource https://azure-devices-provisioning.net
+
+    or with Microsoft's SDKs. Devices of batches with `--policy azure` also get individual
+    enrollments (DATA_DIR/azure/TENANT/ID.json): these let a single device be disabled.
+    The CA must exist (qlink server creates it); nothing is created here.
+    """
+    import hashlib
+
+    from host.server.ca import CertificateAuthority
+    from host.server.policy.azure import API_VERSION, enrollment_group
+
+    _check_names(enrollment_group_ID=group_id)
+    settings = Settings(data_dir=data_dir)
+    ca = CertificateAuthority.load(settings.ca_dir, settings.hsm)
+    doc = enrollment_group(group_id, ca.issuing_der(), "disabled" if disabled else "enabled")
+    text = json.dumps(doc, indent=1) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    from host.server.files import atomic_write
+
+    try:
+        atomic_write(out_file, text.encode())
+    except OSError as e:
+        raise CliError(f"cannot write {out_file}: {e.strerror}") from e
+    if as_json:
+        _print_json(
+            {
+                "enrollmentGroupId": group_id,
+                "file": str(out_file),
+                "api_version": API_VERSION,
+                "signing_certificate_sha256": hashlib.sha256(ca.issuing_der()).hexdigest(),
+            }
+        )
+        return
+    _err(f"enrollment group {group_id} written to {out_file}")
 
 
 def main() -> None:

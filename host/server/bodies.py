@@ -5,9 +5,12 @@ They are built when imported, as FastAPI needs them, so they live apart from the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from host.server.store.names import NAME_MAX, NAME_PATTERN, name_problem
 
 
 class Strict(BaseModel):
@@ -25,8 +28,26 @@ class ProofRequest(Strict):
     csr_b64: str = Field(min_length=1, max_length=4096)
 
 
+def _named(kind: str) -> AfterValidator:
+    """The store's name rule (store/names.py) on a body field: a bad name is 400 bad_request
+    with the rule's own sentence, and the rule is in the OpenAPI schema."""
+
+    def check(value: str) -> str:
+        problem = name_problem(kind, value)
+        if problem is not None:
+            raise PydanticCustomError("name", problem)
+        return value
+
+    return AfterValidator(check)
+
+
+_NAME_SCHEMA = Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": NAME_MAX})
+BatchName = Annotated[str, _named("batch name"), _NAME_SCHEMA]
+OperatorName = Annotated[str, _named("operator name"), _NAME_SCHEMA]
+
+
 class BatchCreate(Strict):
-    name: str = Field(min_length=1, max_length=128)
+    name: BatchName
     policy: Literal["mosquitto", "aws", "azure"] = "mosquitto"
 
 
@@ -40,5 +61,5 @@ class ImportRequest(Strict):
 
 
 class TokenCreate(Strict):
-    name: str = Field(min_length=1, max_length=64)
+    name: OperatorName
     role: Literal["viewer", "operator", "admin"]

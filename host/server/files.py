@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Files: atomic writes (a reader, or a crash, never sees a half-written file), and paths built
+from names that stay inside their directory."""
 
 from __future__ import annotations
 
@@ -33,3 +34,27 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class PathOutside(ValueError):
+    """A path built from names would not be a file or directory inside its directory."""
+
+
+def path_in(directory: Path, *parts: str) -> Path:
+    """`directory/parts...` resolved, when each part is one plain path component (not empty,
+    `.` or `..`, without a separator or NUL) and the resolved path, symbolic links followed,
+    lies inside the resolved `directory`; PathOutside otherwise. Every path the server builds
+    from a name (a tenant, a device ID) goes through here."""
+    for part in parts:
+        if (
+            part in ("", ".", "..")
+            or os.sep in part
+            or (os.altsep is not None and os.altsep in part)
+            or "\0" in part
+        ):
+            raise PathOutside(f"{part!r} is not a plain file or directory name")
+    base = directory.resolve()
+    path = base.joinpath(*parts).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise PathOutside(f"{'/'.join(parts)!r} leads outside {directory}")
+    return path

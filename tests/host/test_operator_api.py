@@ -153,6 +153,38 @@ def test_admin_creates_tokens_only_in_its_tenant(ops: Ops, tokens: dict[str, str
     assert r.status_code == 400  # no field to pick another tenant
 
 
+BAD_NAMES = ["..", "a*", "x/y", "#", "+", "caf\u00e9", "-rf", "a b", "", "x" * 65]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_a_bad_new_name_is_400_naming_the_rule_and_creates_nothing(
+    ops: Ops, tokens: dict[str, str], name: str
+) -> None:
+    before = (ops.registry.batches(), ops.registry.operators(), ops.registry.audit(limit=10000))
+    r = ops.call("POST", "/v1/admin/batches", tokens["acme-operator"], {"name": name})
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "bad_request",
+        "detail": "name: batch name must be 1 to 64 characters: letters, digits, '.', '_' and "
+        f"'-' (ASCII), starting and ending with a letter or digit; {name[:57]!r}"
+        f"{'...' if len(name) > 60 else ''} is not",
+    }
+    r = ops.call("POST", "/v1/admin/tokens", tokens["acme-admin"], {"name": name, "role": "viewer"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert r.json()["detail"].startswith("name: operator name must be 1 to 64 characters")
+    after = (ops.registry.batches(), ops.registry.operators(), ops.registry.audit(limit=10000))
+    assert after == before
+
+
+def test_the_name_rule_is_in_the_openapi_schema(ops: Ops) -> None:
+    from host.server.store.names import NAME_PATTERN
+
+    schemas = ops.portal.call(lambda: ops.client.get("/openapi.json")).json()["components"]
+    for model in ("BatchCreate", "TokenCreate"):
+        name = schemas["schemas"][model]["properties"]["name"]
+        assert (name["pattern"], name["maxLength"]) == (NAME_PATTERN, 64)
+
+
 # -- tenant isolation: every attempt on acme's things from globex is a 404 that names nothing --
 def _cross(ops: Ops, acme_batch: tuple[str, SimDevice]) -> list[tuple[str, str, Any]]:
     name, d = acme_batch

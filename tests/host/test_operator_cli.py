@@ -65,6 +65,50 @@ def test_token_create_bad_role_is_one_sentence(qlink) -> None:
     assert code == 1 and "role must be one of viewer, operator, admin" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (("batch", "create", "--tenant", "acme", "--", ".."), "batch name"),
+        (("batch", "create", "f1", "--tenant", ".."), "tenant"),
+        (("batch", "create", "f1", "--tenant", "a*", "--policy", "aws"), "tenant"),
+        (("batch", "create", "--", "-rf"), "batch name"),
+        (("token", "create", "a/b"), "operator name"),
+        (("token", "create", "alice", "--tenant", "#"), "tenant"),
+        (("token", "create", "alice", "--tenant", "caf\u00e9"), "tenant"),
+    ],
+    ids=[
+        "batch_dotdot",
+        "tenant_dotdot",
+        "tenant_star",
+        "batch_option",
+        "token_slash",
+        "token_hash",
+        "token_accent",
+    ],
+)
+def test_a_bad_new_name_is_one_sentence_and_creates_nothing(
+    qlink, tmp_path: Path, args: tuple[str, ...], kind: str
+) -> None:
+    code, out, err = qlink(*args)
+    assert code == 1 and out == ""
+    assert f"{kind} must be 1 to 64 characters: letters, digits" in err
+    assert not (tmp_path / "data").exists()  # not even the data directory
+
+
+def test_a_bad_name_leaves_an_existing_store_unchanged(qlink, tmp_path: Path) -> None:
+    assert qlink("batch", "create", "f1", "--tenant", "acme")[0] == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    assert qlink("batch", "create", "f2", "--tenant", "..")[0] == 1
+    assert qlink("token", "create", "x*", "--tenant", "acme")[0] == 1
+    _, out, _ = qlink("batch", "list", "--json")
+    assert [b["name"] for b in json.loads(out)] == ["f1"]
+    assert json.loads(qlink("token", "list", "--json")[1]) == []
+    assert [a["action"] for a in json.loads(qlink("audit", "--json")[1])] == ["batch.create"]
+    db = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("registry.sqlite*"))
+    assert b"f2" not in db and b"x*" not in db
+    assert set(files) <= {p for p in (tmp_path / "data").rglob("*") if p.is_file()}
+
+
 def test_export_then_import_json_round_trip(qlink, tmp_path: Path) -> None:
     qlink("batch", "create", "f1", "--tenant", "acme")
     csv = tmp_path / "ids.csv"

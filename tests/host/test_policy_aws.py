@@ -117,6 +117,30 @@ def test_policy_name_per_tenant() -> None:
     assert tenant_policy_name("acme") == "qlink-acme"
 
 
+# `*`, `?`: IAM wildcards in a resource; `+`, `#`: MQTT wildcards; `${...}`: a policy variable.
+WILD_TENANTS = ["*", "a*", "+", "#", "a?", "${iot:ClientId}", "..", "a/b", "caf\u00e9", ""]
+
+
+@pytest.mark.parametrize("tenant", WILD_TENANTS, ids=repr)
+def test_no_policy_for_a_tenant_that_is_not_a_name(tenant: str) -> None:
+    with pytest.raises(PolicyError, match="tenant must be 1 to 64 characters"):
+        tenant_policy(tenant)
+    with pytest.raises(PolicyError, match="tenant must be 1 to 64 characters"):
+        tenant_policy_name(tenant)
+
+
+@pytest.mark.parametrize("tenant", WILD_TENANTS, ids=repr)
+def test_register_refuses_such_a_tenant_before_asking_aws(iot: Any, ca: Any, tenant: str) -> None:
+    """A tenant recorded before the name rule reaches no policy name or topic resource: the
+    driver refuses it before any call, so nothing exists at AWS afterwards."""
+    device_id, der = device_cert(ca)
+    with pytest.raises(PolicyError, match="no AWS IoT policy for this tenant"):
+        AwsIotPolicy(iot).register_device(tenant, device_id, der)
+    assert iot.list_things()["things"] == []
+    assert iot.list_certificates()["certificates"] == []
+    assert iot.list_policies()["policies"] == []
+
+
 def test_onboarding_with_aws_batch_end_to_end_in_process(
     iot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,11 @@ lets a connection use only its own client ID and topics (policy variables,
 Idempotent: every step accepts "already exists" / "already attached". If a step fails, what
 this call created is removed again (best effort) and PolicyError is raised: the device is not
 onboarded and a retry starts clean.
+
+The tenant goes into the policy's name and its topic resources, where `*` and `?` are
+wildcards, `${...}` a policy variable, and `+`/`#` MQTT wildcards. Only a tenant that is a name
+by the one rule (store/names.py) gets a policy; any other (a record from before the rule) is
+refused before AWS is asked anything.
 """
 
 from __future__ import annotations
@@ -21,19 +26,27 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from host.server.policy import PolicyError
+from host.server.store.names import name_problem
 
 log = logging.getLogger("qlink.policy.aws")
 _THING = "${iot:Connection.Thing.ThingName}"
 
 
+def _tenant(tenant: str) -> str:
+    problem = name_problem("tenant", tenant)
+    if problem is not None:
+        raise PolicyError(f"no AWS IoT policy for this tenant: {problem}")
+    return tenant
+
+
 def tenant_policy_name(tenant: str) -> str:
-    return f"qlink-{tenant}"
+    return f"qlink-{_tenant(tenant)}"
 
 
 def tenant_policy(tenant: str) -> dict[str, Any]:
     """The IoT policy document of a tenant's devices (AWS IoT Core policy JSON, version
     2012-10-17): connect as their thing name, publish/receive/subscribe under their prefix."""
-    topic = f"qlink/{tenant}/{_THING}/*"
+    topic = f"qlink/{_tenant(tenant)}/{_THING}/*"
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -89,6 +102,7 @@ class AwsIotPolicy:
     ) -> None:
         if certificate_der is None:
             raise PolicyError("AWS IoT registers the device's certificate; none was given")
+        policy = tenant_policy_name(tenant)  # refuses a tenant that is not a name, first
         pem = (
             x509.load_der_x509_certificate(certificate_der)
             .public_bytes(serialization.Encoding.PEM)
@@ -113,7 +127,6 @@ class AwsIotPolicy:
                     ),
                 )
                 undo.append(lambda: self.iot.delete_thing(thingName=device_id))
-            policy = tenant_policy_name(tenant)
             self._call(
                 "CreatePolicy",
                 lambda: self.iot.create_policy(
