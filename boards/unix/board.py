@@ -12,6 +12,13 @@ if _TYPE_CHECKING:
 
 NAME = "unix"
 _EXIT_RESET = const(3)  # exit status the rig reads as "board asked for a reset"
+_STUCK = const(0x80)  # ADC code of a failed noise input (shorted or floating: one code)
+
+# Fault hook for the rig: QLINK_NOISE_FAULT names a file; while that file exists the modelled
+# ADC reads one code, as a real board's noise input can fail after boot (tests/attacks/
+# test_entropy.py creates it while the agent runs). Looked up once per power cycle; when it is
+# unset, noise() pays nothing for it.
+_NOISE_FAULT = os.getenv("QLINK_NOISE_FAULT") or ""
 
 
 class Board:
@@ -46,6 +53,8 @@ class Board:
         # Raw samples of a modelled 8-bit ADC: mid-scale plus the sum of two 6-bit uniform noise
         # terms (a triangular spread, so not every value is equally likely: max p = 64/4096,
         # min-entropy 6 bits per sample). Unconditioned, like a real ADC's low bits.
+        if _NOISE_FAULT and _exists(_NOISE_FAULT):
+            return bytes((_STUCK,)) * n
         out = bytearray(n)
         for i in range(n):
             if not i & 63:
@@ -81,6 +90,14 @@ class Board:
     def set_rtc(self, t: int) -> None:
         with open(_rtc_file(), "w") as f:
             f.write(str(int(t) - int(time.time())))
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
 
 
 def _rtc_file() -> str:

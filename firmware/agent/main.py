@@ -4,13 +4,18 @@
 # OnboardingError; the loop counts consecutive failures and sleeps a capped, jittered backoff.
 # A refusal by the server (e.g. not_registered) backs off long: an unregistered device must not
 # hammer the service. Always loaded: main, log, errors, store, tlslink, mqtt, telemetry, version,
-# clock (~25 KiB as .mpy on the Unix port); config, https and onboard are loaded and dropped.
+# clock (~25 KiB as .mpy on the Unix port), and qdid.entropy with the DRBG, which the identity
+# loads at boot anyway; config, https and onboard are loaded and dropped.
 # Telemetry is sampled every interval whether or not the link is up: samples wait in a bounded
 # queue (oldest dropped when full, counted) and go out in order, each removed only after its
 # PUBACK. After a reconnect the device reports its retry state on its event topic.
 # A corrupt config or unusable identity data puts the agent in safe mode: it logs why and
 # returns, so main.py ends and the REPL stays reachable (no boot loop); corrupt onboarding data
 # (certificate, onboard.json) is detected by store.load and the device onboards again.
+# So does a noise source that fails its health tests, at boot or at any time after: the agent
+# checks it before each session and each telemetry interval (qdid.entropy.check), and every
+# random byte it draws reads it too; the failure closes the session and stops the agent (no
+# onboarding, no telemetry, no retry) with one log line saying why.
 import gc
 import json
 import sys
@@ -18,6 +23,7 @@ import time
 import random
 from micropython import const
 import qdid
+from qdid import entropy
 from agent import store, tlslink, telemetry, clock
 from agent.errors import LinkError, OnboardingError, BrokerRefusedError, ConfigError
 from agent.log import log, set_level, enabled as log_enabled
@@ -167,7 +173,16 @@ def _report_retries(client, stored, st):
     log("I", "agent", "reconnected after %d failures", st.failures)
 
 
+def _check_entropy():
+    # SP 800-90B 4.4 tests on fresh samples between random requests: a connected device can go
+    # hours without one, and must stop before its next handshake, proof or renewal once its noise
+    # source has failed. An identity without entropy (tests' boots) has nothing to check.
+    if entropy.ready():
+        entropy.check()
+
+
 def _session(cfg, ident, st, data_dir):
+    _check_entropy()
     stored = store.load(data_dir, ident.device_id, ident.public_key)
     if stored is None:
         _heap("before onboarding")
@@ -211,6 +226,7 @@ def _session(cfg, ident, st, data_dir):
                 client.disconnect()
                 return
             _wait(client, interval)
+            _check_entropy()
             st.sample()
     finally:
         client.close()
@@ -268,7 +284,7 @@ def run(
         ident = boot(board, data_dir)
         telemetry.set_puf(getattr(ident, "health", None))
     except qdid.QdidError as e:
-        return _safe_mode(st, "identity", e)
+        return _safe_mode(st, "entropy" if isinstance(e, entropy.EntropyError) else "identity", e)
     log("I", "agent", "device %s", ident.device_id)
     _heap("identity ready")
     while not st.stop:
@@ -296,6 +312,9 @@ def run(
             st.last_error = str(e)
             wait = backoff_ms(st.failures)
             log("W", "agent", "link failed (%d in a row): %s; retry in %d ms", st.failures, e, wait)
+        except entropy.EntropyError as e:
+            # The noise source failed after boot: no retry can mend it, only a reset.
+            return _safe_mode(st, "entropy", e)
         if st.stop:
             break
         if cfg.max_failures and st.failures >= cfg.max_failures:

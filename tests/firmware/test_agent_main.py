@@ -1,10 +1,12 @@
 # agent.main.run end to end over fakes: stored certificate -> MQTT publishes with exact payload
 # shapes; onboarding when nothing is stored; refusals back off long; link failures back off
-# with a capped, jittered, counted delay.
+# with a capped, jittered, counted delay; a noise source that fails at boot or after is safe
+# mode, not a traceback.
 # heapsize: 128k
 import os
 import json
 import binascii
+from qdid import entropy
 from agent import main, store, tlslink, telemetry
 from agent import log as logmod
 from agent.errors import OnboardingError, LinkError
@@ -368,3 +370,101 @@ def test_corrupt_certificate_means_onboarding_again():
         main.run(None, p, D, boot)
     assert env.onboards == 1
     assert any(ln.startswith("W store: stored onboarding data unusable") for ln in env.lines)
+
+
+# -- the noise source fails: safe mode with one log line, never a traceback -----------------------
+
+_ENTROPY_LINE = (
+    "E agent: safe mode: entropy unusable (EntropyError: noise source failed its health test "
+    "(stuck or biased); check the board's noise input, then reset); REPL available"
+)
+
+
+class NoiseBoard:
+    # A board whose noise input works until `stuck` is set, then reads one code.
+    def __init__(self):
+        self.stuck = False
+
+    def noise(self, n):
+        return bytes(n) if self.stuck else os.urandom(n)
+
+    def unique_id(self):
+        return b"\x01\x02\x03\x04"
+
+
+class SigningIdentity(FakeIdentity):
+    def sign_digest(self, digest32):
+        # As qdid.identity.Identity does: RFC 6979 nonces hedged with DRBG output.
+        return bytes(32) + entropy.random_bytes(32)
+
+
+def _entropy_boot(board, data_dir):
+    entropy.init(board)
+    return SigningIdentity()
+
+
+def _forget_entropy():
+    # The tests after these ones run without entropy, as the other fakes expect.
+    entropy._source = None
+    entropy._drbg = None
+
+
+def test_noise_source_failing_at_boot_is_safe_mode_entropy():
+    p = setup({})
+    board = NoiseBoard()
+    board.stuck = True
+    try:
+        with Env([]) as env:
+            st = main.run(board, p, D, _entropy_boot)
+    finally:
+        _forget_entropy()
+    assert st.safe == "entropy" and st.sent == 0 and env.opened == []
+    assert env.lines[-1] == _ENTROPY_LINE
+
+
+def test_noise_source_failing_while_connected_stops_telemetry_in_safe_mode():
+    p = setup({"max_messages": 5})
+    board = NoiseBoard()
+    sock = FakeSock(broker_answers(5))
+    try:
+        with Env([sock, FakeSock(broker_answers(5))]) as env:
+
+            def sleep(ms):
+                env.sleeps.append(ms)
+                if sum(env.sleeps) >= 4000:  # two intervals: seq 1 and 2 are out
+                    board.stuck = True
+
+            main._sleep_ms = sleep
+            st = main.run(board, p, D, _entropy_boot)
+    finally:
+        _forget_entropy()
+    assert st.safe == "entropy" and st.stop
+    # Checked before the third sample: nothing more is published, no reconnect is tried.
+    assert [m[1]["seq"] for m in published(sock.out)] == [1, 2]
+    assert st.sent == 2 and len(env.opened) == 1 and sock.closed
+    assert env.lines[-1] == _ENTROPY_LINE
+    assert "I telemetry: published seq=3" not in env.lines
+
+
+def test_noise_source_failing_before_the_onboarding_proof_is_safe_mode():
+    p = setup({"max_failures": 3}, stored=False)
+    board = NoiseBoard()
+    tried = []
+
+    def onboard(cfg, ident, data_dir):
+        # The source fails after the session's check, before the proof's signature draws.
+        board.stuck = True
+        tried.append(1)
+        ident.sign_digest(bytes(32))
+        raise AssertionError("signed without entropy")
+
+    try:
+        with Env([]) as env:
+            main._onboard = onboard
+            st = main.run(board, p, D, _entropy_boot)
+    finally:
+        _forget_entropy()
+    assert st.safe == "entropy" and tried == [1]  # no second try
+    assert env.opened == [] and env.sleeps == []
+    assert env.lines[-1] == _ENTROPY_LINE
+    assert not store.load(D, DEVICE_ID, PUB)
