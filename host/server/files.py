@@ -56,5 +56,5 @@ def path_in(directory: Path, *parts: str) -> Path:
     base = directory.resolve()
     path = base.joinpath(*parts).resolve()
     if path == base or not path.is_relative_to(base):
-        raise PathOutside(f"{'/'.join(parts)!r} leads outside {directory}")
+        raise PathOutside(f"{'/'.join(parts)!r} leads outside its directory")
     return path

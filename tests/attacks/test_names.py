@@ -5,7 +5,9 @@ operator API, before anything is created from it."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +57,42 @@ def test_tenant_dot_dot_cannot_move_the_azure_export(attack: Attack, server: Ser
         )
     else:
         attack.observe(f"said: {_first_line(made.stderr)}")
-    rows = _rows(server, "SELECT name FROM batches WHERE tenant = '..'")
-    attack.observe(f"batches of tenant '..' in the store: {len(rows)}")
+    rows = _rows(server, "SELECT name FROM batches WHERE name = 'dps-escape'")
+    attack.observe(f"batches named dps-escape in the store: {len(rows)}")
     assert made.returncode == 1
     assert "letters, digits" in made.stderr
     assert rows == [] and stray == []
+
+
+def test_tenant_dot_dot_from_before_the_rule_gets_no_file_outside(
+    attack: Attack, server: ServerProcess
+) -> None:
+    attack.expect(
+        "tenant `..` already in the store",
+        "a batch of tenant `..` recorded before the name rule cannot make the Azure DPS export "
+        "write outside DATA_DIR/azure: its device's onboarding is refused and no file is made",
+    )
+    # A record the store holds from before the rule (the rule now refuses making it).
+    with sqlite3.connect(server.data_dir / "registry.sqlite") as db:
+        db.execute(
+            "INSERT INTO batches (name, tenant, active, policy, created_at)"
+            " VALUES ('dps-legacy', '..', 1, 'azure', ?)",
+            (time.time(),),
+        )
+    device = SimDevice(server.api_url, server.root_der())
+    ids = server.data_dir / "dps-legacy.csv"
+    ids.write_text(device.csv_line() + "\n")
+    server.cli("batch", "import", "dps-legacy", str(ids), "--tenant", "..")
+    answer = device.onboard()
+    found = list(server.data_dir.rglob(f"{device.device_id}.json"))
+    state = _rows(server, f"SELECT state FROM devices WHERE device_id = '{device.device_id}'")
+    attack.observe(
+        f"onboarding answered {answer.status} {answer.body.get('error')}; device state "
+        f"{state[0][0]}; enrollment files for it anywhere under DATA_DIR: {len(found)}"
+    )
+    assert answer.status == 503 and answer.body.get("error") == "broker_unavailable"
+    assert "refuses tenant '..'" in str(answer.body.get("detail"))
+    assert found == [] and state == [("registered",)]
 
 
 def test_wildcard_tenants_are_refused(attack: Attack, server: ServerProcess) -> None:
@@ -76,7 +109,7 @@ def test_wildcard_tenants_are_refused(attack: Attack, server: ServerProcess) -> 
         token = server.cli("token", "create", "wild", "--tenant", tenant, check=False)
         outcomes[f"batch {tenant}"] = batch.returncode
         outcomes[f"token {tenant}"] = token.returncode
-    attack.observe(f"exit codes: {outcomes}")
+    attack.observe("exit codes: " + ", ".join(f"{what} {code}" for what, code in outcomes.items()))
     batches = _rows(server, "SELECT tenant FROM batches WHERE name = 'wild'")
     operators = _rows(server, "SELECT tenant FROM operators WHERE name = 'wild'")
     attack.observe(f"rows made: {len(batches)} batch(es), {len(operators)} operator(s)")
@@ -108,8 +141,11 @@ def test_operator_api_refuses_path_and_wildcard_names(
             r = api.post("/v1/admin/tokens", json={"name": name, "role": "viewer"})
             answers[f"token {name}"] = (r.status_code, r.json().get("error"))
         sample = api.post("/v1/admin/batches", json={"name": ".."}).json().get("detail", "")
-    attack.observe(f"answers: {answers}")
-    attack.observe(f"detail: {sample[:120]}")
+    counts: dict[str, int] = {}
+    for status, error in answers.values():
+        counts[f"{status} {error}"] = counts.get(f"{status} {error}", 0) + 1
+    attack.observe(f"{len(answers)} requests answered {counts}")
+    attack.observe(f"detail: {sample[:100]}...")
     names = ", ".join(f"'{n}'" for n in bad)
     batches = _rows(server, f"SELECT name FROM batches WHERE name IN ({names})")
     operators = _rows(server, f"SELECT name FROM operators WHERE name IN ({names})")

@@ -4,7 +4,9 @@ published schema, the models of Microsoft's DPS service SDK for Python
 document; installed from PyPI as a test dependency, not copied here). A document passes when
 Microsoft's deserializer reads it into the SDK's model, the model's own validation finds
 nothing, and the SDK's serializer (what its client sends) gives back exactly the document: every
-field is one the service defines, of its type. The enumerations come from the same models.
+field is one the service defines, of its type. The enumerations come from the same models. The
+SDK's models are of api-version 2018-09-01-preview; the fields the export writes are in it and
+kept by 2021-10-01, the version the export names.
 
 Also: the certificate is the base64 of its DER (as DPS takes it and Microsoft's SDKs send it),
 the driver's disable/enable/delete, its refusal of a tenant that is not a plain directory name,

@@ -111,8 +111,8 @@ class AzureDpsExport:
             return path_in(self.dir, tenant, name)
         except PathOutside as e:
             raise PolicyError(
-                f"the Azure DPS export refuses tenant {tenant[:64]!r}: {e}; its enrollment "
-                f"would not be in {self.dir}"
+                f"the Azure DPS export refuses tenant {tenant[:64]!r}: {e} (an enrollment "
+                "must be a file in the export's directory, where disable and delete look)"
             ) from None
 
     def _path(self, device_id: str) -> Path | None:
