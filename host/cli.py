@@ -336,6 +336,16 @@ def server(
             help="API worker processes; one per core for the most onboardings per second."
         ),
     ] = 1,
+    max_challenges: Annotated[
+        int, typer.Option(help="Outstanding challenges a device may hold; older ones go.")
+    ] = 4,
+    hello_per_source: Annotated[
+        int,
+        typer.Option(help="Hellos a minute from one address, all may come at once (0: no limit)."),
+    ] = 30_000,
+    hello_per_device: Annotated[
+        int, typer.Option(help="Hellos a minute for one device from one address (0: no limit).")
+    ] = 12,
 ) -> None:
     """Run the server: device API over HTTPS, CA, registry and a managed Mosquitto broker.
 
@@ -356,6 +366,9 @@ def server(
             renewal_window_days=renewal_days,
             database_url=database_url,
             workers=workers,
+            max_challenges_per_device=max_challenges,
+            hello_per_source_per_min=hello_per_source,
+            hello_per_device_per_min=hello_per_device,
         )
     except ValueError as e:
         raise CliError(str(e)) from e

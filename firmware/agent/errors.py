@@ -21,12 +21,14 @@ class ConfigError(AgentError):
 
 class OnboardingError(AgentError):
     # The server answered and refused: `code` is its error code (docs/protocol.md), `detail` its
-    # sentence for a person. `status` is the HTTP status (0 when the answer was unusable).
-    def __init__(self, code, detail="", status=0):
+    # sentence for a person. `status` is the HTTP status (0 when the answer was unusable);
+    # `retry_after` the seconds a 429 asked the device to wait (0: none given).
+    def __init__(self, code, detail="", status=0, retry_after=0):
         super().__init__(code, detail)
         self.code = code
         self.detail = detail
         self.status = status
+        self.retry_after = retry_after
 
     def __str__(self):
         if self.detail:

@@ -13,6 +13,11 @@ _BUF = const(256)  # bytes; receive buffer, also the longest status/header line 
 _MAX_HEADERS = const(48)  # header lines before the answer is refused
 _LIMIT = const(8192)  # bytes; default body limit (an onboarding answer is ~3 KiB)
 _TIMEOUT_MS = const(10000)  # ms; per socket operation
+_MAX_RETRY_AFTER = const(3600)  # s; a longer Retry-After is read as this
+
+# Retry-After of the last response read (RFC 9110 10.2.3, delay-seconds form), 0 when absent:
+# a 429 says when the server will take the request again.
+retry_after = 0
 
 
 def request_bytes(host, port, path, body):
@@ -122,7 +127,10 @@ def _digits(v, base):
 
 
 def read_response(sock, limit=_LIMIT):
-    # Returns (status, body bytes) of one response, reading at most `limit` body bytes.
+    # Returns (status, body bytes) of one response, reading at most `limit` body bytes; sets
+    # the module's `retry_after`.
+    global retry_after
+    retry_after = 0
     r = _Reader(sock)
     status = _status(r.readline())
     length = -1
@@ -146,6 +154,11 @@ def read_response(sock, limit=_LIMIT):
             if length >= 0 and n != length:
                 raise LinkError("http: conflicting Content-Length")
             length = n
+        elif name == b"retry-after":
+            # The HTTP-date form is not read (the delay form is what qlink sends).
+            if value and len(value) <= 10 and value.isdigit():
+                n = int(value)
+                retry_after = n if n < _MAX_RETRY_AFTER else _MAX_RETRY_AFTER
         elif name == b"transfer-encoding":
             # RFC 9112 6.1: the only coding we accept is chunked, and it must be the last one.
             if value.lower() != b"chunked":
@@ -220,10 +233,15 @@ class Client:
         self.prefix = prefix
         self.timeout_ms = timeout_ms
         self.limit = limit
+        self.retry_after = 0
 
     def post(self, path, obj):
+        # After the call, self.retry_after is the answer's Retry-After in seconds (0: none).
+        self.retry_after = 0
         s, _ = tlslink.connect(self.host, self.port, self.root_der, self.timeout_ms)
         try:
-            return exchange(s, self.host, self.port, self.prefix + path, obj, self.limit)
+            answer = exchange(s, self.host, self.port, self.prefix + path, obj, self.limit)
+            self.retry_after = retry_after
+            return answer
         finally:
             tlslink.close(s)

@@ -294,7 +294,11 @@ def run(
         except OnboardingError as e:
             st.failures += 1
             st.last_error = str(e)
-            if e.code in _STALE:
+            if e.retry_after:
+                # 429: the server said when; a little jitter so a fleet does not return at once.
+                wait = e.retry_after * 1000 + backoff_ms(1)
+                log("W", "agent", "rate limited; next try in %d s", wait // 1000)
+            elif e.code in _STALE:
                 wait = backoff_ms(st.failures)
             else:
                 wait = _REFUSED_MS

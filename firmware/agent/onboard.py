@@ -47,14 +47,16 @@ def _b64(s):
         return None
 
 
-def _answer(step, status, doc):
+def _answer(step, status, doc, retry_after=0):
     # 200 with a JSON object continues; a 4xx with {"error", "detail"} is the server's refusal;
     # anything else (5xx, not JSON) is treated as a link problem and retried with backoff.
     if status == 200 and isinstance(doc, dict):
         return doc
     if 400 <= status < 500 and isinstance(doc, dict) and isinstance(doc.get("error"), str):
         detail = doc.get("detail")
-        err = OnboardingError(doc["error"], detail if isinstance(detail, str) else "", status)
+        err = OnboardingError(
+            doc["error"], detail if isinstance(detail, str) else "", status, retry_after
+        )
         log("E", "onboard", "server refused: %s", err)
         raise err
     raise LinkError("onboard: %s answered HTTP %d" % (step, status))
@@ -74,7 +76,7 @@ def run(client, ident, data_dir="data"):
     status, doc = client.post(
         _HELLO, {"device_id": device_id, "public_key": _hex(ident.public_key)}
     )
-    doc = _answer("hello", status, doc)
+    doc = _answer("hello", status, doc, getattr(client, "retry_after", 0))
     cid = doc.get("challenge_id")
     challenge = _unhex(doc.get("challenge"), 32)
     if _unhex(cid, 16) is None or challenge is None:
@@ -84,7 +86,7 @@ def run(client, ident, data_dir="data"):
     csr = binascii.b2a_base64(ident.csr()).decode().strip()
     status, doc = client.post(_PROOF, {"challenge_id": cid, "signature": _hex(sig), "csr_b64": csr})
     del csr
-    doc = _answer("proof", status, doc)
+    doc = _answer("proof", status, doc, getattr(client, "retry_after", 0))
     if doc.get("device_id") != device_id:
         raise _bad("proof", "device_id is not ours")
     cert = _b64(doc.get("certificate_b64"))

@@ -81,9 +81,9 @@ def onboarding_of(scope: Scope) -> Onboarding:
 
 async def answer(
     service: Onboarding, route: str, raw: bytes, source: str
-) -> tuple[int, dict[str, Any]]:
-    """One device request (`route` is "hello" or "proof") to (status, JSON answer); logs one
-    line: request ID, device ID, outcome."""
+) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """One device request (`route` is "hello" or "proof") to (status, JSON answer, extra
+    headers); logs one line: request ID, device ID, outcome."""
     rid = secrets.token_hex(4)
     device = "-"
     try:
@@ -96,7 +96,7 @@ async def answer(
         if route == "hello":
             if isinstance(body.get("device_id"), str):
                 device = body["device_id"][:64]
-            result = service.hello(body)
+            result = service.hello(body, source)
         else:
             device, result = await service.proof_async(body, source)
     except OnboardingRefused as e:
@@ -110,9 +110,10 @@ async def answer(
             e.code,
             e.status,
         )
-        return e.status, {"error": e.code, "detail": e.detail}
+        extra = [(b"retry-after", b"%d" % e.retry_after)] if e.retry_after else []
+        return e.status, {"error": e.code, "detail": e.detail}, extra
     log.info("event=%s request=%s device=%s outcome=ok status=200", route, rid, device)
-    return 200, result
+    return 200, result, []
 
 
 class DeviceApi:
@@ -154,8 +155,8 @@ class DeviceApi:
             return
         client = scope.get("client")
         source = client[0] if client else "-"
-        status, body = await answer(onboarding_of(scope), route.name, raw, source)
-        await send_json(send, status, body)
+        status, body, extra = await answer(onboarding_of(scope), route.name, raw, source)
+        await send_json(send, status, body, extra)
 
 
 def openapi_paths(ref_template: str = "#/components/schemas/{model}") -> tuple[dict, dict]:  # type: ignore[type-arg]

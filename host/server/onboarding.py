@@ -34,23 +34,26 @@ from host.server.policy import (
     PolicyUnavailable,
     device_topic_prefix,
 )
+from host.server.ratelimit import RateLimiter
 from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
 from host.server.settings import Settings
 from host.server.store import Actor, ChallengeInfo, Store
 
 DOMAIN_LABEL = b"qlink-onboard-v1\x00"
 _MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
-_CHALLENGE_KEEP_S = 3600  # expired challenges stay this long (replay answers stay precise)
+_CHALLENGE_KEEP_S = 3600  # used challenges stay this long (a lost answer's retry is precise)
+_UNUSED_KEEP_S = 300  # unused ones this long past expiry ("expired", not "unknown", for a while)
 
 
 class OnboardingRefused(ServerError):
     """A request the protocol refuses: HTTP status, error code and a sentence to act on."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, retry_after: int = 0) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after  # seconds (429): the answer's Retry-After
         self.device_id = "-"  # filled in once known, for the log line
 
     def __str__(self) -> str:
@@ -144,6 +147,22 @@ class Onboarding:
         # In every answer; the CA's certificates do not change while it is loaded.
         self._issuing_b64 = base64.b64encode(ca.issuing_der()).decode()
         self._root_b64 = base64.b64encode(ca.root_der()).decode()
+        self.hellos_by_source = RateLimiter(settings.hello_per_source_per_min)
+        self.hellos_by_device = RateLimiter(settings.hello_per_device_per_min)
+
+    def _limit_hello(self, device_id: str, source: str) -> None:
+        """429 when `source`, or this device from `source`, has used its hellos; keyed by
+        source too, so that a stranger's flood does not lock the device itself out."""
+        wait = self.hellos_by_source.take(source)
+        if wait:
+            raise OnboardingRefused(
+                429, "rate_limited", f"too many hellos from {source}; retry in {wait} s", wait
+            )
+        wait = self.hellos_by_device.take(f"{device_id} {source}")
+        if wait:
+            raise OnboardingRefused(
+                429, "rate_limited", f"too many hellos for this device; retry in {wait} s", wait
+            )
 
     def _eligible(self, device_id: str, known: DeviceRecord | None = None) -> DeviceRecord:
         """The device if it may onboard (`known`: its row, read already), else 403."""
@@ -166,12 +185,13 @@ class Onboarding:
             )
         return dev
 
-    def hello(self, body: dict[str, Any]) -> dict[str, Any]:
+    def hello(self, body: dict[str, Any], source: str = "-") -> dict[str, Any]:
         _only(body, _HELLO_FIELDS)
         try:
             device_id = parse_device_id(body.get("device_id"))
         except BadDeviceId:
             raise _bad("device_id must be a string of 64 hex characters") from None
+        self._limit_hello(device_id, source)
         pub_hex = _hex_field(body, "public_key", 130)
         pub = bytes.fromhex(pub_hex)
         if hashlib.sha256(pub).hexdigest() != device_id:
@@ -188,7 +208,13 @@ class Onboarding:
         challenge = secrets.token_bytes(32)
         expires = math.ceil(now + self.settings.challenge_ttl_s)
         self.store.challenges.add(
-            cid, device_id, challenge, expires, purge_before=now - _CHALLENGE_KEEP_S
+            cid,
+            device_id,
+            challenge,
+            expires,
+            keep=self.settings.max_challenges_per_device,
+            purge_before=now - _CHALLENGE_KEEP_S,
+            purge_unused_before=now - _UNUSED_KEEP_S,
         )
         return {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
 

@@ -49,6 +49,13 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024  # operator API (a 10,000-device import is ~2 MB)
     max_device_body_bytes: int = 16 * 1024  # device API (a proof is ~1 KB)
     body_timeout_s: float = 10.0  # a client must send its whole body within this time
+    # Abuse limits of the unauthenticated hello (0 turns one off). A device's outstanding
+    # challenges: the newest stand, older ones are dropped. Hellos a minute per source address
+    # and per device from one source (token buckets: the whole minute's worth may come at
+    # once, so a fleet behind one address that powers up together is not slowed).
+    max_challenges_per_device: int = 4
+    hello_per_source_per_min: int = 30_000
+    hello_per_device_per_min: int = 12
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
@@ -64,6 +71,10 @@ class Settings:
             raise ValueError("renewal window must be 0 or more days, less than the validity")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.max_challenges_per_device < 1:
+            raise ValueError("max challenges per device must be at least 1")
+        if self.hello_per_source_per_min < 0 or self.hello_per_device_per_min < 0:
+            raise ValueError("hello rate limits must be 0 (off) or more")
 
     @property
     def ca_dir(self) -> Path:

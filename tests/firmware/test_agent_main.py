@@ -205,6 +205,16 @@ def test_refusal_backs_off_long_and_gives_up_at_max_failures():
     assert env.lines[-1] == "E agent: giving up after 2 failures"
 
 
+def test_rate_limited_waits_what_retry_after_says():
+    p = setup({"max_failures": 2}, stored=False)
+    with Env([]) as env:
+        env.onboard_result = OnboardingError("rate_limited", "retry in 7 s", 429, 7)
+        main.run(None, p, D, boot)
+    # 7 s and up to 1 s of jitter, in 1 s slices; not the 300 s of a refusal.
+    assert 7500 <= sum(env.sleeps) <= 8000
+    assert "W agent: rate limited; next try in 7 s" in env.lines
+
+
 def test_stale_challenge_retries_soon():
     p = setup({"max_failures": 2}, stored=False)
     with Env([]) as env:

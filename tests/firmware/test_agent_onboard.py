@@ -142,6 +142,13 @@ def test_refusal_raises_with_code_and_detail_and_stores_nothing():
     assert store.load(d, DEVICE_ID, PUB) is None
 
 
+def test_rate_limit_carries_the_clients_retry_after():
+    c = FakeClient([(429, {"error": "rate_limited", "detail": "retry in 9 s"})])
+    c.retry_after = 9
+    e = raises(OnboardingError, onboard.run, c, FakeIdentity(), tmpdir())
+    assert (e.code, e.status, e.retry_after) == ("rate_limited", 429, 9)
+
+
 def test_proof_refusal_codes_raise():
     for code in ("bad_signature", "challenge_expired", "csr_key_mismatch"):
         d = tmpdir()

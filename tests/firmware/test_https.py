@@ -45,6 +45,17 @@ def test_content_length_body():
     assert parse(raw) == (200, b'{"a":1}')
 
 
+def test_retry_after_delay_seconds_rfc9110_10_2_3():
+    head = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+    assert parse(head + b"Retry-After: 12\r\n\r\n")[0] == 429
+    assert https.retry_after == 12
+    parse(head + b"retry-after: 99999999\r\n\r\n")
+    assert https.retry_after == 3600  # capped
+    for other in (b"Retry-After: Wed, 21 Oct 2026 07:28:00 GMT\r\n", b"Retry-After: -5\r\n", b""):
+        parse(head + other + b"\r\n")
+        assert https.retry_after == 0
+
+
 def test_content_length_body_one_byte_reads():
     raw = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nhello"
     assert parse(raw, chunk=1) == (403, b"hello")

@@ -359,3 +359,33 @@ def test_postgres_parameters_are_rewritten_once_and_exactly() -> None:
         "SELECT a FROM t WHERE b = %(b)s AND c LIKE '5%%' AND d = %(d_2)s AND e = x::text"
     )
     assert db.sql(sql) is db.sql(sql)  # cached
+
+
+def test_a_device_keeps_only_its_newest_challenges(reg: Store) -> None:
+    """However many hellos a device's public key gets, it holds at most `keep` challenges: the
+    new one always stands, the oldest go; another device's are untouched."""
+    d, other = new_device(reg), new_device(reg)
+    add(reg, "o1", other)
+    for i in range(200):
+        reg.challenges.add(f"c{i:03d}", d, b"\x00" * 32, 2_000_000_000 + i, keep=4)
+    assert ids(reg, d) == ["c196", "c197", "c198", "c199"]
+    reg.challenges.add("same-second", d, b"\x00" * 32, 2_000_000_000, keep=1)
+    assert ids(reg, d) == ["same-second"]
+    assert ids(reg, other) == ["o1"]
+
+
+def ids(reg: Store, device_id: str) -> list[str]:
+    sql = "SELECT id FROM challenges WHERE device_id = :d ORDER BY id"
+    return [r["id"] for r in reg.db.all(sql, {"d": device_id})]
+
+
+def test_purge_drops_unused_expired_challenges_first(reg: Store) -> None:
+    d = new_device(reg)
+    for cid, expires in (("old-unused", 100), ("old-used", 100), ("fresh", 2_000_000_000)):
+        add(reg, cid, d, expires)
+    assert complete(reg, "old-used", d, b"der", 0x5B, 1.8e9, 999.0)
+    reg.challenges._last_purge = -1e9  # the purge runs at most once a minute
+    reg.challenges.add(
+        "new", d, b"\x00" * 32, 2_000_000_001, keep=10, purge_before=50, purge_unused_before=150
+    )
+    assert set(ids(reg, d)) == {"old-used", "fresh", "new"}

@@ -1,9 +1,14 @@
 """Onboarding challenges: single use, expiring, each bound to one device; consuming one and
 recording the device's certificate is one transaction.
 
-This is the onboarding hot path: each hello costs one read and one insert, each proof one read
-(the challenge with its device, in one join) and one write transaction of two UPDATEs (plus an
-audit event when the certificate is new).
+A device's outstanding challenges are bounded: each insert drops all but the newest `keep` of
+its challenges (the new one always stands), so hellos for a known public key cannot grow the
+table. Expired challenges are purged: unused ones a few minutes after expiry, used ones (whose
+proof a device that lost its answer may send again) after an hour.
+
+This is the onboarding hot path: each hello costs one read and one write transaction (the insert
+and its trim), each proof one read (the challenge with its device, in one join) and one write
+transaction of two UPDATEs (plus an audit event when the certificate is new).
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ _INSERT = (
     "INSERT INTO challenges (id, device_id, challenge, expires)"
     " VALUES (:id, :device_id, :challenge, :expires)"
 )
-_PURGE = "DELETE FROM challenges WHERE expires < :before"
+_TRIM = (
+    "DELETE FROM challenges WHERE device_id = :device_id AND id <> :id AND id NOT IN"
+    " (SELECT id FROM challenges WHERE device_id = :device_id AND id <> :id"
+    " ORDER BY expires DESC LIMIT :others)"
+)
+_PURGE = (
+    "DELETE FROM challenges WHERE expires < :before"
+    " OR (used_at IS NULL AND expires < :unused_before)"
+)
 _WITH_DEVICE = (
     SELECT.replace(
         "SELECT ",
@@ -62,19 +75,31 @@ class Challenges:
         self._last_purge = 0.0
 
     def add(
-        self, cid: str, device_id: str, challenge: bytes, expires: int, purge_before: float = 0
+        self,
+        cid: str,
+        device_id: str,
+        challenge: bytes,
+        expires: int,
+        *,
+        keep: int = 4,
+        purge_before: float = 0,
+        purge_unused_before: float = 0,
     ) -> None:
-        """Store a challenge; with `purge_before`, also drop those expired before it (at most
-        once a minute: the purge is housekeeping, not part of each hello)."""
+        """Store a challenge and drop the device's older ones beyond the newest `keep`; with
+        `purge_before`, also drop every challenge expired before it, and unused ones expired
+        before `purge_unused_before` (at most once a minute: housekeeping, not each hello)."""
         now = time.monotonic()
         row = {"id": cid, "device_id": device_id, "challenge": challenge, "expires": expires}
-        if bool(purge_before) and now - self._last_purge > _PURGE_EVERY_S:
-            self._last_purge = now
-            with self._db.transaction() as tx:
-                tx.execute(_PURGE, {"before": purge_before})
-                tx.execute(_INSERT, row)
-        else:
-            self._db.write_one(_INSERT, row)  # one statement: a transaction by itself
+        trim = {"device_id": device_id, "id": cid, "others": keep - 1}
+        with self._db.transaction() as tx:
+            if bool(purge_before) and now - self._last_purge > _PURGE_EVERY_S:
+                self._last_purge = now
+                tx.execute(
+                    _PURGE,
+                    {"before": purge_before, "unused_before": purge_unused_before or purge_before},
+                )
+            tx.execute(_INSERT, row)
+            tx.execute(_TRIM, trim)
 
     def with_device(self, cid: str) -> tuple[ChallengeInfo, DeviceRecord] | None:
         """A challenge and its device in one query (the proof's first read)."""
@@ -149,4 +174,4 @@ class Challenges:
     def purge(self, before: float) -> int:
         """Drop challenges that expired before `before` (used or not)."""
         with self._db.transaction() as tx:
-            return tx.execute(_PURGE, {"before": before})
+            return tx.execute(_PURGE, {"before": before, "unused_before": before})
