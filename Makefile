@@ -11,8 +11,9 @@ JOBS ?= 2
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## .venv (pinned), MicroPython Unix port, mpy-cross; Debian mosquitto, postgresql, softhsm2
+setup: $(STAMP) ## .venv (pinned), MicroPython Unix port, mpy-cross; Debian mosquitto, postgresql, softhsm2; NIST DRBG vectors
 	@scripts/ensure-system-deps
+	@scripts/fetch-drbg-vectors $(VENV)/share/qlink-vectors/hmac_drbg
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "setup: creating $(VENV) with pinned packages (first run takes a minute)"

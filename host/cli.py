@@ -320,9 +320,12 @@ def server(
     ] = "localhost",
     bind: Annotated[str, typer.Option(help="Address the API and broker listen on.")] = "127.0.0.1",
     challenge_ttl: Annotated[int, typer.Option(help="Seconds an onboarding challenge lives.")] = 60,
-    cert_days: Annotated[int, typer.Option(help="Validity of device certificates, days.")] = 365,
+    cert_days: Annotated[
+        float, typer.Option(help="Validity of device certificates, days (fractions allowed).")
+    ] = 365,
     renewal_days: Annotated[
-        int, typer.Option(help="A device asking this close to expiry gets a new certificate.")
+        float,
+        typer.Option(help="A device asking this many days before expiry gets a new certificate."),
     ] = 30,
     database_url: Annotated[
         str,

@@ -131,7 +131,9 @@ class Application:
         from host.server.onboarding import BrokerEndpoint, Onboarding
 
         broker = self._broker or BrokerEndpoint(self.settings.public_host, 0)
-        return Onboarding(self.settings, self.store, self.ca, self.policies, broker)
+        return Onboarding(
+            self.settings, self.store, self.ca, self.policies, broker, self.publish_crl
+        )
 
     @cached_property
     def lifecycle(self) -> Lifecycle:

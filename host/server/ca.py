@@ -35,6 +35,8 @@ from host.server.files import atomic_write
 from host.server.hsm import Pkcs11Config, Pkcs11Key, sign_certificate, sign_crl
 
 ADMIN_CN = "qlink-admin"
+# Device certificates may be short-lived (fractions of a day: renewal drills, tests).
+MIN_VALIDITY_S = 60
 _ROOT_DAYS = 3650
 _ISSUING_DAYS = 1825
 _SERVICE_DAYS = 825
@@ -114,7 +116,7 @@ class _Signer:
 
 
 def _builder(
-    subject: x509.Name, issuer: _Signer | None, public_key: ec.EllipticCurvePublicKey, days: int
+    subject: x509.Name, issuer: _Signer | None, public_key: ec.EllipticCurvePublicKey, days: float
 ) -> x509.CertificateBuilder:
     now = _now()
     issuer_name = issuer.cert.subject if issuer else subject
@@ -339,7 +341,7 @@ class CertificateAuthority:
         atomic_write(self.cert_path(service), _pem(cert, self._issuing.cert))
 
     def issue_device(
-        self, csr: x509.CertificateSigningRequest, device_id: str, validity_days: int
+        self, csr: x509.CertificateSigningRequest, device_id: str, validity_days: float
     ) -> x509.Certificate:
         """A client certificate for `device_id` over the CSR's (already verified) key."""
         return self.issue(csr.public_key(), device_id, DEVICE_PROFILE, validity_days)
@@ -349,15 +351,15 @@ class CertificateAuthority:
         key: object,
         common_name: str,
         profile: Profile,
-        validity_days: int | None = None,
+        validity_days: float | None = None,
         sans: x509.SubjectAlternativeName | None = None,
     ) -> x509.Certificate:
         """A leaf of `profile` for an EC P-256 public key, signed by the issuing CA."""
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise CaError("the key must be an EC P-256 key")
         days = validity_days if validity_days is not None else profile.days
-        if days < 1:
-            raise CaError("certificate validity must be at least 1 day")
+        if days * 86400 < MIN_VALIDITY_S:
+            raise CaError("certificate validity must be at least one minute")
         b = _leaf(_builder(_name(common_name), self._issuing, key, days), list(profile.eku))
         if sans is not None:
             b = b.add_extension(sans, critical=False)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,7 @@ from host.server.store import Actor, ChallengeInfo, Store
 
 DOMAIN_LABEL = b"qlink-onboard-v1\x00"
 _MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
+log = logging.getLogger("qlink.onboard")
 _CHALLENGE_KEEP_S = 3600  # used challenges stay this long (a lost answer's retry is precise)
 _UNUSED_KEEP_S = 300  # unused ones this long past expiry ("expired", not "unknown", for a while)
 
@@ -138,8 +141,11 @@ class Onboarding:
         ca: CertificateAuthority,
         policies: Policies,
         broker: BrokerEndpoint,
+        publish_crl: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Called after a renewal put the replaced certificate on the CRL's list.
+        self.publish_crl = publish_crl
         self.store = store
         self.ca = ca
         self.policies = policies
@@ -372,6 +378,14 @@ class Onboarding:
             )
             refused.device_id = device_id
             raise refused
+        replaced = step.dev.serial
+        if replaced is not None and replaced != format(step.cert.serial_number, "x"):
+            # The device can always fetch this answer again (the same proof, or hello + proof:
+            # the same certificate), so the replaced certificate goes now: only the current
+            # one opens the broker.
+            log.info("event=certificate_replaced device=%s revoked=%s", device_id, replaced)
+            if self.publish_crl is not None:
+                self.publish_crl()
         return self._answer(step.dev, step.cert_der)
 
     def _answer(self, dev: DeviceRecord, cert_der: bytes) -> dict[str, Any]:

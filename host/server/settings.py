@@ -32,10 +32,10 @@ class Settings:
     public_host: str = "localhost"  # the name devices verify in TLS and sign into their proof
     broker_port: int = 8883
     challenge_ttl_s: int = 60
-    cert_validity_days: int = 365
+    cert_validity_days: float = 365  # fractions allowed, down to a minute
     # An onboarded device that asks again within this many days of its certificate's expiry
     # gets a new certificate (before that, the one it has).
-    renewal_window_days: int = 30
+    renewal_window_days: float = 30
     tenant: str = "default"
     telemetry_interval_ms: int = 2000
     # Empty: SQLite (WAL) in data_dir/registry.sqlite. Else a SQLAlchemy URL (postgresql://...).
@@ -65,8 +65,8 @@ class Settings:
                 raise ValueError(f"{name} must be between 0 and 65535, not {port}")
         if self.challenge_ttl_s < 1:
             raise ValueError("challenge TTL must be at least 1 second")
-        if self.cert_validity_days < 1:
-            raise ValueError("certificate validity must be at least 1 day")
+        if self.cert_validity_days * 86400 < 60:
+            raise ValueError("certificate validity must be at least one minute (1/1440 day)")
         if not 0 <= self.renewal_window_days < self.cert_validity_days:
             raise ValueError("renewal window must be 0 or more days, less than the validity")
         if self.workers < 1:

@@ -42,7 +42,7 @@ def test_hello_flood_for_one_device(attack: Attack, server: ServerProcess, fleet
                 assert r.json()["error"] == "rate_limited"
     took = time.monotonic() - started
     stored = server.query(
-        f"SELECT COUNT(*) FROM challenges WHERE device_id = '{victim.device_id}'"  # noqa: S608
+        f"SELECT COUNT(*) FROM challenges WHERE device_id = '{victim.device_id}'"
     )[0][0]
     t0 = time.monotonic()
     answer = victim.onboard()

@@ -20,7 +20,7 @@ from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
 from host.server.store import audit
 from host.server.store.audit import Actor
 from host.server.store.database import Database
-from host.server.store.devices import SELECT, record
+from host.server.store.devices import REVOKE_SERIAL, SELECT, record
 
 _PURGE_EVERY_S = 60.0
 _INSERT = (
@@ -132,7 +132,9 @@ class Challenges:
         """Consume the challenge and mark the device onboarded, in one transaction.
 
         `dev` is the device as the proof read it; `cert_der` its (new or unchanged)
-        certificate, and a new serial gets an audit event. The first onboarding time is kept.
+        certificate, and a new serial gets an audit event; the serial it replaces goes onto
+        the CRL's list (the caller publishes the CRL), so that only the current certificate
+        opens the broker. The first onboarding time is kept.
         False when the challenge was consumed meanwhile (a concurrent replay) or the device
         left the registered/onboarded states; then nothing changes. `policy_cleared`: the
         policy driver registered the device, which removed any exception it held there.
@@ -159,6 +161,16 @@ class Challenges:
             # Compared with the serial the proof read: two proofs racing with new
             # certificates each get their event, a retry with the same certificate none.
             if dev.serial != serial_hex:
+                if dev.serial is not None and dev.not_after is not None:
+                    tx.execute(
+                        REVOKE_SERIAL,
+                        {
+                            "serial": dev.serial,
+                            "device_id": dev.device_id,
+                            "not_after": dev.not_after,
+                            "now": now,
+                        },
+                    )
                 who = actor or Actor(f"device:{dev.device_id}", "-")
                 audit.record(
                     tx,

@@ -19,6 +19,12 @@ from host.server.store.audit import Actor
 from host.server.store.database import Database
 from host.server.store.errors import Invalid
 
+# A serial onto the CRL's list; one revoked before (a repeat, a crashed revocation) stays.
+REVOKE_SERIAL = (
+    "INSERT INTO revoked_certs (serial, device_id, not_after, revoked_at)"
+    " VALUES (:serial, :device_id, :not_after, :now) ON CONFLICT (serial) DO NOTHING"
+)
+
 # The device row and its batch's columns that a DeviceRecord needs, in one join.
 SELECT = (
     "SELECT d.device_id, d.public_key, d.state, d.disabled, d.policy_exception, d.cert_der,"
@@ -144,9 +150,7 @@ class Devices:
             if serial is not None and row["not_after"] is not None:
                 # A serial revoked before (a repeat of a crashed revocation) stays as it was.
                 tx.execute(
-                    "INSERT INTO revoked_certs (serial, device_id, not_after, revoked_at)"
-                    " VALUES (:serial, :device_id, :not_after, :now)"
-                    " ON CONFLICT (serial) DO NOTHING",
+                    REVOKE_SERIAL,
                     {
                         "serial": serial,
                         "device_id": dev.device_id,
