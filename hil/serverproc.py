@@ -33,6 +33,7 @@ class ServerProcess:
         extra_args: list[str] | None = None,
         database_url: str | None = None,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.hostname = hostname
@@ -42,6 +43,7 @@ class ServerProcess:
         self.extra_args = extra_args or []
         self.database_url = database_url
         self.workers = workers
+        self.env = env or {}  # added to the server's environment
         self.info: dict[str, Any] = {}
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -134,7 +136,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         finally:
             log.close()
@@ -184,6 +186,18 @@ class ServerProcess:
                 if b"multiprocessing.spawn" in cmdline:  # not its resource tracker
                     found.append(int(child))
         return found
+
+    def kill(self) -> int:
+        """`kill -9` of the server's processes (main and workers); the broker follows by its
+        parent-death signal. Returns the main process's status."""
+        proc, self._proc = self._proc, None
+        assert proc is not None, "the server is not running"
+        workers = self.worker_pids()
+        os.kill(proc.pid, signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return proc.wait(10)
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         proc, self._proc = self._proc, None

@@ -25,6 +25,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from host.server.holds import hold
 from host.server.policy import PolicyError
 from host.server.store.names import name_problem
 
@@ -147,6 +148,7 @@ class AwsIotPolicy:
                 undo.append(
                     lambda: self.iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
                 )
+            hold("aws_registration")
             arn = self._call(
                 "DescribeCertificate",
                 lambda: self.iot.describe_certificate(certificateId=cert_id),

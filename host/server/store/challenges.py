@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from host.server.holds import hold
 from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
 from host.server.store import audit
 from host.server.store.audit import Actor
@@ -180,6 +181,7 @@ class Challenges:
                     f"device:{dev.device_id}",
                     serial=serial_hex,
                 )
+            hold("onboard_transaction")
             done = True
         return done
 
