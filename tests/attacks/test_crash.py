@@ -65,8 +65,7 @@ def test_kill_inside_the_onboarding_transaction(attack: Attack, tmp_path: Path) 
     status = proc.kill()
     thread.join(10)
     row = proc.query(
-        "SELECT state, cert_der IS NULL FROM devices WHERE device_id = "  # noqa: S608
-        f"'{device.device_id}'"
+        f"SELECT state, cert_der IS NULL FROM devices WHERE device_id = '{device.device_id}'"
     )[0]
     used = proc.query("SELECT COUNT(*) FROM challenges WHERE used_at IS NOT NULL")[0][0]
     events = proc.query("SELECT COUNT(*) FROM audit WHERE action = 'device.onboard'")[0][0]
@@ -135,9 +134,7 @@ def test_kill_with_an_aws_registration_in_flight(
     orphan = certs[0]["certificateArn"] if certs else None
     attached = iot.list_attached_policies(target=orphan)["policies"] if orphan else []
     principals = iot.list_thing_principals(thingName=device.device_id)["principals"]
-    row = proc.query(
-        f"SELECT state FROM devices WHERE device_id = '{device.device_id}'"  # noqa: S608
-    )[0]
+    row = proc.query(f"SELECT state FROM devices WHERE device_id = '{device.device_id}'")[0]
     again = ServerProcess(tmp_path / "data", env=aws).start()
     try:
         device.api_url = again.api_url
