@@ -121,4 +121,4 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="session")
 def fleet(server: ServerProcess) -> Fleet:
-    return Fleet(server, batch="attacked", tenant="acme", size=16)
+    return Fleet(server, batch="attacked", tenant="acme", size=64)
