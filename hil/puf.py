@@ -51,6 +51,47 @@ print("MC", TRIALS, fails)
 """
 
 
+# Profile 5: each trial draws a fresh response whose cells read 1 with P1_Q16 / 65536 (the
+# population bias), enrols it, then flips a cell that read 0 with Q0_Q16 / 65536 and one that
+# read 1 with Q1_Q16 / 65536 (a read-to-read BER p at that bias: q0 = p / (2 (1 - b)),
+# q1 = p / (2 b), host/puf/debias.py); "MC <trials> <failures> <refused>" (refused: enrolment
+# turned the response down, not counted as a trial).
+_MONTE_CARLO_DEBIAS = """
+import os
+from qdid import debias
+p1 = P1_Q16
+t0 = Q0_Q16
+t1 = Q1_Q16
+n = debias.RESPONSE_LEN
+fails = 0
+refused = 0
+done = 0
+while done < TRIALS:
+    resp = bytearray(n)
+    r = os.urandom(2 * 8 * n)
+    for b in range(8 * n):
+        if (r[2 * b] << 8 | r[2 * b + 1]) < p1:
+            resp[b >> 3] |= 1 << (b & 7)
+    try:
+        helper, secret = debias.enrol(resp, os.urandom(debias.KEY_LEN))
+    except debias.DieBiasError:
+        refused += 1
+        continue
+    done += 1
+    r = os.urandom(2 * 8 * n)
+    for b in range(8 * n):
+        t = t1 if (resp[b >> 3] >> (b & 7)) & 1 else t0
+        if (r[2 * b] << 8 | r[2 * b + 1]) < t:
+            resp[b >> 3] ^= 1 << (b & 7)
+    try:
+        if debias.reproduce(resp, helper) != secret:
+            raise SystemExit("a reconstruction returned another secret")
+    except debias.ReconstructionError:
+        fails += 1
+print("MC", TRIALS, fails, refused)
+"""
+
+
 def die_seed(base: str, index: int) -> str:
     """The hex seed of emulated die `index` of a campaign named `base` (deterministic)."""
     return hashlib.sha256(f"qlink/puf/{base}/{index}".encode()).hexdigest()[:32]
@@ -87,21 +128,36 @@ def collect(
     return out
 
 
-PROFILES = {2: "fuzzy", 4: "polar"}  # helper profile ID -> firmware module (qdid.<name>)
+# helper profile ID -> firmware module (qdid.<name>)
+PROFILES = {2: "fuzzy", 4: "polar", 5: "debias"}
 
 
-def monte_carlo(ber: float, trials: int, profile: int = 4) -> tuple[int, int]:
+def monte_carlo(ber: float, trials: int, profile: int = 4, bias: float = 0.5) -> tuple[int, int]:
     """(trials, failures) of the firmware decoder of `profile` under i.i.d. errors of rate
-    `ber`."""
+    `ber` (profiles 2 and 4: uniform responses; profile 5: cells with P(1) = `bias`, each
+    flipping at the rate its enrolled value gives, host/puf/debias.py)."""
     if not 0 <= ber <= 1 or trials < 1:
         raise ValueError("ber in [0, 1] and trials >= 1")
     if profile not in PROFILES:
         raise ValueError(f"unknown helper profile {profile}; have {sorted(PROFILES)}")
-    code = (
-        _MONTE_CARLO.replace("MODULE", PROFILES[profile])
-        .replace("BER_Q16", str(round(ber * 65536)))
-        .replace("TRIALS", str(trials))
-    )
+    if profile == 5:
+        from host.puf.debias import cell_error_rates
+
+        q0, q1 = cell_error_rates(ber, bias)
+        code = (
+            _MONTE_CARLO_DEBIAS.replace("P1_Q16", str(round(bias * 65536)))
+            .replace("Q0_Q16", str(round(q0 * 65536)))
+            .replace("Q1_Q16", str(round(q1 * 65536)))
+            .replace("TRIALS", str(trials))
+        )
+    elif bias != 0.5:
+        raise ValueError("profiles 2 and 4 are simulated on unbiased responses only")
+    else:
+        code = (
+            _MONTE_CARLO.replace("MODULE", PROFILES[profile])
+            .replace("BER_Q16", str(round(ber * 65536)))
+            .replace("TRIALS", str(trials))
+        )
     with tempfile.TemporaryDirectory() as tmp:
         # A larger heap than a board's: the harness draws 3.5 KiB of noise per trial; the
         # decoders' own heap is measured by bench/device_identity.py.
@@ -110,6 +166,6 @@ def monte_carlo(ber: float, trials: int, profile: int = 4) -> tuple[int, int]:
         raise PufRunError(f"Monte Carlo run failed:\n{proc.stdout}{proc.stderr}")
     for line in proc.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == "MC":
+        if len(parts) in (3, 4) and parts[0] == "MC":
             return int(parts[1]), int(parts[2])
     raise PufRunError(f"Monte Carlo run printed no result:\n{proc.stdout}")

@@ -2,6 +2,9 @@
 
 Reads come from emulated dies (the unix board's silicon model) or from a .npy file of real
 boards' reads collected by the rig, shape (dies, reads, bytes). The analysis is host.puf.
+The key figures are the enrolment profile's (5: von Neumann pairs + polar code,
+host/puf/debias.py) at the population bias `--bias` (the emulated dies' parameter), else at the
+measured bias; profile 4's and profile 2's figures stay beside them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,17 @@ def report(
     reads: Annotated[int, typer.Option("--reads", "-n", min=2, help="power-ups per die")] = 20,
     nbytes: Annotated[
         int, typer.Option("--bytes", min=1, max=8192, help="SRAM bytes per read")
-    ] = 224,
+    ] = 640,
+    bias: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            max=0.9,
+            help="population bias P(1) of the emulated dies, and the bias the key figures are "
+            "computed at (default: the model's 0.5 for the dies, the measured bias for the "
+            "figures)",
+        ),
+    ] = None,
     temperature: Annotated[float, typer.Option(help="die temperature, degrees C")] = 25.0,
     supply: Annotated[float, typer.Option(help="supply voltage, V")] = 3.3,
     age: Annotated[float, typer.Option(help="years of ageing")] = 0.0,
@@ -47,7 +60,7 @@ def report(
     import numpy as np
 
     from hil import puf
-    from host.puf import polar
+    from host.puf import debias, polar
     from host.puf.analysis import MeasurementError, analyse
     from host.puf.failure import PROFILE_2, key_failure
     from host.puf.plot import failure_curve
@@ -63,23 +76,36 @@ def report(
         # Reads at the reference conditions first (read 0 is the enrolment read), then the rest
         # under the requested stress, so the BER is what reconstruction would see.
         stressed = {"temperature_c": temperature, "supply_v": supply, "age_years": age}
+        die = {} if bias is None else {"bias": bias}
         try:
-            ref = puf.collect(dies, 1, nbytes)
-            rest = puf.collect(dies, reads - 1, nbytes, params=stressed)
+            ref = puf.collect(dies, 1, nbytes, params=die)
+            rest = puf.collect(dies, reads - 1, nbytes, params={**die, **stressed})
         except puf.PufRunError as e:
             err.print(str(e))
             raise typer.Exit(1) from e
         data = np.concatenate([ref, rest], axis=1)
         source = f"{dies} emulated dies, {temperature:g} C, {supply:g} V, {age:g} years"
+        if bias is not None:
+            source += f", bias {bias:g}"
     try:
-        rep = analyse(np.asarray(data, dtype=np.uint8))
+        rep = analyse(np.asarray(data, dtype=np.uint8), bias)
     except MeasurementError as e:
         err.print(f"{e}; the report needs >= 2 dies with >= 2 reads each")
         raise typer.Exit(2) from e
     failure_curve(png, measured_ber=rep.intra_ber)
-    figures = asdict(rep)
-    figures["failure_at_15pct"] = polar.key_failure_bounds(0.15)[1]
-    figures["failure_at_20pct"] = polar.key_failure_bounds(0.20)[1]
+    at = rep.figures_bias
+    figures: dict[str, object] = dict(asdict(rep))
+    figures["profile"] = 5
+    # Worst split of the errors between cells that read 0 and 1 (docs/identity.md, 2).
+    f15, f20 = debias.worst_key_failure(0.15, at)[0], debias.worst_key_failure(0.20, at)[0]
+    figures["failure_at_15pct"] = f15
+    figures["failure_at_20pct"] = f20
+    figures["stationary_failure_at_15pct"] = debias.key_failure_bounds(0.15, at)[1]
+    figures["stationary_failure_at_20pct"] = debias.key_failure_bounds(0.20, at)[1]
+    figures["bias_supported"] = debias.in_window(at)
+    figures["enrolment_refusal_probability"] = debias.refusal_probability(at)
+    figures["profile4_failure_at_15pct"] = polar.key_failure_bounds(0.15)[1]
+    figures["profile4_failure_at_20pct"] = polar.key_failure_bounds(0.20)[1]
     figures["profile2_failure_at_15pct"] = float(key_failure(PROFILE_2, 0.15))
     figures["profile2_failure_at_20pct"] = float(key_failure(PROFILE_2, 0.20))
     if as_json:
@@ -88,6 +114,10 @@ def report(
         t = Table(title=f"PUF report: {source}")
         t.add_column("figure")
         t.add_column("value", justify="right")
+
+        def opt(v: float | None, spec: str) -> str:
+            return "-" if v is None else format(v, spec)
+
         rows = [
             ("reads (dies x reads x bits)", f"{rep.dies} x {rep.reads} x {rep.bits}"),
             ("intra-die BER (mean / worst die)", f"{rep.intra_ber:.4f} / {rep.intra_ber_max:.4f}"),
@@ -98,19 +128,37 @@ def report(
                 "min-entropy per bit (cells / from bias)",
                 f"{rep.min_entropy_per_bit:.3f} / {rep.min_entropy_from_bias:.3f}",
             ),
+            (
+                "von Neumann pairs: unequal share / ones among kept",
+                f"{opt(rep.pair_yield, '.4f')} / {opt(rep.debiased_bias, '.4f')}",
+            ),
+            (
+                "kept pair split / both wrong (measured; predicted)",
+                f"{opt(rep.retained_erasure_rate, '.4f')} / {opt(rep.retained_error_rate, '.5f')}"
+                f"; {opt(rep.predicted_retained_erasure_rate, '.4f')} / "
+                f"{opt(rep.predicted_retained_error_rate, '.5f')}",
+            ),
+            ("bias of the key figures (supported 0.38-0.62)", f"{at:.4f}"),
             ("predicted key failure at measured BER (bound)", f"{rep.predicted_key_failure:.3e}"),
+            ("key failure at 15 % / 20 % BER (profile 5, bound)", f"{f15:.3e} / {f20:.3e}"),
             (
                 "key failure at 15 % / 20 % BER (profile 4, bound)",
-                f"{figures['failure_at_15pct']:.3e} / {figures['failure_at_20pct']:.3e}",
+                f"{polar.key_failure_bounds(0.15)[1]:.3e} / "
+                f"{polar.key_failure_bounds(0.20)[1]:.3e}",
             ),
             (
                 "key failure at 15 % / 20 % BER (profile 2, exact)",
-                f"{figures['profile2_failure_at_15pct']:.3e} / "
-                f"{figures['profile2_failure_at_20pct']:.3e}",
+                f"{float(key_failure(PROFILE_2, 0.15)):.3e} / "
+                f"{float(key_failure(PROFILE_2, 0.20)):.3e}",
             ),
             (
-                "residual entropy (Shannon / min-entropy bound)",
+                "residual entropy, profile 5 (Shannon / min-entropy bound)",
                 f"{rep.residual_shannon_bits:.1f} / {rep.residual_min_entropy_bits:.1f} bits",
+            ),
+            (
+                "residual entropy, profile 4 (Shannon / min-entropy bound)",
+                f"{rep.profile4_residual_shannon_bits:.1f} / "
+                f"{rep.profile4_residual_min_entropy_bits:.1f} bits",
             ),
         ]
         for k, v in rows:

@@ -3,9 +3,9 @@
 #   boot(board, data_dir="data") -> Identity
 #     first boot (no data/helper.bin): enrol, write the public helper data atomically;
 #     later boots: reconstruct the same secret from a fresh power-up read.
-#   Fuzzy extractor by helper profile (first byte): 4 = qdid.polar (new enrolments),
-#   2 = qdid.fuzzy (repetition + BCH, still reconstructed); loaded for the boot only, with
-#   qdid.offset (their shared framing).
+#   Fuzzy extractor by helper profile (first byte): 5 = qdid.debias (von Neumann debiasing +
+#   polar code, new enrolments), 4 = qdid.polar and 2 = qdid.fuzzy (still reconstructed); loaded
+#   for the boot only, with what it imports (qdid.offset, qdid.polarsc).
 #
 # Seeds (docs/protocol.md "Identity"): PRK = HKDF-Extract(salt = SHA-256(helper.bin), secret)
 # (RFC 5869 2.2); seed i = HKDF-Expand(PRK, b"qlink/seed/" + ASCII decimal i, 16), i = 0..7
@@ -47,8 +47,8 @@ _HW_MIN_PCT = const(35)  # power-up Hamming weight bounds, percent of the bits r
 _HW_MAX_PCT = const(65)
 _BLOCK = const(16)  # bytes per block of the repeated-block check
 _MAX_RAW_BER_PCT = const(25)  # corrected response bits above this share of the read: fail closed
-_RESPONSE_LEN = const(224)  # SRAM bytes every helper profile reads
-_ENROL_PROFILE = const(4)  # helper profile of new enrolments (qdid.polar)
+_RESPONSE_LEN = const(640)  # SRAM bytes read: profile 5's; profiles 2 and 4 use the first 224
+_ENROL_PROFILE = const(5)  # helper profile of new enrolments (qdid.debias)
 _HELPER = "helper.bin"
 _HEALTH = "puf_health.bin"  # public counter of PUF health failures (4 bytes, big-endian)
 _SEED_INFO = b"qlink/seed/"
@@ -105,16 +105,21 @@ def check_sram(resp: bytes | bytearray) -> None:
 
 
 def _extractor(profile):
-    # The fuzzy-extractor module of a helper profile (docs/identity.md): 4 = polar (enrolment
-    # default), 2 = repetition + BCH (still reconstructed). Unknown profiles (1, 3) go to the
-    # default, whose parser refuses them with a message that says to re-enrol.
+    # The fuzzy-extractor module of a helper profile (docs/identity.md): 5 = debiased polar
+    # (enrolment default), 4 = polar and 2 = repetition + BCH (still reconstructed). Unknown
+    # profiles (1, 3) go to the default, whose parser refuses them with a message that says to
+    # re-enrol.
     if profile == 2:
         from qdid import fuzzy
 
         return fuzzy
-    from qdid import polar
+    if profile == 4:
+        from qdid import polar
 
-    return polar
+        return polar
+    from qdid import debias
+
+    return debias
 
 
 def health_failures(data_dir: str = "data") -> int:
@@ -196,7 +201,8 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
     # The SRAM first: on a real board the power-up region is read before anything else runs
     # (the C stack and the heap only grow from here on).
     # The fuzzy extractor (tables, buffers and decoder: 7-12 KiB) is loaded for the boot only,
-    # unless someone had it loaded before. Every profile reads the same 224 bytes.
+    # unless someone had it loaded before. One read serves every profile (the first 224 of the
+    # 640 bytes are profiles 2 and 4's response).
     before = set(sys.modules)
     resp = bytearray(board.sram_bits(_RESPONSE_LEN))
     forget = getattr(board, "forget_sram", None)
@@ -222,9 +228,15 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
                     "power from the board, then boot it again"
                 )
             key = bytearray(entropy.random_bytes(fe.KEY_LEN))
-            helper, secret = fe.enrol(resp, key)
-            for i in range(len(key)):
-                key[i] = 0
+            try:
+                helper, secret = fe.enrol(resp, key)
+            except QdidError:
+                # The extractor refused the die (profile 5: too biased): a health failure.
+                _count_failure(data_dir)
+                raise
+            finally:
+                for i in range(len(key)):
+                    key[i] = 0
             files.write(path, helper)
             if files.read(path) != helper:
                 raise QdidError("helper data did not read back as written; check the filesystem")
@@ -267,7 +279,7 @@ def _drop(before: set[str]) -> None:
     # Lifecycle modules: the extractor loaded for this boot goes, its heap back to the pool.
     import qdid
 
-    for name in ("qdid.fuzzy", "qdid.polar", "qdid.offset"):
+    for name in ("qdid.fuzzy", "qdid.polar", "qdid.debias", "qdid.polarsc", "qdid.offset"):
         if name in sys.modules and name not in before:
             del sys.modules[name]
             short = name[5:]

@@ -1,4 +1,5 @@
-# Code-offset framing shared by the fuzzy-extractor profiles (qdid.fuzzy: 2, qdid.polar: 4):
+# Code-offset framing shared by the fuzzy-extractor profiles (qdid.fuzzy: 2, qdid.polar: 4; the
+# labels, errors and statistics also serve qdid.debias, profile 5, which has its own layout):
 # Dodis, Reyzin, Smith, "Fuzzy Extractors", EUROCRYPT 2004, section 5.
 #
 # Helper (244 bytes): a 4-byte header (profile ID first), the 224-byte offset w = x XOR c, a
@@ -28,8 +29,8 @@ RESPONSE_LEN = const(224)  # SRAM bytes a profile consumes
 KEY_LEN = const(17)  # bytes of random input to enrol(): the low 131 bits are the key
 RAW_BITS = const(1785)  # SRAM bits a profile consumes
 
-_SECRET_LABEL = b"qlink/fe/secret\x00"
-_TAG_LABEL = b"qlink/fe/tag\x00"
+SECRET_LABEL = b"qlink/fe/secret\x00"  # every profile's secret and tag labels (qdid.debias too)
+TAG_LABEL = b"qlink/fe/tag\x00"
 
 # The corrected response (secret material): filled, hashed and zeroed inside one call.
 _work = bytearray(_RESP)
@@ -58,6 +59,18 @@ def hamming_weight(buf):
     return n
 
 
+def failed():
+    # The error of a reconstruction that did not reproduce the enrolled secret; the statistics
+    # say so (margin -1) and carry nothing of the failed decode.
+    stats["corrected_bits"] = 0
+    stats["code_errors"] = 0
+    stats["margin"] = -1
+    return ReconstructionError(
+        "SRAM response does not match this device's helper data (too noisy, helper altered, "
+        "or another chip); power-cycle and retry, re-enrol if it persists"
+    )
+
+
 def _response_int(response):
     if len(response) < _RESP:
         raise ValueError("response must be at least %d bytes" % _RESP)
@@ -66,13 +79,13 @@ def _response_int(response):
 
 def _finish(hdr, helper):
     # _work holds the corrected response: hash it, wipe it, tag the helper (header + offset).
-    h = hashlib.sha256(_SECRET_LABEL)
+    h = hashlib.sha256(SECRET_LABEL)
     h.update(hdr)
     h.update(_work)
     secret = h.digest()
     for i in range(_RESP):
         _work[i] = 0
-    return secret, hmac_sha256(secret, _TAG_LABEL + helper)[:_TAG]
+    return secret, hmac_sha256(secret, TAG_LABEL + helper)[:_TAG]
 
 
 def enrol(response, key, hdr, encode):
@@ -114,13 +127,7 @@ def reproduce(response, helper, hdr, decode):
         secret, want = _finish(hdr, mv[: _HDR + _RESP])
         ok = compare_digest(want, mv[_HDR + _RESP :])
     if not ok:
-        stats["corrected_bits"] = 0
-        stats["code_errors"] = 0
-        stats["margin"] = -1
-        raise ReconstructionError(
-            "SRAM response does not match this device's helper data (too noisy, helper altered, "
-            "or another chip); power-cycle and retry, re-enrol if it persists"
-        )
+        raise failed()
     n = hamming_weight(((y ^ c) << _PAD).to_bytes(_RESP, "big"))
     stats["corrected_bits"] = n
     stats["code_errors"] = n if errs is None else errs

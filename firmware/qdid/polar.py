@@ -1,6 +1,7 @@
-# Code-offset fuzzy extractor, profile 4: a punctured polar code (Arikan, IEEE Trans. IT-55,
-# 2009) under successive-cancellation decoding. The helper layout, secret, tag and errors are
-# qdid.offset's, shared with profile 2 (qdid.fuzzy).
+# Code-offset fuzzy extractor, profile 4 (reconstructed; new enrolments use profile 5,
+# qdid.debias): a punctured polar code under successive-cancellation decoding (qdid.polarsc, the
+# decoder profile 5 shares). The helper layout, secret, tag and errors are qdid.offset's, shared
+# with profile 2 (qdid.fuzzy).
 #
 # Code: N = 2048, x = u F^(x)11 with F = [[1, 0], [1, 1]] in natural order (x_j = XOR of u_i over
 # the i whose bits contain j's bits), punctured at positions 0..262 (quasi-uniform puncturing in
@@ -12,16 +13,11 @@
 # Restricted to the read positions the code still has dimension 131 (each information row keeps
 # its own leading position i >= 263; host/puf/polar.py read_dimension()).
 #
-# Decoder: successive cancellation with clipped min-sum: channel LLR +1 / -1 for a read 0 / 1,
-# 0 for a punctured position; f(a, b) = sign(a) sign(b) min(|a|, |b|);
-# g(a, b, s) = clip(b + (1 - 2s) a, -31, 31); an information bit is 1 iff its LLR < 0. Signs,
-# minima, clips and selections are arithmetic (shifts and masks), not branches: the decoder's
-# branches and loop counts follow the public frozen set only, never the response or the key.
-# It is viper code (native machine code: armv6m on the RP2040, xtensawin on the ESP32, x64 on
-# the unix port) walking the decoding tree iteratively; the walk is a recursive SC decoder's.
+# Channel LLRs: +1 / -1 for a read 0 / 1, 0 for a punctured position (qdid.polarsc decodes).
 #
-# Failure (host/puf/polar.py, exact discrete density evolution of this arithmetic, union bound):
-#   15 % BER: 5.3e-15 <= P_key <= 1.7e-14;  20 % BER: 2.1e-9 <= P_key <= 1.3e-8.
+# Failure (host/puf/polar.py, exact discrete density evolution of this arithmetic; bounds that
+# hold for every key: a tie decodes to 0, right for a 0 bit and wrong for a 1 bit):
+#   15 % BER: 2.3e-15 <= P_key <= 1.7e-14;  20 % BER: 1.2e-9 <= P_key <= 1.3e-8.
 #
 # Helper (244 bytes): header 04 0b 1f 83 (profile 4, log2 N = 11, clip 31, 131 key bits), the
 # 224-byte offset, a 16-byte tag. Profile 3 (the same code shortened at positions 1785..2047,
@@ -29,6 +25,7 @@
 from micropython import const
 import micropython
 from qdid import offset
+from qdid import polarsc
 from qdid.offset import (  # noqa: F401 (the profile's interface, as qdid.fuzzy has it)
     HELPER_LEN,
     RESPONSE_LEN,
@@ -79,26 +76,18 @@ _R0 = bytes.fromhex(
     "ffffff1fffff7f177f171701ff7f7f177f1717007f07010001000000"
 )
 
-# Decoder state, allocated once (4 KiB): the active node of each level, level l at offset
-# 2N - (2N >> l) with N >> l entries (the root at 0, one leaf at 4094). An entry holds the
-# node's LLR (int8) until the decoder has read it for the last time, then the node's re-encoded
-# bit: a parent's first half takes its left child's bits in the same loop that reads the
-# parent's LLRs for the right child, and the whole parent takes [left XOR right, right] once
-# both children are done (every read precedes the write to the same entry). The word in and
-# the codeword out (224 bytes, response layout) pass through _B[N:], free at those times.
-# _B is zeroed after each use: it holds the response and the codeword.
+# Decoder state, allocated once (4 KiB, qdid.polarsc's layout: the root at _B[0:N], the other
+# levels above it). The word in and the codeword out (224 bytes, response layout) pass through
+# _B[N:], free at those times. _B is zeroed after each use: it holds the response and the
+# codeword.
 _B = bytearray(2 * _N)
 
 
 @micropython.viper
-def _sc(buf, r0) -> int:
-    # SC decoding of the word at buf[N:]: leaves the re-encoded codeword (one bit per position)
-    # at the root and returns the smallest |LLR| of an information decision.
-    # Node n of size sz at offset o; `down`: entering n, else n is decoded (its bits at o).
-    B = ptr8(buf)
-    R = ptr8(r0)
-    # Root LLRs from the word at B[N:]: 0 at the punctured positions, 1 - 2 y_b at position
+def _llr(buf):
+    # Root LLRs from the word at buf[N:]: 0 at the punctured positions, 1 - 2 y_b at position
     # 263 + b, y_b = bit b + 7 of the big-endian 224-byte word (bit q = j - 256 at position j).
+    B = ptr8(buf)
     j = 0
     while j < _P:
         B[j] = 0
@@ -107,110 +96,6 @@ def _sc(buf, r0) -> int:
         q = j - 256
         B[j] = 1 - 2 * ((int(B[_N + 223 - (q >> 3)]) >> (q & 7)) & 1)
         j += 1
-    n = 1
-    o = 0
-    sz = _N
-    down = 1
-    margin = _CLIP
-    while True:
-        if down:
-            if sz == 1:
-                # An information leaf (frozen leaves are rate-0 nodes, never entered).
-                v = int(B[o])
-                v -= (v & 0x80) << 1
-                s = v >> 7  # -1 iff v < 0
-                B[o] = s & 1
-                d = ((v ^ s) - s) - margin
-                margin += d & (d >> 7)
-                down = 0
-                continue
-            h = sz >> 1
-            c = o + sz
-            k = n << 1
-            j = 0
-            if (R[k >> 3] >> (k & 7)) & 1:
-                # Left child rate 0: its bits are 0, and the right child's LLRs are g(a, b, 0).
-                while j < h:
-                    a = int(B[o + j])
-                    a -= (a & 0x80) << 1
-                    b = int(B[o + h + j])
-                    b -= (b & 0x80) << 1
-                    B[o + j] = 0
-                    v = a + b
-                    t = _CLIP - v
-                    v += t & (t >> 7)  # min(v, 31)
-                    t = v + _CLIP
-                    v -= t & (t >> 7)  # max(v, -31)
-                    B[c + j] = v
-                    j += 1
-                k += 1
-            else:
-                # Left child's LLRs: f(a, b) = sign(a) sign(b) min(|a|, |b|).
-                while j < h:
-                    a = int(B[o + j])
-                    a -= (a & 0x80) << 1
-                    b = int(B[o + h + j])
-                    b -= (b & 0x80) << 1
-                    s = (a ^ b) >> 7  # -1 iff the signs differ
-                    t = a >> 7
-                    a = (a ^ t) - t
-                    t = b >> 7
-                    b = (b ^ t) - t
-                    t = a - b
-                    b += t & (t >> 7)  # min(|a|, |b|)
-                    B[c + j] = (b ^ s) - s
-                    j += 1
-            n = k
-            o = c
-            sz = h
-            continue
-        if n == 1:
-            break
-        h = sz
-        p = o - 2 * sz
-        j = 0
-        if n & 1:
-            # Right child done: parent bits = [left XOR right, right].
-            while j < h:
-                b = int(B[o + j])
-                B[p + h + j] = b
-                B[p + j] ^= b
-                j += 1
-            n >>= 1
-            o = p
-            sz = 2 * h
-            continue
-        k = n + 1
-        if (R[k >> 3] >> (k & 7)) & 1:
-            # Right child rate 0: parent bits = [left, 0].
-            while j < h:
-                B[p + j] = B[o + j]
-                B[p + h + j] = 0
-                j += 1
-            n >>= 1
-            o = p
-            sz = 2 * h
-            continue
-        # Left child done: its bits into the parent's first half, and the right child's LLRs
-        # g(a, b, s) = clip(b + (1 - 2s) a) with s the left bit.
-        while j < h:
-            a = int(B[p + j])
-            a -= (a & 0x80) << 1
-            b = int(B[p + h + j])
-            b -= (b & 0x80) << 1
-            s = int(B[o + j])
-            B[p + j] = s
-            s = 0 - s
-            v = b + ((a ^ s) - s)
-            t = _CLIP - v
-            v += t & (t >> 7)
-            t = v + _CLIP
-            v -= t & (t >> 7)
-            B[o + j] = v
-            j += 1
-        n = k
-        down = 1
-    return margin
 
 
 @micropython.viper
@@ -230,62 +115,27 @@ def _pack(buf):
         j += 1
 
 
-@micropython.viper
-def _spread(sbuf, info, key):
-    # u at sbuf's root: the 131 key bits (bit k of the big-endian 17-byte key, lowest first) at
-    # the information positions, 0 elsewhere; then x = u F^(x)11 in place (stage s XORs
-    # position j + 2^s into j for every j with bit s clear).
-    S = ptr8(sbuf)
-    F = ptr8(info)
-    K = ptr8(key)
-    k = 0
-    i = 0
-    while i < _N:
-        f = (int(F[i >> 3]) >> (i & 7)) & 1
-        S[i] = f & (int(K[16 - (k >> 3)]) >> (k & 7))
-        k += f
-        i += 1
-    d = 1
-    while d < _N:
-        i = 0
-        while i < _N:
-            j = i
-            while j < i + d:
-                S[j] ^= S[j + d]
-                j += 1
-            i += 2 * d
-        d <<= 1
-
-
-@micropython.viper
-def _zero(buf, n: int):
-    B = ptr8(buf)
-    j = 0
-    while j < n:
-        B[j] = 0
-        j += 1
-
-
 def _header():
     return bytes((PROFILE_POLAR, _LOG_N, _CLIP, _K))
 
 
 def _encode(m):
     # The 131 key bits -> the codeword on the read positions, as a 1785-bit integer.
-    _spread(_B, _INFO_B, m.to_bytes(17, "big"))
+    polarsc.encode(_B, _INFO_B, m.to_bytes(17, "big"), _N)
     _pack(_B)
     c = int.from_bytes(_B[_N : _N + _RESP], "big") >> 7
-    _zero(_B, 2 * _N)
+    polarsc.zero(_B, 2 * _N)
     return c
 
 
 def _decode(y):
     # y: the received 1785 bits as an integer -> (the SC codeword, None, decoder margin).
     _B[_N : _N + _RESP] = (y << 7).to_bytes(_RESP, "big")
-    margin = _sc(_B, _R0)
+    _llr(_B)
+    margin = polarsc.decode(_B, _R0, _N)
     _pack(_B)
     c = int.from_bytes(_B[_N : _N + _RESP], "big") >> 7
-    _zero(_B, 2 * _N)
+    polarsc.zero(_B, 2 * _N)
     return c, None, margin
 
 

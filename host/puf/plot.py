@@ -1,4 +1,6 @@
-"""Key failure against bit error rate, as a PNG (matplotlib, Agg backend: no display needed)."""
+"""Key failure against bit error rate, as a PNG (matplotlib, Agg backend: no display needed).
+Profile 5's BER is the raw cells' read-to-read rate (its kept pairs see the channel
+host/puf/debias.py derives from it)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from host.puf import polar
+from host.puf import debias, polar
 from host.puf.failure import PROFILE_1, PROFILE_2, key_failure_float
 
 TARGET = 1e-9  # key failure at the 15 % design point
@@ -46,6 +48,15 @@ def failure_curve(
         alpha=0.35,
         label=f"profile 4 polar ({polar.REAL} bits), DE bounds",
     )
+    p5 = [0.10 + 0.02 * i for i in range(12)]
+    for bias, style in ((0.5, "-"), (debias.SUPPORTED[0], "--")):
+        ax.semilogy(
+            p5,
+            [max(debias.key_failure_bounds(p, bias)[1], 1e-300) for p in p5],
+            style,
+            color="purple",
+            label=f"profile 5 VN + polar ({debias.RAW_BITS} bits), bias {bias:g}, union bound",
+        )
     ax.axhline(TARGET, color="red", linestyle="--", label="target 1e-9")
     ax.plot([0.20], [TARGET_20], "rx", markersize=9, label="target 1e-6 at 20 %")
     ax.axvline(0.15, color="grey", linewidth=0.8)

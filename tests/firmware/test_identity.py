@@ -1,6 +1,6 @@
 # Device identity (firmware/qdid/identity.py) over the unix board's silicon model.
 # This module keeps every qdid module loaded at once (fuzzy, entropy, p256, hkdf) to look inside
-# the identity, which a boot never does (both fuzzy extractors included: 128k, not 96k);
+# the identity, which a boot never does (all three fuzzy extractors included: 128k, not 96k);
 # tests/host/test_identity_host.py runs the boot itself
 # in the 64 KiB identity budget.
 # heapsize: 128k
@@ -14,6 +14,7 @@ from qdid import QdidError
 from qdid import identity
 from qdid import fuzzy
 from qdid import polar
+from qdid import debias
 from qdid import entropy
 from qdid import p256
 from qdid.hmac import hkdf
@@ -35,12 +36,14 @@ def _rmtree(path):
 
 class Rig:
     # A die file and a data dir in /tmp; power_up() is a fresh board object (a power cycle).
-    def __init__(self, seed=SEED_A):
+    def __init__(self, seed=SEED_A, **params):
         self.root = _tmpdir()
         self.die = self.root + "/die.json"
         self.data = self.root + "/data"
+        p = {"seed": seed}
+        p.update(params)
         with open(self.die, "w") as f:
-            f.write(json.dumps({"seed": seed}))
+            f.write(json.dumps(p))
 
     def power_up(self):
         return board.make(self.die)
@@ -131,8 +134,9 @@ def test_seeds_follow_hkdf_over_the_fuzzy_secret():
     try:
         ident = rig.boot()
         helper = rig.helper()
-        assert helper[0] == 4  # new enrolments use the polar profile
-        secret = polar.reproduce(rig.power_up().sram_bits(polar.RESPONSE_LEN), helper)
+        assert helper[0] == 5  # new enrolments use the debiased polar profile
+        assert len(helper) == debias.HELPER_LEN == 468
+        secret = debias.reproduce(rig.power_up().sram_bits(debias.RESPONSE_LEN), helper)
         salt = hashlib.sha256(helper).digest()
         for i in range(8):
             assert ident.seed(i) == hkdf(secret, salt, b"qlink/seed/" + str(i).encode(), 16)
@@ -182,8 +186,8 @@ def test_nothing_secret_under_the_data_dir():
         ident = rig.boot()
         ident = rig.boot()  # a reconstructing boot must not write either
         helper = rig.helper()
-        assert helper[0] == 4  # new enrolments use the polar profile
-        secret = polar.reproduce(rig.power_up().sram_bits(polar.RESPONSE_LEN), helper)
+        assert helper[0] == 5  # new enrolments use the debiased polar profile
+        secret = debias.reproduce(rig.power_up().sram_bits(debias.RESPONSE_LEN), helper)
         secrets = [ident.seed(i) for i in range(8)]
         secrets.append(ident._d.to_bytes(32, "big"))
         secrets.append(secret)
@@ -218,7 +222,7 @@ def test_warm_boot_reconstructs_when_the_sram_kept_its_power_up_state():
     rig = Rig()
     try:
         first = rig.boot().device_id
-        sram = rig.power_up().sram_bits(fuzzy.RESPONSE_LEN)
+        sram = rig.power_up().sram_bits(debias.RESPONSE_LEN)
         assert rig.boot(FakeBoard(sram, cold=False)).device_id == first
     finally:
         rig.close()
@@ -228,7 +232,8 @@ def test_warm_boot_with_overwritten_sram_says_power_cycle():
     rig = Rig()
     try:
         rig.boot()
-        written = bytes(i * 37 & 0xFF for i in range(fuzzy.RESPONSE_LEN))  # balanced, not the die
+        # Balanced, no repeated block, not the die.
+        written = bytes((i * 37 + (i >> 8) * 11) & 0xFF for i in range(debias.RESPONSE_LEN))
         msg = _raises(polar.ReconstructionError, rig.boot, FakeBoard(written, cold=False))
         assert "warm reset" in msg
     finally:
@@ -299,10 +304,11 @@ def test_health_reports_margin_corrections_and_failures():
         again = rig.boot()
         h = again.health
         assert sorted(h) == ["code_errors", "corrected_bits", "health_failures", "margin"]
-        # The model's ~4 % BER over 1785 bits: dozens of raw corrections; at that noise the
-        # polar decoder's smallest information LLR stays saturated or close to it.
-        assert 20 < h["corrected_bits"] < 150
-        assert h["code_errors"] == h["corrected_bits"]
+        # The model's ~4 % BER over the 2048 cells of the kept pairs: dozens of corrected cells,
+        # in as many pairs or a few fewer (both cells of a pair rarely flip together); at that
+        # noise the decoder's smallest information LLR stays saturated or close to it.
+        assert 30 < h["corrected_bits"] < 160
+        assert h["corrected_bits"] - 5 <= h["code_errors"] <= h["corrected_bits"]
         assert 10 <= h["margin"] <= 31
         assert h["health_failures"] == 0
         with open(rig.die, "w") as f:
@@ -344,14 +350,16 @@ def test_boot_drops_the_extractor_it_loaded():
 
     rig = Rig()
     try:
-        saved = sys.modules.pop("qdid.polar")
+        saved = sys.modules.pop("qdid.debias")
+        core = sys.modules.pop("qdid.polarsc")
         try:
             rig.boot()
-            assert "qdid.polar" not in sys.modules
+            assert "qdid.debias" not in sys.modules and "qdid.polarsc" not in sys.modules
         finally:
-            sys.modules["qdid.polar"] = saved
+            sys.modules["qdid.debias"] = saved
+            sys.modules["qdid.polarsc"] = core
         rig.boot()
-        assert "qdid.polar" in sys.modules  # loaded before the boot: left alone
+        assert "qdid.debias" in sys.modules  # loaded before the boot: left alone
     finally:
         rig.close()
 
@@ -429,5 +437,77 @@ def test_entropy_is_ready_after_boot():
         entropy._drbg = None
         rig.boot()
         assert entropy.ready()
+    finally:
+        rig.close()
+
+
+def _enrolled_with(rig, fe):
+    # A device enrolled by an earlier firmware with profile `fe`: its helper on the data dir.
+    resp = rig.power_up().sram_bits(fe.RESPONSE_LEN)
+    helper, _ = fe.enrol(resp, os.urandom(17))
+    os.mkdir(rig.data)
+    with open(rig.data + "/helper.bin", "wb") as f:
+        f.write(helper)
+    return helper
+
+
+def test_profile_4_and_2_helpers_still_reconstruct():
+    for fe in (polar, fuzzy):
+        rig = Rig()
+        try:
+            helper = _enrolled_with(rig, fe)
+            first = rig.boot()
+            assert first.health["health_failures"] == 0
+            for _ in range(3):
+                assert rig.boot().device_id == first.device_id
+            assert rig.helper() == helper  # never re-enrolled behind the owner's back
+        finally:
+            rig.close()
+
+
+def test_dies_across_the_supported_bias_range_enrol_and_reconstruct():
+    # Population biases 0.42 and 0.58 (real SRAM's range) and a hot, aged read of the first.
+    for bias in (0.42, 0.58):
+        rig = Rig(SEED_B, bias=bias)
+        try:
+            first = rig.boot()
+            assert rig.helper()[0] == 5
+            for _ in range(3):
+                assert rig.boot().device_id == first.device_id
+        finally:
+            rig.close()
+    rig = Rig(SEED_A, bias=0.42)
+    try:
+        first = rig.boot().device_id
+        with open(rig.die, "w") as f:
+            f.write(
+                json.dumps({"seed": SEED_A, "bias": 0.42, "temperature_c": 85, "age_years": 10})
+            )
+        assert rig.boot().device_id == first
+    finally:
+        rig.close()
+
+
+def test_a_die_outside_the_supported_bias_range_is_refused_at_enrolment():
+    # Population biases 0.34 and 0.64 (this die reads about 36 % and 64 % ones): inside the
+    # 35-65 % health window, outside the 38-62 % profile 5 supports. Refused with a sentence
+    # that says what to do, counted as a health failure, nothing written.
+    for bias, lo, hi, share in ((0.34, 35, 38, "3"), (0.64, 62, 65, "6")):
+        rig = Rig(SEED_A, bias=bias)
+        try:
+            w = identity.hamming_weight(rig.power_up().sram_bits(debias.RESPONSE_LEN))
+            assert lo * 5120 < w * 100 < hi * 5120, w  # the premise: this die's share
+            msg = _raises(debias.DieBiasError, rig.boot)
+            assert ("share of ones is " + share) in msg and "38-62%" in msg
+            assert "another board" in msg
+            assert issubclass(debias.DieBiasError, QdidError)
+            _raises(OSError, os.stat, rig.data + "/helper.bin")
+            assert identity.health_failures(rig.data) == 1
+        finally:
+            rig.close()
+    # Population bias 0.30 reads about 32 % ones: the health check refuses it first.
+    rig = Rig(SEED_A, bias=0.30)
+    try:
+        assert "too biased to enrol" in _raises(identity.SramHealthError, rig.boot)
     finally:
         rig.close()

@@ -35,14 +35,16 @@ P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 # Test-only device script: the secret and seeds, for the host to recompute. Never shipped.
 REVEAL = """
 import board, binascii, gc, sys, qdid
-from qdid import polar
+from qdid import debias
 b = board.make()
-resp = b.sram_bits(polar.RESPONSE_LEN)  # the same snapshot boot() reads, then forgets
+resp = b.sram_bits(debias.RESPONSE_LEN)  # the same snapshot boot() reads, then forgets
 with open("data/helper.bin", "rb") as f:
     helper = f.read()
-print("SECRET", binascii.hexlify(polar.reproduce(resp, helper)).decode())
-resp = polar = None
-del sys.modules["qdid.polar"], qdid.polar  # free its heap, as boot() does with its own copy
+print("SECRET", binascii.hexlify(debias.reproduce(resp, helper)).decode())
+resp = debias = None
+for m in ("debias", "polarsc"):  # free their heap, as boot() does with its own copies
+    del sys.modules["qdid." + m]
+    delattr(qdid, m)
 gc.collect()
 from qdid import identity
 ident = identity.boot(b)
@@ -182,12 +184,14 @@ def test_seeds_match_cryptography_hkdf(device: Device) -> None:
         ).derive(secret)
         assert seed == want
     assert len(set(seeds.values())) == 8
-    # Profile 4 (polar): header, 224-byte offset, then HMAC-SHA256 keyed by the secret over
-    # label || header || offset, truncated to 16 bytes.
-    assert len(helper) == 244
-    assert helper[:4] == b"\x04\x0b\x1f\x83"
-    tag = hmac.new(secret, b"qlink/fe/tag\x00" + helper[:228], hashlib.sha256).digest()
-    assert helper[228:] == tag[:16]
+    # Profile 5 (debiased polar): header, 320-byte pair selection, 128-byte offset, then
+    # HMAC-SHA256 keyed by the secret over label || header || selection || offset, truncated to
+    # 16 bytes. The selection marks exactly the 1024 kept pairs.
+    assert len(helper) == 468
+    assert helper[:4] == b"\x05\x0a\x1f\x83"
+    assert sum(bin(b).count("1") for b in helper[4:324]) == 1024
+    tag = hmac.new(secret, b"qlink/fe/tag\x00" + helper[:452], hashlib.sha256).digest()
+    assert helper[452:] == tag[:16]
     # Seed 0 -> scalar (SHA-256(seed || counter), first in [1, n-1]) -> the public key.
     d = int.from_bytes(hashlib.sha256(seeds[0] + b"\x00\x00\x00\x00").digest(), "big")
     assert 0 < d < P256_N
@@ -245,6 +249,42 @@ def test_clone_die_with_a_copied_helper_is_refused(tmp_path: Path, image: Path) 
     assert proc.returncode == 1
     assert "E enrol: SRAM response does not match this device's helper data" in proc.stdout
     assert "QDID" not in proc.stdout
+
+
+PROFILE_4 = """
+import os, board
+from qdid import polar
+resp = board.make().sram_bits(polar.RESPONSE_LEN)
+helper, _ = polar.enrol(resp, os.urandom(polar.KEY_LEN))
+os.mkdir("data")
+with open("data/helper.bin", "wb") as f:
+    f.write(helper)
+"""
+
+
+def test_a_profile_4_device_still_boots_in_the_identity_heap(device: Device) -> None:
+    # A device enrolled by an earlier firmware (profile 4 helper) keeps its identity: every
+    # power cycle reconstructs it in 64 KiB, and its helper is never rewritten.
+    proc = device.run(PROFILE_4)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    helper = device.helper
+    assert len(helper) == 244 and helper[0] == 4
+    first = device.enrol()
+    for _ in range(3):
+        assert device.enrol() == first
+    assert device.helper == helper
+
+
+def test_a_die_too_biased_is_refused_with_a_sentence(tmp_path: Path, image: Path) -> None:
+    # Population bias 0.64: the die reads about 64 % ones, outside the 38-62 % profile 5 serves.
+    dev = _device(tmp_path, image, SEED_A, "biased")
+    dev.die.write_text(json.dumps({"seed": SEED_A, "bias": 0.64}))
+    proc = dev.run("import enrol\n")
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("E enrol: SRAM power-up share of ones is 6")
+    assert "outside the 38-62% this identity supports" in proc.stdout
+    assert "QDID" not in proc.stdout
+    assert not (dev.fs / "data" / "helper.bin").exists()
 
 
 def test_board_without_a_die_says_so(device: Device) -> None:

@@ -147,9 +147,21 @@ def test_polar_profile_meets_both_failure_targets_by_its_bounds() -> None:
     assert math.isclose(hi15, 1.720e-14, rel_tol=0.01)
     lo20, hi20 = polar.key_failure_bounds(0.20)
     assert lo20 <= hi20 <= 1e-6  # the union bound, an upper bound: the target is met
-    assert math.isclose(hi20, 1.299e-8, rel_tol=0.01) and math.isclose(lo20, 2.131e-9, rel_tol=0.01)
+    assert math.isclose(hi20, 1.299e-8, rel_tol=0.01) and math.isclose(lo20, 1.221e-9, rel_tol=0.01)
     with pytest.raises(ValueError, match="bit error rate"):
         polar.densities(1.5)
+
+
+def test_a_tie_counts_as_right_in_the_lower_bound_and_as_wrong_in_the_upper() -> None:
+    # A tie decodes to 0: right when the key bit is 0, wrong when it is 1. A bound for every key
+    # leaves ties out of the lower bound (max P(L < 0)) and counts them in the upper one.
+    dens = polar.densities(0.20)
+    below, upto = polar.tie_error_probabilities(dens)
+    info = list(polar.information_set())
+    assert (upto[info] > below[info]).all()  # ties happen on every information channel
+    lo, hi = polar.key_failure_bounds(0.20)
+    assert lo == below[info].max() < upto[info].max()
+    assert hi == pytest.approx(upto[info].sum())
 
 
 @pytest.mark.parametrize(("ber", "trials"), [(0.27, 2000), (0.29, 1000), (0.31, 400)])
