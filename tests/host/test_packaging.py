@@ -125,7 +125,8 @@ def _third_party_imports(files: list[Path]) -> dict[str, list[str]]:
     for f in files:
         v = _Imports()
         v.visit(ast.parse(f.read_text(), str(f)))
-        for name in v.names - local - set(sys.stdlib_module_names):
+        beside = {p.stem for p in f.parent.glob("*.py")}  # a test directory's own helpers
+        for name in v.names - local - beside - set(sys.stdlib_module_names):
             found.setdefault(name, []).append(
                 str(f.relative_to(REPO) if f.is_relative_to(REPO) else f)
             )
