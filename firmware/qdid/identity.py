@@ -35,7 +35,6 @@ from qdid import QdidError
 from qdid import entropy
 from qdid.hmac import hkdf_extract, hkdf_expand
 from qdid import files
-from qdid.offset import hamming_weight
 
 _TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
 if _TYPE_CHECKING:
@@ -67,6 +66,18 @@ class SramHealthError(QdidError):
 class IdentityWiped(QdidError):
     # The key was dropped with wipe(); boot again to use the identity.
     pass
+
+
+def hamming_weight(buf: bytes | bytearray | memoryview) -> int:
+    # By nibble table (popcount of 0..15): the same work for every byte value. qdid.offset has
+    # the extractors' copy; importing that one would keep the extractor framing (its module,
+    # buffers and names) resident after every boot, 3 KiB of the 64 KiB the onboarding path
+    # needs for its P-256 and DER work.
+    nib = b"\x00\x01\x01\x02\x01\x02\x02\x03\x01\x02\x02\x03\x02\x03\x03\x04"
+    n = 0
+    for b in buf:
+        n += nib[b & 15] + nib[b >> 4]
+    return n
 
 
 def check_sram(resp: bytes | bytearray) -> None:
@@ -209,9 +220,12 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
     if forget:
         forget()  # the board keeps no copy once the response is ours
     try:
-        # The extractor's buffers before anything else fragments the heap.
+        # The extractor's buffers before anything else fragments the heap, and after a collection:
+        # the SRAM read leaves garbage (the unix board's silicon model, a board's word-by-word
+        # copy) that would otherwise split the heap under the decoder's 2-4 KiB buffer.
         path = data_dir + "/" + _HELPER
         helper = files.read(path)
+        gc.collect()
         fe = _extractor(helper[0] if helper else _ENROL_PROFILE)
         if not entropy.ready():
             entropy.init(board)

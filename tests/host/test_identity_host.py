@@ -251,6 +251,24 @@ def test_clone_die_with_a_copied_helper_is_refused(tmp_path: Path, image: Path) 
     assert "QDID" not in proc.stdout
 
 
+RESIDENT = """
+import sys, board
+from qdid import identity
+ident = identity.boot(board.make())
+print("MODULES", " ".join(sorted(m for m in sys.modules if m.startswith("qdid."))))
+"""
+
+
+def test_a_boot_keeps_no_extractor_module_resident(device: Device) -> None:
+    # The fuzzy extractor, its decoder and its framing are loaded for the boot only: the heap
+    # they used is the onboarding path's (P-256, DER) afterwards.
+    device.enrol()
+    out = device.report(RESIDENT)
+    modules = set(out["MODULES"][0])
+    assert "qdid.identity" in modules and "qdid.p256" in modules
+    assert not modules & {"qdid.debias", "qdid.polarsc", "qdid.offset", "qdid.polar"}
+
+
 PROFILE_4 = """
 import os, board
 from qdid import polar
