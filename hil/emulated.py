@@ -76,9 +76,9 @@ class EmulatedBoard:
         """Install the firmware and the unix board HAL, and write config + pinned root CA.
 
         As on a real board, packages go in as .mpy (compiled by mpy-cross for this machine's
-        arch, as qdid.polar holds native code) unless `compiled` is False: compiling source on
-        the device costs tens of KiB of heap that a board does not have to spare. Entry points
-        stay source, as boards run them.
+        arch: qdid.polarsc, qdid.debias and qdid.entropy hold native code) unless `compiled` is
+        False: compiling source on the device costs tens of KiB of heap that a board does not
+        have to spare. Entry points stay source, as boards run them.
         """
         self.fs.mkdir(parents=True, exist_ok=True)
         for sub in _FIRMWARE_DIRS:

@@ -60,9 +60,9 @@ def mpy_cross() -> str:
     return found
 
 
-# .mpy files for the Unix port are compiled for the machine it runs on: qdid.polar holds native
-# (viper) code, and a .mpy with native code loads only on the architecture it was built for
-# (boards/<board>/board.json names the boards' own: armv6m, xtensawin).
+# .mpy files for the Unix port are compiled for the machine it runs on: qdid.polarsc and others
+# hold native (viper) code, and a .mpy with native code loads only on the architecture it was
+# built for (boards/<board>/board.json names the boards' own: armv6m, xtensawin).
 MPY_ARCH = "host"
 
 
