@@ -4,17 +4,50 @@
 # signatures as 64-byte r || s, big-endian.
 #
 # Arithmetic: Jacobian coordinates (X, Y, Z) <-> (X/Z^2, Y/Z^3), the a = -3 doubling formula and
-# mixed Jacobian + affine addition, one field inversion at the end (Fermat: x^(p-2)). Additions
-# and subtractions are left unreduced; each product is reduced once with % _P (Python ints carry
-# the extra bits and % gives a non-negative result), which on MicroPython's mpz costs less than
-# reducing after every step.
+# mixed Jacobian + affine addition; the last step of a scalar multiplication adds with the
+# complete formula of Renes, Costello and Batina (EUROCRYPT 2016) in homogeneous projective
+# coordinates (X/Z, Y/Z), and one field inversion (Fermat: x^(p-2)) ends the work. Additions
+# and subtractions are left unreduced; each product is reduced once with % _P (Python ints
+# carry the extra bits and % gives a non-negative result), which on MicroPython's mpz costs
+# less than reducing after every step.
 #
-# Secret scalars (key generation, signing, ECDH) go through fixed sequences of point operations:
-# every comb column or window costs the same doublings and additions, table entries are picked
-# by scanning the whole table with masks, never by a secret index, and the infinity cases are
-# merged with masks rather than branches. MicroPython's big ints are not constant-time themselves
-# (their length follows their value), so this removes the large leaks (branches, table
-# indices), not every one.
+# Secret scalars (key generation, signing, ECDH) cost the same whatever their value.
+# MicroPython's big ints are not constant-time: an operation costs what its operands' digit
+# counts say (16-bit digits on the boards and on the unix port), multiplying or masking by 0 is
+# nearly free, and a result that fits a small int becomes one. So nothing may follow the
+# secret through a branch, a table index, the point at infinity, a zero table entry or the
+# length of a value:
+# - Recoding (_mul): k' = k when k is odd, n - k when it is even (the result is negated at the
+#   end), and c = (k' + 2^256 - 1) / 2, so that k' = sum_i (2 c_i - 1) 2^i: 256 digits +-1,
+#   none 0. c lies in [2^255, 2^256) for every k, and the choice between k and n - k is made on
+#   k + 4n and 9n - (k + 4n), which also have one length for every k; the digits are read from
+#   the bytes of c as small ints.
+# - k G: a comb of 8 teeth 32 bits apart in two tables of 4 (Lim-Lee) on those digits
+#   (Hedabou, Pinel and Beneteau 2005): a column's sum_t b_t 2^(32t) G is
+#   b_3 (G_3 + sum_(t<3) b_3 b_t G_t), one of 8 non-zero table points, negated or not.
+#   31 doublings, 64 additions. k Q: windows of 4 digits, 2u - 15 for a window's 4 bits u, an
+#   odd digit from a table of Q, 3Q, ..., 15Q. 252 doublings, 64 additions.
+# - No addition meets the point at infinity or an exceptional case before the last step
+#   (proof beside _mul); the last step's additions are complete.
+# - _pick scans the whole table; each step blends the kept and the scanned entry with masks 0
+#   and -1 (one of each, whichever entry is picked) and the sign goes in as
+#   y (1 - s) + (9p - y) s. Entries hold x + 4p and y + 4p (a negated y is 5p - y): every
+#   coordinate that enters a product has one digit count, including a peer key's short one.
+# - Randomised projective coordinates (Coron 1999): R starts at (x lam^2, y lam^3, lam) with
+#   lam from HMAC-SHA256 keyed with c over the operation's public input (digest, peer key).
+#   ECDSA's output stays RFC 6979's: lam changes the representation only.
+# - s = (k b)^-1 (e b + (r b) d) with a blinding b from the same HMAC: a short k or a short
+#   e + r d would make a product cheaper; k and d enter as k + 4n and d + 4n.
+# What is left follows values, not the scalar's structure: a product of two random 256-bit
+# values is below 2^496 (one 16-bit digit shorter) about 2.5 % of the time, a quotient digit
+# of mpz division needs a correction now and then, a % of a negative value adds a step; these
+# move heap allocations and with them the garbage collector's and allocator's work, about
+# 0.15 % of an operation (standard deviation over scalars, unix port, 64 KiB heap). They
+# follow lam, which nobody predicts without the key, so they are noise to an observer rather
+# than a function of the leading digits. bench/p256_spread.py counts the instructions over
+# extreme scalars and tests/attacks/test_p256_timing.py holds the spread below 1 %; the range
+# checks and the first addition on the caller's int loop over its digits (a few dozen
+# instructions).
 from micropython import const
 import hashlib
 from qdid.hmac import hmac_sha256
@@ -25,64 +58,58 @@ N = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551)  #
 _NM2 = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC63254F)  # n - 2
 _PM2 = const(0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFD)  # p - 2
 _PMN = const(0x000000000000000000000000000000004319055358E8617B0C46353D039CDAAE)  # p - n
+_B3 = const(0x1052A18AFEAFBBB61BC3380063C994352F57141164FB12E2B36AB4BA777720E2)  # 3b mod p
+_P4 = const(4 * _P)  # x + 4p for x in [0, p): 258 or 259 bits, one digit count
+_P9 = const(9 * _P)  # 9p - (y + 4p) = 5p - y, the negation in the same range
+_N4 = const(4 * N)
+_N9 = const(9 * N)
+_K4 = const(4 * N - (1 << 256) + 1)  # k' + 4n - _K4 = k' + 2^256 - 1
+_SH = const(288)  # x of a packed entry sits above bit 288 (a multiple of 16 and 32)
+_MY = const((1 << 288) - 1)  # y of a packed entry
+_TOP = const(1 << 256)  # d + 2^256: an int of one length whatever d is
 
-_M256 = const((1 << 256) - 1)  # low 256 bits: y of a packed table entry
-
-# Fixed-base comb (Lim-Lee, 8 teeth 32 bits apart, in two tables of 4 teeth). Entry j (1..15)
-# of _T1 is the affine point sum(bit b of j) * 2^(32*b) * G, of _T2 the same times 2^128;
-# each is packed as x << 256 | y so that a table scan touches one int per entry. Entry 1 of
-# _T1 is G. The device test test_comb_tables_match_generator recomputes both from G.
+# Fixed-base comb tables: entry j of _T1 is the affine point G_3 + sum_(t<3) (+-G_t) with
+# G_t = 2^(32t) G and + when bit t of j is set; _T2 the same with G_t = 2^(32(t+4)) G. Packed
+# as (x + 4p) << 288 | (y + 4p); the device test test_comb_tables_match_generator recomputes
+# them from G.
 _T1 = (
-    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,  # noqa: E501
-    0x7FE36B40AF22AF8921656B32262C71DA1AB919365C65DFB63A5A9E22185A5943E697D45825B636249F09F40407DCA6F174B3D5867B8AF212D50D152C699CA101,  # noqa: E501
-    0xE35798220CEDC02A608548C24AA7358F830895E4FCCC3AC216FC51FF8101E6E4700F948E1F433A2DF3E4B396768A3299F0570BEDC523E6EFAAD2B99852C392C3,  # noqa: E501
-    0x0FA822BC2811AAA58492592E326E25DE29493BAAAD651F7E90E75CB48E14DB63BFF44AE8F5DBA80D6F4AD4BCB3DF188B34B1A65050FE82F5E41124545F462EE7,  # noqa: E501
-    0x300A4BBC89D6726FB257C0DE95E02789E96C98FD0D35F1FA93391CE2097992AF72AAC7E0D09B46447F1DDB25FF1E3C6F5BB1EEADA9D806A5AA54A291C08127A0,  # noqa: E501
-    0x14CB5692606A4A62A9CAD33B680A7DAAE0D3EB336C224571D6E260F8EE4039A053098CFA3E1E4663878487ED997A9A3B5205EF8D8039927CFE93D3159D83BC01,  # noqa: E501
-    0xA5AB9E10958F1608C22C48C5FFEA17C1585A137EF5C4AD4230368CB6D945111ED3EBC6118B1AA09A629E17EBAD0648F446ED771C49A10F77C34A47B8785B4ED9,  # noqa: E501
-    0x4A5B506612A677A657880B3A18A2E902E9A521B074CA0141A84AA9397512218EEB13461CEAC089F1C42604FBE1627D40626DB15419E26D9D0BEADA7A4C4F3840,  # noqa: E501
-    0x418D68DEA064219700D1A0A5FD208DFB48F9C1875E98C12DC761C1FECC0497865D7B26F6A5BA6DD4435639622EF8D32017429C50C16CAAD0481EEF5551B50759,  # noqa: E501
-    0x0781B8291C6A220AC342967AA815C8575E52C4144103ECBCF9FAED0927A43281690CDE8DF015159397B2A14F1291643488F80EEEE54A05E35A8343CEEAC55F80,  # noqa: E501
-    0x57F62EECA7B5D4FB54A0FE5274647EBE82D789A6DD561BECC52C00CAE38E38205E5FF8BF89BFE2AD60E9C067EFEA8F480D300594EC356DCEAA60759D48F81460,  # noqa: E501
-    0x91C821D488E9843C27035D2627CAA74754D5DAD9289944395920D7B0FA3289D5DB7AECC78F879F44919ADC3734938DAC7B7DF6EA0408EBADE130DEAD9AA8A566,  # noqa: E501
-    0x06F0AFDB90422D81C9C6F5415BF70C35EDDF9C6C7E1C792EBC499EE7C6FAE6D777F9E8F73F9804C47BAB8955DDE6464641A7CF1AAF7AE617214F0AD04DBC747A,  # noqa: E501
-    0xBC07BB82D6536C0292052D44BCDF6567F0698FF75E4EC9655D01A765C96900D8EB165F9C1D90902AA17BF29FC7B19A1E635F210EC2E7BA735FE58CCF83762C71,  # noqa: E501
-    0xE018AAA22086A46C269843F16B47957BD86848C84760C41EAF972B45F2159928383F4DB07F10EE50F2FE8863BA0DBC83D36D88B34FED7BB921A0332299698420,  # noqa: E501
+    0x468E05DAAE308824E42795175A16195D6FC92D1D90357A7E90E4D6F3166130A05000000043F00394EB96EA728D9B457DA2D60FB6DBEAD412C56287A237226A6AC157D48AF,  # noqa: E501
+    0x4560D37581255C25F8D2D238F03F76F98834BE0B75CED8C6734B41F0627AAB2B100000004A840D12ED610A36797BBDDA9A1535B7152FC8B3F7D669FBAA85EF2653E7C0F80,  # noqa: E501
+    0x4EB26590492332D932DAA49906423FD6123641188E123C44519207317C49DFCF3000000049A5956BD98B639C6DC64C68252D28CC674C2943544B78B2641D87D6E0A5F537A,  # noqa: E501
+    0x4BF0BCE67F1FC20870FB05199C971B51041A0EDEB3203A78076DDFDAC138D81F3000000043CB35AADCB13DCF24B52FDB662446FE9F6DC16EFDEB5F1E2B4AB5CB52B7C013E,  # noqa: E501
+    0x49D836657D23B028C62BA20356632B5471B55E560715DD253D383ADCBCB80581E00000004EDF62C7B15E58CA70703A92A76F1291C58896B2378226C410B74BE738653BB71,  # noqa: E501
+    0x4004579EE9AAA397A66167B70ACA7C736C72590500664CB67582DE09F27917E5E00000004CC336BB87ECA49EB3A8CB6C031DD589A7F85B2ABE9094E40F2DE76FC03CB0090,  # noqa: E501
+    0x435112A4A22E39942FB23D61017F98DC73BBFE7AD08AC764957A92FE5443DC22200000004EDCA8788770187F8A39B6097A710A15B98C72F3B8CF0D2A92991BD22855D7FC5,  # noqa: E501
+    0x4E018AA9E2086A470269843F16B47957BD86848CC4760C41EAF972B45F215992400000004383F4DAC7F10EE54F2FE8863BA0DBC83D36D88B74FED7BB921A033229969841C,  # noqa: E501
 )
 _T2 = (
-    0x447D739BEEDB5E67FB982FD588C6766EFC35FF7DC297EAC357C84FC9D789BD852D4825AB834131EEE12E9D953A4AAFF73D349B95A7FAE5000C7E33C972E25B32,  # noqa: E501
-    0x8A535F566EC73617F5622DF4373713269E4C35874AFDF43AAEE9C75DF7F82F2A0455C08468B08BD737E02819085A92BFCDE533864C8C7669C5F9A0AC223094B7,  # noqa: E501
-    0xFF25F55A2C214CD923FE7442010729ACEF8BF285DFD6C3F34193640BFBB7F12D94F114D38A40510000C15BA774A58D771A08EBC72AB82B74D77BF411F30F0FC8,  # noqa: E501
-    0xA6D39677A78492762736FF8344315FC596439591A3C6B94A6CF20FFB313728BE674F84749B0B881666B8BABD2D27ECDF824A920C2284059BF2BAB833C357F5F4,  # noqa: E501
-    0x68F344AF6B317466EFE0A423083E49F343A0A28C42BA792FE96A79FB3E72AD0C31B9C405F8540A20604ED93C24D67FF3668BFC2271F5C626CDFE17DB3FB24D4A,  # noqa: E501
-    0x0AC9835F0E6155FAEB3DF8BF9D6B4A9B60FF39EDFF736545270A098D637D797DD6882B263D00D534D8AC7B195C6872B2FA24F7333FE89B0850C04B69640BC0E9,  # noqa: E501
-    0x6A25FB201B4084CE8A404541B1F23D69561D30F51DC2D82E7B3068D03765581E5A0AEBFC19CFB424F5763393D06A40071E15941A5CF443D550180E1B60206329,  # noqa: E501
-    0x68F6B8542783DFEEEB5B06E70CE08FFEFD75F3FA01876BD86A703F10E895DF07CBE1FEBA92E40CE6FBC8044DFDA45028CF5293D2F310BF7F90C76F8A78712655,  # noqa: E501
-    0xBD6058B07B81568E83FB2D63C62CD05550D19D86ABC96FEDCC38452EF202481AF78E1FBEF8467E379EE514E409EF7DD9C51419ED83F257D4628271F170737BB6,  # noqa: E501
-    0xE51F547C5972A107B422D1E7BD6F85147ED031A0E45C2258EEE44B35702476B51C309A2B25BB1387A62F98B3A9FE9A068CA922EE097C184EA25BCD6FC9CF343D,  # noqa: E501
-    0x86699898A60BCD7758E0A73C3879D7D86DA147F00D75821E9BAF4D7AAAC4170AC0D84AECA4B075F432CA235D2AF12355428DEDE80187F877AE7CD4DA598A46EB,  # noqa: E501
-    0xFB0249AA28A8A8FBB7FBE79E03E042EA3478E062311CB1F3DCEAFEB7328FB9EF172F46339C5FBC3E48E514E109AA13A20E540E9F3D15281350B4BB44B8EE1B8B,  # noqa: E501
-    0xEBC3D35E8855A59ACBBD5F2012CA3C26846730AD139AD48C2FFBCF19DC0B10615290BEC161CE30304B3C37853FE325890DA658F5F8F4BE3A18644A975B93E742,  # noqa: E501
-    0xA176C395AE64D73870E00C7531905283D7768C940D8A6FB01E3081ABB7F6BE1F9EBDEC88947B45F151AB984B9FEEEA5C087565CE611FE5069E5850BC1FA3578C,  # noqa: E501
-    0x681D6BE2B2567AC59DE1E8E76080E0F8DADF6DCEC6AD55F11BCB36A57BCA0BC11DFCAB92C48087F3263F2166CF14E1B02A6A766EE58790F1DEB1EDD4763F4FCB,  # noqa: E501
+    0x43B9989509F1090C95E72F18F6D5012D92456F8ECEFCA71DA788A9810D667B8590000000456C22C7844CF5301E5BBA7A984438CAFAE766DF99FC3582505566D387A47D3A9,  # noqa: E501
+    0x415C85F892040C58B1FBCB647BD2E07D0C649DAFAC80E1F30D0BCBE5A2E65D83300000004D186F7F51D542B8EEE06432F3D84EA77C9236BD36BD6CD33385F8BE7D8D77343,  # noqa: E501
+    0x4831D2618E07AA52DE3E4CDBD058CD40B9BDD1BD32F304AE493E3CD5C6EF9F6A5000000047A1955E7FC3EB3E4925D1D550BB4603028CC4D93BD2D35B37B7CC2DE1F4E358E,  # noqa: E501
+    0x4D940A25A948EE0EED34C9C5A5FE548F62803798A55DE14AB2A76D444ED1CCDAF00000004753447A4F1E9FF9843406E4B744EAF37408F31798F09A95AB23D57F2AAD42848,  # noqa: E501
+    0x4D1664E7D7DB1367CEF8861B0D5401F5D135178CCC3A41C6A14F2544680B0713A0000000433CCB672B95C1CDB51EE52714D786D3CBC50A65501675AE765AECB5B90D24AB0,  # noqa: E501
+    0x42BA1773FFDD02578E0C1C93FC43F7D8A9D3BBDD49C501D520AF88338B7078CE9000000048E2773D3FCF5BED2FE997E3413F474363304765171CD39D80B84D24ACCF6B1B6,  # noqa: E501
+    0x4F2CB7612F454A2AFB9B71AFB895A4AEEE62EEEC5EEE7055E8786999A72C2A20B00000004109598BE4B3E5FEFD676EDFA35F5F0684D52CF79500299A9F68740D32AC00B71,  # noqa: E501
+    0x4681D6BDEB2567AC99DE1E8E76080E0F8DADF6DD2C6AD55F11BCB36A57BCA0BBD000000041DFCAB8EC48087F7263F2166CF14E1B02A6A7672E58790F1DEB1EDD4763F4FC7,  # noqa: E501
 )
 
 
 def _dbl(X, Y, Z):
     # dbl-2001-b (Bernstein-Lange EFD, a = -3): 3M + 5S. Y = 0 never occurs: the group has odd
-    # order, so no point of order 2.
+    # order, so no point of order 2. Small constants multiply products (not factors), so each
+    # product's factors are reduced values of one length.
     d = Z * Z % _P
     g = Y * Y % _P
-    b = X * g % _P
-    a = 3 * (X - d) * (X + d) % _P
-    X3 = (a * a - 8 * b) % _P
-    return X3, (a * (4 * b - X3) - 8 * (g * g)) % _P, 2 * Y * Z % _P
+    b = X * g * 4 % _P
+    a = (X - d) * (X + d) * 3 % _P
+    X3 = (a * a - 2 * b) % _P
+    return X3, (a * (b - X3) - g * g * 8) % _P, Y * Z * 2 % _P
 
 
 def _madd(X1, Y1, Z1, x2, y2):
-    # madd-2004-hmv (EFD): Jacobian + affine, 8M + 3S. Wrong (not a crash) when the inputs are
-    # equal, opposite or at infinity; the callers show why those cases cannot reach it or mask
-    # the result.
+    # madd-2004-hmv (EFD): Jacobian + affine, 8M + 3S; x2, y2 may carry a multiple of p. Wrong
+    # (not a crash) when the inputs are equal, opposite or at infinity; _mul shows why those
+    # cases cannot reach it.
     t1 = Z1 * Z1 % _P
     t2 = t1 * Z1 % _P
     h = x2 * t1 % _P - X1
@@ -94,100 +121,113 @@ def _madd(X1, Y1, Z1, x2, y2):
     return X3, (r * (v - X3) - Y1 * hhh) % _P, Z1 * h % _P
 
 
-def _pick(idx, tbl, X, Y, Z, rinf):
-    # R + tbl[idx] with idx secret: scan all 15 entries with masks (entry 0 is the point at
-    # infinity and contributes nothing), then merge the infinity cases with masks.
-    sel = 0
-    for j in range(1, 16):
-        sel |= tbl[j - 1] & (((idx ^ j) - 1) >> 8)  # mask -1 when j == idx, else 0 (< 16)
-    tx = sel >> 256
-    ty = sel & _M256
-    nX, nY, nZ = _madd(X, Y, Z, tx, ty)
-    tinf = ((idx - 1) >> 8) & 1  # 1 when idx == 0
-    m = -tinf  # entry is infinity: keep R
-    nX ^= (nX ^ X) & m
-    nY ^= (nY ^ Y) & m
-    nZ ^= (nZ ^ Z) & m
-    m = -rinf  # R is infinity: take the entry (Z = 1)
-    nX ^= (nX ^ tx) & m
-    nY ^= (nY ^ ty) & m
-    nZ ^= (nZ ^ 1) & m
-    return nX, nY, nZ, rinf & tinf
+def _add_complete(X, Y, Z, X1, Y1, Z1):
+    # Renes-Costello-Batina 2016 (section 3.1, a = -3), homogeneous projective: right for any
+    # two points, equal, opposite or at infinity (0 : 1 : 0).
+    a = X * X1 % _P
+    b = Y * Y1 % _P
+    c = Z * Z1 % _P
+    e = (X * Y1 + X1 * Y) % _P
+    f = (X * Z1 + X1 * Z) % _P
+    g = (Y * Z1 + Y1 * Z) % _P
+    h = c * _B3 % _P
+    u = (b + f * 3 + _P - h) % _P  # b + 3f - 3bc
+    w = (b + h + (_P - f) * 3) % _P  # b - 3f + 3bc
+    v = (f * _B3 + (_P - a) * 3 + (_P - c) * 9) % _P  # 3bf - 3a - 9c
+    t = (a + _P - c) * 3 % _P
+    return (e * u + (_P - g) * v) % _P, (w * u + t * v) % _P, (g * w + e * t) % _P
 
 
-def _mul_g(k):
-    # k * G for 0 <= k < n by the comb: 31 doublings and 64 table additions whatever k is.
-    # With K_b the 32-bit limbs of k, column c adds _T1[idx] (idx bit b = bit c of K_b, b < 4)
-    # and _T2[idx'] (bit c of K_(b+4)), so R = sum 2^c (T1 + T2) = kG.
-    # Exceptional additions: before each one R = sum_b A_b 2^(32b) G with 0 <= A_b < 2^32
-    # and the entry is sum_b e_b 2^(32b) G with e_b in {0, 1}. R = -entry would need the
-    # limb-wise k >> c (<= k < n) to be 0 mod n, and R = entry would need k = n + (a sum of
-    # limb bits), k >= n; so for 0 <= k < n the mixed addition only meets the infinity cases,
-    # which _pick masks. k = 0 (u1 in verification) returns infinity.
-    t1 = _T1
-    t2 = _T2
-    X = 0
-    Y = 0
-    Z = 1
-    inf = 1
-    k2 = k >> 128
-    for c in range(31, -1, -1):
-        if c != 31:  # public: R is still infinity before the first column
-            X, Y, Z = _dbl(X, Y, Z)
-        i = (k >> c) & 1 | (k >> (c + 31)) & 2 | (k >> (c + 62)) & 4 | (k >> (c + 93)) & 8
-        X, Y, Z, inf = _pick(i, t1, X, Y, Z, inf)
-        i = (k2 >> c) & 1 | (k2 >> (c + 31)) & 2 | (k2 >> (c + 62)) & 4 | (k2 >> (c + 93)) & 8
-        X, Y, Z, inf = _pick(i, t2, X, Y, Z, inf)
-    return X, Y, Z, inf
+def _pick(tbl, k, e):
+    # Entry k of an 8-entry packed table as (x, y), y negated when e = 1, at one cost for every
+    # k and e: each step keeps one operand whole (mask -1) and clears the other (mask 0).
+    a = tbl[0]
+    for i in range(1, 8):
+        m = ((i ^ k) - 1) >> 8  # -1 when i == k, else 0 (i ^ k < 8)
+        a = a & ~m | tbl[i] & m
+    y = a & _MY
+    return a >> _SH, y * (1 - e) + (_P9 - y) * e
 
 
 def _table(x, y):
-    # Affine j * Q for j = 1..15, packed x << 256 | y. (j-1)Q != +-Q for j >= 3 (Q has prime
-    # order n), so the mixed additions are regular; one inversion for all (Montgomery's trick).
-    pts = [(x, y, 1), _dbl(x, y, 1)]
-    for _ in range(13):
+    # Q, 3Q, ..., 15Q affine, packed. Q is public (a validated peer key or the verification's
+    # public key), so this part may take its time from Q. One inversion for all (Montgomery).
+    X2, Y2, Z2 = _add_complete(x, y, 1, x, y, 1)
+    pts = [(x, y, 1)]
+    for _ in range(7):
         X, Y, Z = pts[-1]
-        pts.append(_madd(X, Y, Z, x, y))
-    acc = [1] * 15
+        pts.append(_add_complete(X, Y, Z, X2, Y2, Z2))
+    acc = [1] * 8
     a = 1
-    for j in range(15):
+    for j in range(8):
         acc[j] = a
         a = a * pts[j][2] % _P
-    inv = pow(a, _PM2, _P)
-    out = [0] * 15
-    for j in range(14, -1, -1):
+    a = pow(a, _PM2, _P)
+    for j in range(7, -1, -1):
         X, Y, Z = pts[j]
-        zi = inv * acc[j] % _P  # 1 / Z_j
-        inv = inv * Z % _P
-        z2 = zi * zi % _P
-        out[j] = (X * z2 % _P) << 256 | Y * z2 % _P * zi % _P
-    return out
+        zi = a * acc[j] % _P  # 1 / Z_j
+        a = a * Z % _P
+        acc[j] = (X * zi % _P + _P4) << _SH | Y * zi % _P + _P4
+    return acc
 
 
-def _mul(k, x, y):
-    # k * Q for 0 < k < n, fixed 4-bit windows from the top: 4 doublings and one table
-    # addition per window whatever k is. Before the addition R = 16A Q with 16A + j = k >> 4i,
-    # 0 < k >> 4i < n; R = T would need 16A = j (1 <= j <= 15, impossible) and R = -T would
-    # need k >> 4i = 0 mod n, so only the infinity cases occur, masked in _pick.
-    tbl = _table(x, y)
-    X = 0
-    Y = 0
-    Z = 1
-    inf = 1
-    for i in range(252, -1, -4):
-        if i != 252:  # public: R is still infinity before the first window
-            X, Y, Z = _dbl(X, Y, Z)
-            X, Y, Z = _dbl(X, Y, Z)
-            X, Y, Z = _dbl(X, Y, Z)
-            X, Y, Z = _dbl(X, Y, Z)
-        X, Y, Z, inf = _pick((k >> i) & 15, tbl, X, Y, Z, inf)
-    return X, Y, Z, inf
+def _mul(k, extra, tbl):
+    # k B for k in [1, n-1] as projective (X, Y, Z, h): tbl is (_T1, _T2) for B = G (the comb)
+    # or (_table(Q),) for B = Q (windows). extra is the public input that lam is bound to, or
+    # None for a public k (verification: lam = 1, h = 0); h is the HMAC as an int.
+    a = k + _N4  # [4n, 5n): one length for every k
+    s = a & 1
+    e = 1 - s  # 1: k even, k' = n - k
+    c = ((a * s + (_N9 - a) * e - _K4) >> 1).to_bytes(32, "big")  # k' + 4n - _K4 = 2c
+    h = 0
+    lam = 1
+    if extra is not None:  # public: whether k is a secret
+        h = int.from_bytes(hmac_sha256(c, b"qlink/p256/blind\x00" + extra), "big")
+        lam = h % (_P - 1) + 1
+    steps, dbls, stride = (32, 1, 32) if len(tbl) == 2 else (64, 4, 1)
+    # Step i (from the top) doubles R dbls times, then adds an entry of each table: table m's
+    # by the digits b_t (t = 3..0) at bits i dbls + 128 m + t stride of c. As
+    # sum_t b_t B_t = b_3 (B_3 + sum_(t<3) b_3 b_t B_t), the index has bit t set when
+    # b_t = b_3 and the entry is negated when b_3 = -1; the tables hold B_3 + sum_(t<3) +-B_t
+    # (bit t of the index: +B_t) with B_t = 2^(32t) G, 2^(32t+128) G (comb) or 2^t Q (windows:
+    # 8Q + sum_(t<3) +-2^t Q = (2j + 1) Q for index j).
+    # Exceptional cases: in multiples of G or Q, after step i R holds V = sum_j 2^(32j) A_j
+    # (comb: 8 blocks) or V = A (windows), each block A = sum of b 2^(position - i dbls) over
+    # the digits taken so far: odd, |A| < 2^(32-i) (comb) or 2^(256-4i) (windows). Before an
+    # addition of step i < steps - 1, R is 2^dbls V (plus the first entry of the step, comb)
+    # and the entry T has digits +-1 where R's blocks are even (or none in the lowest block):
+    # R -+ T has an odd lowest block, so it is not 0, and |R -+ T| < 2^255 (comb) or 2^252
+    # (windows) for i >= 1, below n: R is neither T, -T nor infinity and madd is right. The
+    # first step starts R at its entry. Step 0 may reach n (R = +-T for a handful of k near n:
+    # n - 2 with the windows, test_p256.py names one for the comb): its additions are complete.
+    X = Y = Z = 0  # set by the first step
+    for i in range(steps - 1, -1, -1):
+        if i < steps - 1:  # public: R is empty before the first step
+            for _ in range(dbls):
+                X, Y, Z = _dbl(X, Y, Z)
+            if not i:
+                X, Y, Z = X * Z % _P, Y, Z * Z % _P * Z % _P  # Jacobian -> projective
+        for m in range(len(tbl)):
+            v = 0
+            for t in range(3 * stride, -1, -stride):
+                q = i * dbls + 128 * m + t
+                v = v << 1 | c[31 - (q >> 3)] >> (q & 7) & 1
+            s = 1 - (v >> 3)  # 1: b_3 = -1
+            x, y = _pick(tbl[m], (v ^ 7 * s) & 7, s)
+            if i == steps - 1 and not m:  # (x lam^2, y lam^3, lam)
+                X = lam * lam % _P
+                X, Y, Z = x * X % _P, y * X % _P * lam % _P, lam
+            elif i:
+                X, Y, Z = _madd(X, Y, Z, x, y)
+            else:
+                X, Y, Z = _add_complete(X, Y, Z, x, y, 1)
+    return X, Y * (1 - e) + (_P - Y) * e, Z, h  # -R when k' = n - k
 
 
 def _affine(X, Y, Z):
-    zi = pow(Z, _PM2, _P)
-    z2 = zi * zi % _P
-    return X * z2 % _P, Y * z2 % _P * zi % _P
+    # Projective (X : Y : Z) -> (X/Z, Y/Z).
+    Z = pow(Z, _PM2, _P)
+    return X * Z % _P, Y * Z % _P
 
 
 def _encode(x, y):
@@ -220,9 +260,8 @@ def is_valid_public_key(pub65):
 
 def public_key(d):
     _check_scalar(d)
-    X, Y, Z, _ = _mul_g(d)  # not infinity: 0 < d < n
-    x, y = _affine(X, Y, Z)
-    return _encode(x, y)
+    X, Y, Z, _ = _mul(d, b"", (_T1, _T2))  # not infinity: 0 < d < n
+    return _encode(*_affine(X, Y, Z))
 
 
 def scalar_from_seed(seed):
@@ -239,14 +278,17 @@ def scalar_from_seed(seed):
         ctr += 1
 
 
-def _sign(d, e, k):
+def _sign(d, digest32, k):
     # FIPS 186-5 6.4.1 steps 4-8; returns None when r or s is 0 (the caller takes another k).
-    X, Y, Z, _ = _mul_g(k)
-    x, _ = _affine(X, Y, Z)
-    r = x % N
+    X, Y, Z, h = _mul(k, digest32, (_T1, _T2))
+    r = _affine(X, Y, Z)[0] % N
     if r == 0:
         return None
-    s = pow(k, _NM2, N) * (e + r * d) % N
+    # s = (k b)^-1 (e b + (r b) d) for the blinding b: every product has an operand of one
+    # length (k + 4n, d + 4n) or one that looks random (b, k b, r b, (e + r d) b).
+    b = h % (N - 1) + 1
+    s = int.from_bytes(digest32, "big") * b + r * b % N * (d + _N4)
+    s = pow((k + _N4) * b % N, _NM2, N) * (s % N) % N
     if s == 0:
         return None
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -264,7 +306,7 @@ def sign_digest_k(d, digest32, k):
     _check_digest(digest32)
     if not isinstance(k, int) or k < 1 or k >= N:
         raise ValueError  # nonce out of [1, n-1]
-    sig = _sign(d, int.from_bytes(digest32, "big"), k)
+    sig = _sign(d, bytes(digest32), k)
     if sig is None:
         raise ValueError  # this k gives r = 0 or s = 0
     return sig
@@ -277,24 +319,27 @@ def sign_digest(d, digest32, extra=b""):
     # default b"" the signature is exactly RFC 6979's.
     _check_scalar(d)
     _check_digest(digest32)
-    e = int.from_bytes(digest32, "big")
-    # int2octets(x) || bits2octets(h1) || k', in a bytearray wiped after use (the int d and the
-    # immutable HMAC inputs built from it are left to the GC: MicroPython cannot clear those).
-    seed = bytearray(d.to_bytes(32, "big"))
-    seed.extend((e % N).to_bytes(32, "big"))
+    digest32 = bytes(digest32)
+    # sep || int2octets(x) || bits2octets(h1) || k' in a bytearray wiped after use (the int d
+    # and the immutable HMAC inputs built from it are left to the GC: MicroPython cannot clear
+    # those). The bytes of d come from d + 2^256, of one length for every d; its top byte is
+    # the separator of steps d and f.
+    seed = bytearray((d + _TOP).to_bytes(33, "big"))
+    seed.extend((int.from_bytes(digest32, "big") % N).to_bytes(32, "big"))
     seed.extend(extra)
+    K = bytes(32)
     V = b"\x01" * 32
-    K = hmac_sha256(b"\x00" * 32, V + b"\x00" + seed)
-    V = hmac_sha256(K, V)
-    K = hmac_sha256(K, V + b"\x01" + seed)
-    V = hmac_sha256(K, V)
+    for i in range(2):  # steps d-g: K = HMAC_K(V || i || ...), V = HMAC_K(V)
+        seed[0] = i
+        K = hmac_sha256(K, V + seed)
+        V = hmac_sha256(K, V)
     for i in range(len(seed)):
         seed[i] = 0
     while True:
         V = hmac_sha256(K, V)
         k = int.from_bytes(V, "big")
         if 0 < k < N:
-            sig = _sign(d, e, k)
+            sig = _sign(d, digest32, k)
             if sig is not None:
                 return sig
         # step 3.2 h.3: out of range or a zero r/s, derive the next candidate
@@ -302,39 +347,10 @@ def sign_digest(d, digest32, extra=b""):
         V = hmac_sha256(K, V)
 
 
-def _add_public(P1, P2):
-    # General Jacobian addition (add-1998-cmo-2 with its special cases), public inputs only:
-    # it branches on the values.
-    X1, Y1, Z1, i1 = P1
-    X2, Y2, Z2, i2 = P2
-    if i1:
-        return P2
-    if i2:
-        return P1
-    z1z1 = Z1 * Z1 % _P
-    z2z2 = Z2 * Z2 % _P
-    u1 = X1 * z2z2 % _P
-    u2 = X2 * z1z1 % _P
-    s1 = Y1 * Z2 % _P * z2z2 % _P
-    s2 = Y2 * Z1 % _P * z1z1 % _P
-    h = (u2 - u1) % _P
-    r = (s2 - s1) % _P
-    if h == 0:
-        if r == 0:
-            X3, Y3, Z3 = _dbl(X1, Y1, Z1)
-            return X3, Y3, Z3, 0
-        return 0, 0, 1, 1
-    hh = h * h % _P
-    hhh = hh * h % _P
-    v = u1 * hh % _P
-    X3 = (r * r - hhh - 2 * v) % _P
-    Y3 = (r * (v - X3) - s1 * hhh) % _P
-    return X3, Y3, Z1 * Z2 % _P * h % _P, 0
-
-
 def verify_digest(pub65, digest32, sig64):
     # ECDSA verification (FIPS 186-5 6.4.2). Every invalid input gives False: a bad key
     # encoding, a point off the curve, r or s outside [1, n-1], wrong lengths or types.
+    # Everything here is public: no blinding, and branches on values are fine.
     Q = _decode(pub65)
     if Q is None:
         return False
@@ -346,18 +362,18 @@ def verify_digest(pub65, digest32, sig64):
     s = int.from_bytes(sig64[32:], "big")
     if not (0 < r < N and 0 < s < N):
         return False
-    e = int.from_bytes(digest32, "big")
-    w = pow(s, _NM2, N)
-    u1 = e * w % N
-    u2 = r * w % N  # in [1, n-1]: r, w != 0 and n is prime
-    X, Y, Z, inf = _add_public(_mul_g(u1), _mul(u2, Q[0], Q[1]))
-    if inf:
-        return False
-    # x(R) mod n == r without an inversion: X = x * Z^2, and x is r or r + n (x < p).
-    zz = Z * Z % _P
-    if X == r * zz % _P:
+    s = pow(s, _NM2, N)
+    X, Y, Z, _ = _mul(r * s % N, None, (_table(Q[0], Q[1]),))  # u2 in [1, n-1]: n is prime
+    s = int.from_bytes(digest32, "big") * s % N  # u1
+    if s:  # u1 = 0 (e = 0 mod n): u1 G is infinity
+        X1, Y1, Z1, _ = _mul(s, None, (_T1, _T2))
+        X, Y, Z = _add_complete(X, Y, Z, X1, Y1, Z1)
+    if Z == 0:
+        return False  # infinity
+    # x(R) mod n == r without an inversion: X = x Z, and x is r or r + n (x < p).
+    if X == r * Z % _P:
         return True
-    return r < _PMN and X == (r + N) * zz % _P
+    return r < _PMN and X == (r + N) * Z % _P
 
 
 def ecdh(d, peer_pub65):
@@ -367,6 +383,5 @@ def ecdh(d, peer_pub65):
     Q = _decode(peer_pub65)
     if Q is None:
         raise ValueError  # peer public key malformed or not on the curve
-    X, Y, Z, _ = _mul(d, Q[0], Q[1])
-    x, _ = _affine(X, Y, Z)
-    return x.to_bytes(32, "big")
+    X, Y, Z, _ = _mul(d, bytes(peer_pub65), (_table(Q[0], Q[1]),))
+    return _affine(X, Y, Z)[0].to_bytes(32, "big")

@@ -1,6 +1,8 @@
-# P-256 inside MicroPython: the precomputed table, both scalar multiplication paths, key and
-# signature edge cases, and every malformed input to sign / verify. NIST and RFC 6979 vectors
-# are in test_p256_cavp.py, test_p256_ecdh.py and test_p256_rfc6979.py.
+# P-256 inside MicroPython: the precomputed tables, both scalar multiplication paths (and the
+# scalars whose last step meets an exceptional case), key and signature edge cases, and every
+# malformed input to sign / verify. NIST and RFC 6979 vectors are in test_p256_cavp.py,
+# test_p256_ecdh.py and test_p256_rfc6979.py; the constant-cost properties in
+# test_p256_constant.py.
 # timeout: 60
 import hashlib
 from qdid import p256
@@ -9,6 +11,36 @@ _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 _GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 _GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 _G = b"\x04" + _GX.to_bytes(32, "big") + _GY.to_bytes(32, "big")
+_MY = (1 << 288) - 1
+
+
+def _add(a, b):
+    # Affine addition written apart from the module (None is infinity), for reference values.
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if a[0] == b[0]:
+        if (a[1] + b[1]) % _P == 0:
+            return None
+        lam = (3 * a[0] * a[0] - 3) * pow(2 * a[1], _P - 2, _P) % _P
+    else:
+        lam = (b[1] - a[1]) * pow(b[0] - a[0], _P - 2, _P) % _P
+    x = (lam * lam - a[0] - b[0]) % _P
+    return x, (lam * (a[0] - x) - a[1]) % _P
+
+
+def _ref_mul(k, pt):
+    acc = None
+    for i in range(255, -1, -1):
+        acc = _add(acc, acc)
+        if k >> i & 1:
+            acc = _add(acc, pt)
+    return acc
+
+
+def _enc(pt):
+    return b"\x04" + pt[0].to_bytes(32, "big") + pt[1].to_bytes(32, "big")
 
 
 def _must_raise(fn, *args):
@@ -20,24 +52,23 @@ def _must_raise(fn, *args):
 
 
 def test_comb_tables_match_generator():
-    # Recompute the fixed-base tables: _T1 entry j = sum(bit b of j) * 2^(32b) * G (b < 4),
-    # _T2 entry j the same times 2^128, each packed x << 256 | y.
-    base = []
-    X, Y, Z = _GX, _GY, 1
-    for b in range(8):
-        base.append(p256._affine(X, Y, Z))
+    # Recompute the fixed-base tables: entry j of _T1 is G_3 + sum_(t<3) (+-G_t) with
+    # G_t = 2^(32t) G (+ when bit t of j is set), of _T2 the same with 2^(32(t+4)) G, each
+    # packed (x + 4p) << 288 | (y + 4p).
+    teeth = []
+    pt = (_GX, _GY)
+    for t in range(8):
+        teeth.append(pt)
         for _ in range(32):
-            X, Y, Z = p256._dbl(X, Y, Z)
-    for tbl, part in ((p256._T1, base[:4]), (p256._T2, base[4:])):
-        assert len(tbl) == 15
-        for j in range(1, 16):
-            acc = None
-            for b in range(4):
-                if j >> b & 1:
-                    pt = (part[b][0], part[b][1], 1, 0)
-                    acc = pt if acc is None else p256._add_public(acc, pt)
-            x, y = p256._affine(acc[0], acc[1], acc[2])
-            assert tbl[j - 1] == (x << 256) | y, j
+            pt = _add(pt, pt)
+    for tbl, part in ((p256._T1, teeth[:4]), (p256._T2, teeth[4:])):
+        assert len(tbl) == 8
+        for j in range(8):
+            acc = part[3]
+            for t in range(3):
+                g = part[t]
+                acc = _add(acc, g if j >> t & 1 else (g[0], _P - g[1]))
+            assert tbl[j] == (acc[0] + 4 * _P) << 288 | acc[1] + 4 * _P, j
 
 
 def test_public_key_of_one_is_g_and_of_n_minus_one_is_minus_g():
@@ -57,12 +88,33 @@ def test_public_key_rejects_scalars_outside_1_to_n_minus_1():
 
 
 def test_scalar_mult_paths_agree():
-    # The comb (k*G) and the window method (k*Q) must give the same point for Q = G.
+    # The comb (k G) and the windows (k Q) must give the same point for Q = G.
+    tbl = (p256._table(_GX, _GY),)
     for k in (1, 2, 3, 15, 16, 17, 0xFFFF, 1 << 64, (1 << 255) + 12345, p256.N - 2, p256.N - 1):
-        X, Y, Z, inf = p256._mul(k, _GX, _GY)
-        assert not inf
-        x, y = p256._affine(X, Y, Z)
-        assert _G[0:1] + x.to_bytes(32, "big") + y.to_bytes(32, "big") == p256.public_key(k), k
+        for extra in (None, b"", b"blinded"):
+            X, Y, Z, _ = p256._mul(k, extra, tbl)
+            assert Z % _P
+            assert _enc(p256._affine(X, Y, Z)) == p256.public_key(k), k
+
+
+def test_scalars_whose_last_step_doubles_or_meets_infinity_are_right():
+    # The last step's additions are complete because some scalars near n meet R = +-T there:
+    # k = n - 2 gives R = T in the last window (digit -1), and this k gives R = T in the last
+    # column's second addition; n - k (even) takes the same path negated. Checked against the
+    # affine double-and-add above.
+    comb = 0xFFFFFFFD00000002FFFFFFFDFFFFFFFDBCE6FAADA7179E84F3B9CAC2FC632551
+    tbl = (p256._table(_GX, _GY),)
+    for k in (p256.N - 2, comb, p256.N - comb):
+        want = _enc(_ref_mul(k, (_GX, _GY)))
+        assert p256.public_key(k) == want, hex(k)
+        X, Y, Z, _ = p256._mul(k, None, tbl)
+        assert _enc(p256._affine(X, Y, Z)) == want, hex(k)
+    for m in range(1, 32):  # (n - m) G = -(m G)
+        pub = p256.public_key(m)
+        assert p256.public_key(p256.N - m) == pub[:33] + (
+            _P - int.from_bytes(pub[33:], "big")
+        ).to_bytes(32, "big")
+        assert p256.ecdh(p256.N - m, _G) == pub[1:33], m
 
 
 def test_scalar_from_seed_is_sha256_of_seed_and_counter():
@@ -174,34 +226,32 @@ def test_verify_does_not_wrap_r_plus_n_past_p():
 
 
 def test_secret_scalars_take_the_same_point_operations_whatever_their_value():
-    # The comb and the window method run a fixed sequence: count the calls for very different
-    # scalars (few bits set, all bits set, zero digits at the top or bottom).
-    calls = [0, 0]
-    dbl = p256._dbl
-    madd = p256._madd
+    # The comb and the windows run a fixed sequence: count the calls for very different scalars
+    # (few bits set, all bits set, zero digits at the top or bottom, even and odd).
+    names = ("_dbl", "_madd", "_add_complete", "_pick")
+    real = [getattr(p256, name) for name in names]
+    calls = [0] * 4
 
-    def count_dbl(X, Y, Z):
-        calls[0] += 1
-        return dbl(X, Y, Z)
+    def counting(i):
+        def fn(*args):
+            calls[i] += 1
+            return real[i](*args)
 
-    def count_madd(X1, Y1, Z1, x2, y2):
-        calls[1] += 1
-        return madd(X1, Y1, Z1, x2, y2)
+        return fn
 
-    p256._dbl = count_dbl
-    p256._madd = count_madd
+    tbl = (p256._table(_GX, _GY),)
+    for i, name in enumerate(names):
+        setattr(p256, name, counting(i))
     try:
         seen = set()
-        for k in (1, 2, 1 << 255, p256.N - 1, (1 << 128) + 1, 0xF0F0F0F0 << 200):
-            calls[0] = calls[1] = 0
-            p256._mul_g(k)
-            seen.add(("comb", calls[0], calls[1]))
-            calls[0] = calls[1] = 0
-            p256._mul(k, _GX, _GY)
-            seen.add(("window", calls[0], calls[1]))
+        for k in (1, 2, 1 << 255, p256.N - 1, p256.N - 2, (1 << 128) + 1, 0xF0F0F0F0 << 200):
+            for label, t in (("comb", (p256._T1, p256._T2)), ("window", tbl)):
+                calls[:] = [0] * 4
+                p256._mul(k, b"", t)
+                seen.add((label,) + tuple(calls))
     finally:
-        p256._dbl = dbl
-        p256._madd = madd
-    # comb: 31 doublings, 64 additions; window: 63 * 4 doublings and 64 additions plus the
-    # table (1 doubling, 13 additions)
-    assert seen == {("comb", 31, 64), ("window", 253, 77)}, seen
+        for name, fn in zip(names, real):
+            setattr(p256, name, fn)
+    # 64 table scans each; comb: 31 doublings, the first entry as the start, 61 mixed and 2
+    # complete additions; windows: 63 * 4 doublings, the start, 62 mixed and 1 complete
+    assert seen == {("comb", 31, 61, 2, 64), ("window", 252, 62, 1, 64)}, seen
