@@ -57,68 +57,69 @@ _B = const(0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B)  
 N = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551)  # group order
 _NM2 = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC63254F)  # n - 2
 _PM2 = const(0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFD)  # p - 2
-_PMN = const(0x000000000000000000000000000000004319055358E8617B0C46353D039CDAAE)  # p - n
 _B3 = const(0x1052A18AFEAFBBB61BC3380063C994352F57141164FB12E2B36AB4BA777720E2)  # 3b mod p
-_P4 = const(4 * _P)  # x + 4p for x in [0, p): 258 or 259 bits, one digit count
-_P9 = const(9 * _P)  # 9p - (y + 4p) = 5p - y, the negation in the same range
+_P5 = const(5 * _P)  # 5p - x for x in [0, p): in (4p, 5p], one digit count
+_P9 = const(9 * _P)  # 9p - (5p - y) = 4p + y, the negation in the same range
+_I2 = const((N + 1) // 2)  # 1/2 mod n
 _N4 = const(4 * N)
 _N9 = const(9 * N)
 _K4 = const(4 * N - (1 << 256) + 1)  # k' + 4n - _K4 = k' + 2^256 - 1
 _SH = const(288)  # x of a packed entry sits above bit 288 (a multiple of 16 and 32)
 _MY = const((1 << 288) - 1)  # y of a packed entry
 _TOP = const(1 << 256)  # d + 2^256: an int of one length whatever d is
+_W = const(_P << 264)  # a multiple of p above 9 p^2: keeps a signed sum of products positive
 
-# Fixed-base comb tables: entry j of _T1 is the affine point G_3 + sum_(t<3) (+-G_t) with
-# G_t = 2^(32t) G and + when bit t of j is set; _T2 the same with G_t = 2^(32(t+4)) G. Packed
-# as (x + 4p) << 288 | (y + 4p); the device test test_comb_tables_match_generator recomputes
-# them from G.
+# Fixed-base comb tables: entry j of _T1 is the affine point (x, y) = G_3 + sum_(t<3) (+-G_t)
+# with G_t = 2^(32t) G and + when bit t of j is set; _T2 the same with G_t = 2^(32(t+4)) G.
+# Packed as (5p - x) << 288 | (5p - y) (see _pick); the device test
+# test_comb_tables_match_generator recomputes them from G.
 _T1 = (
-    0x468E05DAAE308824E42795175A16195D6FC92D1D90357A7E90E4D6F3166130A05000000043F00394EB96EA728D9B457DA2D60FB6DBEAD412C56287A237226A6AC157D48AF,  # noqa: E501
-    0x4560D37581255C25F8D2D238F03F76F98834BE0B75CED8C6734B41F0627AAB2B100000004A840D12ED610A36797BBDDA9A1535B7152FC8B3F7D669FBAA85EF2653E7C0F80,  # noqa: E501
-    0x4EB26590492332D932DAA49906423FD6123641188E123C44519207317C49DFCF3000000049A5956BD98B639C6DC64C68252D28CC674C2943544B78B2641D87D6E0A5F537A,  # noqa: E501
-    0x4BF0BCE67F1FC20870FB05199C971B51041A0EDEB3203A78076DDFDAC138D81F3000000043CB35AADCB13DCF24B52FDB662446FE9F6DC16EFDEB5F1E2B4AB5CB52B7C013E,  # noqa: E501
-    0x49D836657D23B028C62BA20356632B5471B55E560715DD253D383ADCBCB80581E00000004EDF62C7B15E58CA70703A92A76F1291C58896B2378226C410B74BE738653BB71,  # noqa: E501
-    0x4004579EE9AAA397A66167B70ACA7C736C72590500664CB67582DE09F27917E5E00000004CC336BB87ECA49EB3A8CB6C031DD589A7F85B2ABE9094E40F2DE76FC03CB0090,  # noqa: E501
-    0x435112A4A22E39942FB23D61017F98DC73BBFE7AD08AC764957A92FE5443DC22200000004EDCA8788770187F8A39B6097A710A15B98C72F3B8CF0D2A92991BD22855D7FC5,  # noqa: E501
-    0x4E018AA9E2086A470269843F16B47957BD86848CC4760C41EAF972B45F215992400000004383F4DAC7F10EE54F2FE8863BA0DBC83D36D88B74FED7BB921A033229969841C,  # noqa: E501
+    0x4971FA24C1CF77DBABD86AE8A5E9E6A29036D2E2FFCA85816F1B290CE99ECF5F200000004C0FFC6A8469158E0264BA825D29F04924152BEDCA9D785DC8DD95953EA82B748,  # noqa: E501
+    0x4A9F2C89EEDAA3DA972D2DC70FC0890677CB41F51A3127398CB4BE0F9D8554D460000000457BF2EC829EF5CA1684422565EACA48EAD0374C98299604557A10D9AC183F077,  # noqa: E501
+    0x414D9A6F26DCCD275D255B66F9BDC029EDC9BEE801EDC3BBAE6DF8CE83B6203040000000465A6A9396749C642239B397DAD2D73398B3D6BD3BB4874D9BE278291F5A0AC7D,  # noqa: E501
+    0x440F4318F0E03DF81F04FAE66368E4AEFBE5F121DCDFC587F89220253EC727E0400000004C34CA54934EC2316B4AD02499DBB90160923E919214A0E1D4B54A34AD483FEB9,  # noqa: E501
+    0x4627C999F2DC4FD7C9D45DFCA99CD4AB8E4AA1AA88EA22DAC2C7C5234347FA7D9000000041209D37BEA1A7361F8FC56D5890ED6E3A77694E587DD93BEF48B418C79AC4486,  # noqa: E501
+    0x4FFBA86086555C68E99E9848F535838C938DA6FB8F99B3498A7D21F60D86E81990000000433CC943E8135B61DC573493FCE22A765807A4D5D16F6B1BF0D218903FC34FF67,  # noqa: E501
+    0x4CAEED5ACDD1C66C604DC29EFE8067238C440185BF75389B6A856D01ABBC23DD5000000041235786E88FE78105C649F6858EF5EA46738D0CD730F2D56D66E42DD7AA28032,  # noqa: E501
+    0x41FE75558DF795B98D967BC0E94B86A842797B73CB89F3BE15068D4BA0DEA66D300000004C7C0B24A80EF11B40D01779C45F2437C2C927751B0128446DE5FCCDD66967BDB,  # noqa: E501
 )
 _T2 = (
-    0x43B9989509F1090C95E72F18F6D5012D92456F8ECEFCA71DA788A9810D667B8590000000456C22C7844CF5301E5BBA7A984438CAFAE766DF99FC3582505566D387A47D3A9,  # noqa: E501
-    0x415C85F892040C58B1FBCB647BD2E07D0C649DAFAC80E1F30D0BCBE5A2E65D83300000004D186F7F51D542B8EEE06432F3D84EA77C9236BD36BD6CD33385F8BE7D8D77343,  # noqa: E501
-    0x4831D2618E07AA52DE3E4CDBD058CD40B9BDD1BD32F304AE493E3CD5C6EF9F6A5000000047A1955E7FC3EB3E4925D1D550BB4603028CC4D93BD2D35B37B7CC2DE1F4E358E,  # noqa: E501
-    0x4D940A25A948EE0EED34C9C5A5FE548F62803798A55DE14AB2A76D444ED1CCDAF00000004753447A4F1E9FF9843406E4B744EAF37408F31798F09A95AB23D57F2AAD42848,  # noqa: E501
-    0x4D1664E7D7DB1367CEF8861B0D5401F5D135178CCC3A41C6A14F2544680B0713A0000000433CCB672B95C1CDB51EE52714D786D3CBC50A65501675AE765AECB5B90D24AB0,  # noqa: E501
-    0x42BA1773FFDD02578E0C1C93FC43F7D8A9D3BBDD49C501D520AF88338B7078CE9000000048E2773D3FCF5BED2FE997E3413F474363304765171CD39D80B84D24ACCF6B1B6,  # noqa: E501
-    0x4F2CB7612F454A2AFB9B71AFB895A4AEEE62EEEC5EEE7055E8786999A72C2A20B00000004109598BE4B3E5FEFD676EDFA35F5F0684D52CF79500299A9F68740D32AC00B71,  # noqa: E501
-    0x4681D6BDEB2567AC99DE1E8E76080E0F8DADF6DD2C6AD55F11BCB36A57BCA0BBD000000041DFCAB8EC48087F7263F2166CF14E1B02A6A7672E58790F1DEB1EDD4763F4FC7,  # noqa: E501
+    0x4C46676A660EF6F3FA18D0E7092AFED26DBA9071C10358E25877567EF2998479E00000004A93DD37EBB30AD071A4458567BBC73505189920F603CA7DAFAA992C785B82C4E,  # noqa: E501
+    0x4EA37A06DDFBF3A7DE04349B842D1F82F39B6250E37F1E0CF2F4341A5D19A27C4000000042E790801E2ABD47A11F9BCD0C27B158836DC9435942932CCC7A0741827288CB4,  # noqa: E501
+    0x47CE2D9DE1F855ADB1C1B3242FA732BF46422E435D0CFB51B6C1C32A3910609520000000485E6AA0F03C14C246DA2E2AAF44B9FCFD733B27542D2CA4C84833D21E0B1CA69,  # noqa: E501
+    0x426BF5D9C6B711F1A2CB363A5A01AB709D7FC867EAA21EB54D5892BBB12E33248000000048ACBB8520E160070BCBF91B48BB150C8BF70CE8F70F656A54DC2A80D552BD7AF,  # noqa: E501
+    0x42E99B179824EC98C10779E4F2ABFE0A2ECAE873C3C5BE395EB0DABB97F4F8EBD00000004CC33498446A3E32DAE11AD8EB28792C343AF59B3FE98A5189A5134A46F2DB547,  # noqa: E501
+    0x4D45E88B7022FDA901F3E36C03BC0827562C4423463AFE2ADF5077CC748F8730E0000000471D88C23030A4136016681CBEC0B8BC9CCFB89B78E32C627F47B2DB533094E41,  # noqa: E501
+    0x40D3489E40BAB5D594648E50476A5B51119D111431118FAA1787966658D3D5DEC00000004EF6A6738B4C1A01929891205CA0A0F97B2AD308FAFFD66560978BF2CD53FF486,  # noqa: E501
+    0x497E294184DA9853F621E17189F7F1F07252092363952AA0EE434C95A8435F43A00000004E20354683B7F7811D9C0DE9930EB1E4FD59589961A786F0E214E122B89C0B030,  # noqa: E501
 )
 
 
 def _dbl(X, Y, Z):
-    # dbl-2001-b (Bernstein-Lange EFD, a = -3): 3M + 5S. Y = 0 never occurs: the group has odd
-    # order, so no point of order 2. Small constants multiply products (not factors), so each
-    # product's factors are reduced values of one length.
+    # dbl-2001-b (Bernstein-Lange EFD, a = -3): 3M + 5S, with 3 (X - Z^2)(X + Z^2) as
+    # 3 (X^2 - Z^4). Y = 0 never occurs: the group has odd order, so no point of order 2.
     d = Z * Z % _P
     g = Y * Y % _P
     b = X * g * 4 % _P
-    a = (X - d) * (X + d) * 3 % _P
+    a = (X * X + _W - d * d) * 3 % _P
     X3 = (a * a - 2 * b) % _P
-    return X3, (a * (b - X3) - g * g * 8) % _P, Y * Z * 2 % _P
+    return X3, (a * (b - X3) + _W - g * g * 8) % _P, Y * Z * 2 % _P
 
 
 def _madd(X1, Y1, Z1, x2, y2):
-    # madd-2004-hmv (EFD): Jacobian + affine, 8M + 3S; x2, y2 may carry a multiple of p. Wrong
-    # (not a crash) when the inputs are equal, opposite or at infinity; _mul shows why those
-    # cases cannot reach it.
+    # madd-2004-hmv (EFD): Jacobian + affine, 8M + 3S, for the affine point (-x2, -y2) (a
+    # table entry as _pick gives it). Then h and r are the formula's -H and -R, each a sum of
+    # non-negative terms, and the result is (X3, -Y3, -Z3), the same point. Wrong (not a crash)
+    # when the inputs are equal, opposite or at infinity; _mul shows why those cannot reach it.
     t1 = Z1 * Z1 % _P
     t2 = t1 * Z1 % _P
-    h = x2 * t1 % _P - X1
-    r = y2 * t2 % _P - Y1
+    h = (x2 * t1 + X1) % _P
+    r = (y2 * t2 + Y1) % _P
     hh = h * h % _P
-    hhh = hh * h % _P
+    hhh = hh * h % _P  # -H^3
     v = X1 * hh % _P
-    X3 = (r * r - hhh - 2 * v) % _P
-    return X3, (r * (v - X3) - Y1 * hhh) % _P, Z1 * h % _P
+    X3 = (r * r + hhh - 2 * v) % _P
+    return X3, (r * (v - X3) + _W - Y1 * hhh) % _P, Z1 * h % _P
 
 
 def _add_complete(X, Y, Z, X1, Y1, Z1):
@@ -139,8 +140,9 @@ def _add_complete(X, Y, Z, X1, Y1, Z1):
 
 
 def _pick(tbl, k, e):
-    # Entry k of an 8-entry packed table as (x, y), y negated when e = 1, at one cost for every
-    # k and e: each step keeps one operand whole (mask -1) and clears the other (mask 0).
+    # Entry k of an 8-entry packed table, negated when e = 1, as (5p - x, 5p -+ y) (in
+    # (4p, 5p], one length whatever x, y are; _madd takes the point negated), at one cost for
+    # every k and e: each step keeps one operand whole (mask -1) and clears the other (mask 0).
     a = tbl[0]
     for i in range(1, 8):
         m = ((i ^ k) - 1) >> 8  # -1 when i == k, else 0 (i ^ k < 8)
@@ -154,36 +156,31 @@ def _table(x, y):
     # public key), so this part may take its time from Q. One inversion for all (Montgomery).
     X2, Y2, Z2 = _add_complete(x, y, 1, x, y, 1)
     pts = [(x, y, 1)]
-    for _ in range(7):
-        X, Y, Z = pts[-1]
+    acc = [1]  # acc[j]: the product of the Z of points 0..j-1
+    for j in range(7):
+        X, Y, Z = pts[j]
+        acc.append(acc[j] * Z % _P)
         pts.append(_add_complete(X, Y, Z, X2, Y2, Z2))
-    acc = [1] * 8
-    a = 1
-    for j in range(8):
-        acc[j] = a
-        a = a * pts[j][2] % _P
-    a = pow(a, _PM2, _P)
+    a = pow(acc[7] * pts[7][2] % _P, _PM2, _P)
     for j in range(7, -1, -1):
         X, Y, Z = pts[j]
         zi = a * acc[j] % _P  # 1 / Z_j
         a = a * Z % _P
-        acc[j] = (X * zi % _P + _P4) << _SH | Y * zi % _P + _P4
+        acc[j] = (_P5 - X * zi % _P) << _SH | _P5 - Y * zi % _P
     return acc
 
 
 def _mul(k, extra, tbl):
     # k B for k in [1, n-1] as projective (X, Y, Z, h): tbl is (_T1, _T2) for B = G (the comb)
-    # or (_table(Q),) for B = Q (windows). extra is the public input that lam is bound to, or
-    # None for a public k (verification: lam = 1, h = 0); h is the HMAC as an int.
+    # or (_table(Q),) for B = Q (windows). extra is the operation's public input: h =
+    # SHA-256(label || c || extra) as an int gives lam and the caller's blinding (a hash with a
+    # secret part as a PRF: its output is never shown, so length extension gives nothing).
     a = k + _N4  # [4n, 5n): one length for every k
     s = a & 1
     e = 1 - s  # 1: k even, k' = n - k
     c = ((a * s + (_N9 - a) * e - _K4) >> 1).to_bytes(32, "big")  # k' + 4n - _K4 = 2c
-    h = 0
-    lam = 1
-    if extra is not None:  # public: whether k is a secret
-        h = int.from_bytes(hmac_sha256(c, b"qlink/p256/blind\x00" + extra), "big")
-        lam = h % (_P - 1) + 1
+    h = int.from_bytes(hashlib.sha256(b"qlink/p256/blind\x00" + c + extra).digest(), "big")
+    lam = h % (_P - 1) + 1
     steps, dbls, stride = (32, 1, 32) if len(tbl) == 2 else (64, 4, 1)
     # Step i (from the top) doubles R dbls times, then adds an entry of each table: table m's
     # by the digits b_t (t = 3..0) at bits i dbls + 128 m + t stride of c. As
@@ -214,13 +211,13 @@ def _mul(k, extra, tbl):
                 v = v << 1 | c[31 - (q >> 3)] >> (q & 7) & 1
             s = 1 - (v >> 3)  # 1: b_3 = -1
             x, y = _pick(tbl[m], (v ^ 7 * s) & 7, s)
-            if i == steps - 1 and not m:  # (x lam^2, y lam^3, lam)
+            if i == steps - 1 and not m:  # (-x, -y) as (x lam^2, y (-lam)^3, -lam)
                 X = lam * lam % _P
-                X, Y, Z = x * X % _P, y * X % _P * lam % _P, lam
+                X, Y, Z = _P - x * X % _P, y * X % _P * lam % _P, _P - lam
             elif i:
                 X, Y, Z = _madd(X, Y, Z, x, y)
             else:
-                X, Y, Z = _add_complete(X, Y, Z, x, y, 1)
+                X, Y, Z = _add_complete(X, Y, Z, _P5 - x, _P9 - y, 1)
     return X, Y * (1 - e) + (_P - Y) * e, Z, h  # -R when k' = n - k
 
 
@@ -363,17 +360,13 @@ def verify_digest(pub65, digest32, sig64):
     if not (0 < r < N and 0 < s < N):
         return False
     s = pow(s, _NM2, N)
-    X, Y, Z, _ = _mul(r * s % N, None, (_table(Q[0], Q[1]),))  # u2 in [1, n-1]: n is prime
+    X, Y, Z, _ = _mul(r * s % N, b"", (_table(Q[0], Q[1]),))  # u2 in [1, n-1]: n is prime
     s = int.from_bytes(digest32, "big") * s % N  # u1
     if s:  # u1 = 0 (e = 0 mod n): u1 G is infinity
-        X1, Y1, Z1, _ = _mul(s, None, (_T1, _T2))
+        X1, Y1, Z1, _ = _mul(s, b"", (_T1, _T2))
         X, Y, Z = _add_complete(X, Y, Z, X1, Y1, Z1)
-    if Z == 0:
-        return False  # infinity
-    # x(R) mod n == r without an inversion: X = x Z, and x is r or r + n (x < p).
-    if X == r * Z % _P:
-        return True
-    return r < _PMN and X == (r + N) * Z % _P
+    # x(R) mod n == r (FIPS 186-5 6.4.2 step 9); Z = 0 is infinity, never accepted
+    return Z != 0 and _affine(X, Y, Z)[0] % N == r
 
 
 def ecdh(d, peer_pub65):
@@ -383,5 +376,11 @@ def ecdh(d, peer_pub65):
     Q = _decode(peer_pub65)
     if Q is None:
         raise ValueError  # peer public key malformed or not on the curve
-    X, Y, Z, _ = _mul(d, bytes(peer_pub65), (_table(Q[0], Q[1]),))
+    x, y = Q
+    if not x:  # public: a peer point with x = 0, which every projective form keeps at X = 0
+        # While the key's leading digits hold R at +-Q, arithmetic on X = 0 is cheaper: take
+        # (d / 2) (2Q) instead, whose prefixes never make R = +-Q.
+        x, y = _affine(*_add_complete(x, y, 1, x, y, 1))
+        d = (d + _N4) * _I2 % N
+    X, Y, Z, _ = _mul(d, bytes(peer_pub65), (_table(x, y),))
     return _affine(X, Y, Z)[0].to_bytes(32, "big")
