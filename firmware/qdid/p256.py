@@ -6,17 +6,17 @@
 # Arithmetic: Jacobian coordinates (X, Y, Z) <-> (X/Z^2, Y/Z^3), the a = -3 doubling formula and
 # mixed Jacobian + affine addition; the last step of a scalar multiplication adds with the
 # complete formula of Renes, Costello and Batina (EUROCRYPT 2016) in homogeneous projective
-# coordinates (X/Z, Y/Z), and one field inversion (Fermat: x^(p-2)) ends the work. Additions
-# and subtractions are left unreduced; each product is reduced once with % _P (Python ints
-# carry the extra bits and % gives a non-negative result), which on MicroPython's mpz costs
-# less than reducing after every step.
+# coordinates (X/Z, Y/Z), and one field inversion (Fermat, x^(p-2) by 4-bit windows: _pow)
+# ends the work. Additions and subtractions are left unreduced; each product is reduced once
+# with % _P, which on MicroPython's mpz costs less than reducing after every step.
 #
 # Secret scalars (key generation, signing, ECDH) cost the same whatever their value.
 # MicroPython's big ints are not constant-time: an operation costs what its operands' digit
 # counts say (16-bit digits on the boards and on the unix port), multiplying or masking by 0 is
-# nearly free, and a result that fits a small int becomes one. So nothing may follow the
-# secret through a branch, a table index, the point at infinity, a zero table entry or the
-# length of a value:
+# nearly free, a result that fits a small int becomes one, and every result is a heap
+# allocation of its digits, so the garbage collector's work follows the lengths too. Nothing
+# may follow the secret through a branch, a table index, the point at infinity, a zero table
+# entry or the length of a value:
 # - Recoding (_mul): k' = k when k is odd, n - k when it is even (the result is negated at the
 #   end), and c = (k' + 2^256 - 1) / 2, so that k' = sum_i (2 c_i - 1) 2^i: 256 digits +-1,
 #   none 0. c lies in [2^255, 2^256) for every k, and the choice between k and n - k is made on
@@ -30,24 +30,30 @@
 # - No addition meets the point at infinity or an exceptional case before the last step
 #   (proof beside _mul); the last step's additions are complete.
 # - _pick scans the whole table; each step blends the kept and the scanned entry with masks 0
-#   and -1 (one of each, whichever entry is picked) and the sign goes in as
-#   y (1 - s) + (9p - y) s. Entries hold x + 4p and y + 4p (a negated y is 5p - y): every
-#   coordinate that enters a product has one digit count, including a peer key's short one.
-# - Randomised projective coordinates (Coron 1999): R starts at (x lam^2, y lam^3, lam) with
-#   lam from HMAC-SHA256 keyed with c over the operation's public input (digest, peer key).
-#   ECDSA's output stays RFC 6979's: lam changes the representation only.
-# - s = (k b)^-1 (e b + (r b) d) with a blinding b from the same HMAC: a short k or a short
+#   and -1 (one of each, whichever entry is picked), and the sign goes in as
+#   y (1 - s) + (9p - y) s. Entries hold -x and -y as 5p - x and 5p - y: every coordinate that
+#   enters a product has one digit count, a peer key's short one too, and _madd, taking the
+#   point negated, adds non-negative terms where it would subtract.
+# - Every % has a non-negative dividend (a signed sum of products gets _W, a multiple of p,
+#   added): MicroPython's % of a negative value allocates a digit more. With factors of one
+#   length and signs fixed, the allocations of a multiplication are the same for every scalar,
+#   and so are the heap's layout and the collections (where they differed, the allocator's and
+#   the collector's work moved by 1 % of an operation).
+# - Randomised projective coordinates (Coron 1999): R starts at (x lam^2, y lam^3, lam), lam
+#   from SHA-256 over c and the operation's public input (digest, peer key). The costs that
+#   still follow values then follow lam, which nobody predicts without the key. ECDSA's output
+#   stays RFC 6979's: lam changes the representation only.
+# - s = (k b)^-1 (e b + (r b) d) with a blinding b from the same hash: a short k or a short
 #   e + r d would make a product cheaper; k and d enter as k + 4n and d + 4n.
-# What is left follows values, not the scalar's structure: a product of two random 256-bit
-# values is below 2^496 (one 16-bit digit shorter) about 2.5 % of the time, a quotient digit
-# of mpz division needs a correction now and then, a % of a negative value adds a step; these
-# move heap allocations and with them the garbage collector's and allocator's work, about
-# 0.15 % of an operation (standard deviation over scalars, unix port, 64 KiB heap). They
-# follow lam, which nobody predicts without the key, so they are noise to an observer rather
-# than a function of the leading digits. bench/p256_spread.py counts the instructions over
-# extreme scalars and tests/attacks/test_p256_timing.py holds the spread below 1 %; the range
-# checks and the first addition on the caller's int loop over its digits (a few dozen
-# instructions).
+# - A peer point with x = 0 keeps X = 0 in every projective form; ECDH takes (d / 2) (2Q).
+# What is left follows values, not the scalar: a square of a random value below 2^248 is one
+# digit short (0.4 % of squares), a value below 2^240 likewise (2^-16), a quotient digit of mpz
+# division needs a correction now and then; about 0.1 % of an operation (standard deviation
+# over scalars, unix port, 64 KiB heap), driven by lam. The range checks and the first
+# addition on the caller's int loop over its digits (a few dozen instructions).
+# bench/p256_spread.py counts the instructions over extreme scalars, tests/attacks/
+# test_p256_timing.py holds the spread below 1 %, tests/firmware/test_p256_constant.py the
+# allocations.
 from micropython import const
 import hashlib
 from qdid.hmac import hmac_sha256
@@ -58,15 +64,12 @@ N = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551)  #
 _NM2 = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC63254F)  # n - 2
 _PM2 = const(0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFD)  # p - 2
 _B3 = const(0x1052A18AFEAFBBB61BC3380063C994352F57141164FB12E2B36AB4BA777720E2)  # 3b mod p
+_N4 = const(4 * N)  # k + 4n for k in [0, n): in [4n, 5n), one digit count
+_K4 = const(4 * N - (1 << 256) + 1)  # k' + 4n - _K4 = k' + 2^256 - 1
 _P5 = const(5 * _P)  # 5p - x for x in [0, p): in (4p, 5p], one digit count
 _P9 = const(9 * _P)  # 9p - (5p - y) = 4p + y, the negation in the same range
-_I2 = const((N + 1) // 2)  # 1/2 mod n
-_N4 = const(4 * N)
-_N9 = const(9 * N)
-_K4 = const(4 * N - (1 << 256) + 1)  # k' + 4n - _K4 = k' + 2^256 - 1
 _SH = const(288)  # x of a packed entry sits above bit 288 (a multiple of 16 and 32)
 _MY = const((1 << 288) - 1)  # y of a packed entry
-_TOP = const(1 << 256)  # d + 2^256: an int of one length whatever d is
 _W = const(_P << 264)  # a multiple of p above 9 p^2: keeps a signed sum of products positive
 
 # Fixed-base comb tables: entry j of _T1 is the affine point (x, y) = G_3 + sum_(t<3) (+-G_t)
@@ -106,15 +109,15 @@ def _dbl(X, Y, Z):
     return X3, (a * (b - X3) + _W - g * g * 8) % _P, Y * Z * 2 % _P
 
 
-def _madd(X1, Y1, Z1, x2, y2):
-    # madd-2004-hmv (EFD): Jacobian + affine, 8M + 3S, for the affine point (-x2, -y2) (a
+def _madd(X1, Y1, Z1, x, y):
+    # madd-2004-hmv (EFD): Jacobian + affine, 8M + 3S, for the affine point (-x, -y) (a
     # table entry as _pick gives it). Then h and r are the formula's -H and -R, each a sum of
     # non-negative terms, and the result is (X3, -Y3, -Z3), the same point. Wrong (not a crash)
     # when the inputs are equal, opposite or at infinity; _mul shows why those cannot reach it.
     t1 = Z1 * Z1 % _P
     t2 = t1 * Z1 % _P
-    h = (x2 * t1 + X1) % _P
-    r = (y2 * t2 + Y1) % _P
+    h = (x * t1 + X1) % _P
+    r = (y * t2 + Y1) % _P
     hh = h * h % _P
     hhh = hh * h % _P  # -H^3
     v = X1 * hh % _P
@@ -155,13 +158,13 @@ def _table(x, y):
     # Q, 3Q, ..., 15Q affine, packed. Q is public (a validated peer key or the verification's
     # public key), so this part may take its time from Q. One inversion for all (Montgomery).
     X2, Y2, Z2 = _add_complete(x, y, 1, x, y, 1)
-    pts = [(x, y, 1)]
-    acc = [1]  # acc[j]: the product of the Z of points 0..j-1
+    pts = [(x, y, 1)] * 8
+    acc = [1] * 8  # acc[j]: the product of the Z of points 0..j-1
     for j in range(7):
         X, Y, Z = pts[j]
-        acc.append(acc[j] * Z % _P)
-        pts.append(_add_complete(X, Y, Z, X2, Y2, Z2))
-    a = pow(acc[7] * pts[7][2] % _P, _PM2, _P)
+        acc[j + 1] = acc[j] * Z % _P
+        pts[j + 1] = _add_complete(X, Y, Z, X2, Y2, Z2)
+    a = _pow(acc[7] * pts[7][2] % _P, _PM2, _P)
     for j in range(7, -1, -1):
         X, Y, Z = pts[j]
         zi = a * acc[j] % _P  # 1 / Z_j
@@ -178,7 +181,7 @@ def _mul(k, extra, tbl):
     a = k + _N4  # [4n, 5n): one length for every k
     s = a & 1
     e = 1 - s  # 1: k even, k' = n - k
-    c = ((a * s + (_N9 - a) * e - _K4) >> 1).to_bytes(32, "big")  # k' + 4n - _K4 = 2c
+    c = ((a * s + (9 * N - a) * e - _K4) >> 1).to_bytes(32, "big")  # k' + 4n - _K4 = 2c
     h = int.from_bytes(hashlib.sha256(b"qlink/p256/blind\x00" + c + extra).digest(), "big")
     lam = h % (_P - 1) + 1
     steps, dbls, stride = (32, 1, 32) if len(tbl) == 2 else (64, 4, 1)
@@ -221,24 +224,39 @@ def _mul(k, extra, tbl):
     return X, Y * (1 - e) + (_P - Y) * e, Z, h  # -R when k' = n - k
 
 
+def _pow(x, e, m):
+    # x^e mod m for a public e (p - 2 or n - 2: Fermat inverses), 4-bit windows from the top
+    # over x^0..x^15: about 310 products where pow() takes 384 (p - 2) or 446 (n - 2).
+    t = [1] * 16
+    for i in range(1, 16):
+        t[i] = t[i - 1] * x % m
+    r = t[e >> 252]
+    for i in range(248, -1, -4):
+        for _ in range(4):
+            r = r * r % m
+        if e >> i & 15:  # public: a bit of the exponent
+            r = r * t[e >> i & 15] % m
+    return r
+
+
 def _affine(X, Y, Z):
     # Projective (X : Y : Z) -> (X/Z, Y/Z).
-    Z = pow(Z, _PM2, _P)
+    Z = _pow(Z, _PM2, _P)
     return X * Z % _P, Y * Z % _P
 
 
-def _encode(x, y):
-    return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+def _is(v, n):
+    return isinstance(v, (bytes, bytearray)) and len(v) == n
 
 
-def _decode(pub):
+def _decode(pub65):
     # SEC1 2.3.4 with the SP 800-56A 5.6.2.3.3 partial check: uncompressed form only,
     # coordinates in [0, p-1], y^2 = x^3 - 3x + b. Infinity has no 65-byte encoding.
     # The cofactor is 1, so a point on the curve has order n. Returns None when invalid.
-    if not isinstance(pub, (bytes, bytearray)) or len(pub) != 65 or pub[0] != 4:
+    if not _is(pub65, 65) or pub65[0] != 4:
         return None
-    x = int.from_bytes(pub[1:33], "big")
-    y = int.from_bytes(pub[33:65], "big")
+    x = int.from_bytes(pub65[1:33], "big")
+    y = int.from_bytes(pub65[33:65], "big")
     if x >= _P or y >= _P:
         return None
     if (y * y - (x * x - 3) * x - _B) % _P:
@@ -246,9 +264,11 @@ def _decode(pub):
     return x, y
 
 
-def _check_scalar(d):
+def _check(d, digest32=bytes(32)):
     if not isinstance(d, int) or d < 1 or d >= N:
         raise ValueError  # private key out of [1, n-1]
+    if not _is(digest32, 32):
+        raise ValueError  # a SHA-256 digest is 32 bytes
 
 
 def is_valid_public_key(pub65):
@@ -256,9 +276,10 @@ def is_valid_public_key(pub65):
 
 
 def public_key(d):
-    _check_scalar(d)
+    _check(d)
     X, Y, Z, _ = _mul(d, b"", (_T1, _T2))  # not infinity: 0 < d < n
-    return _encode(*_affine(X, Y, Z))
+    x, y = _affine(X, Y, Z)
+    return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
 
 
 def scalar_from_seed(seed):
@@ -267,9 +288,7 @@ def scalar_from_seed(seed):
     # rejection has probability about 2^-32, so the loop practically never runs twice.
     ctr = 0
     while True:
-        h = hashlib.sha256(seed)
-        h.update(ctr.to_bytes(4, "big"))
-        c = int.from_bytes(h.digest(), "big")
+        c = int.from_bytes(hashlib.sha256(seed + ctr.to_bytes(4, "big")).digest(), "big")
         if 0 < c < N:
             return c
         ctr += 1
@@ -285,22 +304,16 @@ def _sign(d, digest32, k):
     # length (k + 4n, d + 4n) or one that looks random (b, k b, r b, (e + r d) b).
     b = h % (N - 1) + 1
     s = int.from_bytes(digest32, "big") * b + r * b % N * (d + _N4)
-    s = pow((k + _N4) * b % N, _NM2, N) * (s % N) % N
+    s = _pow((k + _N4) * b % N, _NM2, N) * (s % N) % N
     if s == 0:
         return None
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def _check_digest(digest):
-    if not isinstance(digest, (bytes, bytearray)) or len(digest) != 32:
-        raise ValueError  # a SHA-256 digest is 32 bytes
-
-
 def sign_digest_k(d, digest32, k):
     # ECDSA with a caller-chosen nonce, for the NIST SigGen vectors (which give k). Never use
     # it for real signatures: a repeated or biased k gives the private key away.
-    _check_scalar(d)
-    _check_digest(digest32)
+    _check(d, digest32)
     if not isinstance(k, int) or k < 1 or k >= N:
         raise ValueError  # nonce out of [1, n-1]
     sig = _sign(d, bytes(digest32), k)
@@ -314,14 +327,13 @@ def sign_digest(d, digest32, extra=b""):
     # hlen = 256, so bits2int is a plain big-endian read). `extra` is the optional additional
     # data k' of RFC 6979 section 3.6 (e.g. DRBG output to hedge against faults); with the
     # default b"" the signature is exactly RFC 6979's.
-    _check_scalar(d)
-    _check_digest(digest32)
+    _check(d, digest32)
     digest32 = bytes(digest32)
     # sep || int2octets(x) || bits2octets(h1) || k' in a bytearray wiped after use (the int d
     # and the immutable HMAC inputs built from it are left to the GC: MicroPython cannot clear
     # those). The bytes of d come from d + 2^256, of one length for every d; its top byte is
     # the separator of steps d and f.
-    seed = bytearray((d + _TOP).to_bytes(33, "big"))
+    seed = bytearray((d + (1 << 256)).to_bytes(33, "big"))
     seed.extend((int.from_bytes(digest32, "big") % N).to_bytes(32, "big"))
     seed.extend(extra)
     K = bytes(32)
@@ -351,15 +363,13 @@ def verify_digest(pub65, digest32, sig64):
     Q = _decode(pub65)
     if Q is None:
         return False
-    if not isinstance(digest32, (bytes, bytearray)) or len(digest32) != 32:
-        return False
-    if not isinstance(sig64, (bytes, bytearray)) or len(sig64) != 64:
+    if not (_is(digest32, 32) and _is(sig64, 64)):
         return False
     r = int.from_bytes(sig64[:32], "big")
     s = int.from_bytes(sig64[32:], "big")
     if not (0 < r < N and 0 < s < N):
         return False
-    s = pow(s, _NM2, N)
+    s = _pow(s, _NM2, N)
     X, Y, Z, _ = _mul(r * s % N, b"", (_table(Q[0], Q[1]),))  # u2 in [1, n-1]: n is prime
     s = int.from_bytes(digest32, "big") * s % N  # u1
     if s:  # u1 = 0 (e = 0 mod n): u1 G is infinity
@@ -372,7 +382,7 @@ def verify_digest(pub65, digest32, sig64):
 def ecdh(d, peer_pub65):
     # ECC CDH primitive (SP 800-56A 5.7.1.2): the x coordinate of d * Q, 32 bytes. The peer
     # key is fully validated first (cofactor 1), so the result is never infinity.
-    _check_scalar(d)
+    _check(d)
     Q = _decode(peer_pub65)
     if Q is None:
         raise ValueError  # peer public key malformed or not on the curve
@@ -381,6 +391,6 @@ def ecdh(d, peer_pub65):
         # While the key's leading digits hold R at +-Q, arithmetic on X = 0 is cheaper: take
         # (d / 2) (2Q) instead, whose prefixes never make R = +-Q.
         x, y = _affine(*_add_complete(x, y, 1, x, y, 1))
-        d = (d + _N4) * _I2 % N
+        d = (d + _N4) * ((N + 1) // 2) % N
     X, Y, Z, _ = _mul(d, bytes(peer_pub65), (_table(x, y),))
     return _affine(X, Y, Z)[0].to_bytes(32, "big")
