@@ -99,8 +99,9 @@ _T2 = (
 
 
 def _dbl(X, Y, Z):
-    # dbl-2001-b (Bernstein-Lange EFD, a = -3): 3M + 5S, with 3 (X - Z^2)(X + Z^2) as
-    # 3 (X^2 - Z^4). Y = 0 never occurs: the group has odd order, so no point of order 2.
+    # dbl-2001-b (Bernstein-Lange EFD, a = -3) with 3 (X - Z^2)(X + Z^2) as 3 (X^2 - Z^4) and
+    # 2 Y Z for Z3: 3M + 6S, every product of reduced factors. Y = 0 never occurs: the group
+    # has odd order, so no point of order 2.
     d = Z * Z % _P
     g = Y * Y % _P
     b = X * g * 4 % _P
@@ -265,6 +266,7 @@ def _decode(pub65):
 
 
 def _check(d, digest32=bytes(32)):
+    # A private key in [1, n-1] and, when signing, a digest of 32 bytes.
     if not isinstance(d, int) or d < 1 or d >= N:
         raise ValueError  # private key out of [1, n-1]
     if not _is(digest32, 32):
@@ -359,7 +361,7 @@ def sign_digest(d, digest32, extra=b""):
 def verify_digest(pub65, digest32, sig64):
     # ECDSA verification (FIPS 186-5 6.4.2). Every invalid input gives False: a bad key
     # encoding, a point off the curve, r or s outside [1, n-1], wrong lengths or types.
-    # Everything here is public: no blinding, and branches on values are fine.
+    # Everything here is public, so branches on values are fine.
     Q = _decode(pub65)
     if Q is None:
         return False
