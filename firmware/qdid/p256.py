@@ -290,7 +290,9 @@ def scalar_from_seed(seed):
     # rejection has probability about 2^-32, so the loop practically never runs twice.
     ctr = 0
     while True:
-        c = int.from_bytes(hashlib.sha256(seed + ctr.to_bytes(4, "big")).digest(), "big")
+        h = hashlib.sha256(seed)  # no copy of the seed: update() takes the counter
+        h.update(ctr.to_bytes(4, "big"))
+        c = int.from_bytes(h.digest(), "big")
         if 0 < c < N:
             return c
         ctr += 1
@@ -336,8 +338,8 @@ def sign_digest(d, digest32, extra=b""):
     # those). The bytes of d come from d + 2^256, of one length for every d; its top byte is
     # the separator of steps d and f.
     seed = bytearray((d + (1 << 256)).to_bytes(33, "big"))
-    seed.extend((int.from_bytes(digest32, "big") % N).to_bytes(32, "big"))
-    seed.extend(extra)
+    seed += (int.from_bytes(digest32, "big") % N).to_bytes(32, "big")
+    seed += extra
     K = bytes(32)
     V = b"\x01" * 32
     for i in range(2):  # steps d-g: K = HMAC_K(V || i || ...), V = HMAC_K(V)
