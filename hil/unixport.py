@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -69,6 +70,31 @@ MPY_ARCH = "host"
 def mpy_cross_cmd() -> list[str]:
     """mpy-cross with the options for .mpy files this Unix port loads."""
     return [mpy_cross(), f"-march={MPY_ARCH}"]
+
+
+_COMPILED: Path | None = None
+
+
+def compiled_firmware() -> Path:
+    """firmware/ and the unix board compiled to .mpy once per process, as they ship, in a
+    directory to put first on MICROPYPATH (`run(..., path=[compiled_firmware()])`): compiling
+    source on the device costs tens of KiB of heap that a board never spends."""
+    global _COMPILED
+    if _COMPILED is None:
+        out = Path(tempfile.mkdtemp(prefix="qlink-mpy-"))
+        sources = [(FIRMWARE, p) for p in FIRMWARE.rglob("*.py")]
+        sources += [(BOARDS / "unix", p) for p in (BOARDS / "unix").glob("*.py")]
+        for base, src in sources:
+            rel = src.relative_to(base)
+            dst = (out / rel).with_suffix(".mpy")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [*mpy_cross_cmd(), "-s", str(rel), "-o", str(dst), str(src)],
+                check=True,
+                capture_output=True,
+            )
+        _COMPILED = out
+    return _COMPILED
 
 
 def mp_path(*extra: Path) -> str:

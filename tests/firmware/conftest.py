@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,28 +34,8 @@ def _vectors_dir() -> str:
     return str(Path(cryptography_vectors.__file__).parent)
 
 
-_COMPILED: Path | None = None
-
-
 def _compiled_firmware() -> Path:
-    """firmware/ and the unix board compiled to .mpy once per test process, as they ship:
-    compiling source on the device costs tens of KiB of heap that a board never spends."""
-    global _COMPILED
-    if _COMPILED is None:
-        out = Path(tempfile.mkdtemp(prefix="qlink-mpy-"))
-        sources = [(unixport.FIRMWARE, p) for p in unixport.FIRMWARE.rglob("*.py")]
-        sources += [(unixport.BOARDS / "unix", p) for p in (unixport.BOARDS / "unix").glob("*.py")]
-        for base, src in sources:
-            rel = src.relative_to(base)
-            dst = (out / rel).with_suffix(".mpy")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(
-                [*unixport.mpy_cross_cmd(), "-s", str(rel), "-o", str(dst), str(src)],
-                check=True,
-                capture_output=True,
-            )
-        _COMPILED = out
-    return _COMPILED
+    return unixport.compiled_firmware()
 
 
 class MicroPythonFailure(Exception):

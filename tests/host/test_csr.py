@@ -41,7 +41,7 @@ class DeviceOutput:
 
 
 def run_device(code: str, path: Path | None = None) -> str:
-    proc = unixport.run_code(code, timeout=120, cwd=path)
+    proc = unixport.run_code(code, timeout=120, cwd=path, path=[unixport.compiled_firmware()])
     assert proc.returncode == 0, f"micropython failed:\n{proc.stdout}{proc.stderr}"
     return proc.stdout
 

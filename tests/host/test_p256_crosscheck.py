@@ -42,7 +42,7 @@ class DeviceKey:
 
 def run_device(code: str) -> list[dict[str, object]]:
     """Run `code` on the device; it prints one JSON object per line."""
-    proc = unixport.run_code(code, timeout=120)
+    proc = unixport.run_code(code, timeout=120, path=[unixport.compiled_firmware()])
     if proc.returncode != 0:
         raise DeviceRunFailed(f"micropython exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -159,7 +159,7 @@ def test_cryptography_signatures_verify_on_the_device() -> None:
         "    print(json.dumps([p256.verify_digest(u(pub), u(h), u(sig)),"
         " p256.verify_digest(u(pub), u(h), u(bad))]))\n"
     )
-    proc = unixport.run_code(code, timeout=120)
+    proc = unixport.run_code(code, timeout=120, path=[unixport.compiled_firmware()])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert results == [[True, False]] * 10
