@@ -81,10 +81,15 @@ def test_deeply_nested_operator_body(attack: Attack, server: ServerProcess, admi
         "400 bad_request; no traceback in the server log",
     )
     mark = server.log_path.stat().st_size
-    r = admin.post("/v1/admin/batches", content=_deep_array(DEEP).encode())
+    r = admin.post(
+        "/v1/admin/batches",
+        content=_deep_array(DEEP).encode(),
+        headers={"content-type": "application/json"},
+    )
     trace = _log_clean(server, mark)
     attack.observe(f"HTTP {r.status_code} {r.text[:80]}; log: {trace or 'clean'}")
     assert _shape(r) == (400, "bad_request")
+    assert "deeper than" in r.json()["detail"]
     assert trace is None
 
 
