@@ -181,3 +181,24 @@ def test_onboarding_with_aws_batch_end_to_end_in_process(
     assert iot.describe_thing(thingName=d.device_id)["thingName"] == d.device_id
     assert answer["device_id"] == d.device_id
     reg.close()
+
+
+def test_tenant_policy_grants_only_own_client_id_and_topics() -> None:
+    """AWS IoT refuses what the policy does not grant (a CONNECT under another client ID, a
+    SUBSCRIBE beyond the device's own topic filter: SUBACK 0x80), so the document must name the
+    thing's own client ID and its own prefix in its tenant, nothing wider."""
+    from host.server.policy.aws import tenant_policy
+
+    doc = tenant_policy("acme")
+    grants = {
+        (a if isinstance(a, str) else tuple(a)): s["Resource"]
+        for s in doc["Statement"]
+        for a in [s["Action"]]
+    }
+    thing = "${iot:Connection.Thing.ThingName}"
+    assert grants == {
+        "iot:Connect": f"arn:aws:iot:*:*:client/{thing}",
+        ("iot:Publish", "iot:Receive"): f"arn:aws:iot:*:*:topic/qlink/acme/{thing}/*",
+        "iot:Subscribe": f"arn:aws:iot:*:*:topicfilter/qlink/acme/{thing}/*",
+    }
+    assert all(s["Effect"] == "Allow" for s in doc["Statement"])
