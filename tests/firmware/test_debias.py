@@ -10,6 +10,7 @@ import silicon
 from qdid import debias, polarsc
 from qdid.hmac import hmac_sha256
 from fwtest import raises_msg as _raises
+from polarref import rate0_table, sc_decode
 
 SEED_A = "00112233445566778899aabbccddeeff"
 SEED_B = "ffeeddccbbaa99887766554433221100"
@@ -282,48 +283,7 @@ def test_secret_is_the_hash_of_the_kept_bits_whatever_the_key():
 
 
 def test_rate_0_table_is_derived_from_the_information_set():
-    want = bytearray(256)
-    flags = bytearray(2048)
-    for i in range(1024):
-        flags[1024 + i] = 0 if (debias.INFO >> i) & 1 else 1
-    for n in range(1023, 0, -1):
-        flags[n] = flags[2 * n] & flags[2 * n + 1]
-    for n in range(2048):
-        if flags[n]:
-            want[n >> 3] |= 1 << (n & 7)
-    assert bytes(want) == debias._R0
-
-
-def _sc_reference(llr, info):
-    # Plain recursive successive cancellation, the same clipped min-sum arithmetic, no rate-0
-    # skipping: -> (re-encoded bits, smallest information |LLR|).
-    margin = [31]
-
-    def rec(ll, first):
-        n = len(ll)
-        if n == 1:
-            if (info >> first) & 1:
-                margin[0] = min(margin[0], abs(ll[0]))
-                return bytearray([1 if ll[0] < 0 else 0])
-            return bytearray(1)
-        h = n // 2
-        child = array.array("b", bytes(h))
-        for j in range(h):
-            a, b = ll[j], ll[j + h]
-            m = min(abs(a), abs(b))
-            child[j] = -m if (a < 0) != (b < 0) else m
-        sl = rec(child, first)
-        for j in range(h):
-            child[j] = max(-31, min(31, ll[j + h] + (-ll[j] if sl[j] else ll[j])))
-        sr = rec(child, first + h)
-        child = None
-        sl.extend(sr)
-        for j in range(h):
-            sl[j] ^= sr[j]
-        return sl
-
-    bits = rec(llr, 0)
-    return bits, margin[0]
+    assert rate0_table(debias.INFO, 1024) == debias._R0
 
 
 def test_native_decoder_is_successive_cancellation_exactly_with_erasures():
@@ -344,6 +304,6 @@ def test_native_decoder_is_successive_cancellation_exactly_with_erasures():
         margin = polarsc.decode(buf, debias._R0, 1024)
         got = bytes(buf[:1024])
         polarsc.zero(buf, 2048)
-        bits, want_margin = _sc_reference(llr, debias.INFO)
+        bits, want_margin = sc_decode(llr, debias.INFO)
         assert got == bytes(bits) and margin == want_margin
         bits = llr = None

@@ -6,37 +6,13 @@
 # timeout: 60
 import hashlib
 from qdid import p256
+from ecref import add as _add, mul as _ref_mul
 
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 _GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 _GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 _G = b"\x04" + _GX.to_bytes(32, "big") + _GY.to_bytes(32, "big")
 _MY = (1 << 288) - 1
-
-
-def _add(a, b):
-    # Affine addition written apart from the module (None is infinity), for reference values.
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if a[0] == b[0]:
-        if (a[1] + b[1]) % _P == 0:
-            return None
-        lam = (3 * a[0] * a[0] - 3) * pow(2 * a[1], _P - 2, _P) % _P
-    else:
-        lam = (b[1] - a[1]) * pow(b[0] - a[0], _P - 2, _P) % _P
-    x = (lam * lam - a[0] - b[0]) % _P
-    return x, (lam * (a[0] - x) - a[1]) % _P
-
-
-def _ref_mul(k, pt):
-    acc = None
-    for i in range(255, -1, -1):
-        acc = _add(acc, acc)
-        if k >> i & 1:
-            acc = _add(acc, pt)
-    return acc
 
 
 def _enc(pt):

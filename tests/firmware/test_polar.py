@@ -9,6 +9,7 @@ import silicon
 from qdid import polar, offset
 from qdid.hmac import hmac_sha256
 from fwtest import raises_msg as _raises
+from polarref import rate0_table, sc_decode
 
 SEED_A = "00112233445566778899aabbccddeeff"
 SEED_B = "ffeeddccbbaa99887766554433221100"
@@ -182,49 +183,7 @@ def test_secret_is_the_hash_of_the_response_whatever_the_key():
 
 
 def test_rate_0_table_is_derived_from_the_information_set():
-    # Bit n of _R0: node n (root 1, children 2n, 2n + 1, leaf N + i) has no information leaf.
-    want = bytearray(512)
-    flags = bytearray(4096)
-    for i in range(2048):
-        flags[2048 + i] = 0 if (polar.INFO >> i) & 1 else 1
-    for n in range(2047, 0, -1):
-        flags[n] = flags[2 * n] & flags[2 * n + 1]
-    for n in range(4096):
-        if flags[n]:
-            want[n >> 3] |= 1 << (n & 7)
-    assert bytes(want) == polar._R0
-
-
-def _sc_reference(llr, info):
-    # Plain recursive successive cancellation with the same clipped min-sum arithmetic and no
-    # rate-0 skipping: -> (re-encoded bits of every position, smallest information |LLR|).
-    margin = [31]
-
-    def rec(ll, first):
-        n = len(ll)
-        if n == 1:
-            if (info >> first) & 1:
-                margin[0] = min(margin[0], abs(ll[0]))
-                return bytearray([1 if ll[0] < 0 else 0])
-            return bytearray(1)
-        h = n // 2
-        child = array.array("b", bytes(h))
-        for j in range(h):
-            a, b = ll[j], ll[j + h]
-            m = min(abs(a), abs(b))
-            child[j] = -m if (a < 0) != (b < 0) else m
-        sl = rec(child, first)
-        for j in range(h):
-            child[j] = max(-31, min(31, ll[j + h] + (-ll[j] if sl[j] else ll[j])))
-        sr = rec(child, first + h)
-        child = None
-        sl.extend(sr)
-        for j in range(h):
-            sl[j] ^= sr[j]
-        return sl
-
-    bits = rec(llr, 0)
-    return bits, margin[0]
+    assert rate0_table(polar.INFO, 2048) == polar._R0
 
 
 def test_native_decoder_is_successive_cancellation_exactly():
@@ -243,7 +202,7 @@ def test_native_decoder_is_successive_cancellation_exactly():
         llr = array.array("b", bytes(2048))
         for b in range(1785):
             llr[263 + b] = 1 - 2 * ((y >> b) & 1)
-        bits, want_margin = _sc_reference(llr, polar.INFO)
+        bits, want_margin = sc_decode(llr, polar.INFO)
         want = 0
         for b in range(1785):
             want |= bits[263 + b] << b

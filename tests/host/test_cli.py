@@ -11,25 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cliutil import run_qlink
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from host.cli import main
 from host.server.datadir import NoQlinkData
 
-
-def run(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["qlink", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_qlink
 
 
 def identity_line() -> str:

@@ -7,15 +7,14 @@ import hashlib
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
+from cliutil import run_qlink
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hil.serverproc import ServerProcess
-from host.cli import main
 
 
 def identity_line() -> str:
@@ -27,15 +26,7 @@ def identity_line() -> str:
     return f"{hashlib.sha256(pub).hexdigest()},{pub.hex()}"
 
 
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str):
-    monkeypatch.setattr(sys, "argv", ["qlink", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_qlink
 
 
 @pytest.fixture

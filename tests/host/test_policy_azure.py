@@ -18,12 +18,12 @@ import base64
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import provisioningserviceclient.protocol.models as dps
 import pytest
+from cliutil import run_qlink
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -31,7 +31,6 @@ from msrest.exceptions import DeserializationError, ValidationError
 from msrest.serialization import Deserializer, Model, Serializer
 
 from hil.simdevice import SimDevice, make_csr
-from host.cli import main
 from host.server.ca import CertificateAuthority
 from host.server.policy import PolicyError
 from host.server.policy.azure import AzureDpsExport, enrollment_group, individual_enrollment
@@ -238,17 +237,7 @@ def test_driver_refuses_a_device_id_that_is_not_one(issued: Any, tmp_path: Path)
 # -- qlink ca azure-dps-group --------------------------------------------------------------------
 
 
-def _qlink(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["qlink", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+_qlink = run_qlink
 
 
 @pytest.fixture
