@@ -42,14 +42,25 @@ __all__ = [
     "Base",
     "Batch",
     "Challenge",
+    "Command",
     "Device",
     "Operator",
     "Revoked",
+    "Tenant",
 ]
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class Tenant(Base):
+    """A tenant: batches, operator tokens and devices belong to exactly one."""
+
+    __tablename__ = "tenants"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
 
 
 class Batch(Base):
@@ -92,6 +103,25 @@ class Challenge(Base):
     used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # SHA-256 of the proof that consumed it: the same proof retried gets the same answer.
     proof_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Command(Base):
+    """A command the server signed for a device (docs/protocol.md "Command channel")."""
+
+    __tablename__ = "commands"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_commands_device_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)  # per device, from 1
+    kind: Mapped[str] = mapped_column(String(32))
+    args: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
 
 
 class Revoked(Base):
