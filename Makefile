@@ -11,7 +11,7 @@ JOBS ?= 2
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## .venv (pinned), MicroPython Unix port, mpy-cross; Debian mosquitto, postgresql, softhsm2; NIST DRBG vectors
+setup: $(STAMP) ## .venv (pinned), MicroPython Unix port, mpy-cross; Debian mosquitto (+ gcc, mosquitto-dev, libmosquitto-dev, libssl-dev for its plugin), postgresql, softhsm2; NIST DRBG vectors
 	@scripts/ensure-system-deps
 	@scripts/fetch-drbg-vectors $(VENV)/share/qlink-vectors/hmac_drbg
 

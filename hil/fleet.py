@@ -21,6 +21,7 @@ class Fleet:
         self._free = [SimDevice(server.api_url, root) for _ in range(size)]
         csv = server.data_dir / f"{batch}-devices.csv"
         csv.write_text("\n".join(d.csv_line() for d in self._free) + "\n")
+        server.ensure_tenant(tenant)
         server.cli("batch", "create", batch, "--tenant", tenant)
         server.cli("batch", "import", batch, str(csv))
 

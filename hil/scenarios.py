@@ -101,9 +101,14 @@ class TelemetryTap:
         with self._lock:
             return [m for m in self.messages if m.topic.endswith("/telemetry")]
 
-    def events(self) -> list[Message]:
+    def events(self, kind: str | None = None) -> list[Message]:
+        """Event messages (docs/protocol.md), only those whose `event` is `kind` if given."""
         with self._lock:
-            return [m for m in self.messages if m.topic.endswith("/event")]
+            return [
+                m
+                for m in self.messages
+                if m.topic.endswith("/event") and (kind is None or m.data.get("event") == kind)
+            ]
 
     def seqs(self) -> list[int]:
         return [int(m.data["seq"]) for m in self.telemetry()]
@@ -124,11 +129,11 @@ class TelemetryTap:
                     )
                 self._lock.wait(min(left, 0.5))
 
-    def wait_event(self, count: int, timeout: float) -> Message:
-        """Wait until `count` event messages have arrived; returns the last of them."""
+    def wait_event(self, count: int, timeout: float, kind: str | None = None) -> Message:
+        """Wait until `count` event messages (of `kind`) have arrived; returns the last."""
         deadline = time.monotonic() + timeout
         while True:
-            ev = self.events()
+            ev = self.events(kind)
             if len(ev) >= count:
                 return ev[count - 1]
             if time.monotonic() > deadline:

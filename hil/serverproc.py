@@ -95,6 +95,13 @@ class ServerProcess:
             env=env,
         )
 
+    def ensure_tenant(self, name: str) -> None:
+        """Create tenant `name` unless it exists: batches and tokens are made only in a tenant
+        that exists, and several fixtures of one server may want the same one."""
+        made = self.cli("tenant", "create", name, check=False)
+        if made.returncode != 0 and "already exists" not in made.stderr:
+            made.check_returncode()
+
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows of one SQL query on the server's database (SQLite file or PostgreSQL)."""
         from sqlalchemy import create_engine, text

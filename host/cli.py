@@ -34,6 +34,7 @@ from host.server.settings import ENV_DATA_DIR, Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
     from host.server.application import Application
     from host.server.store import Actor
@@ -182,11 +183,20 @@ token_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 device_app = typer.Typer(
-    help="Revoke, disable or enable one device (the running server's broker applies it live).",
+    help=(
+        "Revoke, disable, enable, command, transfer, claim, re-enrol or decommission one device "
+        "(the running server's broker applies it live)."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+tenant_app = typer.Typer(
+    help="Tenants: every batch and operator token belongs to one that exists.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
 app.add_typer(batch_app, name="batch")
+app.add_typer(tenant_app, name="tenant")
 app.add_typer(ca_app, name="ca")
 app.add_typer(token_app, name="token")
 app.add_typer(device_app, name="device")
@@ -234,6 +244,20 @@ def _err(*text: Any, **kw: Any) -> None:
     _console(True).print(*text, **kw)
 
 
+def _progress_bar(label: str, enabled: bool) -> "Progress":
+    """A bar on stderr for a step over many rows, gone once the step ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=_console(True),
+        transient=True,
+        disable=not enabled,
+    )
+
+
 def _plain(obj: Any) -> Any:
     """A read model (the store's pydantic schemas) as JSON-ready data: what the operator API
     would answer. Every JSON the CLI prints goes through here."""
@@ -272,9 +296,10 @@ Tenant = Annotated[
 
 
 def _app(data_dir: Path, *, create: bool = False) -> "Application":
-    """The application over `data_dir`. Only a command that makes the first records (`batch create`,
-    `token create`) may create it; any other refuses a directory without qlink data, which it
-    leaves exactly as it was (an operator who mistyped the path learns it at once)."""
+    """The application over `data_dir`. Only a command that makes the first records (`tenant
+    create`, `batch create`, `token create`) may create it; any other refuses a directory
+    without qlink data, which it leaves exactly as it was (an operator who mistyped the path
+    learns it at once)."""
     settings = Settings(data_dir=data_dir)
     if not create:
         from host.server.datadir import NoQlinkData, data_dir_has_qlink_data
@@ -284,6 +309,19 @@ def _app(data_dir: Path, *, create: bool = False) -> "Application":
     from host.server.application import Application
 
     return Application.for_operator(settings)
+
+
+def _app_in(data_dir: Path, tenant: str) -> "Application":
+    """The application for a command that makes a record in `tenant`. A new store holds only
+    tenant `default`, so for any other tenant a directory without qlink data is refused with the
+    step to take, and left exactly as it was."""
+    from host.server.datadir import NoQlinkData
+    from host.server.store.tenants import DEFAULT_TENANT, unknown
+
+    try:
+        return _app(data_dir, create=tenant == DEFAULT_TENANT)
+    except NoQlinkData:
+        raise unknown(tenant) from None
 
 
 def _actor() -> "Actor":
@@ -327,6 +365,14 @@ def server(
         float,
         typer.Option(help="A device asking this many days before expiry gets a new certificate."),
     ] = 30,
+    renew_at: Annotated[
+        int,
+        typer.Option(help="Devices renew once this percent of their certificate's life passed."),
+    ] = 67,
+    puf_drift: Annotated[
+        int,
+        typer.Option(help="Flag a device whose PUF used this percent of its correction budget."),
+    ] = 50,
     database_url: Annotated[
         str,
         typer.Option(
@@ -367,6 +413,8 @@ def server(
             challenge_ttl_s=challenge_ttl,
             cert_validity_days=cert_days,
             renewal_window_days=renewal_days,
+            renew_at_pct=renew_at,
+            puf_drift_pct=puf_drift,
             database_url=database_url,
             workers=workers,
             max_challenges_per_device=max_challenges,
@@ -397,7 +445,7 @@ def batch_create(
     if policy not in ("mosquitto", "aws", "azure"):
         raise CliError(f"policy must be mosquitto, aws or azure, not {policy!r}")
     _check_names(batch_name=name, tenant=tenant)
-    batch = _app(data_dir, create=True).create_batch(name, tenant, policy, actor=_actor())
+    batch = _app_in(data_dir, tenant).create_batch(name, tenant, policy, actor=_actor())
     if as_json:
         _print_json(_plain(batch))
         return
@@ -423,8 +471,6 @@ def batch_import(
     objects, or a batch export. Bad rows are listed with their line numbers. Devices already in
     this batch are left as they are, so importing the same file again changes nothing.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from host.server.store import ImportRejected
 
     try:
@@ -433,14 +479,7 @@ def batch_import(
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise CliError(f"cannot read {file}: {why}; check the path") from e
     service = _app(data_dir)
-    bar = Progress(
-        TextColumn("checking"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=_console(True),
-        transient=True,
-        disable=not progress,
-    )
+    bar = _progress_bar("checking", progress)
     try:
         with bar:
             task = bar.add_task("import", total=None)
@@ -522,6 +561,88 @@ def batch_enable(
     _set_active(name, True, tenant, data_dir, as_json)
 
 
+@batch_app.command("revoke")
+def batch_revoke(
+    name: Annotated[str, typer.Argument(help="Batch whose devices to revoke.")],
+    tenant: Tenant = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Revoke every device of a batch for good (needs the running server).
+
+    The broker denies them all at once and drops their connections, the CRL lists their
+    certificates, and each device gets its own audit event. Devices revoked before are left as
+    they are: running it again revokes only what is left.
+    """
+    from host.server.policy import PolicyError
+
+    service = _app(data_dir)
+    bar = _progress_bar("revoking", progress)
+    try:
+        with bar:
+            task = bar.add_task("revoke", total=None)
+            result = service.revoke_batch(
+                name,
+                tenant=tenant,
+                actor=_actor(),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except PolicyError as e:
+        raise CliError(f"the broker refused the change ({e}); nothing changed, retry") from e
+    finally:
+        service.close()
+    if as_json:
+        _print_json(_plain(result))
+        return
+    _out(
+        f"batch [bold]{result.batch}[/] (tenant {result.tenant}): {result.revoked} device(s) "
+        f"revoked, {result.already_revoked} revoked before, {result.devices} in all"
+    )
+
+
+CodeTtl = Annotated[
+    float,
+    typer.Option(
+        "--ttl", help="Seconds a transfer code stays valid (600 s to 30 days; default 7 days)."
+    ),
+]
+
+
+@batch_app.command("transfer")
+def batch_transfer(
+    name: Annotated[str, typer.Argument(help="Batch whose devices to hand over.")],
+    tenant: Tenant = None,
+    ttl: CodeTtl = 7 * 86400,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object a line: device_id, code, expires_at.")
+    ] = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """A transfer code for every device of a batch that can be transferred now.
+
+    Devices that have not onboarded, are disabled or revoked, or are already moving get none.
+    Each code is shown once (only its SHA-256 is stored): hand them to the new owner, who
+    redeems each with `qlink device claim CODE --tenant T --batch B`.
+    """
+    service = _app(data_dir)
+    try:
+        codes = service.transfer_codes(name, ttl_s=ttl, tenant=tenant, actor=_actor())
+    finally:
+        service.close()
+    if as_json:
+        for c in codes:
+            sys.stdout.write(json.dumps(_plain(c)) + "\n")
+    else:
+        from rich.table import Column, Table
+
+        table = Table(Column("device ID", overflow="fold"), "code", "expires (UTC)")
+        for c in codes:
+            table.add_row(c.device_id, c.code, _when(c.expires_at))
+        _out(table)
+    _err(f"{len(codes)} transfer code(s) for batch {name}; they are not shown again")
+
+
 def _device_change(device_id: str, change: str, data_dir: Path, as_json: bool = False) -> None:
     from host.server.policy import PolicyError
 
@@ -560,6 +681,297 @@ def device_enable(device_id: str, as_json: Json = False, data_dir: DataDir = _DE
     _device_change(device_id, "enable", data_dir, as_json)
 
 
+def _print_command(cmd: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(_plain(cmd))
+        return
+    note = {
+        "queued": "queued; the device gets it now if online, else when it next comes online",
+    }.get(cmd.state, cmd.state)
+    _out(f"device {cmd.device_id}: command {cmd.seq} {cmd.kind}: {note}")
+
+
+def _wait_command(service: "Application", cmd: Any, timeout_s: float) -> Any:
+    """Poll the store until the command has an outcome (done, failed, expired) or time runs
+    out; the server's event intake records what the device says."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = service.store.commands.get(cmd.device_id, cmd.seq)
+        if now is not None and now.state not in ("queued", "delivered"):
+            return now
+        time.sleep(0.1)
+    return service.store.commands.get(cmd.device_id, cmd.seq) or cmd
+
+
+def _send_command(
+    device_id: str,
+    kind: str,
+    args: dict[str, Any],
+    ttl_s: float,
+    wait_s: float,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    service = _app(data_dir)
+    try:
+        cmd = service.send_command(device_id, kind, args, ttl_s=ttl_s, actor=_actor())
+        if wait_s > 0:
+            cmd = _wait_command(service, cmd, wait_s)
+    finally:
+        service.close()
+    _print_command(cmd, as_json)
+    if wait_s > 0 and cmd.state != "done":
+        raise typer.Exit(1)
+
+
+Ttl = Annotated[
+    float, typer.Option("--ttl", help="Seconds the command stays valid (10 s to 30 days).")
+]
+Wait = Annotated[
+    float,
+    typer.Option(
+        "--wait", help="Wait up to this many seconds for the outcome (exit 1 if not done)."
+    ),
+]
+
+
+@device_app.command("command")
+def device_command(
+    device_id: str,
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="ping, renew, transfer, reenrol or decommission (docs/protocol.md, Command "
+            "channel); the last three have commands of their own."
+        ),
+    ],
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="An argument as KEY=VALUE (repeatable).")
+    ] = None,
+    ttl: Ttl = 3600,
+    wait: Wait = 0,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Send a signed command to a device (QoS 1; kept until it comes online or expires)."""
+    args: dict[str, Any] = {}
+    for item in arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--arg must be KEY=VALUE, not {item[:40]!r}")
+        args[key] = value
+    _send_command(device_id, kind, args, ttl, wait, data_dir, as_json)
+
+
+@device_app.command("renew")
+def device_renew(
+    device_id: str,
+    ttl: Ttl = 3600,
+    wait: Wait = 0,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Command the device to renew its certificate now (fresh proof; old serial revoked)."""
+    _send_command(device_id, "renew", {}, ttl, wait, data_dir, as_json)
+
+
+@device_app.command("health")
+def device_health(
+    device_id: str,
+    limit: Annotated[int, typer.Option(help="Newest N reports.")] = 20,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """PUF health the device reported at its sessions: decoder margin, corrected bits."""
+    service = _app(data_dir)
+    try:
+        dev = service.require_device(device_id)
+        rows = service.puf_health(device_id, limit=limit)
+    finally:
+        service.close()
+    if as_json:
+        doc = {"device_id": dev.device_id, "used_pct": dev.puf_used_pct}
+        _print_json({**doc, "history": [_plain(r) for r in rows]})
+        return
+    from rich.table import Table
+
+    used = "-" if dev.puf_used_pct is None else f"{dev.puf_used_pct} %"
+    _out(f"device {dev.device_id}: correction budget used {used}")
+    table = Table("at (UTC)", "margin", "corrected bits", "health failures")
+    for r in rows:
+        values = (r.margin, r.corrected_bits, r.health_failures)
+        table.add_row(_when(r.at), *("-" if v is None else str(v) for v in values))
+    _out(table)
+
+
+@device_app.command("commands")
+def device_commands(
+    device_id: str,
+    limit: Annotated[int, typer.Option(help="Newest N commands.")] = 50,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """List a device's commands and their state (queued, delivered, done, failed, expired)."""
+    service = _app(data_dir)
+    try:
+        cmds = service.commands(device_id, limit=limit)
+    finally:
+        service.close()
+    if as_json:
+        _print_json([_plain(c) for c in cmds])
+        return
+    from rich.table import Table
+
+    table = Table("seq", "kind", "state", "created", "expires", "detail")
+    for c in cmds:
+        table.add_row(
+            str(c.seq), c.kind, c.state, _when(c.created_at), _when(c.expires_at), c.detail or ""
+        )
+    _console(False).print(table)
+
+
+@device_app.command("transfer")
+def device_transfer(
+    device_id: str,
+    ttl: CodeTtl = 7 * 86400,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The code with its device and expiry as JSON.")
+    ] = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Issue a single-use code that hands the device over to a new owner.
+
+    The code is printed once (only its SHA-256 is stored); a new one replaces the device's
+    open code. The new owner redeems it: `qlink device claim CODE --tenant T --batch B`; the
+    device then moves to a new identity that nothing of this one leads to.
+    """
+    service = _app(data_dir)
+    try:
+        out = service.transfer_code(device_id, ttl_s=ttl, actor=_actor())
+    finally:
+        service.close()
+    if as_json:
+        _print_json(_plain(out))
+    else:
+        print(out.code)
+    _err(
+        f"transfer code for device {out.device_id}, valid until {_when(out.expires_at)} UTC; "
+        "it is not shown again"
+    )
+
+
+@device_app.command("claim")
+def device_claim(
+    code: Annotated[str, typer.Argument(help="The transfer code the current owner gave you.")],
+    tenant: Annotated[str, typer.Option(help="Your tenant (the new owner's).")],
+    batch: Annotated[str, typer.Option(help="Your batch the device moves into.")],
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Redeem a transfer code: the device moves into BATCH of TENANT under a new identity.
+
+    The answer is a claim handle; the device's new ID shows in `qlink devices --batch B` once it
+    has moved (when it next comes online).
+    """
+    service = _app(data_dir)
+    try:
+        out = service.claim(code, tenant, batch, actor=_actor())
+    finally:
+        service.close()
+    if as_json:
+        _print_json(_plain(out))
+        return
+    _out(
+        f"claim {out.claim} ({out.state}): the device moves into batch {out.batch} of tenant "
+        f"{out.tenant} when it next comes online"
+    )
+
+
+@device_app.command("reenrol")
+def device_reenrol(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+    """Command the device to re-enrol at its next cold boot (fresh helper data, a new ID in
+    the same batch, linked to this record)."""
+    service = _app(data_dir)
+    try:
+        cmd = service.reenrol(device_id, actor=_actor())
+    finally:
+        service.close()
+    _print_command(cmd, as_json)
+
+
+@device_app.command("decommission")
+def device_decommission(
+    device_id: str,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the device's erase (0 to 300).")
+    ] = 10,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Erase the device's keys and revoke it for good (needs the running server).
+
+    The device is told to erase its helper data, certificate and configuration; whether it
+    confirms within WAIT seconds or not (offline), it is then revoked.
+    """
+    from host.server.policy import PolicyError
+
+    service = _app(data_dir)
+    try:
+        out = service.decommission(device_id, wait_s=wait, actor=_actor())
+    except PolicyError as e:
+        raise CliError(
+            f"the broker refused the revocation ({e}); the device is not revoked yet, run "
+            f"again: qlink device decommission {device_id}"
+        ) from e
+    finally:
+        service.close()
+    if as_json:
+        _print_json(_plain(out))
+        return
+    said = (
+        "the device confirmed its erase"
+        if out.confirmed
+        else f"the device did not confirm its erase (offline, or no answer within {wait:g} s)"
+    )
+    _out(f"device {out.device.device_id}: {out.device.state}; {said}")
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="Unique tenant name, e.g. acme.")],
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Create a tenant; its batches and tokens are then made with `--tenant NAME`.
+
+    NAME is 1 to 64 characters: letters, digits, '.', '_' and '-', starting and ending with a
+    letter or digit. It is part of every device topic of the tenant (qlink/NAME/...).
+    """
+    _check_names(tenant=name)
+    tenant = _app(data_dir, create=True).create_tenant(name, actor=_actor())
+    if as_json:
+        _print_json(_plain(tenant))
+        return
+    _out(f"tenant [bold]{name}[/] created; add a batch: qlink batch create NAME --tenant {name}")
+
+
+@tenant_app.command("list")
+def tenant_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+    """List tenants with their batch and device counts."""
+    rows = _app(data_dir).tenants()
+    if as_json:
+        _print_json([_plain(t) for t in rows])
+        return
+    from rich.table import Table
+
+    table = Table("tenant", "batches", "devices", "created (UTC)")
+    for t in rows:
+        table.add_row(t.name, str(t.batches), str(t.devices), _when(t.created_at))
+    _out(table)
+
+
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="Operator name (shown in the audit log).")],
@@ -589,7 +1001,7 @@ def token_create(
             print(answer["token"])
         _err(f"token for {name} ({answer['role']} in tenant {answer['tenant']})")
         return
-    token, op = _app(data_dir, create=True).create_token(name, tenant, role, actor=_actor())
+    token, op = _app_in(data_dir, tenant).create_token(name, tenant, role, actor=_actor())
     if as_json:
         _print_json({"token": token, **_plain(op)})
     else:
@@ -689,10 +1101,20 @@ def devices(
         int | None, typer.Option(min=0, help="At most this many devices (by batch, then ID).")
     ] = None,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many devices first.")] = 0,
+    drifting: Annotated[
+        bool,
+        typer.Option(
+            "--drifting", help="Only devices whose PUF used the drift share of its budget."
+        ),
+    ] = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """List devices: ID, batch, state, certificate expiry, last seen, last telemetry seq."""
-    rows = _app(data_dir).devices(tenant, batch, state=state, limit=limit, offset=offset)
+    service = _app(data_dir)
+    if drifting:
+        rows = service.drifting(tenant)
+    else:
+        rows = service.devices(tenant, batch, state=state, limit=limit, offset=offset)
     if as_json:
         _print_json([_plain(d) for d in rows])
         return

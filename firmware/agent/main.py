@@ -1,21 +1,33 @@
-# The agent's life: config -> identity -> onboard (when no usable certificate is stored) ->
-# MQTT over mutual TLS -> telemetry every interval, QoS 1.
+# The agent's life: config -> identity -> onboard (when no usable certificate is stored, or it
+# has expired) -> MQTT over mutual TLS -> subscribe to the command topic, announce the session
+# ("online", with the last command seq) -> telemetry every interval, QoS 1, and commands served
+# as they arrive in between -> renewal (hello + proof again) at a share of the certificate's life
+# or on command, then a new session with the new certificate.
 # One retry loop at the top (STYLE.md Firmware 6): every failure below arrives as LinkError or
 # OnboardingError; the loop counts consecutive failures and sleeps a capped, jittered backoff.
 # A refusal by the server (e.g. not_registered) backs off long: an unregistered device must not
-# hammer the service. Always loaded: main, log, errors, store, tlslink, mqtt, telemetry, version,
-# clock (~25 KiB as .mpy on the Unix port), and qdid.entropy with the DRBG, which the identity
-# loads at boot anyway; config, https and onboard are loaded and dropped.
+# hammer the service. A renewal that fails while the certificate is still valid is no session
+# failure: the device keeps its certificate and tries again after a bounded back-off.
+# Always loaded: main, log, errors, store, tlslink, mqtt, telemetry, version, clock, qdid.entropy
+# with the DRBG, and qdid.p256 and qdid.der (the identity loads them for its key at boot and the
+# TLS key of every session; store reads certificate validity with der): 61 KiB of heap once
+# imported on the Unix port (x86-64). Loaded for a step and dropped after: config (boot), https
+# and onboard (onboarding and renewal), renew (1 KiB, a renewal), command (3 KiB, while received
+# commands are checked), successor and qdid.owner (a transfer or re-enrolment: recorded by its
+# command, run as a step where a session starts, before any TLS session of the current identity;
+# after the move the new identity onboards), decommission (erases, then safe mode).
 # Telemetry is sampled every interval whether or not the link is up: samples wait in a bounded
 # queue (oldest dropped when full, counted) and go out in order, each removed only after its
-# PUBACK. After a reconnect the device reports its retry state on its event topic.
+# PUBACK. After a reconnect the device reports its retry state on its event topic. Command
+# acknowledgements wait in a small queue of their own (RAM, like the samples: a renewal keeps
+# both) and go out once there is a session.
 # A corrupt config or unusable identity data puts the agent in safe mode: it logs why and
 # returns, so main.py ends and the REPL stays reachable (no boot loop); corrupt onboarding data
 # (certificate, onboard.json) is detected by store.load and the device onboards again.
 # So does a noise source that fails its health tests, at boot or at any time after: the agent
-# checks it before each session and each telemetry interval (qdid.entropy.check), and every
-# random byte it draws reads it too; the failure closes the session and stops the agent (no
-# onboarding, no telemetry, no retry) with one log line saying why.
+# checks it before each session, each telemetry interval and each renewal (qdid.entropy.check),
+# and every random byte it draws reads it too; the failure closes the session and stops the
+# agent (no onboarding, no telemetry, no retry) with one log line saying why.
 import gc
 import json
 import sys
@@ -28,6 +40,7 @@ from agent import store, tlslink, telemetry, clock
 from agent.errors import LinkError, OnboardingError, BrokerRefusedError, ConfigError
 from agent.log import log, set_level, enabled as log_enabled
 from agent.mqtt import MQTTClient
+from agent.version import VERSION
 
 _TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
 if _TYPE_CHECKING:
@@ -43,17 +56,27 @@ _KEEPALIVE_S = const(60)  # s, MQTT Keep Alive (3.1.2.10)
 _SLICE_MS = const(1000)  # ms, longest single sleep between keep-alive checks
 QUEUE_LEN = const(32)  # telemetry samples kept during an outage (~70 bytes each)
 _ERR_LEN = const(80)  # chars of the last error reported in the event message
+_INBOX_LEN = const(4)  # commands received and not yet checked (at most 384 bytes each)
+_EVENTS_LEN = const(16)  # event messages waiting for a session (~60 bytes each)
+_RENEW_PCT = const(67)  # % of the certificate's life, when the policy names no valid share
 
-# The event message after a reconnect (docs/protocol.md "Broker").
+# Event messages (docs/protocol.md "Broker" and "Command channel").
 _EVENT_FMT = (
     '{"event": "reconnected", "failures": %d, "last_error": %s, "queued": %d, "dropped": %d}'
 )
+_ONLINE_FMT = '{"event": "online", "fw": "%s", "cmd_seq": %d%s}'
+_ACK_FMT = '{"event": "command", "seq": %d, "status": "%s"%s}'
 
 # Code the server uses when a fresh hello can succeed at once (the challenge went stale).
 _STALE = ("unknown_challenge", "challenge_used", "challenge_expired")
 
 # Injected by tests; the device uses the real clock.
 _sleep_ms = time.sleep_ms
+
+
+def _serve(client, ms):
+    # Waits up to ms for an inbound packet and serves it (agent.mqtt); replaced by tests.
+    return client.serve(ms)
 
 
 class _State:
@@ -72,6 +95,45 @@ class _State:
         self.head = 0
         self.count = 0
         self.dropped = 0
+        self.inbox = []  # command payloads received, not yet checked (None: too long)
+        self.resync = False  # a command did not fit the inbox: announce cmd_seq again
+        self.events = []  # event messages (bytes) waiting for the broker, oldest first
+        self.renew_seq = 0  # seq of an accepted renew command not yet run
+        self.renew_retry = 0  # unix s before which a due renewal is not tried again
+        self.move = False  # an identity step (agent.successor) is due: data/owner.json says which
+        self.config_path = "config.json"  # erased by a decommission
+
+    def event(self, msg):
+        if len(self.events) == _EVENTS_LEN:
+            self.events.pop(0)  # the oldest goes, as with samples
+        self.events.append(msg.encode())
+
+    def ack(self, seq, status, reason=None):
+        # {"event": "command", ...}; a reason is short text, quoted and escaped by json.dumps.
+        if reason:
+            log("W", "command", "seq=%d %s: %s", seq, status, reason)
+            self.event(_ACK_FMT % (seq, status, ', "reason": ' + json.dumps(reason)))
+        else:
+            if status != "accepted":  # agent.command logs the acceptance itself
+                log("I", "command", "seq=%d %s", seq, status)
+            self.event(_ACK_FMT % (seq, status, ""))
+
+    def on_message(self, cmd_topic):
+        # The MQTT client's callback: a command is only kept here; it is checked and run between
+        # packets (main loop), since the client may be waiting for a PUBACK when it arrives.
+        want = cmd_topic.encode() if cmd_topic else None
+
+        def received(topic, payload):
+            if topic != want:
+                return  # subscribed to nothing else; ignore what a broker sends anyway
+            if len(self.inbox) == _INBOX_LEN:
+                # The server sends it again after the next "online" (its seq is above ours).
+                self.resync = True
+                log("W", "command", "inbox full; one command left for later")
+                return
+            self.inbox.append(payload)
+
+        return received
 
     def sample(self):
         self.seq += 1
@@ -113,11 +175,11 @@ def _heap(stage):
         log("D", "agent", "heap %s: used=%d free=%d", stage, gc.mem_alloc(), gc.mem_free())
 
 
-def _drop(name):
-    # Unloads agent.<name> (STYLE.md Firmware 5): both sys.modules and the package hold it.
-    sys.modules.pop("agent." + name, None)
+def _drop(name, pkg="agent"):
+    # Unloads <pkg>.<name> (STYLE.md Firmware 5): both sys.modules and the package hold it.
+    sys.modules.pop(pkg + "." + name, None)
     try:
-        delattr(sys.modules["agent"], name)
+        delattr(sys.modules[pkg], name)
     except (AttributeError, KeyError):
         pass
 
@@ -133,16 +195,73 @@ def _load_config(path):
 
 
 def _onboard(cfg, ident, data_dir):
-    # Onboarding and the HTTPS client are needed once per device life: load, use, drop.
+    # Onboarding and the HTTPS client are needed once per device life and once per renewal:
+    # load, use, drop.
     from agent import https, onboard
 
     client = https.Client(cfg.host, cfg.port, cfg.root_der, cfg.prefix, _TIMEOUT_MS)
     try:
-        return onboard.run(client, ident, data_dir)
+        return onboard.run(client, ident, data_dir, cfg.root_der)
     finally:
         del client
         _drop("onboard")
         _drop("https")
+        gc.collect()
+
+
+def _renew_at(stored):
+    # Unix s at which renewal is due: renew_at_pct of the life from notBefore to notAfter
+    # (docs/protocol.md "Onboarding API"), 67 % when the policy names no share in 1..99.
+    pct = stored.policy.get("renew_at_pct")
+    if not isinstance(pct, int) or isinstance(pct, bool) or not 0 < pct < 100:
+        pct = _RENEW_PCT
+    return stored.not_before + (stored.not_after - stored.not_before) * pct // 100
+
+
+def _renewal_due(stored, st, now):
+    return st.renew_seq or (now >= _renew_at(stored) and now >= st.renew_retry)
+
+
+def _leave(stored, st, now):
+    # The broker session ends for a renewal, an identity step or a decommission.
+    return st.move or st.safe or _renewal_due(stored, st, now)
+
+
+def _server(cfg):
+    # The HTTPS client of the onboarding API for an identity step; replaced by tests.
+    from agent import https
+
+    return https.Client(cfg.host, cfg.port, cfg.root_der, cfg.prefix, _TIMEOUT_MS)
+
+
+def _move(cfg, ident, st, data_dir):
+    # The pending identity step (agent.successor, which reads the answer with agent.onboard):
+    # loaded for it and dropped after, with the HTTPS client and qdid.owner.
+    _check_entropy()  # the request's signature draws random bytes (hedged)
+    from agent import successor
+
+    client = _server(cfg)
+    try:
+        successor.run(client, ident, st, data_dir)
+    finally:
+        del client
+        del successor
+        for name in ("successor", "onboard", "https"):
+            _drop(name)
+        _drop("owner", "qdid")
+        gc.collect()
+
+
+def _renew(cfg, ident, st, data_dir, stored):
+    # agent.renew, loaded for it and dropped after, with the onboarding path of _onboard.
+    _check_entropy()  # the proof draws random bytes (hedged signature)
+    from agent import renew
+
+    try:
+        return renew.run(st, stored, lambda: _onboard(cfg, ident, data_dir))
+    finally:
+        del renew
+        _drop("renew")
         gc.collect()
 
 
@@ -161,6 +280,16 @@ def _flush(client, topic, st, cfg):
             return
 
 
+def _report(client, stored, st):
+    # Sends waiting event messages; each leaves the queue after its PUBACK. Without an event
+    # topic (onboarded before there was one) there is no one to tell.
+    topic = stored.topics.get("event")
+    while st.events:
+        if topic:
+            client.publish(topic, st.events[0], 1)
+        st.events.pop(0)
+
+
 def _report_retries(client, stored, st):
     # The server sees the retry state: failures in a row, the last error, samples dropped.
     topic = stored.topics.get("event")
@@ -173,6 +302,28 @@ def _report_retries(client, stored, st):
     log("I", "agent", "reconnected after %d failures", st.failures)
 
 
+def _online(data_dir):
+    # The session's first event: the server sends again the commands it holds above cmd_seq.
+    return _ONLINE_FMT % (VERSION, store.cmd_seq(data_dir), telemetry.puf_member())
+
+
+def _commands(st, stored, device_id, data_dir):
+    # Checks and runs the commands received since the last call (agent.command, loaded for it
+    # and dropped after). A renew only sets st.renew_seq: the session must close first.
+    from agent import command
+
+    try:
+        command.run_all(st, stored.signer, device_id, data_dir, clock.now())
+    finally:
+        del command
+        for name in ("command", "successor", "decommission"):
+            _drop(name)
+        _drop("owner", "qdid")
+    if st.resync:
+        st.resync = False
+        st.event(_online(data_dir))
+
+
 def _check_entropy():
     # SP 800-90B 4.4 tests on fresh samples between random requests: a connected device can go
     # hours without one, and must stop before its next handshake, proof or renewal once its noise
@@ -181,23 +332,50 @@ def _check_entropy():
         entropy.check()
 
 
-def _session(cfg, ident, st, data_dir):
-    _check_entropy()
-    stored = store.load(data_dir, ident.device_id, ident.public_key)
-    if stored is None:
-        _heap("before onboarding")
-        clock.ensure(cfg.time_server, _TIMEOUT_MS)
-        stored = _onboard(cfg, ident, data_dir)
-        _heap("after onboarding")
+def _interval(stored, cfg):
     interval = stored.policy.get("telemetry_interval_ms", cfg.telemetry_interval_ms)
     if not isinstance(interval, int) or interval < 100:
         interval = cfg.telemetry_interval_ms
-    st.interval = interval
-    # Time before TLS: certificate validity is judged against it (agent.clock).
-    clock.ensure(cfg.time_server, _TIMEOUT_MS)
+    return interval
+
+
+def _session(cfg, ident, st, data_dir):
+    _check_entropy()
+    # Time first: certificate validity is judged against it, here and in TLS (agent.clock).
+    now = clock.ensure(cfg.time_server, _TIMEOUT_MS)
+    if st.move:
+        # Before any TLS session as the current identity, which the step's 200 revokes.
+        _move(cfg, ident, st, data_dir)
+    stored = store.load(data_dir, ident.device_id, ident.public_key)
+    if stored is not None and now >= stored.not_after:
+        # The device was off past its certificate's end: no broker takes it any more, and the
+        # server issues an expired device a new one (docs/protocol.md "Onboarding API").
+        log("W", "agent", "certificate expired at %d; onboarding again", stored.not_after)
+        stored = None
+    if stored is None:
+        _heap("before onboarding")
+        stored = _onboard(cfg, ident, data_dir)
+        _heap("after onboarding")
+        if st.renew_seq:
+            st.ack(st.renew_seq, "done")  # a fresh certificate is what the command asked for
+            st.renew_seq = 0
+    elif _renewal_due(stored, st, now):
+        stored = _renew(cfg, ident, st, data_dir, stored)
+    while _broker_session(cfg, ident, st, data_dir, stored):
+        if st.safe:
+            return
+        if st.move:
+            return _session(cfg, ident, st, data_dir)  # the step runs where sessions start
+        stored = _renew(cfg, ident, st, data_dir, stored)
+
+
+def _broker_session(cfg, ident, st, data_dir, stored):
+    # One broker session with the stored certificate. Returns True when it was closed for a
+    # renewal, False when the agent stops; link failures raise.
+    st.interval = _interval(stored, cfg)
     key = ident.private_key_der()
     try:
-        sock, _ = tlslink.connect(
+        sock, raw = tlslink.connect(
             stored.broker_host,
             stored.broker_port,
             stored.broker_ca,
@@ -209,11 +387,17 @@ def _session(cfg, ident, st, data_dir):
         # The key is re-derived each session; drop our reference as soon as mbedTLS has it.
         key = None
         gc.collect()
-    client = MQTTClient(ident.device_id, _KEEPALIVE_S, _TIMEOUT_MS)
+    cmd = stored.topics.get("cmd")
+    client = MQTTClient(ident.device_id, _KEEPALIVE_S, _TIMEOUT_MS, st.on_message(cmd))
     try:
-        client.connect(sock)
+        client.connect(sock, True, raw)
         log("I", "mqtt", "connected to %s:%d", stored.broker_host, stored.broker_port)
         _heap("connected")
+        if cmd:
+            client.subscribe(cmd, 1)
+        event = stored.topics.get("event")
+        if event:
+            client.publish(event, _online(data_dir).encode(), 1)
         if st.failures:
             _report_retries(client, stored, st)
         st.failures = 0
@@ -221,26 +405,46 @@ def _session(cfg, ident, st, data_dir):
         if not st.count:
             st.sample()
         while True:
+            if st.inbox:
+                _commands(st, stored, ident.device_id, data_dir)
+            if st.events:
+                _report(client, stored, st)
+            if _leave(stored, st, clock.now()):
+                client.disconnect()
+                return True
             _flush(client, topic, st, cfg)
             if st.stop:
                 client.disconnect()
-                return
-            _wait(client, interval)
+                return False
+            if _wait(client, st, stored, ident.device_id, data_dir):
+                continue  # a command or the clock asks for a renewal: the loop's top runs it
             _check_entropy()
             st.sample()
     finally:
         client.close()
 
 
-def _wait(client, interval):
-    # Sleep in slices so that the keep-alive ping goes out on time even with long intervals.
-    left = interval
+def _wait(client, st, stored, device_id, data_dir):
+    # The time between two samples, in slices so that the keep-alive ping goes out on time even
+    # with long intervals. Inbound packets are served as they arrive, commands checked and run
+    # at once. Returns True, early, when a renewal is due.
+    left = st.interval
     while left > 0:
         step = left if left < _SLICE_MS else _SLICE_MS
-        _sleep_ms(step)
-        left -= step
+        t0 = time.ticks_ms()
+        if _serve(client, step):
+            left -= time.ticks_diff(time.ticks_ms(), t0)
+        else:
+            left -= step
+        if st.inbox:
+            _commands(st, stored, device_id, data_dir)
+        if st.events:
+            _report(client, stored, st)
+        if _leave(stored, st, clock.now()):
+            return True
         if client.keepalive_due():
             client.ping()
+    return False
 
 
 def _sleep_sampling(st, wait):
@@ -280,12 +484,15 @@ def run(
 
         boot = identity.boot
     st = _State(cfg.telemetry_interval_ms)
+    st.config_path = config_path
     try:
         ident = boot(board, data_dir)
         telemetry.set_puf(getattr(ident, "health", None))
     except qdid.QdidError as e:
         return _safe_mode(st, "entropy" if isinstance(e, entropy.EntropyError) else "identity", e)
     log("I", "agent", "device %s", ident.device_id)
+    # data/owner.json recorded a transfer or re-enrolment: agent.successor sees to it first.
+    st.move = bool(getattr(ident, "pending", None))
     _heap("identity ready")
     while not st.stop:
         wait = 0
@@ -319,6 +526,12 @@ def run(
         except entropy.EntropyError as e:
             # The noise source failed after boot: no retry can mend it, only a reset.
             return _safe_mode(st, "entropy", e)
+        if st.safe:
+            # Decommissioned: the key is not needed again (nor derivable from this flash).
+            wipe = getattr(ident, "wipe", None)
+            if wipe:
+                wipe()
+            return st
         if st.stop:
             break
         if cfg.max_failures and st.failures >= cfg.max_failures:

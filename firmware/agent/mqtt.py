@@ -1,18 +1,25 @@
 # MQTT 3.1.1 client (OASIS Standard, 29 October 2014; section numbers below are that document's).
-# Blocking, one packet in flight, over any stream with write() and readinto() (a TLS socket from
-# agent.tlslink on the device, a byte-buffer fake in tests). Every socket error and every malformed
-# packet becomes LinkError; the caller reconnects. RAM: one transmit and one receive buffer,
-# allocated in the constructor (_TX + _RX = 576 bytes), reused for every packet.
+# Blocking, one packet in flight, over any stream with write(), readinto() and poll support (a
+# TLS socket from agent.tlslink on the device, a byte-buffer fake in tests). Every socket error and
+# every malformed packet becomes LinkError; the caller reconnects. Between its own requests the
+# caller serves inbound packets with serve(ms), which waits at most ms for one (select.poll).
+# RAM: one transmit and one receive buffer, allocated in the constructor (_TX + _RX = 832 bytes),
+# reused for every packet, and two poll objects per connection.
 import time
+import select
 from micropython import const
 from agent.errors import LinkError, BrokerRefusedError
 
 _TYPE_CHECKING = const(0)  # true for mypy only (mypy-firmware.ini); compiles to nothing here
 if _TYPE_CHECKING:
     from tls import SSLSocket
+    from select import Poll
 
 _TX = const(320)  # bytes; fixed header + topic + packet id + a telemetry payload fit in one write
-_RX = const(256)  # bytes; longest inbound packet kept whole (longer PUBLISH payloads are dropped)
+# Longest inbound packet kept whole (longer PUBLISH payloads are dropped): a command is topic
+# length (2) + topic (qlink/<tenant>/<64 hex>/cmd, ~100) + packet id (2) + signature (64) + body
+# (at most 320, docs/protocol.md "Command channel") = 488 bytes.
+_RX = const(512)  # bytes
 _HDR = const(5)  # bytes; fixed header = 1 type byte + at most 4 remaining-length bytes (2.2.3)
 _MAX_REMAINING = const(268435455)  # 2.2.3: largest value four length bytes can carry
 
@@ -69,6 +76,13 @@ def _why(e):
     return e.args[0] if e.args else "?"
 
 
+def _ready(poll, timeout_ms):
+    # ipoll yields (object, events) without allocating a list; any event means "read now".
+    for _ in poll.ipoll(timeout_ms):
+        return True
+    return False
+
+
 def _encoded(s):
     b = s.encode() if isinstance(s, str) else bytes(s)
     if len(b) > 0xFFFF:
@@ -81,8 +95,13 @@ class MQTTClient:
         self.client_id = _encoded(client_id)
         self.keepalive_s = keepalive_s
         self.timeout_ms = timeout_ms
-        self.on_message = on_message  # called as on_message(topic_bytes, payload_bytes)
+        # Called as on_message(topic_bytes, payload_bytes), payload None when it was too long
+        # for _RX and dropped (the caller may still say so).
+        self.on_message = on_message
         self.sock: SSLSocket | None = None
+        self._wake: object | None = None
+        self._poll: Poll | None = None
+        self._idle: Poll | None = None
         self._pid = 0
         self._tx = bytearray(_TX)
         self._txv = memoryview(self._tx)
@@ -201,11 +220,10 @@ class MQTTClient:
             pid = (rx[pos - 2] << 8) | rx[pos - 1]
             if pid == 0:
                 raise LinkError("mqtt: PUBLISH with packet id 0")  # 2.3.1
-        if complete:
-            if self.on_message is not None:
-                self.on_message(bytes(rx[2 : 2 + tl]), bytes(rx[pos:n]))
-        else:
+        if not complete:
             self.dropped += 1
+        if self.on_message is not None:
+            self.on_message(bytes(rx[2 : 2 + tl]), bytes(rx[pos:n]) if complete else None)
         if qos:
             # 4.3.2: the receiver of a QoS 1 PUBLISH answers PUBACK with the same packet id.
             tx = self._tx
@@ -230,11 +248,14 @@ class MQTTClient:
                 raise LinkError("mqtt: no answer in time")
 
     # --- operations ----------------------------------------------------------------------
-    def connect(self, sock, clean_session=True):
+    def connect(self, sock, clean_session=True, wake=None):
         # 3.1: CONNECT with protocol name "MQTT", level 4, Clean Session flag, Keep Alive and
         # the client identifier; no will, user name or password (the TLS client certificate is
         # the credential: the broker takes its CN as the user name). Returns Session Present.
+        # wake: the TCP socket under a TLS sock, which serve() waits on (see there).
         self.sock = sock
+        self._wake = wake
+        self._poll = self._idle = None
         if len(self.client_id) + 14 > _TX:
             raise ValueError("client id too long")
         tx = self._tx
@@ -332,6 +353,34 @@ class MQTTClient:
         if not self._handle(first, n, complete):
             raise LinkError("mqtt: unexpected packet 0x%02x" % first)
 
+    def serve(self, timeout_ms):
+        # Waits up to timeout_ms for an inbound packet (a PUBLISH to us, a late PINGRESP) and
+        # serves it: True when one was served, False when the time passed without one, so an
+        # idle caller keeps its own schedule (keep-alive, samples). The wait is select.poll:
+        # MicroPython's TLS socket answers it from mbedTLS's buffer first (one record may carry
+        # several packets, the rest already decrypted) and from the TCP socket after. A TLS
+        # socket has no file descriptor, so the port polls it in a loop (every millisecond on the
+        # Unix port); when nothing is buffered, the wait is on the TCP socket (`wake`) instead,
+        # which the Unix port hands to poll(2), so an emulated board idles without spinning. A
+        # closed or failed link also polls as ready, and the read then raises LinkError. Once a
+        # packet has begun, its rest is read like any other, bounded by the socket time-out.
+        if _TYPE_CHECKING:
+            assert self.sock is not None  # served only after connect()
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock, select.POLLIN)
+            if self._wake is not None:
+                self._idle = select.poll()
+                self._idle.register(self._wake, select.POLLIN)
+        if self._idle is None:
+            ready = _ready(self._poll, timeout_ms)
+        else:
+            ready = _ready(self._poll, 0) or _ready(self._idle, timeout_ms)
+        if not ready:
+            return False
+        self.wait_msg()
+        return True
+
     def disconnect(self):
         # 3.14: DISCONNECT, then close; errors on the way out do not matter any more.
         if self.sock is None:
@@ -345,6 +394,8 @@ class MQTTClient:
     def close(self):
         s = self.sock
         self.sock = None
+        self._wake = None
+        self._poll = self._idle = None
         if s is not None:
             try:
                 s.close()

@@ -1,9 +1,15 @@
-# Persistent onboarding result under data/ (docs/protocol.md "Device filesystem"):
+# Persistent state under data/ (docs/protocol.md "Device filesystem"):
 #   data/cert.der       the device certificate (public)
-#   data/onboard.json   device id, certificate digest, broker {host, port, ca_b64}, topics, policy
+#   data/onboard.json   device id, certificate digest, broker {host, port, ca_b64}, topics, policy,
+#                       and the command signer's public key (checked against the pinned root
+#                       before it was stored; absent in files older than the command channel)
+#   data/cmd_seq.bin    the seq of the last command accepted (4 bytes, big-endian)
 # Each file is written to a temporary name and renamed over the old one, so a power cut leaves
 # either the old or the new file, never half of one. onboard.json names the SHA-256 of cert.der,
-# so a cut between the two renames shows up as a mismatch and the pair is treated as absent.
+# so a cut between the two renames shows up as a mismatch and the pair is treated as absent; the
+# signer key lives inside onboard.json, so it is replaced with it, in the same rename. A renewal
+# writes the same two files: a cut leaves the old pair, the new pair, or a mismatch (onboarding
+# again). cmd_seq.bin is one file on its own: the old seq or the new one.
 # Nothing secret is stored here: the private key is re-derived from the PUF on every boot.
 import os
 import json
@@ -11,10 +17,12 @@ import hashlib
 import binascii
 from agent.log import log
 from qdid import files
+from qdid.der import cert_validity, DerError
 
 _CERT = "cert.der"
 _META = "onboard.json"
-_FORMAT = 1  # onboard.json layout version
+_SEQ = "cmd_seq.bin"
+_FORMAT = 1  # onboard.json layout version (command_signer is optional: older files lack it)
 
 
 def der_certificate_ok(der):
@@ -38,6 +46,7 @@ def der_certificate_ok(der):
 class Stored:
     def __init__(self, cert_der, meta):
         self.cert_der = cert_der
+        self.not_before, self.not_after = cert_validity(cert_der)
         self.device_id = meta["device_id"]
         b = meta["broker"]
         self.broker_host = b["host"]
@@ -45,10 +54,26 @@ class Stored:
         self.broker_ca = binascii.a2b_base64(b["ca_b64"])
         self.topics = meta["topics"]
         self.policy = meta.get("policy") or {}
+        signer = meta.get("command_signer")
+        # The command signer's 65-byte public key; None: commands are refused (no_signer).
+        self.signer = binascii.unhexlify(signer) if signer else None
 
 
 def _hex(b):
     return binascii.hexlify(b).decode()
+
+
+def _signer_ok(s):
+    # 130 lowercase hex characters of an uncompressed point (its curve check is verify_digest's).
+    if s is None:
+        return True
+    if not isinstance(s, str) or len(s) != 130 or s.lower() != s or not s.startswith("04"):
+        return False
+    try:
+        binascii.unhexlify(s)
+    except ValueError:
+        return False
+    return True
 
 
 def check_answer(device_id, public_key, cert_der, broker, topics, policy):
@@ -59,6 +84,10 @@ def check_answer(device_id, public_key, cert_der, broker, topics, policy):
     # verbatim in its SubjectPublicKeyInfo (RFC 5480 2.2), so a byte search is exact enough.
     if public_key is not None and cert_der.find(public_key) < 0:
         return "certificate is for another key"
+    try:
+        cert_validity(cert_der)
+    except DerError:
+        return "certificate validity unreadable"  # renewal is timed by it
     if not isinstance(broker, dict):
         return "broker missing"
     host = broker.get("host")
@@ -83,7 +112,8 @@ def check_answer(device_id, public_key, cert_der, broker, topics, policy):
     return None
 
 
-def save(data_dir, device_id, cert_der, broker, topics, policy):
+def save(data_dir, device_id, cert_der, broker, topics, policy, signer=None):
+    # signer: the command signer's public key, already checked against the pinned root.
     meta = {
         "v": _FORMAT,
         "device_id": device_id,
@@ -92,6 +122,8 @@ def save(data_dir, device_id, cert_der, broker, topics, policy):
         "topics": topics,
         "policy": policy or {},
     }
+    if signer is not None:
+        meta["command_signer"] = _hex(signer)
     files.write(data_dir + "/" + _CERT, cert_der)
     files.write(data_dir + "/" + _META, json.dumps(meta).encode())
     return Stored(cert_der, meta)
@@ -120,6 +152,8 @@ def load(data_dir, device_id, public_key):
         elif meta.get("device_id") != device_id:
             log("I", "store", "stored certificate is for another identity; onboarding again")
             return None
+        elif not _signer_ok(meta.get("command_signer")):
+            reason = "command signer key malformed"
         else:
             reason = check_answer(
                 device_id,
@@ -135,7 +169,28 @@ def load(data_dir, device_id, public_key):
     return Stored(cert, meta)
 
 
+def cmd_seq(data_dir):
+    # The seq of the last command accepted, 0 for none. A file of the wrong size cannot come from
+    # a power cut (it is replaced whole): it is reported and read as 0, so commands the server
+    # still holds unexpired may run again; refusing every command instead would leave the device
+    # with no command channel at all.
+    raw = files.read(data_dir + "/" + _SEQ)
+    if raw is None:
+        return 0
+    if len(raw) != 4:
+        log("W", "store", "%s unreadable; last command seq taken as 0", _SEQ)
+        return 0
+    return int.from_bytes(raw, "big")
+
+
+def set_cmd_seq(data_dir, seq):
+    # Before the command runs (docs/protocol.md "Command channel"): a power cut after this
+    # line leaves the command refused as replayed, never run twice.
+    files.write(data_dir + "/" + _SEQ, seq.to_bytes(4, "big"))
+
+
 def clear(data_dir):
+    # The onboarding result only: the command seq outlives it (the server's seq does too).
     for name in (_META, _CERT):
         try:
             os.remove(data_dir + "/" + name)

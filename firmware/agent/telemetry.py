@@ -24,6 +24,11 @@ def set_puf(health):
     _puf = (', "puf": {' + ", ".join(parts) + "}") if parts else ""
 
 
+def puf_member():
+    # ', "puf": {...}' as in telemetry (or ""): the online event carries the same member.
+    return _puf
+
+
 def uptime_ms():
     return time.ticks_diff(time.ticks_ms(), _T0)
 

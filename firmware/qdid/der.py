@@ -1,6 +1,7 @@
 # Minimal DER (X.690) for the device: writes a PKCS#10 CSR (RFC 2986), an RFC 5915 ECPrivateKey
 # for tls.SSLContext.load_cert_chain and ECDSA-Sig-Value signatures; reads just enough X.509
-# (RFC 5280) to find a certificate's validity, subject CN and public key.
+# (RFC 5280) to find a certificate's validity, subject CN, public key, extended key usage and
+# its issuer's ECDSA signature (the device checks the command signer's certificate with them).
 # The reader checks every length against its enclosing element and raises DerError, never an
 # IndexError, on malformed input.
 from micropython import const
@@ -14,6 +15,7 @@ _SEQ = const(0x30)
 _SET = const(0x31)
 _INT = const(0x02)
 _BITS = const(0x03)
+_BOOL = const(0x01)
 _OCTETS = const(0x04)
 _OID = const(0x06)
 _UTF8 = const(0x0C)
@@ -24,6 +26,7 @@ _UTCTIME = const(0x17)
 _GENTIME = const(0x18)
 _CTX0 = const(0xA0)  # [0] constructed
 _CTX1 = const(0xA1)  # [1] constructed
+_CTX3 = const(0xA3)  # [3] constructed: TBSCertificate extensions
 _MAX_CN = const(64)  # ub-common-name (RFC 5280 appendix A.1)
 
 # Encoded OBJECT IDENTIFIERs (tag, length, value).
@@ -31,6 +34,7 @@ _OID_EC_PUBLIC_KEY = b"\x06\x07\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.
 _OID_P256 = b"\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7 prime256v1
 _OID_ECDSA_SHA256 = b"\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02"  # 1.2.840.10045.4.3.2 (RFC 5758)
 _OID_CN = b"\x06\x03\x55\x04\x03"  # 2.5.4.3 id-at-commonName
+_OID_EKU = b"\x55\x1d\x25"  # 2.5.29.37 id-ce-extKeyUsage (RFC 5280 4.2.1.12), value only
 
 
 class DerError(QdidError):
@@ -155,15 +159,21 @@ def _expect(buf, pos, end, tag):
     return s, e
 
 
-def _tbs(cert):
-    # Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
-    # (RFC 5280 4.1). Returns the bounds of the TBSCertificate fields and the position of
-    # validity.
+def _certificate(cert):
+    # The bounds of the outer Certificate SEQUENCE's value, which must be all of cert.
     if not isinstance(cert, (bytes, bytearray, memoryview)):
         raise DerError  # certificate must be bytes
     s, e = _expect(cert, 0, len(cert), _SEQ)
     if e != len(cert):
         raise DerError  # trailing data after the certificate
+    return s, e
+
+
+def _tbs(cert):
+    # Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    # (RFC 5280 4.1). Returns the bounds of the TBSCertificate fields and the position of
+    # validity.
+    s, e = _certificate(cert)
     ts, te = _expect(cert, s, e, _SEQ)
     t, s1, e1 = _read(cert, ts, te)
     if t == _CTX0:  # [0] EXPLICIT version
@@ -216,14 +226,25 @@ def _time(buf, tag, s, e):
     return days * 86400 + hh * 3600 + mi * 60 + ss
 
 
-def cert_not_after(cert_der):
+def cert_validity(cert_der):
+    # (notBefore, notAfter) in unix seconds (RFC 5280 4.1.2.5): renewal is due at a share of the
+    # span between them.
     pos, end = _tbs(cert_der)
     s, e = _expect(cert_der, pos, end, _SEQ)  # Validity
-    _, _, p = _read(cert_der, s, e)  # notBefore
-    t, ts, te = _read(cert_der, p, e)
+    t, ts, te = _read(cert_der, s, e)
+    not_before = _time(cert_der, t, ts, te)
+    t, ts, te = _read(cert_der, te, e)
     if te != e:
         raise DerError  # Validity holds exactly two times
-    return _time(cert_der, t, ts, te)
+    return not_before, _time(cert_der, t, ts, te)
+
+
+def cert_not_before(cert_der):
+    return cert_validity(cert_der)[0]
+
+
+def cert_not_after(cert_der):
+    return cert_validity(cert_der)[1]
 
 
 def _subject(cert):
@@ -300,3 +321,58 @@ def sig_from_der(der):
     if s != e:
         raise DerError  # ECDSA-Sig-Value holds exactly r and s
     return out
+
+
+def cert_signature(cert_der):
+    # (start, end, sig64): cert_der[start:end] is the encoded TBSCertificate, the bytes its
+    # issuer signed, and sig64 the signature as r || s. Only ecdsa-with-SHA256 with its
+    # parameters absent (RFC 5758 3.2) is read: the device verifies nothing else.
+    s, e = _certificate(cert_der)
+    _, _, te = _read(cert_der, s, e)  # tbsCertificate
+    a, ae = _expect(cert_der, te, e, _SEQ)  # signatureAlgorithm (RFC 5280 4.1.1.2)
+    if bytes(cert_der[a:ae]) != _OID_ECDSA_SHA256:
+        raise DerError  # not signed with ecdsa-with-SHA256
+    bs, be = _expect(cert_der, ae, e, _BITS)  # signatureValue (RFC 5280 4.1.1.3)
+    if be != e or be == bs or cert_der[bs] != 0:
+        raise DerError  # signature BIT STRING malformed or not the last field
+    return s, te, sig_from_der(cert_der[bs + 1 : be])
+
+
+def cert_ext_key_usage(cert_der):
+    # The KeyPurposeIds of the extKeyUsage extension (RFC 5280 4.2.1.12) as encoded OIDs (tag,
+    # length, value), or None when the certificate has no such extension.
+    _, e, end = _subject(cert_der)
+    _, _, pos = _read(cert_der, e, end)  # SubjectPublicKeyInfo
+    while pos < end:
+        t, s, e = _read(cert_der, pos, end)  # [1], [2] unique IDs (RFC 5280 4.1.2.8), [3]
+        pos = e
+        if t != _CTX3:
+            continue
+        xs, xe = _expect(cert_der, s, e, _SEQ)  # Extensions
+        if xe != e:
+            raise DerError  # [3] holds exactly one Extensions SEQUENCE
+        while xs < xe:
+            es, ee = _expect(cert_der, xs, xe, _SEQ)  # Extension
+            xs = ee
+            t, os_, oe = _read(cert_der, es, ee)  # extnID
+            if t != _OID:
+                raise DerError  # extension without an OID
+            t, vs, ve = _read(cert_der, oe, ee)
+            if t == _BOOL:
+                t, vs, ve = _read(cert_der, ve, ee)  # critical flag, then the value
+            if t != _OCTETS or ve != ee:
+                raise DerError  # extnValue is an OCTET STRING that ends the extension
+            if bytes(cert_der[os_:oe]) != _OID_EKU:
+                continue
+            ps, pe = _expect(cert_der, vs, ve, _SEQ)  # ExtKeyUsageSyntax
+            if pe != ve:
+                raise DerError  # trailing data after the key purposes
+            out = []
+            while ps < pe:
+                t, _, k = _read(cert_der, ps, pe)
+                if t != _OID:
+                    raise DerError  # a KeyPurposeId is an OID
+                out.append(bytes(cert_der[ps:k]))
+                ps = k
+            return out
+    return None

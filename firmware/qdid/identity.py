@@ -12,6 +12,15 @@
 # (RFC 5869 2.3). Each seed is a separate PRF output under its own label, so no seed follows from
 # another seed plus public data. Seed 0 is the enrolment key: d = p256.scalar_from_seed(seed 0).
 #
+# Owner epochs (docs/identity.md "5. Seeds"; the state on flash is qdid.owner's): the device's key
+# is d_E = p256.scalar_from_seed(seed E) for its owner epoch E (0..7, data/owner.json; absent = 0,
+# so a device that never moved keeps the key it was enrolled with). A transfer moves it to E + 1
+# (Identity.public_key_of, then use_epoch once the server has the new key). A re-enrolment
+# recorded as pending runs at a cold boot: the boot reconstructs the current secret from
+# helper.bin and, from the same power-up read, the next set's (enrolled now, helper.new written
+# before anything else happens; or reconstructed from helper.new when an earlier power-on wrote
+# it), and returns both identities (Identity.successor, epoch 0 of the next set).
+#
 # PUF health (Identity.health, docs/identity.md): every failed check (not a power-up state,
 # Hamming weight outside 35-65 %, an all-0/all-1 or repeated block, a reconstruction failure,
 # too many corrected bits) fails closed with an error saying what to do, and increments a public
@@ -152,9 +161,7 @@ def _count_failure(data_dir: str) -> None:
 
 
 class Identity:
-    def __init__(self, prk: bytes, health: dict[str, int] | None = None) -> None:
-        from qdid import p256
-
+    def __init__(self, prk: bytes, health: dict[str, int] | None = None, epoch: int = 0) -> None:
         # PUF health of this boot (public numbers, no secret): corrected_bits (raw SRAM bits the
         # decoder corrected), code_errors (BCH symbols corrected), margin (errors the decoder
         # could still have corrected: the "PUF health"), health_failures (counter over the
@@ -162,9 +169,52 @@ class Identity:
         self.health = health or {}
         self._prk = bytearray(prk)
         self._live = True
-        self._d: int | None = p256.scalar_from_seed(self.seed(0))
+        # Set by boot(): the successor step data/owner.json recorded (qdid.owner.TRANSFER or
+        # REENROL), and for a re-enrolment the next set's identity, or why there is none this
+        # boot (a warm boot, an enrolment the die refused).
+        self.pending: str | None = None
+        self.successor: Identity | None = None
+        self.successor_error: str | None = None
+        self._use(epoch)
+
+    def _use(self, epoch: int) -> None:
+        # The key of owner epoch `epoch`: seed `epoch` (docs/identity.md "5. Seeds").
+        from qdid import p256
+
+        self._d: int | None = p256.scalar_from_seed(self.seed(epoch))
         self.public_key: bytes = p256.public_key(self._d)
         self.device_id: str = binascii.hexlify(hashlib.sha256(self.public_key).digest()).decode()
+        self.epoch = epoch
+
+    def public_key_of(self, epoch: int) -> bytes:
+        # Owner epoch `epoch`'s public key, for the successor request that names it; its scalar
+        # lives only for this call.
+        from qdid import p256
+
+        return p256.public_key(p256.scalar_from_seed(self.seed(epoch)))
+
+    def use_epoch(self, epoch: int) -> None:
+        # After the server registered epoch `epoch`'s key: sign with it from now on.
+        self._check()
+        self._use(epoch)
+        self.pending = None
+
+    def adopt_successor(self) -> None:
+        # After the server registered the re-enrolment's identity: this object becomes it (epoch
+        # 0 of the next set) and the current PRK is zeroed.
+        nxt = self.successor
+        if nxt is None:
+            raise ValueError("no successor identity this boot")
+        nxt._check()
+        self._check()
+        for i in range(len(self._prk)):
+            self._prk[i] = 0
+        self._prk, self._d = nxt._prk, nxt._d
+        self.public_key, self.device_id, self.epoch = nxt.public_key, nxt.device_id, 0
+        self.health = nxt.health
+        nxt._prk, nxt._d, nxt._live = bytearray(0), None, False
+        self.successor = None
+        self.pending = None
 
     def _check(self) -> None:
         if not self._live:
@@ -206,6 +256,8 @@ class Identity:
             self._prk[i] = 0
         self._live = False
         self._d = None
+        if self.successor is not None:
+            self.successor.wipe()
 
 
 def boot(board: Board, data_dir: str = "data") -> Identity:
@@ -219,7 +271,14 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
     forget = getattr(board, "forget_sram", None)
     if forget:
         forget()  # the board keeps no copy once the response is ours
+    nxt: tuple[bytes, bytes, dict[str, int]] | str | None = None
     try:
+        # The owner state says which seed is the key, and whether a re-enrolment waits.
+        from qdid import owner
+
+        epoch, pending, _ = owner.load(data_dir)
+        if pending != owner.REENROL:
+            owner.commit_next(data_dir)
         # The extractor's buffers before anything else fragments the heap, and after a collection:
         # the SRAM read leaves garbage (the unix board's silicon model, a board's word-by-word
         # copy) that would otherwise split the heap under the decoder's 2-4 KiB buffer.
@@ -241,20 +300,10 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
                     "enrolment needs a power-on SRAM state and this was a warm reset; remove "
                     "power from the board, then boot it again"
                 )
-            key = bytearray(entropy.random_bytes(fe.KEY_LEN))
-            try:
-                helper, secret = fe.enrol(resp, key)
-            except QdidError:
-                # The extractor refused the die (profile 5: too biased): a health failure.
-                _count_failure(data_dir)
-                raise
-            finally:
-                for i in range(len(key)):
-                    key[i] = 0
-            files.write(path, helper)
-            if files.read(path) != helper:
-                raise QdidError("helper data did not read back as written; check the filesystem")
-            health = {"corrected_bits": 0, "code_errors": 0, "margin": fe.MARGIN_MAX}
+            # A new set of seeds: owner state a lost helper left behind means nothing for it.
+            owner.reset(data_dir)
+            epoch, pending = 0, None
+            helper, secret, health = _enrol(fe, resp, path, data_dir)
         else:
             try:
                 secret = fe.reproduce(resp, helper)
@@ -277,6 +326,9 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
                     "operating range (temperature, supply, ageing); boot in range or re-enrol"
                     % (health["corrected_bits"] * 100 // fe.RAW_BITS, _MAX_RAW_BER_PCT)
                 )
+            if pending == owner.REENROL:
+                fe = None
+                nxt = _successor(board, resp, owner.next_path(data_dir), data_dir)
     finally:
         for i in range(len(resp)):
             resp[i] = 0
@@ -285,15 +337,77 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
     secret = None
     helper = None
     fe = None
+    del owner  # its module goes with _drop
+    nxt_prk = None
+    if isinstance(nxt, tuple):
+        nxt_health = nxt[2]
+        nxt_health["health_failures"] = health["health_failures"]
+        nxt_prk = hkdf_extract(hashlib.sha256(nxt[0]).digest(), nxt[1])
+        nxt = None  # the next secret goes with the tuple that held it
     _drop(before)
-    return Identity(prk, health)
+    ident = Identity(prk, health, epoch)
+    ident.pending = pending
+    if nxt_prk is not None:
+        ident.successor = Identity(nxt_prk, nxt_health)
+    else:
+        ident.successor_error = nxt
+    return ident
+
+
+def _enrol(fe, resp, path, data_dir):
+    # Fresh helper data from this power-up read (the die must be in its power-up state: callers
+    # check for a cold boot): a random key encoded under the response, the helper written whole
+    # and read back. -> (helper, secret, health).
+    key = bytearray(entropy.random_bytes(fe.KEY_LEN))
+    try:
+        helper, secret = fe.enrol(resp, key)
+    except QdidError:
+        # The extractor refused the die (profile 5: too biased): a health failure.
+        _count_failure(data_dir)
+        raise
+    finally:
+        for i in range(len(key)):
+            key[i] = 0
+    files.write(path, helper)
+    if files.read(path) != helper:
+        raise QdidError("helper data did not read back as written; check the filesystem")
+    return helper, secret, {"corrected_bits": 0, "code_errors": 0, "margin": fe.MARGIN_MAX}
+
+
+def _successor(board, resp, path, data_dir):
+    # A pending re-enrolment: the next set's secret from the read that gave the current one.
+    # helper.new written by an earlier power-on is reconstructed, never replaced (the server may
+    # hold its key already); without one, fresh helper data is enrolled and written first.
+    # -> (helper, secret, health), or a sentence saying why not at this boot (the current
+    # identity runs meanwhile and the step stays pending).
+    if not board.cold_boot():
+        return "a re-enrolment reads a power-on SRAM state and this was a warm reset"
+    helper = files.read(path)
+    gc.collect()
+    fe = _extractor(helper[0] if helper else _ENROL_PROFILE)
+    try:
+        if helper is None:
+            return _enrol(fe, resp, path, data_dir)
+        secret = fe.reproduce(resp, helper)
+    except QdidError as e:
+        if helper is not None:
+            _count_failure(data_dir)  # _enrol counted its own
+        return "%s: %s" % (type(e).__name__, e)
+    return helper, secret, dict(fe.stats)
 
 
 def _drop(before: set[str]) -> None:
     # Lifecycle modules: the extractor loaded for this boot goes, its heap back to the pool.
     import qdid
 
-    for name in ("qdid.fuzzy", "qdid.polar", "qdid.debias", "qdid.polarsc", "qdid.offset"):
+    for name in (
+        "qdid.fuzzy",
+        "qdid.polar",
+        "qdid.debias",
+        "qdid.polarsc",
+        "qdid.offset",
+        "qdid.owner",
+    ):
         if name in sys.modules and name not in before:
             del sys.modules[name]
             short = name[5:]

@@ -1,9 +1,12 @@
 """The operator API (`/v1/admin`): bearer tokens with a role in one tenant.
 
 viewer reads; operator also creates and imports batches and revokes, disables and enables
+devices, sends them commands, issues and claims transfer codes, re-enrols and decommissions
 devices; admin also creates tokens for its tenant. Anything of another tenant answers 404
-exactly as if it did not exist. Every change is in the audit log with the token's operator and
-the client address.
+exactly as if it did not exist. An admin of the `default` tenant is the platform operator's: it
+alone creates tenants and lists them all (any other token sees only its own tenant), so a
+tenant's admin can never start a tenant beside its own. Every change is in the audit log with
+the token's operator and the client address.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError, jsonin
 from host.server.application import Application
-from host.server.bodies import BatchCreate, BatchState, ImportRequest, TokenCreate
+from host.server.bodies import (
+    BatchCreate,
+    BatchState,
+    ClaimCreate,
+    CommandCreate,
+    DecommissionCreate,
+    ImportRequest,
+    TenantCreate,
+    TokenCreate,
+    TransferCreate,
+)
 from host.server.identities import ImportFormatError
 from host.server.policy import PolicyError
 from host.server.schemas import (
@@ -29,16 +42,23 @@ from host.server.schemas import (
     AuditOut,
     BatchExport,
     BatchOut,
+    BatchRevokeOut,
+    ClaimOut,
+    CommandOut,
+    DecommissionOut,
     DeviceOut,
     DeviceRecord,
     ImportRejectedBody,
     ImportResult,
     OperatorOut,
+    TenantOut,
     TokenOut,
+    TransferCodeOut,
     WhoAmI,
     errors,
 )
 from host.server.store import (
+    DEFAULT_TENANT,
     Actor,
     Conflict,
     DatabaseUnavailable,
@@ -140,6 +160,28 @@ async def whoami(op: Op) -> WhoAmI:
     return op
 
 
+def _platform(op: OperatorOut) -> bool:
+    """Whether `op` acts for the platform operator: an admin of the `default` tenant."""
+    return op.tenant == DEFAULT_TENANT and op.may(ROLE_ADMIN)
+
+
+@router.get("/tenants", response_model=list[TenantOut])
+async def list_tenants(request: Request, op: Op) -> list[TenantOut]:
+    return await _call(_app(request).tenants, None if _platform(op) else op.tenant)
+
+
+@router.post("/tenants", response_model=TenantOut, status_code=201, responses=errors(403, 409))
+async def create_tenant(request: Request, op: Op, body: TenantCreate) -> TenantOut:
+    if not _platform(op):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"creating a tenant needs an admin token of tenant {DEFAULT_TENANT} (the platform "
+            f"operator's); this token is {op.role} in tenant {op.tenant}",
+        )
+    return await _call(_app(request).create_tenant, body.name, _actor(request, op))
+
+
 @router.get("/batches", response_model=list[BatchOut])
 async def list_batches(request: Request, op: Op) -> list[BatchOut]:
     return await _call(_app(request).batches, op.tenant)
@@ -163,6 +205,19 @@ async def set_batch_state(request: Request, op: Op, name: str, body: BatchState)
     _need(op, ROLE_OPERATOR)
     return await _call(
         _app(request).set_batch_active, name, body.active, op.tenant, _actor(request, op)
+    )
+
+
+@router.post(
+    "/batches/{name}/revoke", response_model=BatchRevokeOut, responses=errors(403, 404, 503)
+)
+async def revoke_batch(request: Request, op: Op, name: str) -> BatchRevokeOut:
+    """Revoke every device of the batch: the broker denies them all at once and drops their
+    connections, the CRL lists their certificates, each gets its `device.revoke` audit event.
+    Devices revoked before are counted, not changed: a repeat revokes only what is left."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).revoke_batch, name, tenant=op.tenant, actor=_actor(request, op)
     )
 
 
@@ -229,6 +284,137 @@ async def disable_device(request: Request, op: Op, device_id: str) -> DeviceReco
 async def enable_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
     _need(op, ROLE_OPERATOR)
     return await _call(_app(request).enable, device_id, tenant=op.tenant, actor=_actor(request, op))
+
+
+@router.post(
+    "/devices/{device_id}/commands",
+    response_model=CommandOut,
+    status_code=202,
+    responses=errors(403, 404, 409),
+)
+async def send_command(request: Request, op: Op, device_id: str, body: CommandCreate) -> CommandOut:
+    """Sign a command for the device and send it (202: queued; its state follows on GET)."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).send_command,
+        device_id,
+        body.kind,
+        dict(body.args),
+        ttl_s=body.ttl_s,
+        tenant=op.tenant,
+        actor=_actor(request, op),
+    )
+
+
+@router.get("/devices/{device_id}/commands", response_model=list[CommandOut], responses=errors(404))
+async def list_commands(
+    request: Request,
+    op: Op,
+    device_id: str,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CommandOut]:
+    return await _call(_app(request).commands, device_id, tenant=op.tenant, limit=limit)
+
+
+@router.post(
+    "/devices/{device_id}/renew",
+    response_model=CommandOut,
+    status_code=202,
+    responses=errors(403, 404, 409),
+)
+async def renew_device(request: Request, op: Op, device_id: str) -> CommandOut:
+    """Command the device to renew its certificate now."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(_app(request).renew, device_id, tenant=op.tenant, actor=_actor(request, op))
+
+
+@router.post(
+    "/devices/{device_id}/transfer",
+    response_model=TransferCodeOut,
+    status_code=201,
+    responses=errors(403, 404, 409),
+)
+async def transfer_device(
+    request: Request, op: Op, device_id: str, body: TransferCreate | None = None
+) -> TransferCodeOut:
+    """A single-use transfer code for the device (shown once; a new one replaces its open
+    code). The new owner redeems it with POST /v1/admin/claims."""
+    _need(op, ROLE_OPERATOR)
+    ttl = (body or TransferCreate()).ttl_s
+    return await _call(
+        _app(request).transfer_code,
+        device_id,
+        ttl_s=ttl,
+        tenant=op.tenant,
+        actor=_actor(request, op),
+    )
+
+
+@router.post(
+    "/batches/{name}/transfer",
+    response_model=list[TransferCodeOut],
+    status_code=201,
+    responses=errors(403, 404),
+)
+async def transfer_batch(
+    request: Request, op: Op, name: str, body: TransferCreate | None = None
+) -> list[TransferCodeOut]:
+    """A transfer code for every device of the batch that can be transferred now (onboarded,
+    enabled, no move under way); each is shown once."""
+    _need(op, ROLE_OPERATOR)
+    ttl = (body or TransferCreate()).ttl_s
+    return await _call(
+        _app(request).transfer_codes, name, ttl_s=ttl, tenant=op.tenant, actor=_actor(request, op)
+    )
+
+
+@router.post("/claims", response_model=ClaimOut, status_code=201, responses=errors(403, 404, 409))
+async def claim(request: Request, op: Op, body: ClaimCreate) -> ClaimOut:
+    """Redeem a transfer code into a batch of this tenant: the device is sent `transfer` and
+    moves to a new identity in that batch. The answer is the claim, nothing of the device."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(_app(request).claim, body.code, op.tenant, body.batch, _actor(request, op))
+
+
+@router.get("/claims/{handle}", response_model=ClaimOut, responses=errors(404))
+async def get_claim(request: Request, op: Op, handle: str) -> ClaimOut:
+    """A claim's state (pending, done, failed) and, once done, the device's new ID."""
+    return await _call(_app(request).claim_status, handle, op.tenant)
+
+
+@router.post(
+    "/devices/{device_id}/reenrol",
+    response_model=CommandOut,
+    status_code=202,
+    responses=errors(403, 404, 409),
+)
+async def reenrol_device(request: Request, op: Op, device_id: str) -> CommandOut:
+    """Command the device to re-enrol at its next cold boot: fresh helper data, a new ID in
+    the same batch, linked to this record."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).reenrol, device_id, tenant=op.tenant, actor=_actor(request, op)
+    )
+
+
+@router.post(
+    "/devices/{device_id}/decommission",
+    response_model=DecommissionOut,
+    responses=errors(403, 404, 409, 503),
+)
+async def decommission_device(
+    request: Request, op: Op, device_id: str, body: DecommissionCreate | None = None
+) -> DecommissionOut:
+    """Command the device to erase itself, wait up to `wait_s` (default 10 s) for its answer,
+    then revoke it; `confirmed` tells whether it reported the erase."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).decommission,
+        device_id,
+        wait_s=(body or DecommissionCreate()).wait_s,
+        tenant=op.tenant,
+        actor=_actor(request, op),
+    )
 
 
 @router.post("/tokens", response_model=TokenOut, status_code=201, responses=errors(403))

@@ -1,8 +1,8 @@
 """The ASGI app and the process around it: broker, telemetry, uvicorn (one or more workers)
 over TLS.
 
-The main process owns the broker and the telemetry subscription; each uvicorn worker (the
-main process itself when there is one) serves the API with its own database pool and its own
+The main process owns the broker and the telemetry and event subscriptions; each uvicorn worker
+(the main process itself when there is one) serves the API with its own database pool and its own
 policy-driver connection to the broker.
 """
 
@@ -42,6 +42,7 @@ from host.server.broker import ADMIN_HOST, ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
 from host.server.datadir import lock_data_dir
 from host.server.deviceapi import DeviceApi, openapi_paths
+from host.server.events import EventIntake
 from host.server.files import atomic_write
 from host.server.limits import RequestLimits
 from host.server.policy import Policies, PolicyDriver
@@ -283,6 +284,7 @@ def _serve(settings: Settings) -> None:
     broker = ManagedBroker(settings.broker_dir, ca, settings.bind_host, settings.broker_port)
     broker.start()  # in the main thread: see ManagedBroker.start
     telemetry: TelemetrySubscriber | None = None
+    events: EventIntake | None = None
     stop = threading.Event()
     stopped: list[bool] = []
 
@@ -296,6 +298,8 @@ def _serve(settings: Settings) -> None:
             stopped.append(True)
             if telemetry is not None:
                 telemetry.close()
+            if events is not None:
+                events.close()
             broker.stop()
 
     def announce() -> None:
@@ -340,6 +344,9 @@ def _serve(settings: Settings) -> None:
         if applied:
             log.info("event=policy_denials_applied devices=%d", applied)
         telemetry = TelemetrySubscriber(store.devices, ca, ADMIN_HOST, broker.admin_port)
+        events = EventIntake(
+            store, ca, ADMIN_HOST, broker.admin_port, drift_pct=settings.puf_drift_pct
+        )
         threading.Thread(target=announce, name="announce", daemon=True).start()
         threading.Thread(
             target=_refresh_crl, args=(main, broker, stop), name="crl", daemon=True

@@ -15,21 +15,45 @@ operator token's tenant sees only its own (another tenant's batch or device does
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from host.server import ServerError
-from host.server.schemas import AuditOut, BatchExport, BatchOut, DeviceRecord, OperatorOut
+from host.server.schemas import (
+    AuditOut,
+    BatchExport,
+    BatchOut,
+    BatchRevokeOut,
+    ClaimOut,
+    CommandOut,
+    DecommissionOut,
+    DeviceRecord,
+    OperatorOut,
+    PufHealthOut,
+    TenantOut,
+    TransferCodeOut,
+)
 from host.server.settings import Settings
 from host.server.store import LOCAL, Actor, RevokedCert, Store
+from host.server.store.transfers import CODE_TTL_S
 
 if TYPE_CHECKING:
     from host.server.ca import CertificateAuthority
+    from host.server.commands import CommandSigner
+    from host.server.events import MqttCommandLink
     from host.server.identities import Progress
     from host.server.lifecycle import Lifecycle
     from host.server.onboarding import BrokerEndpoint, Onboarding
+    from host.server.ownership import Ownership
     from host.server.policy import Policies, PolicyDriver
+    from host.server.successors import SuccessorService
+
+
+log = logging.getLogger("qlink.app")
+_MIN_TTL_S = 10
+_MAX_TTL_S = 30 * 86400
 
 
 class ServerNotRunning(ServerError):
@@ -48,9 +72,11 @@ class Application:
         ca: CertificateAuthority | None = None,
         policies: Policies | None = None,
         broker: BrokerEndpoint | None = None,
+        admin_port: int = 0,
     ) -> None:
         self.settings = settings
         self.store = store
+        self._admin_port = admin_port  # the managed broker's admin listener (0: server.json)
         if ca is not None:
             self.__dict__["ca"] = ca
         if policies is not None:
@@ -92,6 +118,7 @@ class Application:
             ca=ca,
             policies=policies,
             broker=BrokerEndpoint(settings.public_host, broker_port),
+            admin_port=admin_port,
         )
 
     @classmethod
@@ -115,16 +142,35 @@ class Application:
         from host.server.policy import Policies, PolicyError
         from host.server.policy.mosquitto import MosquittoDynsec
 
-        try:
-            info = json.loads(self.settings.server_json.read_text())
-            port = int(info["broker_admin_port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ServerNotRunning from None
+        port = self._broker_admin_port()
         try:
             driver = MosquittoDynsec(self.ca, ADMIN_HOST, port)
         except PolicyError as e:
             raise PolicyError(f"cannot reach the server's broker: {e}") from e
         return Policies({"mosquitto": driver, **extra_drivers(self.settings)}, self.store.devices)
+
+    def _broker_admin_port(self) -> int:
+        """The managed broker's admin port: given at construction, or the running server's."""
+        if self._admin_port:
+            return self._admin_port
+        try:
+            info = json.loads(self.settings.server_json.read_text())
+            return int(info["broker_admin_port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ServerNotRunning from None
+
+    @cached_property
+    def command_signer(self) -> CommandSigner:
+        from host.server.commands import CommandSigner
+
+        return CommandSigner.load_or_create(self.ca)
+
+    @cached_property
+    def command_link(self) -> MqttCommandLink:
+        from host.server.broker import ADMIN_HOST
+        from host.server.events import MqttCommandLink
+
+        return MqttCommandLink.connect(self.ca, ADMIN_HOST, self._broker_admin_port())
 
     @cached_property
     def onboarding(self) -> Onboarding:
@@ -132,7 +178,13 @@ class Application:
 
         broker = self._broker or BrokerEndpoint(self.settings.public_host, 0)
         return Onboarding(
-            self.settings, self.store, self.ca, self.policies, broker, self.publish_crl
+            self.settings,
+            self.store,
+            self.ca,
+            self.policies,
+            broker,
+            self.publish_crl,
+            self.command_signer.cert_der,
         )
 
     @cached_property
@@ -141,9 +193,24 @@ class Application:
 
         return Lifecycle(self.store, self.policies, self.publish_crl)
 
+    @cached_property
+    def successors(self) -> SuccessorService:
+        """The device API's successor request (transfer and re-enrolment moves)."""
+        from host.server.successors import SuccessorService
+
+        return SuccessorService(self.settings, self.store, self.policies, self.publish_crl)
+
+    @cached_property
+    def ownership(self) -> Ownership:
+        from host.server.ownership import Ownership
+
+        return Ownership(self)
+
     def close(self) -> None:
         if "policies" in self.__dict__:
             self.policies.close()
+        if "command_link" in self.__dict__:
+            self.command_link.close()
         self.store.close()
 
     # -- reads ----------------------------------------------------------------------------
@@ -183,6 +250,10 @@ class Application:
         """Newest first."""
         return self.store.audit.list(tenant, action=action, target=target, since=since, limit=limit)
 
+    def tenants(self, tenant: str | None = None) -> list[TenantOut]:
+        """Every tenant for the local operator (`None`), else only `tenant` itself."""
+        return self.store.tenants.list(tenant)
+
     def operators(self, tenant: str | None = None) -> list[OperatorOut]:
         return self.store.tokens.list(tenant)
 
@@ -200,6 +271,10 @@ class Application:
         return self.ca.current_crl(self._revoked())
 
     # -- use cases ------------------------------------------------------------------------
+    def create_tenant(self, name: str, actor: Actor = LOCAL) -> TenantOut:
+        """A new tenant: batches and operator tokens are made only in one that exists."""
+        return self.store.tenants.create(name, actor)
+
     def create_batch(
         self, name: str, tenant: str = "default", policy: str = "mosquitto", actor: Actor = LOCAL
     ) -> BatchOut:
@@ -246,6 +321,146 @@ class Application:
         self, device_id: str, *, tenant: str | None = None, actor: Actor = LOCAL
     ) -> DeviceRecord:
         return self.lifecycle.enable(device_id, tenant=tenant, actor=actor)
+
+    def revoke_batch(
+        self,
+        name: str,
+        *,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+        progress: Progress | None = None,
+    ) -> BatchRevokeOut:
+        return self.lifecycle.revoke_batch(name, tenant=tenant, actor=actor, progress=progress)
+
+    def commands(
+        self, device_id: str, *, tenant: str | None = None, limit: int = 100
+    ) -> list[CommandOut]:
+        """The device's commands, newest first."""
+        dev = self.require_device(device_id, tenant)
+        return self.store.commands.list(dev.device_id, limit=limit)
+
+    def send_command(
+        self,
+        device_id: str,
+        kind: str,
+        args: dict[str, object] | None = None,
+        *,
+        ttl_s: float = 3600,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+    ) -> CommandOut:
+        """Sign a command for the device, store it queued and publish it (QoS 1). A device that
+        is offline, or a broker that cannot be reached, gets it when the device next comes
+        online (docs/protocol.md "Command channel"): the command is stored either way."""
+        from host.server.commands import KINDS, MAX_BODY, CommandError, body, unreachable
+        from host.server.events import command_topic, signed_payload
+        from host.server.store import Conflict, Invalid
+
+        if kind not in KINDS:
+            raise Invalid(f"unknown command kind {kind[:32]!r}; kinds: {', '.join(KINDS)}")
+        if not _MIN_TTL_S <= ttl_s <= _MAX_TTL_S:
+            raise Invalid(f"a command's time to live must be {_MIN_TTL_S} s to 30 days")
+        args = dict(args or {})
+        dev = self.require_device(device_id, tenant)
+        why = unreachable(dev)
+        if why is not None:
+            raise Conflict(f"device {dev.device_id} {why}; a command cannot reach it")
+        # The largest body this command can have (seq and expiry at their widest) must fit.
+        try:
+            body(dev.device_id, 2**31 - 1, 2**32, kind, args)
+        except CommandError as e:
+            raise Invalid(str(e)) from None
+        except (TypeError, ValueError):
+            raise Invalid(
+                f"command arguments must be a JSON object (at most {MAX_BODY} bytes signed)"
+            ) from None
+        cmd = self.store.commands.create(dev, kind, args, ttl_s, actor)
+        payload = signed_payload(self.command_signer, cmd)
+        try:
+            self.command_link.send(command_topic(dev.tenant, dev.device_id), payload)
+        except (CommandError, ServerNotRunning) as e:
+            # Stored and signed: the device gets it at its next `online` event.
+            log.warning("event=command_not_sent device=%s seq=%d why=%s", dev.device_id, cmd.seq, e)
+        return cmd
+
+    def puf_health(
+        self, device_id: str, *, tenant: str | None = None, limit: int = 64
+    ) -> list[PufHealthOut]:
+        """The device's PUF health reports, newest first (bounded history)."""
+        dev = self.require_device(device_id, tenant)
+        return self.store.puf.history(dev.device_id, limit)
+
+    def drifting(self, tenant: str | None = None) -> list[DeviceRecord]:
+        """Devices whose latest PUF report used at least the drift threshold of the budget."""
+        return [
+            d
+            for d in self.store.devices.list(tenant)
+            if d.puf_used_pct is not None and d.puf_used_pct >= self.settings.puf_drift_pct
+        ]
+
+    def renew(
+        self, device_id: str, *, tenant: str | None = None, actor: Actor = LOCAL
+    ) -> CommandOut:
+        """Command the device to renew its certificate now (a fresh proof; the old serial is
+        revoked when the new certificate is issued)."""
+        return self.send_command(device_id, "renew", tenant=tenant, actor=actor)
+
+    # -- ownership: transfer, re-enrolment, decommissioning (host/server/ownership.py) ------
+    def transfer_code(
+        self,
+        device_id: str,
+        *,
+        ttl_s: float = CODE_TTL_S,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+    ) -> TransferCodeOut:
+        """A single-use transfer code for the device, shown once (a new one replaces the
+        device's open code)."""
+        return self.ownership.transfer_code(device_id, ttl_s=ttl_s, tenant=tenant, actor=actor)
+
+    def transfer_codes(
+        self,
+        batch: str,
+        *,
+        ttl_s: float = CODE_TTL_S,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+    ) -> list[TransferCodeOut]:
+        """A transfer code for every device of the batch that can be transferred now."""
+        return self.ownership.transfer_codes(batch, ttl_s=ttl_s, tenant=tenant, actor=actor)
+
+    def claim(self, code: str, tenant: str, batch: str, actor: Actor = LOCAL) -> ClaimOut:
+        """Redeem a transfer code into a batch of `tenant`; the device is sent `transfer`."""
+        return self.ownership.claim(code, tenant, batch, actor)
+
+    def claim_status(self, handle: str, tenant: str | None = None) -> ClaimOut:
+        return self.ownership.claim_status(handle, tenant)
+
+    def reenrol(
+        self, device_id: str, *, tenant: str | None = None, actor: Actor = LOCAL
+    ) -> CommandOut:
+        """Command the device to re-enrol (fresh helper data at its next cold boot)."""
+        return self.ownership.reenrol(device_id, tenant=tenant, actor=actor)
+
+    def decommission(
+        self,
+        device_id: str,
+        *,
+        wait_s: float = 10,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+    ) -> DecommissionOut:
+        """Command the device to erase itself, wait up to `wait_s` for it, revoke it."""
+        return self.ownership.decommission(device_id, wait_s=wait_s, tenant=tenant, actor=actor)
+
+    def require_device(self, device_id: str, tenant: str | None = None) -> DeviceRecord:
+        """The device, or NotFound with what to do (another tenant's device does not exist)."""
+        from host.server.store import NotFound
+
+        dev = self.device(device_id, tenant)
+        if dev is None:
+            raise NotFound(f"device {device_id[:64]} does not exist; see: qlink devices")
+        return dev
 
     def publish_crl(self) -> None:
         """Write the CRL with every revoked certificate and make the broker re-read it (from

@@ -28,6 +28,14 @@ class ProofRequest(Strict):
     csr_b64: str = Field(min_length=1, max_length=4096)
 
 
+class SuccessorRequest(Strict):
+    device_id: str = Field(pattern="^[0-9a-fA-F]{64}$")
+    public_key: str = Field(pattern="^[0-9a-fA-F]{130}$")
+    reason: Literal["transfer", "reenrol"]
+    seq: int = Field(ge=1, le=2**31 - 1)
+    signature: str = Field(pattern="^[0-9a-fA-F]{128}$")
+
+
 def _named(kind: str) -> AfterValidator:
     """The store's name rule (store/names.py) on a body field: a bad name is 400 bad_request
     with the rule's own sentence, and the rule is in the OpenAPI schema."""
@@ -44,11 +52,35 @@ def _named(kind: str) -> AfterValidator:
 _NAME_SCHEMA = Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": NAME_MAX})
 BatchName = Annotated[str, _named("batch name"), _NAME_SCHEMA]
 OperatorName = Annotated[str, _named("operator name"), _NAME_SCHEMA]
+TenantName = Annotated[str, _named("tenant"), _NAME_SCHEMA]
+
+
+class TenantCreate(Strict):
+    name: TenantName
 
 
 class BatchCreate(Strict):
     name: BatchName
     policy: Literal["mosquitto", "aws", "azure"] = "mosquitto"
+
+
+class CommandCreate(Strict):
+    kind: Literal["ping", "renew", "transfer", "reenrol", "decommission"]
+    args: dict[str, str | int | bool] = Field(default_factory=dict, max_length=16)
+    ttl_s: float = Field(default=3600, ge=10, le=30 * 86400)
+
+
+class TransferCreate(Strict):
+    ttl_s: float = Field(default=7 * 86400, ge=600, le=30 * 86400)
+
+
+class DecommissionCreate(Strict):
+    wait_s: float = Field(default=10, ge=0, le=300)
+
+
+class ClaimCreate(Strict):
+    code: str = Field(min_length=1, max_length=64)
+    batch: str = Field(min_length=1, max_length=128)  # an existing batch (older names too)
 
 
 class BatchState(Strict):

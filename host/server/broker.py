@@ -11,14 +11,22 @@ resume its stored session. The server's own admin clients (several, one certific
 second listener on the loopback whose only trust anchor is that self-signed admin certificate:
 no device certificate passes its handshake, and the admin's never passes the devices'.
 
-Rights: a device's rights come with the certificate the CA issued it at onboarding: one pattern
-ACL, `qlink/+/%u/#`, lets every device use the topics under its own ID (CN = device ID) and
-nothing else. The dynamic-security plugin is asked first and holds only the exceptions: the
-server's admin client, and a deny-everything role for each disabled or revoked device (its
-answer ends the check; for a user it does not know it defers to the pattern). Mosquitto 2.0's
-plugin rewrites its whole JSON file after every command, so one entry per device would make each
-onboarding cost time in proportion to the fleet; exceptions stay few. The plugin keeps its state
-in `dynamic-security.json`, which is written here only when missing.
+Rights, asked in this order (Mosquitto asks its plugins in configuration order, then the
+acl_file; the first answer that is not "defer" ends the check):
+1. The qlink plugin (host/server/brokerplugin/qlink_acl.c). A device certificate carries the
+   tenant as its OU (CN = device ID): the plugin lets such a device publish only
+   `qlink/<tenant>/<id>/telemetry` and `.../event` and subscribe to and receive only
+   `qlink/<tenant>/<id>/cmd`, and refuses everything else (a foreign SUBSCRIBE gets SUBACK
+   0x80). It also holds the denied set: disabled and revoked devices are refused everything
+   and their connections dropped. The set lives in broker memory; the server fills it at start
+   (policy `reapply_denials`) and until then the plugin refuses every device.
+2. The dynamic-security plugin holds the server's admin client alone: its role manages both
+   plugins and reads every qlink topic; it may publish on the command channel (`cmd`) too. The
+   plugin keeps its state in `dynamic-security.json`, written here when missing; the deny
+   entries of the scheme before the qlink plugin (one client per denied device and the
+   `qlink-deny` role) are dropped from it at start, as the denied set replaces them.
+3. The acl_file pattern `qlink/+/%u/#` judges a device whose certificate has no OU (issued
+   before the tenant was written in): its own ID's topics in any tenant, until it renews.
 """
 
 from __future__ import annotations
@@ -35,9 +43,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from host.server import ServerError
+from host.server.brokerplugin import plugin_path
+from host.server.brokerplugin.control import CONTROL as QLINK_CONTROL
 from host.server.ca import ADMIN_CN, CertificateAuthority
+from host.server.deviceid import is_device_id
 from host.server.files import atomic_write
 
 log = logging.getLogger("qlink.broker")
@@ -45,10 +57,11 @@ log = logging.getLogger("qlink.broker")
 MOSQUITTO = "/usr/sbin/mosquitto"
 _DYNSEC_GLOB = "/usr/lib/*/mosquitto_dynamic_security.so"
 ADMIN_ROLE = "qlink-admin"
-DENY_ROLE = "qlink-deny"
+_LEGACY_DENY_ROLE = "qlink-deny"  # the per-device deny scheme's role, dropped at start
 ADMIN_HOST = "127.0.0.1"  # the admin listener: the server and its managed broker share a host
 DEVICE_PATTERN = "qlink/+/%u/#"  # %u: the MQTT user name, which is the certificate CN
 CONTROL_TOPIC = "$CONTROL/dynamic-security/#"
+COMMAND_TOPICS = "qlink/+/+/cmd"  # the command channel: the server alone publishes there
 # Mosquitto 2.0 logs this and exits when its listener's port is taken (bind(2): EADDRINUSE).
 _ADDRESS_IN_USE = b"Error: Address already in use"
 _RUNNING = b" running\n"  # "mosquitto version 2.0.x running", after its listeners are bound
@@ -92,9 +105,23 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def admin_acls() -> list[dict[str, object]]:
+    """The admin role: it manages both plugins, reads every qlink topic and sends commands."""
+    return [
+        {"acltype": "publishClientSend", "topic": CONTROL_TOPIC, "allow": True},
+        {"acltype": "publishClientReceive", "topic": CONTROL_TOPIC, "allow": True},
+        {"acltype": "subscribePattern", "topic": CONTROL_TOPIC, "allow": True},
+        # The qlink plugin answers the requesting client alone: no subscription to allow.
+        {"acltype": "publishClientSend", "topic": QLINK_CONTROL, "allow": True},
+        {"acltype": "publishClientSend", "topic": COMMAND_TOPICS, "allow": True},
+        {"acltype": "subscribePattern", "topic": "qlink/#", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "qlink/#", "allow": True},
+        {"acltype": "unsubscribePattern", "topic": "#", "allow": True},
+    ]
+
+
 def initial_dynsec() -> dict[str, object]:
-    """The admin client manages the plugin and reads every qlink topic; the deny role waits for
-    the first disabled device. Everything else falls through to the device pattern."""
+    """The admin client and its role; everything else falls through to the device pattern."""
     return {
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -106,33 +133,29 @@ def initial_dynsec() -> dict[str, object]:
             {"username": ADMIN_CN, "textname": "qlink server", "roles": [{"rolename": ADMIN_ROLE}]}
         ],
         "groups": [],
-        "roles": [
-            {
-                "rolename": ADMIN_ROLE,
-                "acls": [
-                    {"acltype": "publishClientSend", "topic": CONTROL_TOPIC, "allow": True},
-                    {"acltype": "publishClientReceive", "topic": CONTROL_TOPIC, "allow": True},
-                    {"acltype": "subscribePattern", "topic": CONTROL_TOPIC, "allow": True},
-                    {"acltype": "subscribePattern", "topic": "qlink/#", "allow": True},
-                    {"acltype": "publishClientReceive", "topic": "qlink/#", "allow": True},
-                    {"acltype": "unsubscribePattern", "topic": "#", "allow": True},
-                ],
-            },
-            deny_role(),
-        ],
+        "roles": [{"rolename": ADMIN_ROLE, "acls": admin_acls()}],
     }
 
 
-def deny_role() -> dict[str, object]:
-    """The role of a disabled or revoked device: every publish, delivery and subscription
-    refused (it matches first, so the device pattern is never reached)."""
-    return {
-        "rolename": DENY_ROLE,
-        "acls": [
-            {"acltype": t, "topic": "#", "allow": False}
-            for t in ("publishClientSend", "publishClientReceive", "subscribePattern")
-        ],
-    }
+def drop_device_entries(doc: dict[str, Any]) -> bool:
+    """Remove from a dynamic-security document what the per-device deny scheme left (a client
+    per denied device, the deny role); True if there was any. The store's denials reach the
+    qlink plugin at start instead."""
+    clients, roles = doc.get("clients"), doc.get("roles")
+    if not isinstance(clients, list) or not isinstance(roles, list):
+        return False
+    kept_clients = [c for c in clients if not (isinstance(c, dict) and _is_device_entry(c))]
+    kept_roles = [
+        r for r in roles if not (isinstance(r, dict) and r.get("rolename") == _LEGACY_DENY_ROLE)
+    ]
+    if len(kept_clients) == len(clients) and len(kept_roles) == len(roles):
+        return False
+    doc["clients"], doc["roles"] = kept_clients, kept_roles
+    return True
+
+
+def _is_device_entry(client: dict[str, Any]) -> bool:
+    return is_device_id(client.get("username"))
 
 
 class ManagedBroker:
@@ -198,6 +221,8 @@ class ManagedBroker:
         self.dir.chmod(0o700)
         if not self.dynsec_path.exists():
             atomic_write(self.dynsec_path, json.dumps(initial_dynsec(), indent=2).encode(), 0o600)
+        else:
+            self._drop_device_entries()
         acl = "# written by qlink on every start: a device may use its own topics only\n"
         atomic_write(self.acl_path, f"{acl}pattern readwrite {DEVICE_PATTERN}\n".encode(), 0o600)
         lines = [
@@ -213,6 +238,9 @@ class ManagedBroker:
             "connection_messages true",
             "log_timestamp true",
             "allow_anonymous false",
+            # First: its answer about a device ends the check (see the module docstring).
+            f"plugin {plugin_path()}",
+            f"plugin_opt_admin {ADMIN_CN}",
             f"plugin {find_dynsec_plugin()}",
             f"plugin_opt_config_file {self.dynsec_path}",
             f"acl_file {self.acl_path}",
@@ -238,6 +266,17 @@ class ManagedBroker:
             "set_tcp_nodelay true",
         ]
         atomic_write(self.config_path, ("\n".join(lines) + "\n").encode(), 0o600)
+
+    def _drop_device_entries(self) -> None:
+        """The plugin's file without the per-device deny scheme's entries (the broker is not
+        running: the plugin owns the file only while it runs)."""
+        try:
+            doc = json.loads(self.dynsec_path.read_bytes())
+        except (OSError, ValueError):
+            return  # the plugin reports a file it cannot read itself
+        if isinstance(doc, dict) and drop_device_entries(doc):
+            atomic_write(self.dynsec_path, json.dumps(doc, indent=2).encode(), 0o600)
+            log.info("event=broker_dynsec_migrated dropped=per_device_deny_entries")
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the broker. Call it from the thread that lives as long as the server (the main

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from host.server import ServerError
 from host.server.files import atomic_write
 from host.server.hsm import Pkcs11Config, Pkcs11Key, sign_certificate, sign_crl
+from host.server.store.names import NAME_RULE, is_name
 
 ADMIN_CN = "qlink-admin"
 # Device certificates may be short-lived (fractions of a day: renewal drills, tests).
@@ -73,8 +74,11 @@ def random_serial() -> int:
     return int.from_bytes(secrets.token_bytes(16), "big") or 1
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, ou: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if ou is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+    return x509.Name(attrs)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -126,7 +130,10 @@ def _builder(
         .issuer_name(issuer_name)
         .public_key(public_key)
         .serial_number(random_serial())
-        .not_valid_before(now - _BACKDATE)
+        # Backdated for lagging device clocks, by at most a tenth of the life: the agent and
+        # the server time renewal as a share of notBefore..notAfter, which a fixed 5 minutes
+        # would swamp in a short-lived certificate.
+        .not_valid_before(now - min(_BACKDATE, dt.timedelta(days=days) / 10))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
@@ -230,6 +237,15 @@ class CertificateAuthority:
 
     def issuing_der(self) -> bytes:
         return self._issuing.cert.public_bytes(serialization.Encoding.DER)
+
+    def root_issued(
+        self, subject: str, key: ec.EllipticCurvePublicKey, eku: x509.ObjectIdentifier
+    ) -> x509.Certificate:
+        """A leaf signed by the root itself, for one purpose (`eku`): what a device checks
+        with the one key it pins (the command signer, host/server/commands.py)."""
+        return self._root.sign(
+            _leaf(_builder(_name(subject), self._root, key, _SERVICE_DAYS), [eku])
+        )
 
     @classmethod
     def load(cls, ca_dir: Path, hsm: Pkcs11Config | None = None) -> CertificateAuthority:
@@ -341,10 +357,19 @@ class CertificateAuthority:
         atomic_write(self.cert_path(service), _pem(cert, self._issuing.cert))
 
     def issue_device(
-        self, csr: x509.CertificateSigningRequest, device_id: str, validity_days: float
+        self,
+        csr: x509.CertificateSigningRequest,
+        device_id: str,
+        validity_days: float,
+        tenant: str | None = None,
     ) -> x509.Certificate:
-        """A client certificate for `device_id` over the CSR's (already verified) key."""
-        return self.issue(csr.public_key(), device_id, DEVICE_PROFILE, validity_days)
+        """A client certificate for `device_id` over the CSR's (already verified) key, with
+        subject CN=<device_id>, OU=<tenant>: the broker's qlink plugin gives the device the
+        topics of that tenant alone (host/server/broker.py). Without a tenant, the subject is
+        the CN alone, the form issued before tenants were written in."""
+        if tenant is not None and not is_name(tenant):
+            raise CaError(f"the tenant in a device certificate must be {NAME_RULE}")
+        return self.issue(csr.public_key(), device_id, DEVICE_PROFILE, validity_days, ou=tenant)
 
     def issue(
         self,
@@ -353,14 +378,16 @@ class CertificateAuthority:
         profile: Profile,
         validity_days: float | None = None,
         sans: x509.SubjectAlternativeName | None = None,
+        ou: str | None = None,
     ) -> x509.Certificate:
-        """A leaf of `profile` for an EC P-256 public key, signed by the issuing CA."""
+        """A leaf of `profile` for an EC P-256 public key, signed by the issuing CA; `ou`, when
+        given, follows the CN in the subject."""
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise CaError("the key must be an EC P-256 key")
         days = validity_days if validity_days is not None else profile.days
         if days * 86400 < MIN_VALIDITY_S:
             raise CaError("certificate validity must be at least one minute")
-        b = _leaf(_builder(_name(common_name), self._issuing, key, days), list(profile.eku))
+        b = _leaf(_builder(_name(common_name, ou), self._issuing, key, days), list(profile.eku))
         if sans is not None:
             b = b.add_extension(sans, critical=False)
         return self._issuing.sign(b)

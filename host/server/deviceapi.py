@@ -1,4 +1,5 @@
-"""The device API's HTTP face: POST /v1/onboard/hello and /v1/onboard/proof.
+"""The device API's HTTP face: POST /v1/onboard/hello, /v1/onboard/proof and
+/v1/onboard/successor.
 
 `ROUTES` is its one route table: `DeviceApi` answers these paths straight from ASGI, in front
 of the operator API's framework (a device request costs one JSON parse, the onboarding rules
@@ -13,12 +14,13 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from host.server import jsonin
-from host.server.bodies import HelloRequest, ProofRequest
+from host.server.bodies import HelloRequest, ProofRequest, SuccessorRequest
 from host.server.limits import (
     App,
     BodyTooLarge,
@@ -31,8 +33,11 @@ from host.server.limits import (
     reject,
     send_json,
 )
-from host.server.onboarding import Onboarding, OnboardingRefused
-from host.server.schemas import ErrorBody, HelloAnswer, ProofAnswer
+from host.server.onboarding import OnboardingRefused
+from host.server.schemas import ErrorBody, HelloAnswer, ProofAnswer, SuccessorAnswer
+
+if TYPE_CHECKING:
+    from host.server.application import Application
 
 log = logging.getLogger("qlink.onboard")
 
@@ -42,7 +47,7 @@ PREFIX = "/v1/onboard"
 @dataclass(frozen=True)
 class DeviceRoute:
     path: str
-    name: str  # "hello" or "proof": the onboarding step, the log's event name
+    name: str  # "hello", "proof" or "successor": the step, the log's event name
     summary: str
     request: type[BaseModel]
     answer: type[BaseModel]
@@ -68,21 +73,29 @@ ROUTES: dict[str, DeviceRoute] = {
             ProofAnswer,
             (403, 503),
         ),
+        DeviceRoute(
+            f"{PREFIX}/successor",
+            "successor",
+            "The current key signs the next one: transfer or re-enrolment moves the device",
+            SuccessorRequest,
+            SuccessorAnswer,
+            (403, 409, 429),
+        ),
     )
 }
 _ALWAYS = (400, 405, 408, 413)
 
 
-def onboarding_of(scope: Scope) -> Onboarding:
-    """The onboarding use cases of the application the app was started with."""
-    service: Onboarding = scope["app"].state.application.onboarding
-    return service
+def application_of(scope: Scope) -> Application:
+    """The application the app was started with."""
+    application: Application = scope["app"].state.application
+    return application
 
 
 async def answer(
-    service: Onboarding, route: str, raw: bytes, source: str
+    application: Application, route: str, raw: bytes, source: str
 ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
-    """One device request (`route` is "hello" or "proof") to (status, JSON answer, extra
+    """One device request (`route` is a DeviceRoute's name) to (status, JSON answer, extra
     headers); logs one line: request ID, device ID, outcome."""
     rid = secrets.token_hex(4)
     device = "-"
@@ -93,12 +106,14 @@ async def answer(
             raise OnboardingRefused(400, "bad_request", f"the body is not JSON: {e}") from None
         if not isinstance(body, dict):
             raise OnboardingRefused(400, "bad_request", "the body must be a JSON object")
+        if route != "proof" and isinstance(body.get("device_id"), str):
+            device = body["device_id"][:64]
         if route == "hello":
-            if isinstance(body.get("device_id"), str):
-                device = body["device_id"][:64]
-            result = service.hello(body, source)
-        else:
-            device, result = await service.proof_async(body, source)
+            result = application.onboarding.hello(body, source)
+        elif route == "proof":
+            device, result = await application.onboarding.proof_async(body, source)
+        else:  # the store, the broker's deny and the CRL: off the event loop
+            device, result = await run_in_threadpool(application.successors.successor, body, source)
     except OnboardingRefused as e:
         if route == "proof":
             device = e.device_id
@@ -155,7 +170,7 @@ class DeviceApi:
             return
         client = scope.get("client")
         source = client[0] if client else "-"
-        status, body, extra = await answer(onboarding_of(scope), route.name, raw, source)
+        status, body, extra = await answer(application_of(scope), route.name, raw, source)
         await send_json(send, status, body, extra)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,8 +46,10 @@ __all__ = [
     "Command",
     "Device",
     "Operator",
+    "PufHealth",
     "Revoked",
     "Tenant",
+    "Transfer",
 ]
 
 
@@ -92,6 +95,15 @@ class Device(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_telemetry: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # PUF health (store/puf.py): the largest decoder margin ever reported, and the share of
+    # that budget the latest report has used (percent).
+    puf_margin_max: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    puf_used_pct: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The owner epoch of this identity (docs/identity.md "Seeds"), and the records of the same
+    # device before and after a re-enrolment (same tenant; a transfer never links records).
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    predecessor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    successor: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Challenge(Base):
@@ -122,6 +134,47 @@ class Command(Base):
     updated_at: Mapped[float] = mapped_column(Float)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     actor: Mapped[str] = mapped_column(String(128))
+
+
+class PufHealth(Base):
+    """What a device reported of its PUF at a session's start (bounded per device)."""
+
+    __tablename__ = "puf_health"
+    __table_args__ = (Index("ix_puf_health_device_at", "device_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"))
+    at: Mapped[float] = mapped_column(Float)
+    margin: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    corrected_bits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    health_failures: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Transfer(Base):
+    """An ownership transfer: the code (only its SHA-256), its claim, and the next identity once
+    the device moved (store/transfers.py). No API reads both IDs of a row."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        UniqueConstraint("code_hash", name="uq_transfers_code_hash"),
+        UniqueConstraint("claim", name="uq_transfers_claim"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))  # the current owner's
+    state: Mapped[str] = mapped_column(String(16))  # open, replaced, claimed, void, done
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    claim: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the claim handle
+    to_tenant: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    to_batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), nullable=True)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the transfer command's
+    claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    successor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Revoked(Base):

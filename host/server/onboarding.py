@@ -40,6 +40,7 @@ from host.server.ratelimit import RateLimiter
 from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
 from host.server.settings import Settings
 from host.server.store import Actor, ChallengeInfo, Store
+from host.server.store.names import is_name
 
 DOMAIN_LABEL = b"qlink-onboard-v1\x00"
 _MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
@@ -142,6 +143,7 @@ class Onboarding:
         policies: Policies,
         broker: BrokerEndpoint,
         publish_crl: Callable[[], None] | None = None,
+        command_signer_der: bytes | None = None,
     ) -> None:
         self.settings = settings
         # Called after a renewal put the replaced certificate on the CRL's list.
@@ -153,6 +155,9 @@ class Onboarding:
         # In every answer; the CA's certificates do not change while it is loaded.
         self._issuing_b64 = base64.b64encode(ca.issuing_der()).decode()
         self._root_b64 = base64.b64encode(ca.root_der()).decode()
+        self._signer_b64 = (
+            base64.b64encode(command_signer_der).decode() if command_signer_der else None
+        )
         self.hellos_by_source = RateLimiter(settings.hello_per_source_per_min)
         self.hellos_by_device = RateLimiter(settings.hello_per_device_per_min)
 
@@ -328,14 +333,25 @@ class Onboarding:
                 403, "csr_subject_mismatch", f"the CSR subject must be exactly CN={device_id}"
             )
 
-        # A retry gets the certificate it may have missed; one that expires within the renewal
-        # window (or has expired) is replaced.
-        renew_from = (dev.not_after or 0) - self.settings.renewal_window_days * 86400
-        if dev.state == STATE_ONBOARDED and dev.cert_der and now < renew_from:
+        # A retry gets the certificate it may have missed; one past the renewal point of its
+        # life, within the renewal window, expired, or with a renew command outstanding is
+        # replaced.
+        cert = None
+        if dev.state == STATE_ONBOARDED and dev.cert_der:
             cert_der = dev.cert_der
             cert = x509.load_der_x509_certificate(cert_der)
-        else:
-            cert = self.ca.issue_device(csr, device_id, self.settings.cert_validity_days)
+            end = dev.not_after or cert.not_valid_after_utc.timestamp()
+            if self._renewal_due(cert, end, now) or self.store.commands.outstanding(
+                device_id, "renew"
+            ):
+                cert = None
+        if cert is None:
+            # The tenant goes into the certificate (its OU) for the broker's plugin; a tenant
+            # recorded before the name rule keeps the CN-only form (store/names.py).
+            tenant = dev.tenant if is_name(dev.tenant) else None
+            cert = self.ca.issue_device(
+                csr, device_id, self.settings.cert_validity_days, tenant=tenant
+            )
             cert_der = cert.public_bytes(serialization.Encoding.DER)
 
         # The broker must know the device before the device learns its certificate; one that
@@ -345,6 +361,14 @@ class Onboarding:
         except PolicyUnavailable as e:
             raise OnboardingRefused(503, "policy_unavailable", str(e)) from None
         return Issued(ch.id, dev, cert, cert_der, digest, source, now, driver)
+
+    def _renewal_due(self, cert: x509.Certificate, end: float, now: float) -> bool:
+        """Past `renew_at_pct` of the certificate's life, or within the renewal window of its
+        end (the store's `not_after`)."""
+        start = cert.not_valid_before_utc.timestamp()
+        at_share = start + (end - start) * self.settings.renew_at_pct / 100
+        in_window = end - self.settings.renewal_window_days * 86400
+        return now >= min(at_share, in_window)
 
     def register(self, step: Issued) -> None:
         """Tell the device's policy driver (its broker) about it; 503 if that fails."""
@@ -402,5 +426,9 @@ class Onboarding:
                 "ca_b64": self._root_b64,
             },
             "topics": {t: f"{prefix}/{t}" for t in ("telemetry", "event", "cmd")},
-            "policy": {"telemetry_interval_ms": self.settings.telemetry_interval_ms},
+            "policy": {
+                "telemetry_interval_ms": self.settings.telemetry_interval_ms,
+                "renew_at_pct": self.settings.renew_at_pct,
+            },
+            **({"command_signer_b64": self._signer_b64} if self._signer_b64 else {}),
         }

@@ -63,6 +63,14 @@ STATE_ONBOARDED = "onboarded"
 STATE_REVOKED = "revoked"
 STATES = (STATE_REGISTERED, STATE_ONBOARDED, STATE_REVOKED)
 
+# A command's states (docs/protocol.md "Command channel"); only forward moves.
+COMMAND_QUEUED = "queued"
+COMMAND_DELIVERED = "delivered"
+COMMAND_DONE = "done"
+COMMAND_FAILED = "failed"
+COMMAND_EXPIRED = "expired"
+COMMAND_STATES = (COMMAND_QUEUED, COMMAND_DELIVERED, COMMAND_DONE, COMMAND_FAILED, COMMAND_EXPIRED)
+
 ROLE_VIEWER = "viewer"
 ROLE_OPERATOR = "operator"
 ROLE_ADMIN = "admin"
@@ -93,8 +101,25 @@ class BatchOut(Model):
     created_at: float
 
 
+class TenantOut(Model):
+    name: str
+    created_at: float
+    batches: int
+    devices: int
+
+
 class ImportResult(Model):
     imported: int
+
+
+class BatchRevokeOut(Model):
+    """What `batch revoke` did: `revoked` now, `already_revoked` before, of `devices`."""
+
+    batch: str
+    tenant: str
+    devices: int
+    revoked: int
+    already_revoked: int
 
 
 class DeviceOut(Model):
@@ -109,6 +134,12 @@ class DeviceOut(Model):
     revoked_at: float | None
     last_seen: float | None
     last_telemetry: dict[str, Any] | None
+    # Share of its PUF's correction budget the device's latest report used (store/puf.py).
+    puf_used_pct: int | None = None
+    # The same device's records before and after a re-enrolment (same tenant; a transfer to
+    # another owner links nothing: docs/protocol.md "Successor identities").
+    predecessor: str | None = None
+    successor: str | None = None
 
 
 class DeviceRecord(DeviceOut):
@@ -120,6 +151,61 @@ class DeviceRecord(DeviceOut):
     policy: str = Field(default="mosquitto", exclude=True)
     # The broker may hold an exception (a deny entry) for it: the policy layer's bookkeeping.
     policy_exception: bool = Field(default=False, exclude=True)
+    # Its owner epoch (docs/identity.md "Seeds"): the server's to know; no owner is shown how
+    # many owners the device had before it.
+    epoch: int = Field(default=0, exclude=True)
+
+
+class CommandOut(Model):
+    device_id: str
+    tenant: str
+    seq: int
+    kind: str
+    args: dict[str, Any]
+    state: str
+    created_at: float
+    expires_at: float
+    updated_at: float
+    detail: str | None = None
+
+
+class SuccessorAnswer(Model):
+    device_id: str
+
+
+class TransferCodeOut(Model):
+    """A transfer code: shown once (only its SHA-256 is stored)."""
+
+    device_id: str
+    code: str
+    expires_at: float
+
+
+class ClaimOut(Model):
+    """A claim as the new owner sees it: `device_id` is the device's new ID once it moved
+    (`state` done); nothing of its identity before."""
+
+    claim: str
+    tenant: str
+    batch: str
+    state: str  # pending, done, failed
+    created_at: float
+    device_id: str | None = None
+
+
+class DecommissionOut(Model):
+    """The device as decommissioning left it (revoked), and whether it confirmed its erase."""
+
+    device: DeviceOut
+    confirmed: bool
+    command: CommandOut | None = None
+
+
+class PufHealthOut(Model):
+    at: float
+    margin: int | None
+    corrected_bits: int | None
+    health_failures: int | None
 
 
 class TokenOut(Model):

@@ -36,6 +36,13 @@ class Settings:
     # An onboarded device that asks again within this many days of its certificate's expiry
     # gets a new certificate (before that, the one it has).
     renewal_window_days: float = 30
+    # The agent renews once this share (percent) of its certificate's life has passed; the
+    # server issues a new certificate from then on (or within the window above, whichever
+    # comes first, or when a renew command is outstanding).
+    renew_at_pct: int = 67
+    # A device whose latest PUF report used this share (percent) of its correction budget is
+    # flagged as drifting (docs/identity.md "PUF health").
+    puf_drift_pct: int = 50
     tenant: str = "default"
     telemetry_interval_ms: int = 2000
     # Empty: SQLite (WAL) in data_dir/registry.sqlite. Else a SQLAlchemy URL (postgresql://...).
@@ -69,6 +76,10 @@ class Settings:
             raise ValueError("certificate validity must be at least one minute (1/1440 day)")
         if not 0 <= self.renewal_window_days < self.cert_validity_days:
             raise ValueError("renewal window must be 0 or more days, less than the validity")
+        if not 1 <= self.renew_at_pct <= 99:
+            raise ValueError("renew-at share must be between 1 and 99 percent")
+        if not 1 <= self.puf_drift_pct <= 100:
+            raise ValueError("PUF drift threshold must be between 1 and 100 percent")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.max_challenges_per_device < 1:

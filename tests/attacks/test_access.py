@@ -141,6 +141,7 @@ def test_certificate_from_another_ca_is_refused_by_the_broker(
 
 @pytest.fixture(scope="module")
 def other_tenant(server: ServerProcess, fleet: Fleet) -> Iterator[httpx.Client]:
+    server.ensure_tenant("globex")
     token = server.cli("token", "create", "intruder", "--role", "admin", "--tenant", "globex")
     with httpx.Client(
         base_url=server.api_url,

@@ -1,12 +1,13 @@
 """Attacks on the broker by devices holding valid certificates of their own: taking another
 device's MQTT client identifier (its live connection, its stored session), subscribing beyond
-their own topics, publishing under another device's topics."""
+their own topics, publishing under another tenant's prefix or on their own command topic.
+
+What reaches the broker's subscribers is watched by the server's own admin connection."""
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -15,7 +16,10 @@ from attacksuite import Attack
 from paho.mqtt.reasoncodes import ReasonCode
 
 from hil.fleet import Fleet
+from hil.serverproc import ServerProcess
 from hil.simdevice import ApiResponse, SimDevice, publish, session_present
+from host.server.ca import CertificateAuthority
+from host.server.mqtt import connect_admin
 
 
 def _online(fleet: Fleet) -> tuple[SimDevice, ApiResponse]:
@@ -96,14 +100,11 @@ def test_device_cannot_resume_another_devices_session(attack: Attack, fleet: Fle
 def test_subscription_beyond_own_topics_delivers_nothing(
     attack: Attack, fleet: Fleet, topic: str
 ) -> None:
-    # Mosquitto 2.0 cannot answer SUBACK 0x80 here: its ACL file never checks a subscription
-    # (src/security_default.c returns success for MOSQ_ACL_SUBSCRIBE), only each delivery,
-    # and its dynamic-security plugin checks subscriptions only for clients it holds, which
-    # devices are not (docs/security.md). AWS IoT refuses them: test_policy_aws.
+    # The broker's qlink plugin judges each SUBSCRIBE by the certificate's tenant (OU) and ID
+    # (CN): only the device's own cmd topic, exactly. AWS IoT refuses them too: test_policy_aws.
     attack.expect(
         f"subscribe to {topic.replace('{other}', '<other>')}",
-        "another device's messages are never delivered (Mosquitto grants the SUBACK: its ACL "
-        "file checks each delivery, not the subscription)",
+        "refused with SUBACK 0x80; another device's messages are never delivered",
     )
     device, answer = _online(fleet)
     other, o_answer = _online(fleet)
@@ -114,8 +115,95 @@ def test_subscription_beyond_own_topics_delivers_nothing(
     try:
         codes = _suback(client, topic.format(other=other.device_id))
         publish(o_client, o_answer.body["topics"]["telemetry"], {"seq": 1})
-        time.sleep(0.3)
+        # Delivered before the PUBACK of the device's own next message, had it been granted.
+        publish(client, answer.body["topics"]["telemetry"], {"seq": 2})
         attack.observe(f"SUBACK {codes[0].value:#04x}, {len(received)} message(s) delivered")
+        assert codes[0].value == 0x80
         assert received == []
     finally:
         _close(client, o_client)
+
+
+class _Watch:
+    """The server's admin connection subscribed to every qlink topic: what the broker passes
+    on to the platform (telemetry intake, event intake)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.seen: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        subscribed = threading.Event()
+
+        def configure(c: mqtt.Client) -> None:
+            c.on_message = lambda _c, _u, m: self.seen.put((m.topic, m.payload))
+            c.on_subscribe = lambda *_a: subscribed.set()
+
+        ca = CertificateAuthority.load(server.data_dir / "ca")
+        port = int(server.info["broker_admin_port"])
+        self.client = connect_admin(
+            ca, "127.0.0.1", port, "attack-watch", lambda c: c.subscribe("qlink/#", 1), configure
+        )
+        assert subscribed.wait(10)
+
+    def until(self, topic: str) -> list[str]:
+        """Every topic received up to and including `topic`."""
+        topics = []
+        while not topics or topics[-1] != topic:
+            topics.append(self.seen.get(timeout=10)[0])
+        return topics
+
+    def close(self) -> None:
+        _close(self.client)
+
+
+@pytest.mark.parametrize("leaf", ["telemetry", "event"])
+def test_device_cannot_publish_under_another_tenants_prefix(
+    attack: Attack, fleet: Fleet, server: ServerProcess, leaf: str
+) -> None:
+    attack.expect(
+        f"publish {leaf} under another tenant's prefix",
+        "qlink/<other tenant>/<own ID>/... reaches no subscriber (the certificate names the "
+        "tenant)",
+    )
+    device, answer = _online(fleet)
+    watch = _Watch(server)
+    client = device.mqtt_connect(answer)
+    try:
+        own = answer.body["topics"][leaf]
+        forged = own.replace(f"qlink/{fleet.tenant}/", "qlink/globex/", 1)
+        assert forged != own
+        publish(client, forged, {"seq": 1})
+        publish(client, own, {"seq": 2})  # handled after the forged one
+        topics = watch.until(own)
+        attack.observe(f"the platform received {topics}")
+        assert forged not in topics
+    finally:
+        _close(client)
+        watch.close()
+
+
+def test_device_cannot_publish_on_its_own_command_topic(
+    attack: Attack, fleet: Fleet, server: ServerProcess
+) -> None:
+    attack.expect(
+        "publish on its own cmd topic",
+        "the command channel is the server's: the message reaches neither the device nor the "
+        "platform",
+    )
+    device, answer = _online(fleet)
+    watch = _Watch(server)
+    client = device.mqtt_connect(answer)
+    received: list[Any] = []
+    client.on_message = lambda _c, _u, msg: received.append(msg.topic)
+    try:
+        cmd = answer.body["topics"]["cmd"]
+        assert _suback(client, cmd)[0].value == 1
+        publish(client, cmd, {"seq": 1, "kind": "reboot"})
+        publish(client, answer.body["topics"]["telemetry"], {"seq": 2})
+        topics = watch.until(answer.body["topics"]["telemetry"])
+        attack.observe(
+            f"{len(received)} delivered to the device; platform received {len(topics) - 1} "
+            "before the next telemetry"
+        )
+        assert received == [] and cmd not in topics
+    finally:
+        _close(client)
+        watch.close()

@@ -45,6 +45,7 @@ def _onboard_in_background(device: SimDevice) -> tuple[threading.Thread, list[An
 def _register(proc: ServerProcess, batch: str, policy: str, device: SimDevice) -> None:
     csv = proc.data_dir / f"{batch}.csv"
     csv.write_text(device.csv_line() + "\n")
+    proc.ensure_tenant("acme")
     proc.cli("batch", "create", batch, "--tenant", "acme", "--policy", policy)
     proc.cli("batch", "import", batch, str(csv))
 

@@ -18,8 +18,15 @@ from hypothesis import strategies as st
 from hil.fleet import Fleet
 from hil.serverproc import ServerProcess
 
-DEVICE_PATHS = ["/v1/onboard/hello", "/v1/onboard/proof"]
-OPERATOR_PATHS = ["/v1/admin/batches", "/v1/admin/tokens", "/v1/admin/batches/{batch}/import"]
+DEVICE_PATHS = ["/v1/onboard/hello", "/v1/onboard/proof", "/v1/onboard/successor"]
+OPERATOR_PATHS = [
+    "/v1/admin/batches",
+    "/v1/admin/tokens",
+    "/v1/admin/batches/{batch}/import",
+    "/v1/admin/tenants",
+    "/v1/admin/claims",
+    "/v1/admin/devices/{device}/commands",
+]
 
 _scalars = st.one_of(
     st.none(),
@@ -107,16 +114,17 @@ def test_hostile_json_never_reaches_a_5xx_or_a_traceback(
     failures: list[str] = []
     sent = [0]
 
+    paths = DEVICE_PATHS + OPERATOR_PATHS
+
     @settings(
         max_examples=120,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(body=hostile(), target=st.integers(min_value=0, max_value=4))
+    @given(body=hostile(), target=st.integers(min_value=0, max_value=len(paths) - 1))
     def probe(body: bytes, target: int) -> None:
-        paths = DEVICE_PATHS + OPERATOR_PATHS
-        path = paths[target].format(batch=fleet.batch)
+        path = paths[target].format(batch=fleet.batch, device="ab" * 32)
         client = device if target < len(DEVICE_PATHS) else operator
         if path.endswith("/import"):  # the import's text travels inside its `data` field
             try:

@@ -125,6 +125,7 @@ def test_operator_api_refuses_path_and_wildcard_names(
         "POST /v1/admin/batches and /v1/admin/tokens with a name `..`, `a*`, `x/y`, `#` or a "
         "non-ASCII letter answer 400 bad_request naming the rule and create nothing",
     )
+    server.ensure_tenant("acme")
     made = server.cli("token", "create", "names-admin", "--role", "admin", "--tenant", "acme")
     token = made.stdout.strip()
     bad = ["..", "a*", "x/y", "#", "caf\u00e9", "-rf"]

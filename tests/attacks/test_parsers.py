@@ -61,7 +61,9 @@ def _shape(r: httpx.Response) -> tuple[int, str]:
     return r.status_code, str(body["error"])
 
 
-@pytest.mark.parametrize("path", ["/v1/onboard/hello", "/v1/onboard/proof"])
+@pytest.mark.parametrize(
+    "path", ["/v1/onboard/hello", "/v1/onboard/proof", "/v1/onboard/successor"]
+)
 def test_deeply_nested_device_body(attack: Attack, server: ServerProcess, path: str) -> None:
     attack.expect(
         f"JSON nested {DEEP} deep to {path}",

@@ -35,7 +35,7 @@ def test_happy_path_certificate_topic_and_telemetry(server, fleet) -> None:
     root = x509.load_der_x509_certificate(server.root_der())
     leaf.verify_directly_issued_by(issuing)
     issuing.verify_directly_issued_by(root)
-    assert leaf.subject.rfc4514_string() == f"CN={d.device_id}"
+    assert leaf.subject.rfc4514_string() == f"OU=acme,CN={d.device_id}"  # CN, then OU = tenant
     assert leaf.public_key() == d.key.public_key()
     assert base64.b64decode(r.body["broker"]["ca_b64"]) == server.root_der()
     assert r.body["broker"]["port"] == server.broker_port

@@ -87,7 +87,7 @@ def test_c_five_second_cut_backoff_reconnect_buffered_telemetry_in_order(
     # The cut lasted 5 s; the retries add up past it, and the board was back within one wait.
     assert sum(w for _, w in waits[:-1]) < 5000 <= sum(w for _, w in waits) + 1000, waits
     assert t_back - t_cut < 5 + waits[-1][1] / 1000 + 5, (t_back - t_cut, waits)
-    ev = tap.wait_event(1, timeout=30).data
+    ev = tap.wait_event(1, timeout=30, kind="reconnected").data
     assert ev["event"] == "reconnected"
     assert ev["failures"] == len(waits)
     assert ev["dropped"] == 0
@@ -110,14 +110,14 @@ def test_c_flapping_link_reconnects_every_time_and_loses_nothing(net: ProxiedBoa
     board, tap = net.board, net.tap
     before = _steady_mem(net, max(tap.seqs()))
     reconnects = scenarios.count_lines(board, RECONNECTED)
-    events = len(tap.events())
-    dropped = tap.events()[-1].data["dropped"] if events else 0  # a count since boot
+    events = len(tap.events("reconnected"))
+    dropped = tap.events("reconnected")[-1].data["dropped"] if events else 0  # a count since boot
     # Down 1.5 s: the board needs at most 3 tries (<= 1 + 2 + 4 s of waits) to see it up again,
     # so an up time of 7 s always lets it reconnect before the next cut.
     net.proxy.flap(down_s=1.5, up_s=7.0, cycles=3)
     net.proxy.wait_flapping(timeout=60)
     scenarios.wait_count(board, RECONNECTED, reconnects + 3, timeout=30)
-    evs = [tap.wait_event(events + i, timeout=30).data for i in (1, 2, 3)]
+    evs = [tap.wait_event(events + i, 30, "reconnected").data for i in (1, 2, 3)]
     assert all(e["dropped"] == dropped and 1 <= e["failures"] <= 3 for e in evs), evs
     tap.wait_seq(max(tap.seqs()) + 3, timeout=30)
     _in_order_without_gaps(tap.seqs())

@@ -50,7 +50,7 @@ def test_c_sixty_second_cut_caps_backoff_and_drops_only_the_oldest_samples(
         assert lo <= w < hi <= scenarios.BACKOFF_MAX_MS, (n, w)
     assert sum(w for _, w in waits[:-1]) < 60000 <= sum(w for _, w in waits) + 2000, waits
     assert 60 <= back_s < 60 + waits[-1][1] / 1000 + 10, (back_s, waits)
-    ev = tap.wait_event(1, timeout=30).data
+    ev = tap.wait_event(1, timeout=30, kind="reconnected").data
     assert ev["failures"] == len(waits)
     assert ev["queued"] == QUEUE_LEN  # full: 60 s of samples at 300 ms is ~200
     assert ev["dropped"] > 0

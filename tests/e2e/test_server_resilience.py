@@ -36,6 +36,7 @@ CHECKS = [
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: ServerProcess) -> None:
+    server.ensure_tenant("fuzz")
     token = server.cli("token", "create", "fuzz", "--role", "admin", "--tenant", "fuzz").stdout
     headers = {"Authorization": f"Bearer {token.strip()}"}
     schema = schemathesis.openapi.from_url(
@@ -92,6 +93,7 @@ def test_kill_9_mid_onboarding_leaves_no_half_registered_device(
     devices = [SimDevice(proc.api_url, root, timeout_s=5) for _ in range(24)]
     csv = tmp_path / "ids.csv"
     csv.write_text("\n".join(d.csv_line() for d in devices))
+    proc.ensure_tenant("acme")
     proc.cli("batch", "create", "k9", "--tenant", "acme")
     proc.cli("batch", "import", "k9", str(csv))
     broker_port = proc.broker_port

@@ -2,172 +2,45 @@
 # shapes; onboarding when nothing is stored; refusals back off long; link failures back off
 # with a capped, jittered, counted delay; a noise source that fails at boot or after is safe
 # mode, not a traceback.
-# heapsize: 128k
+# 144 KiB: the agent (61 KiB loaded, qdid.p256 included, which the real onboarding now loads to
+# check the command signer) plus this test's support modules, agentenv and certs (about 24 KiB,
+# compiled from source here), within the RP2040's ~190 KiB.
+# heapsize: 144k
+# agentenv (source, compiled here) first, while the heap is still empty.
+from agentenv import (
+    Broker,
+    Env,
+    setup,
+    published,
+    packets,
+    boot,
+    FakeIdentity,
+    PUB,
+    DEVICE_ID,
+    CERT,
+    CA,
+    KEY,
+    TOPIC,
+    EVENT,
+    CMD,
+    ALL_TOPICS,
+    D,
+)
 import os
 import json
-import binascii
 from qdid import entropy
-from agent import main, store, tlslink, telemetry
-from agent import log as logmod
+from agent import main, store, telemetry
 from agent.errors import OnboardingError, LinkError
-
-PUB = b"\x04" + bytes(range(1, 65))
-DEVICE_ID = "ab" * 32
-CERT = b"\x30\x43\x04\x41" + PUB
-CA = b"\x30\x03\x02\x01\x07"
-B64CA = binascii.b2a_base64(CA).decode().strip()
-TOPIC = "qlink/acme/%s/telemetry" % DEVICE_ID
-D = "/tmp/qlink-main-test"
-
-
-class FakeIdentity:
-    device_id = DEVICE_ID
-    public_key = PUB
-
-    def private_key_der(self):
-        return b"\x30\x02\x05\x00"
-
-
-def boot(board, data_dir):
-    return FakeIdentity()
-
-
-class FakeSock:
-    def __init__(self, incoming):
-        self.inp = incoming
-        self.pos = 0
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, b):
-        self.out += bytes(b)
-        return len(b)
-
-    def readinto(self, buf):
-        k = min(len(buf), len(self.inp) - self.pos)
-        buf[:k] = self.inp[self.pos : self.pos + k]
-        self.pos += k
-        return k
-
-    def close(self):
-        self.closed = True
-
-
-def broker_answers(n):
-    b = bytearray(b"\x20\x02\x00\x00")
-    for pid in range(1, n + 1):
-        b.extend(b"\x40\x02\x00" + bytes([pid]))
-    return b
-
-
-class Env:
-    # Patches the module seams and restores them afterwards.
-    def __init__(self, socks):
-        self.socks = list(socks)
-        self.opened = []
-        self.sleeps = []
-        self.lines = []
-        self.onboards = 0
-        self.onboard_result = None
-
-    def __enter__(self):
-        self.saved = (tlslink.connect, main._sleep_ms, main._onboard)
-        tlslink.connect = self.connect
-        main.tlslink.connect = self.connect
-        main._sleep_ms = self.sleeps.append
-        main._onboard = self.onboard
-        logmod._sink = self.lines.append
-        return self
-
-    def __exit__(self, *a):
-        tlslink.connect, main._sleep_ms, main._onboard = self.saved
-        logmod._sink = None
-
-    def connect(self, host, port, ca, timeout, cert=None, key=None):
-        self.opened.append((host, port, ca, cert, key))
-        s = self.socks.pop(0)
-        if isinstance(s, Exception):
-            raise s
-        return s, None
-
-    def onboard(self, cfg, ident, data_dir):
-        self.onboards += 1
-        r = self.onboard_result
-        if isinstance(r, Exception):
-            raise r
-        return store.save(
-            data_dir,
-            DEVICE_ID,
-            CERT,
-            {"host": "broker.local", "port": 8883, "ca_b64": B64CA},
-            {"telemetry": TOPIC},
-            {"telemetry_interval_ms": 250},
-        )
-
-
-def setup(extra, stored=True):
-    try:
-        os.mkdir(D)
-    except OSError:
-        pass
-    with open(D + "/ca.der", "wb") as f:
-        f.write(CA)
-    doc = {
-        "server": "https://localhost:8443",
-        "root_ca": D + "/ca.der",
-        "telemetry_interval_ms": 2000,
-    }
-    for k in extra:
-        doc[k] = extra[k]
-    with open(D + "/config.json", "w") as f:
-        f.write(json.dumps(doc))
-    store.clear(D)
-    if stored:
-        store.save(
-            D,
-            DEVICE_ID,
-            CERT,
-            {"host": "localhost", "port": 8883, "ca_b64": B64CA},
-            {"telemetry": TOPIC},
-            {},
-        )
-    return D + "/config.json"
-
-
-def published(out):
-    # Splits the client's output into (topic, payload, pid) of each PUBLISH after CONNECT.
-    res = []
-    i = 0
-    while i < len(out):
-        first = out[i]
-        n = 0
-        shift = 0
-        i += 1
-        while True:
-            b = out[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        body = bytes(out[i : i + n])
-        i += n
-        if first & 0xF0 == 0x30:
-            tl = (body[0] << 8) | body[1]
-            res.append(
-                (body[2 : 2 + tl].decode(), json.loads(body[4 + tl :]), body[2 + tl : 4 + tl])
-            )
-    return res
 
 
 def test_publishes_max_messages_with_qos1_and_stops():
     p = setup({"max_messages": 3})
-    sock = FakeSock(broker_answers(3))
+    sock = Broker(answers=4)  # CONNACK and three PUBACKs, then the link would drop
     with Env([sock]) as env:
         st = main.run(None, p, D, boot)
     assert st.sent == 3 and st.failures == 0
     # mTLS with the stored certificate and the identity's key, to the stored broker.
-    assert env.opened == [("localhost", 8883, CA, CERT, b"\x30\x02\x05\x00")]
+    assert env.opened == [("localhost", 8883, CA, CERT, KEY)]
     assert bytes(sock.out[:4]) == b"\x10\x4c\x00\x04"  # CONNECT, client id = device ID
     assert bytes(sock.out[14:78]) == DEVICE_ID.encode()
     msgs = published(sock.out)
@@ -186,9 +59,9 @@ def test_publishes_max_messages_with_qos1_and_stops():
 
 def test_onboards_when_nothing_stored_and_uses_the_policy_interval():
     p = setup({"max_messages": 2}, stored=False)
-    with Env([FakeSock(broker_answers(2))]) as env:
+    with Env([Broker()]) as env:
         main.run(None, p, D, boot)
-    assert env.onboards == 1
+    assert env.onboards == 1 and env.posts == ["/v1/onboard/hello", "/v1/onboard/proof"]
     assert env.opened[0][0:2] == ("broker.local", 8883)
     assert env.sleeps == [250]
 
@@ -226,8 +99,8 @@ def test_stale_challenge_retries_soon():
 def test_link_failures_back_off_then_recover_and_seq_continues():
     p = setup({"max_messages": 2})
     # First session: CONNACK, then the link drops before PUBACK of seq 1.
-    first = FakeSock(bytearray(b"\x20\x02\x00\x00"))
-    with Env([LinkError("tls: refused"), first, FakeSock(broker_answers(2))]) as env:
+    first = Broker(answers=1)
+    with Env([LinkError("tls: refused"), first, Broker()]) as env:
         st = main.run(None, p, D, boot)
     assert st.sent == 2
     assert len(env.opened) == 3
@@ -240,7 +113,7 @@ def test_link_failures_back_off_then_recover_and_seq_continues():
 
 def test_broker_refusal_clears_the_certificate_to_onboard_again():
     p = setup({"max_messages": 1})
-    with Env([FakeSock(bytearray(b"\x20\x02\x00\x05")), FakeSock(broker_answers(1))]) as env:
+    with Env([Broker(connack=b"\x20\x02\x00\x05"), Broker()]) as env:
         main.run(None, p, D, boot)
     assert env.onboards == 1
     want = "E agent: mqtt: connection refused: not authorized (5); onboarding again"
@@ -276,14 +149,14 @@ def test_telemetry_carries_puf_health_once_known():
 
 
 def _payload_seqs(sock):
-    return [m[1]["seq"] for m in published(sock.out) if "seq" in m[1]]
+    return [m[1]["seq"] for m in published(sock.out) if m[0] == TOPIC]
 
 
 def test_outage_samples_are_queued_and_delivered_in_order_after_reconnect():
     p = setup({"max_messages": 6})
-    first = FakeSock(broker_answers(1))  # seq 1 acknowledged, then the link drops
+    first = Broker(answers=2)  # seq 1 acknowledged, then the link drops
     # Three refused connects: the waits between them (>= 500 ms each, interval 2000) add samples.
-    socks = [first, LinkError("a"), LinkError("b"), LinkError("c"), FakeSock(broker_answers(6))]
+    socks = [first, LinkError("a"), LinkError("b"), LinkError("c"), Broker()]
     with Env(socks) as env:
         st = main.run(None, p, D, boot)
     assert st.sent == 6 and st.dropped == 0
@@ -321,29 +194,61 @@ def test_queue_is_bounded_and_drops_the_oldest():
 
 
 def test_reconnect_reports_retry_state_on_the_event_topic():
-    p = setup({"max_messages": 2})
-    store.save(
-        D,
-        DEVICE_ID,
-        CERT,
-        {"host": "localhost", "port": 8883, "ca_b64": B64CA},
-        {"telemetry": TOPIC, "event": TOPIC[:-9] + "event"},
-        {},
-    )
-    sock = FakeSock(broker_answers(3))
+    p = setup({"max_messages": 2}, topics={"telemetry": TOPIC, "event": EVENT})
+    sock = Broker()
     with Env([LinkError("tls localhost:8883: errno 111"), LinkError('x "q"\n\\'), sock]) as env:
         main.run(None, p, D, boot)
     msgs = published(sock.out)
-    assert msgs[0][0] == TOPIC[:-9] + "event"
-    assert msgs[0][1] == {
+    assert [m[0] for m in msgs[:2]] == [EVENT, EVENT]
+    assert msgs[0][1]["event"] == "online"  # every session starts with it
+    assert msgs[1][1] == {
         "event": "reconnected",
         "failures": 2,
         "last_error": 'x "q"\n\\',  # quotes, a control character, a backslash: all kept
         "queued": 0,
         "dropped": 0,
     }
-    assert [m[1]["seq"] for m in msgs[1:]] == [1, 2]
+    assert [m[1]["seq"] for m in msgs[2:]] == [1, 2]
     assert "I agent: reconnected after 2 failures" in env.lines
+
+
+def test_session_subscribes_to_its_cmd_topic_then_announces_online():
+    # docs/protocol.md "Broker": SUBSCRIBE to cmd with QoS 1 (MQTT 3.8), then on the event topic
+    # {"event": "online", "fw", "cmd_seq", "puf"}, before any telemetry.
+    p = setup({"max_messages": 1}, topics=ALL_TOPICS)
+    store.set_cmd_seq(D, 7)
+
+    class Healthy(FakeIdentity):
+        health = {"margin": 41, "corrected_bits": 77, "health_failures": 0}
+
+    sock = Broker()
+    try:
+        with Env([sock]):
+            main.run(None, p, D, lambda board, d: Healthy())
+    finally:
+        telemetry.set_puf(None)
+    pk = packets(sock.out)
+    assert [first for first, _ in pk] == [0x10, 0x82, 0x32, 0x32, 0xE0]
+    t = CMD.encode()
+    assert pk[1][1] == b"\x00\x01" + bytes([0, len(t)]) + t + b"\x01"  # packet id 1, QoS 1
+    e = EVENT.encode()
+    assert pk[2][1] == bytes([0, len(e)]) + e + b"\x00\x02" + (
+        b'{"event": "online", "fw": "0.1.0", "cmd_seq": 7, '
+        b'"puf": {"margin": 41, "corrected_bits": 77, "health_failures": 0}}'
+    )
+    assert published(sock.out)[1][0] == TOPIC
+
+
+def test_a_refused_command_subscription_is_a_link_failure():
+    p = setup({"max_messages": 1, "max_failures": 1}, topics=ALL_TOPICS)
+    sock = Broker(granted=0x80)  # MQTT 3.9.3: Failure
+    with Env([sock]) as env:
+        st = main.run(None, p, D, boot)
+    assert st.sent == 0 and st.failures == 1
+    assert (
+        "W agent: link failed (1 in a row): mqtt: subscription refused; retry in"
+        in (env.lines[-2][:71])
+    )
 
 
 def test_corrupt_config_is_safe_mode_not_a_crash():
@@ -376,7 +281,7 @@ def test_corrupt_certificate_means_onboarding_again():
     p = setup({"max_messages": 1})
     with open(D + "/cert.der", "wb") as f:
         f.write(b"\x30\x03\x02\x01\xff")
-    with Env([FakeSock(broker_answers(1))]) as env:
+    with Env([Broker()]) as env:
         main.run(None, p, D, boot)
     assert env.onboards == 1
     assert any(ln.startswith("W store: stored onboarding data unusable") for ln in env.lines)
@@ -435,16 +340,17 @@ def test_noise_source_failing_at_boot_is_safe_mode_entropy():
 def test_noise_source_failing_while_connected_stops_telemetry_in_safe_mode():
     p = setup({"max_messages": 5})
     board = NoiseBoard()
-    sock = FakeSock(broker_answers(5))
+    sock = Broker()
     try:
-        with Env([sock, FakeSock(broker_answers(5))]) as env:
+        with Env([sock, Broker()]) as env:
 
             def sleep(ms):
                 env.sleeps.append(ms)
+                env.ms += ms
                 if sum(env.sleeps) >= 4000:  # two intervals: seq 1 and 2 are out
                     board.stuck = True
 
-            main._sleep_ms = sleep
+            env.sleep = sleep
             st = main.run(board, p, D, _entropy_boot)
     finally:
         _forget_entropy()

@@ -173,6 +173,63 @@ def test_cert_not_after_utctime_and_generalizedtime():
     assert der.cert_not_after(memoryview(_C1)) == 1826971259
 
 
+def test_cert_not_before_and_validity_read_both_times():
+    assert der.cert_not_before(_C1) == 1795435200  # 2026-11-23 12:00:00Z
+    assert der.cert_not_before(_C2) == 1767225600  # 2026-01-01 00:00:00Z
+    assert der.cert_not_before(_C3) == 946684799  # 1999-12-31 23:59:59Z
+    assert der.cert_validity(_C1) == (1795435200, 1826971259)
+    assert der.cert_validity(memoryview(_C2)) == (1767225600, 2561241598)
+    # A malformed notBefore fails both readers: Validity is read as one element.
+    bad = _with(_C1, b"261123120000Z", b"261323120000Z")
+    _raises_der(der.cert_not_before, bad)
+    _raises_der(der.cert_not_after, bad)
+
+
+# Encoded OIDs (tag, length, value) as pyca/cryptography wrote them into tests/firmware/certs.py.
+_EKU_QLINK = (  # 2.25.311889229853575044542618327131203868764 (qlink command signing)
+    b"\x06\x14\x69\x83\xd5\xa3\xd7\x90\xe1\xe3\xe2\x81\xaf\x8f\x93\xcd\xa0\x98\x94\xf2\xb0\x5c"
+)
+_EKU_SERVER = b"\x06\x08\x2b\x06\x01\x05\x05\x07\x03\x01"  # 1.3.6.1.5.5.7.3.1 serverAuth
+
+
+def test_cert_ext_key_usage_lists_the_key_purposes_rfc5280_4_2_1_12():
+    import certs
+
+    assert der.cert_ext_key_usage(certs.SIGNER) == [_EKU_QLINK]
+    assert der.cert_ext_key_usage(certs.SIGNER_EXTRA) == [_EKU_QLINK, _EKU_SERVER]
+    assert der.cert_ext_key_usage(certs.SIGNER_TLS) == [_EKU_SERVER]
+    assert der.cert_ext_key_usage(certs.SIGNER_NO_EKU) is None  # other extensions, no EKU
+    for c in (_C1, _C2, _C3):
+        assert der.cert_ext_key_usage(c) is None  # no extensions at all
+
+
+def test_cert_signature_gives_the_signed_bytes_and_r_s_rfc5280_4_1_1():
+    import certs
+    from qdid import p256
+
+    root = der.cert_public_key(certs.ROOT)
+    start, end, sig = der.cert_signature(certs.SIGNER)
+    assert certs.SIGNER[start] == 0x30 and end < len(certs.SIGNER) and len(sig) == 64
+    digest = hashlib.sha256(certs.SIGNER[start:end]).digest()
+    assert p256.verify_digest(root, digest, sig)
+    # The root signs itself: its own signature verifies with its own key.
+    start, end, sig = der.cert_signature(certs.ROOT)
+    assert p256.verify_digest(root, hashlib.sha256(certs.ROOT[start:end]).digest(), sig)
+    start, end, sig = der.cert_signature(certs.SIGNER_FOREIGN)
+    assert not p256.verify_digest(
+        root, hashlib.sha256(certs.SIGNER_FOREIGN[start:end]).digest(), sig
+    )
+
+
+def test_cert_signature_reads_only_ecdsa_with_sha256():
+    import certs
+
+    _raises_der(der.cert_signature, certs.SIGNER_SHA384)  # ecdsa-with-SHA384
+    _raises_der(der.cert_signature, certs.SIGNER + b"\x00")
+    _raises_der(der.cert_signature, certs.SIGNER[:-1])
+    _raises_der(der.cert_signature, None)
+
+
 def test_cert_subject_cn_and_public_key():
     assert der.cert_subject_cn(_C1) == "3f9a" + "0" * 60
     assert der.cert_subject_cn(_C2) == "d\u00e9vice \u2713"  # the last CN
@@ -202,7 +259,14 @@ def test_reader_rejects_malformed_certificates():
         None,
         "text",
     ):
-        for fn in (der.cert_not_after, der.cert_subject_cn, der.cert_public_key):
+        for fn in (
+            der.cert_not_after,
+            der.cert_not_before,
+            der.cert_subject_cn,
+            der.cert_public_key,
+            der.cert_signature,
+            der.cert_ext_key_usage,
+        ):
             _raises_der(fn, bad)
 
 
@@ -252,3 +316,23 @@ def test_reader_never_fails_otherwise_on_mutated_certificates():
                         rejected += 1
             buf[i] = orig
     assert rejected > 1000, rejected
+
+
+def test_extension_and_signature_readers_never_fail_otherwise_on_mutated_certificates():
+    # The command signer's certificate, with extensions: every single-byte change either still
+    # parses or raises DerError.
+    import certs
+
+    rejected = 0
+    buf = bytearray(certs.SIGNER)
+    for i in range(len(buf)):
+        orig = buf[i]
+        for x in (0x01, 0x80, 0xFF):
+            buf[i] = orig ^ x
+            for fn in (der.cert_ext_key_usage, der.cert_signature, der.cert_validity):
+                try:
+                    fn(buf)
+                except der.DerError:
+                    rejected += 1
+        buf[i] = orig
+    assert rejected > 300, rejected

@@ -71,17 +71,42 @@ def test_remaining_length_decoded_at_boundaries_2_2_3():
 
 def test_long_inbound_publish_is_drained_and_dropped():
     # 16384 (3-byte length) is longer than the receive buffer: the packet is consumed, the
-    # message dropped and counted, and the next packet still parses.
+    # message dropped and counted (the callback hears of it with payload None), and the next
+    # packet still parses.
     got = []
     data = bytearray(CONNACK_OK)
     _inbound_publish_len(16384, data)
     _inbound_publish_len(5, data)
-    c, s = connected(data, on_message=lambda t, p: got.append(p), prefixed=True)
+    c, s = connected(data, on_message=lambda t, p: got.append((t, p)), prefixed=True)
     c.wait_msg()
     c.wait_msg()
     assert c.dropped == 1
-    assert got == [b"xx"]
+    assert got == [(b"t", None), (b"t", b"xx")]
     assert s.pos == len(s.inp)
+
+
+def _command_publish(topic_len, body_len, pid=7):
+    # A QoS 1 PUBLISH the size of a command: topic, packet id, 64-byte signature, body.
+    topic = b"q" * topic_len
+    payload = b"s" * 64 + b"b" * body_len
+    body = bytes([topic_len >> 8, topic_len & 0xFF]) + topic + bytes([0, pid]) + payload
+    return b"\x32" + enc(len(body)) + body, topic, payload
+
+
+def test_receive_buffer_holds_a_whole_command():
+    # docs/protocol.md "Command channel": a body of up to 320 bytes after the signature, on a
+    # topic of about 100 bytes (qlink/<tenant>/<64 hex>/cmd) - 488 bytes of packet.
+    # The largest packet kept whole has 512 bytes after the fixed header; one byte more is
+    # dropped (the callback hears of it with None), and acknowledged all the same.
+    for topic_len, kept in ((100, True), (124, True), (125, False)):
+        pkt, topic, payload = _command_publish(topic_len, 320)
+        got = []
+        c, s = connected(pkt, on_message=lambda t, p: got.append((t, p)))
+        c.wait_msg()
+        assert got == [(topic, payload if kept else None)], topic_len
+        assert c.dropped == (0 if kept else 1)
+        assert bytes(s.out) == b"\x40\x02\x00\x07"
+    assert _command_publish(124, 320)[0][1:3] == b"\x80\x04"  # remaining length 512
 
 
 def test_long_inbound_qos1_publish_is_still_acknowledged_4_3_2():
@@ -296,6 +321,63 @@ def test_keepalive_due_at_half_period_3_1_2_10():
     assert c.keepalive_due()
     c.keepalive_s = 0
     assert not c.keepalive_due()
+
+
+# --- serving inbound packets while idle ------------------------------------------------------
+def test_serve_waits_the_time_given_when_nothing_arrives():
+    import time
+
+    c, s = connected()
+    t0 = time.ticks_ms()
+    assert c.serve(40) is False
+    waited = time.ticks_diff(time.ticks_ms(), t0)
+    assert 40 <= waited < 1000, waited
+    assert bytes(s.out) == b""
+    assert c.serve(0) is False  # a zero wait only looks
+
+
+def test_serve_delivers_a_publish_at_once_and_acknowledges_it_4_3_2():
+    import time
+
+    got = []
+    inbound = b"\x32\x0a\x00\x03c/d\x00\x09abc"
+    c, s = connected(inbound + b"\x30\x05\x00\x01tok", on_message=lambda t, p: got.append(p))
+    t0 = time.ticks_ms()
+    assert c.serve(5000) is True
+    assert time.ticks_diff(time.ticks_ms(), t0) < 1000  # not the whole wait
+    assert got == [b"abc"] and bytes(s.out) == b"\x40\x02\x00\x09"
+    assert c.serve(5000) is True  # the next packet waits in the buffer: served too
+    assert got == [b"abc", b"ok"]
+    assert c.serve(0) is False
+
+
+def test_serve_takes_a_late_pingresp_3_13():
+    c, s = connected(b"\xd0\x00")
+    assert c.serve(100) is True
+    assert s.pos == len(s.inp)
+
+
+def test_serve_on_a_closed_link_is_link_error():
+    c, s = connected()
+    s.eof = True
+    raises(LinkError, c.serve, 1000)
+    c, s = connected()
+    s.read_error = OSError(104)
+    raises(LinkError, c.serve, 1000)
+
+
+def test_serve_refuses_a_packet_the_server_may_not_send_unasked():
+    for pkt in (b"\x40\x02\x00\x01", b"\x90\x03\x00\x01\x00", b"\x20\x02\x00\x00"):
+        c, s = connected(pkt)
+        raises(LinkError, c.serve, 100)
+
+
+def test_a_new_connection_polls_its_own_socket():
+    c, s = connected()
+    assert c.serve(0) is False
+    s2 = FakeSock(CONNACK_OK + b"\xd0\x00")
+    c.connect(s2)
+    assert c.serve(100) is True and s2.pos == len(s2.inp)
 
 
 # --- socket errors collapse into LinkError ---------------------------------------------------

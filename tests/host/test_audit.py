@@ -27,6 +27,7 @@ def test_every_change_is_one_event_and_no_ops_are_none(tmp_path: Path) -> None:
     reg = Application.for_server(settings, broker_port=1, policy=policy)
     svc = reg.onboarding
     t0 = time.time()
+    reg.create_tenant("acme", actor=ALICE)
     reg.create_batch("b", "acme", actor=ALICE)
     d = SimDevice("https://localhost", b"")
     reg.import_devices("b", [d.csv_line()], actor=ALICE)
@@ -54,6 +55,7 @@ def test_every_change_is_one_event_and_no_ops_are_none(tmp_path: Path) -> None:
         reg.import_devices("b", ["junk"], actor=ALICE)
     dev = f"device:{d.device_id}"
     assert actions(reg) == [
+        ("tenant.create", "tenant:acme", *ALICE.__dict__.values()),
         ("batch.create", "batch:b", *ALICE.__dict__.values()),
         ("batch.import", "batch:b", *ALICE.__dict__.values()),
         ("batch.import", "batch:b", *ALICE.__dict__.values()),

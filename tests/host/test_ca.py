@@ -145,6 +145,27 @@ def test_device_certificate_profile(ca: CertificateAuthority) -> None:
     _openssl_verify(ca, cert, "sslclient")
 
 
+def test_a_device_certificate_names_its_tenant_as_ou_after_the_cn(
+    ca: CertificateAuthority,
+) -> None:
+    _, csr = _device_csr("t")
+    cert = ca.issue_device(csr, "d" * 64, 1, tenant="acme-2.x")
+    assert [(a.oid, a.value) for a in cert.subject] == [
+        (NameOID.COMMON_NAME, "d" * 64),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "acme-2.x"),
+    ]
+    _openssl_verify(ca, cert, "sslclient")
+
+
+@pytest.mark.parametrize("tenant", ["", "a/b", "a+b", "#", "a b", "-x", "x" * 65, "ü"])
+def test_a_tenant_outside_the_name_rule_is_not_written_into_a_certificate(
+    ca: CertificateAuthority, tenant: str
+) -> None:
+    _, csr = _device_csr("t")
+    with pytest.raises(CaError, match="the tenant in a device certificate must be 1 to 64"):
+        ca.issue_device(csr, "d" * 64, 1, tenant=tenant)
+
+
 def test_device_serials_differ(ca: CertificateAuthority) -> None:
     _, csr = _device_csr("a")
     serials = {ca.issue_device(csr, "a", 1).serial_number for _ in range(20)}

@@ -40,7 +40,7 @@ def qlink(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], t
 def test_help_lists_every_command(qlink) -> None:
     code, out, _ = qlink("--help")
     assert code == 0
-    for command in ("server", "batch", "devices", "ca"):
+    for command in ("server", "batch", "tenant", "devices", "ca"):
         assert command in out
 
 
@@ -52,6 +52,7 @@ def test_server_help_names_its_options(qlink) -> None:
 
 
 def test_batch_create_and_list(qlink) -> None:
+    assert qlink("tenant", "create", "acme")[0] == 0
     assert qlink("batch", "create", "f1", "--tenant", "acme")[0] == 0
     code, out, _ = qlink("batch", "list")
     assert code == 0 and "f1" in out and "acme" in out
@@ -292,6 +293,7 @@ def import_ids(qlink, tmp_path: Path, batch: str, n: int) -> list[str]:
 
 
 def test_batch_commands_report_json(qlink, tmp_path: Path) -> None:
+    qlink("tenant", "create", "acme")
     code, out, _ = qlink("batch", "create", "f1", "--tenant", "acme", "--json")
     assert code == 0
     created = json.loads(out)
@@ -329,6 +331,7 @@ def test_json_errors_keep_their_exit_code_and_print_nothing_on_stdout(qlink) -> 
 
 
 def test_token_commands_report_json(qlink) -> None:
+    qlink("tenant", "create", "acme")
     code, out, err = qlink(
         "token", "create", "alice", "--role", "admin", "--tenant", "acme", "--json"
     )

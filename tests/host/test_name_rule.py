@@ -112,6 +112,7 @@ def test_records_from_before_the_rule_stay_readable(store: Store) -> None:
     assert [b.name for b in store.batches.list("old corp")] == ["line 1*"]
     assert store.batches.export("line 1*").batch["name"] == "line 1*"
     assert store.batches.set_active("line 1*", False).active is False
+    store.tenants.create("acme")
     token, _ = store.tokens.create("fresh", "acme", "viewer")
     with store.db.transaction() as tx:
         tx.execute("UPDATE operators SET name = 'old op', tenant = 'old corp'")

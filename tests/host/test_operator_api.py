@@ -9,13 +9,12 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-import anyio.from_thread
 import httpx
 import pytest
+from apiutil import in_process
 from cryptography import x509
 
 from hil.simdevice import SimDevice
-from host.server.app import create_app
 from host.server.application import Application
 from host.server.policy import MemoryPolicy
 from host.server.settings import Settings
@@ -41,17 +40,12 @@ class Ops:
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("ops"), broker_port=18883)
-    app = create_app(settings, policy=MemoryPolicy())
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))
-    with (
-        anyio.from_thread.start_blocking_portal() as portal,
-        portal.wrap_async_context_manager(app.router.lifespan_context(app)),
-    ):
-        client = httpx.AsyncClient(transport=transport, base_url="https://localhost")
+    with in_process(settings, MemoryPolicy()) as (portal, client):
         o = Ops(portal, client, settings)
+        for tenant in ("acme", "globex"):
+            o.registry.create_tenant(tenant)
         yield o
         o.registry.close()
-        portal.call(client.aclose)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +174,7 @@ def test_the_name_rule_is_in_the_openapi_schema(ops: Ops) -> None:
     from host.server.store.names import NAME_PATTERN
 
     schemas = ops.portal.call(lambda: ops.client.get("/openapi.json")).json()["components"]
-    for model in ("BatchCreate", "TokenCreate"):
+    for model in ("BatchCreate", "TokenCreate", "TenantCreate"):
         name = schemas["schemas"][model]["properties"]["name"]
         assert (name["pattern"], name["maxLength"]) == (NAME_PATTERN, 64)
 
@@ -368,3 +362,43 @@ def test_audit_api_shows_who_what_when_where(ops: Ops, tokens: dict[str, str]) -
         ("batch.create", "batch:aud", "operator:operator1", "203.0.113.7"),
     ]
     assert all(x["tenant"] == "globex" and x["at"] > 1.7e9 for x in rows)
+
+
+def test_revoking_a_batch_needs_the_operator_role_in_its_tenant(
+    ops: Ops, tokens: dict[str, str]
+) -> None:
+    t = tokens["acme-operator"]
+    ops.call("POST", "/v1/admin/batches", t, {"name": "rb"})
+    devices = [ops.device() for _ in range(3)]
+    data = "\n".join(d.csv_line() for d in devices)
+    ops.call("POST", "/v1/admin/batches/rb/import", t, {"format": "csv", "data": data})
+    before = ops.registry.audit(limit=10000)
+    r = ops.call("POST", "/v1/admin/batches/rb/revoke", tokens["acme-viewer"])
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    r = ops.call("POST", "/v1/admin/batches/rb/revoke", tokens["globex-operator"])
+    assert r.status_code == 404 and "acme" not in r.text
+    r = ops.call("POST", "/v1/admin/batches/nope/revoke", t)
+    assert r.status_code == 404
+    assert r.json()["detail"] == "batch 'nope' does not exist; see: qlink batch list"
+    assert ops.registry.audit(limit=10000) == before
+    assert {d.state for d in ops.registry.devices("acme", "rb")} == {"registered"}
+
+    r = ops.call("POST", "/v1/admin/batches/rb/revoke", t)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "batch": "rb",
+        "tenant": "acme",
+        "devices": 3,
+        "revoked": 3,
+        "already_revoked": 0,
+    }
+    again = ops.call("POST", "/v1/admin/batches/rb/revoke", t)
+    assert (again.json()["revoked"], again.json()["already_revoked"]) == (0, 3)
+    revokes = [
+        (e.target, e.actor)
+        for e in ops.registry.audit("acme", action="device.revoke", limit=10000)
+        if e.target in {f"device:{d.device_id}" for d in devices}
+    ]
+    assert sorted(revokes) == sorted(
+        (f"device:{d.device_id}", "operator:operator1") for d in devices
+    )

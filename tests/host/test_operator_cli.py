@@ -38,6 +38,7 @@ def qlink(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], t
 
 
 def test_token_create_prints_once_and_stores_hash(qlink, tmp_path: Path) -> None:
+    qlink("tenant", "create", "acme")
     code, out, err = qlink("token", "create", "alice", "--role", "admin", "--tenant", "acme")
     token = out.strip()
     assert code == 0 and token.startswith("qlk_") and "not shown again" in err
@@ -87,6 +88,7 @@ def test_a_bad_new_name_is_one_sentence_and_creates_nothing(
 
 
 def test_a_bad_name_leaves_an_existing_store_unchanged(qlink, tmp_path: Path) -> None:
+    qlink("tenant", "create", "acme")
     assert qlink("batch", "create", "f1", "--tenant", "acme")[0] == 0
     files = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
     assert qlink("batch", "create", "f2", "--tenant", "..")[0] == 1
@@ -94,13 +96,15 @@ def test_a_bad_name_leaves_an_existing_store_unchanged(qlink, tmp_path: Path) ->
     _, out, _ = qlink("batch", "list", "--json")
     assert [b["name"] for b in json.loads(out)] == ["f1"]
     assert json.loads(qlink("token", "list", "--json")[1]) == []
-    assert [a["action"] for a in json.loads(qlink("audit", "--json")[1])] == ["batch.create"]
+    audit = [a["action"] for a in json.loads(qlink("audit", "--json")[1])]
+    assert audit == ["batch.create", "tenant.create"]
     db = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("registry.sqlite*"))
     assert b"f2" not in db and b"x*" not in db
     assert set(files) <= {p for p in (tmp_path / "data").rglob("*") if p.is_file()}
 
 
 def test_export_then_import_json_round_trip(qlink, tmp_path: Path) -> None:
+    qlink("tenant", "create", "acme")
     qlink("batch", "create", "f1", "--tenant", "acme")
     csv = tmp_path / "ids.csv"
     lines = [identity_line() for _ in range(3)]
@@ -114,6 +118,7 @@ def test_export_then_import_json_round_trip(qlink, tmp_path: Path) -> None:
     assert sorted(d["device_id"] for d in doc["devices"]) == sorted(x.split(",")[0] for x in lines)
     # Restore into a fresh data directory.
     other = tmp_path / "restored"
+    qlink("tenant", "create", "acme", "--data-dir", str(other))
     qlink("batch", "create", "f1", "--tenant", "acme", "--data-dir", str(other))
     code, out, _ = qlink("batch", "import", "f1", str(backup), "--data-dir", str(other))
     assert code == 0 and "imported 3" in out
@@ -138,12 +143,18 @@ def test_bad_json_import_names_lines(qlink, tmp_path: Path) -> None:
 
 
 def test_audit_lists_changes_with_actor(qlink, tmp_path: Path) -> None:
+    qlink("tenant", "create", "acme")
     qlink("batch", "create", "f1", "--tenant", "acme")
     qlink("batch", "disable", "f1")
     qlink("token", "create", "carol", "--tenant", "acme")
     code, out, _ = qlink("audit", "--json")
     rows = json.loads(out)
-    assert [r["action"] for r in rows] == ["token.create", "batch.disable", "batch.create"]
+    assert [r["action"] for r in rows] == [
+        "token.create",
+        "batch.disable",
+        "batch.create",
+        "tenant.create",
+    ]
     assert all(r["actor"].startswith("cli:") and r["source"] == "local" for r in rows)
     assert all(r["tenant"] == "acme" for r in rows)
     code, out, _ = qlink("audit", "--action", "batch.disable")
@@ -153,6 +164,7 @@ def test_audit_lists_changes_with_actor(qlink, tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_login_and_remote_token_create(qlink, tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "srv") as srv:
+        srv.cli("tenant", "create", "acme")
         token = srv.cli("token", "create", "root", "--role", "admin", "--tenant", "acme").stdout
         code, out, err = qlink(
             "login", srv.api_url, "--token", token.strip(), "--ca", str(srv.root_pem_path)

@@ -155,6 +155,7 @@ def test_onboarding_with_aws_batch_end_to_end_in_process(
     settings = Settings(data_dir=tmp_path)
     reg = Application.for_server(settings, broker_port=1, policy=MemoryPolicy())
     reg.policies.drivers["aws"] = AwsIotPolicy(iot)
+    reg.create_tenant("acme")
     reg.create_batch("cloud", "acme", policy="aws")
     d = SimDevice("https://localhost", b"")
     reg.import_devices("cloud", [d.csv_line()])

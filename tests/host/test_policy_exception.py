@@ -55,6 +55,7 @@ def env(tmp_path: Path) -> Any:
     policy = CertificateRightsPolicy()
     reg = Application.for_server(settings, broker_port=1, policy=policy)
     svc = reg.onboarding
+    reg.create_tenant("acme")
     reg.create_batch("b", "acme")
     yield svc, reg, policy
     reg.close()

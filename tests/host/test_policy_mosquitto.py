@@ -1,132 +1,30 @@
-"""The managed Mosquitto as the server sets it up: device rights from the certificate (pattern
-ACL `qlink/+/%u/#`, CN = device ID), exceptions (admin, disabled and revoked devices) in the
-dynamic-security plugin, which Mosquitto asks first.
+"""The managed Mosquitto as the server sets it up: device rights from the certificate (the
+qlink plugin: CN = device ID, OU = tenant; a CN-only certificate falls through to the pattern
+ACL `qlink/+/%u/#`), denials in the plugin's set, the admin in the dynamic-security plugin.
 
 Mosquitto 2.0.11 with `use_identity_as_username` skips the password check entirely: any
-certificate the CA issued connects. "Does not arrive" is proven without sleeping: after the
-forbidden publish is acknowledged, the same test publishes an allowed sentinel; the broker
-handles one client's messages in order, so once the sentinel arrived, the forbidden message
-would have too.
+certificate the CA issued connects; what it may do is the ACL check's answer. Helpers and the
+way "does not arrive" is proven: tests/host/brokerutil.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import queue
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
+from brokerutil import REFUSED, TENANT, Device, Listener, reaches_broker
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion
 
-from host.server.broker import DENY_ROLE, ManagedBroker
-from host.server.ca import CertificateAuthority
-from host.server.mqtt import connect_admin
+from host.server.broker import ADMIN_ROLE, ManagedBroker, admin_acls, initial_dynsec
+from host.server.ca import ADMIN_CN, CertificateAuthority
+from host.server.files import atomic_write
 from host.server.policy import Policies
 from host.server.policy.mosquitto import MosquittoDynsec
 from host.server.store import LOCAL, Store
-
-TENANT = "acme"
-
-
-class Device:
-    def __init__(self, ca: CertificateAuthority, workdir: Path) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        self.id = hashlib.sha256(pub).hexdigest()
-        self.pub = pub
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.id)]))
-            .sign(key, hashes.SHA256())
-        )
-        cert = ca.issue_device(csr, self.id, 1)
-        self.cert = workdir / f"{self.id[:8]}.pem"
-        self.key = workdir / f"{self.id[:8]}.key"
-        self.cert.write_bytes(
-            cert.public_bytes(serialization.Encoding.PEM)
-            + ca.issuing_cert.public_bytes(serialization.Encoding.PEM)
-        )
-        self.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        self.ca = ca
-        self.client: mqtt.Client | None = None
-
-    def topic(self, tenant: str = TENANT, device_id: str | None = None) -> str:
-        return f"qlink/{tenant}/{device_id or self.id}/telemetry"
-
-    def connect(self, port: int) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.id, protocol=mqtt.MQTTv311)
-        c.tls_set(str(self.ca.bundle_path), str(self.cert), str(self.key))
-        done = threading.Event()
-        codes: list[mqtt.ReasonCode] = []
-        c.on_connect = lambda _c, _u, _f, rc, _p: (codes.append(rc), done.set())
-        c.connect("127.0.0.1", port)
-        c.loop_start()
-        assert done.wait(5), "no CONNACK"
-        assert not codes[0].is_failure, codes
-        self.client = c
-        return c
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        assert self.client is not None
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(5)
-        assert info.is_published()  # PUBACK: the broker handled it (delivered or dropped)
-
-    def subscribe(self, topic: str) -> list[mqtt.ReasonCode]:
-        assert self.client is not None
-        got: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
-        self.client.on_subscribe = lambda _c, _u, _m, codes, _p: got.put(list(codes))
-        self.client.subscribe(topic, qos=1)
-        return got.get(timeout=5)
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-
-
-class Listener:
-    """The admin connection, subscribed to every qlink topic."""
-
-    def __init__(self, ca: CertificateAuthority, port: int) -> None:
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        subscribed = threading.Event()
-
-        def configure(c: mqtt.Client) -> None:
-            c.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload))
-            c.on_subscribe = lambda *_a: subscribed.set()
-
-        self.client = connect_admin(
-            ca, "127.0.0.1", port, "test-listener", lambda c: c.subscribe("qlink/#", 1), configure
-        )
-        assert subscribed.wait(5)
-
-    def until(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-        """Everything received up to and including (topic, payload)."""
-        seen = []
-        while True:
-            msg = self.messages.get(timeout=5)
-            seen.append(msg)
-            if msg == (topic, payload):
-                return seen
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +34,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]
     broker = ManagedBroker(root / "broker", ca)
     broker.start()
     policy = MosquittoDynsec(ca, "127.0.0.1", broker.admin_port)
+    policy.restore_denials([])  # what the server does at start: no denials, devices served
     listener = Listener(ca, broker.admin_port)
     devices = [Device(ca, root) for _ in range(3)]
     a, b, stranger = devices
@@ -154,16 +53,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]
     }
     for d in devices:
         d.close()
-    listener.client.disconnect()
-    listener.client.loop_stop()
+    listener.close()
     policy.close()
     broker.stop()
 
 
-def test_device_publish_to_own_topic_arrives(env: dict) -> None:
+def test_device_publish_to_own_topics_arrives(env: dict) -> None:
     a, listener = env["a"], env["listener"]
     a.publish(a.topic(), b'{"seq":1}')
     assert listener.until(a.topic(), b'{"seq":1}') == [(a.topic(), b'{"seq":1}')]
+    a.publish(a.topic(leaf="event"), b'{"event":"online"}')
+    assert listener.until(a.topic(leaf="event"), b'{"event":"online"}') == [
+        (a.topic(leaf="event"), b'{"event":"online"}')
+    ]
 
 
 def test_device_publish_to_other_device_topic_does_not_arrive(env: dict) -> None:
@@ -173,24 +75,27 @@ def test_device_publish_to_other_device_topic_does_not_arrive(env: dict) -> None
     assert listener.until(a.topic(), b"sentinel-1") == [(a.topic(), b"sentinel-1")]
 
 
-def test_device_publish_under_other_tenant_is_its_own_id_only(env: dict) -> None:
-    # The pattern has no tenant: a device may publish under another tenant's prefix, but only
-    # with its own ID (the server's telemetry intake ignores it: test_registry.py); never as
-    # another device, in any tenant.
+def test_device_publish_under_another_tenants_prefix_does_not_arrive(env: dict) -> None:
+    # The certificate's OU is the tenant: its own ID under another tenant is not its topic.
     a, b, listener = env["a"], env["b"], env["listener"]
+    a.publish(a.topic(tenant="other"), b"own-id-other-tenant")
     a.publish(a.topic(tenant="other", device_id=b.id), b"forged")
-    a.publish(a.topic(tenant="other"), b"own-id")
-    assert listener.until(a.topic(tenant="other"), b"own-id") == [
-        (a.topic(tenant="other"), b"own-id")
-    ]
+    a.publish(a.topic(tenant="other", leaf="event"), b"own-id-other-tenant")
+    a.publish(a.topic(), b"sentinel-2")
+    assert listener.until(a.topic(), b"sentinel-2") == [(a.topic(), b"sentinel-2")]
 
 
 def test_device_cannot_publish_outside_its_own_topics(env: dict) -> None:
     s, a, listener = env["stranger"], env["a"], env["listener"]
     for topic in (
         a.topic(),
+        s.topic(leaf="cmd"),  # its command channel: the server's alone
+        s.topic(leaf="telemetry/x"),
+        s.topic(leaf="events"),
         f"qlink/{TENANT}/{s.id}0/telemetry",  # an ID that merely starts with its own
         f"qlink/{TENANT}/x/{s.id}/telemetry",
+        f"qlink/{TENANT}x/{s.id}/telemetry",  # a tenant that merely starts with its own
+        f"qlink/{TENANT}/{s.id}",
         "qlink/x",
         "other/topic",
         f"other/{TENANT}/{s.id}/telemetry",
@@ -201,20 +106,72 @@ def test_device_cannot_publish_outside_its_own_topics(env: dict) -> None:
     assert listener.until(a.topic(), b"sentinel-3") == [(a.topic(), b"sentinel-3")]
 
 
-def test_subscriptions_deliver_only_own_topics(env: dict) -> None:
-    # Mosquitto 2.0 grants a SUBSCRIBE that only the pattern could judge; what counts is that
-    # nothing outside the device's own topics is ever delivered to it.
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "qlink/{tenant}/{other}/cmd",
+        "qlink/{tenant}/{other}/#",
+        "qlink/other/{own}/cmd",
+        "qlink/{tenant}/{own}/#",
+        "qlink/{tenant}/{own}/+",
+        "qlink/{tenant}/{own}/telemetry",
+        "qlink/+/{own}/cmd",
+        "qlink/#",
+        "#",
+        "$SYS/#",
+        "$CONTROL/qlink/v1/response",
+    ],
+)
+def test_a_subscription_beyond_the_own_cmd_topic_is_refused_with_0x80(
+    env: dict, topic: str
+) -> None:
     a, b = env["a"], env["b"]
-    got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    assert a.client is not None
-    a.client.on_message = lambda _c, _u, m: got.put((m.topic, m.payload))
-    for topic in (f"qlink/{TENANT}/{b.id}/#", "qlink/#", "#"):
-        a.subscribe(topic)
-    b.publish(b.topic(), b"for-b-only")
-    a.publish(a.topic(), b"sentinel-4")
-    first = got.get(timeout=5)
-    assert first == (a.topic(), b"sentinel-4")
-    a.client.unsubscribe(["qlink/#", "#", f"qlink/{TENANT}/{b.id}/#"])
+    filt = topic.format(tenant=TENANT, other=b.id, own=a.id)
+    codes = a.subscribe(filt)
+    assert [c.value for c in codes] == [REFUSED]
+
+
+def test_the_admin_sends_on_a_devices_cmd_topic_and_only_that_device_receives_it(
+    env: dict,
+) -> None:
+    a, b, listener = env["a"], env["b"], env["listener"]
+    assert [c.value for c in a.subscribe(a.topic(leaf="cmd"))] == [1]
+    assert [c.value for c in b.subscribe(b.topic(leaf="cmd"))] == [1]
+    try:
+        for d in (a, b):
+            info = listener.client.publish(d.topic(leaf="cmd"), b"for-" + d.id[:8].encode(), 1)
+            info.wait_for_publish(5)
+        assert a.messages.get(timeout=5) == (a.topic(leaf="cmd"), b"for-" + a.id[:8].encode())
+        # One connection's messages arrive in order: a's command would have come to b first.
+        assert b.messages.get(timeout=5) == (b.topic(leaf="cmd"), b"for-" + b.id[:8].encode())
+        listener.until(b.topic(leaf="cmd"), b"for-" + b.id[:8].encode())  # its own copies
+    finally:
+        assert a.client is not None and b.client is not None
+        a.client.unsubscribe(a.topic(leaf="cmd"))
+        b.client.unsubscribe(b.topic(leaf="cmd"))
+
+
+def test_a_certificate_without_a_tenant_keeps_the_pattern_rights(env: dict, tmp_path: Path) -> None:
+    # Issued before the tenant was written in: the plugin defers to the acl_file pattern, its
+    # own ID's topics in any tenant, never another device's, until the device renews.
+    a, b, listener = env["a"], env["b"], env["listener"]
+    old = Device(env["ca"], tmp_path, tenant=None)
+    old.connect(env["broker"].port)
+    try:
+        old.publish(old.topic(device_id=b.id), b"forged")
+        old.publish(old.topic(tenant="other"), b"old-form")
+        assert listener.until(old.topic(tenant="other"), b"old-form") == [
+            (old.topic(tenant="other"), b"old-form")
+        ]
+        # Granted (the acl_file judges deliveries, not subscriptions), yet nothing delivered:
+        # its own message, published after a's, is the first it receives.
+        assert [c.value for c in old.subscribe(a.topic())] == [1]
+        assert [c.value for c in old.subscribe(old.topic())] == [1]
+        a.publish(a.topic(), b"not-for-old")
+        old.publish(old.topic(), b"sentinel-old")
+        assert old.messages.get(timeout=5) == (old.topic(), b"sentinel-old")
+    finally:
+        old.close()
 
 
 def test_register_leaves_no_entry_and_clears_a_deny(env: dict, tmp_path: Path) -> None:
@@ -225,22 +182,24 @@ def test_register_leaves_no_entry_and_clears_a_deny(env: dict, tmp_path: Path) -
         policy.register_device(TENANT, c.id)  # idempotent
         assert policy.request("getClient", username=c.id).get("error") == "Client not found"
         policy.disable_device(c.id)
-        assert not _reaches_broker(c, env["broker"].port, listener, a)
+        assert not reaches_broker(c, env["broker"].port, listener, a)
         policy.register_device(TENANT, c.id)
-        assert _reaches_broker(c, env["broker"].port, listener, a)
+        assert reaches_broker(c, env["broker"].port, listener, a)
     finally:
         c.close()
 
 
-def test_deny_role_refuses_everything(env: dict) -> None:
+def test_the_admin_role_manages_both_plugins_and_sends_commands(env: dict) -> None:
     policy = env["policy"]
-    role = policy.request("getRole", rolename=DENY_ROLE)["data"]["role"]
-    acls = sorted((x["acltype"], x["topic"], x["allow"]) for x in role["acls"])
-    assert acls == [
-        ("publishClientReceive", "#", False),
-        ("publishClientSend", "#", False),
-        ("subscribePattern", "#", False),
-    ]
+    role = policy.request("getRole", rolename=ADMIN_ROLE)["data"]["role"]
+    have = {(x["acltype"], x["topic"], x["allow"]) for x in role["acls"]}
+    assert {
+        ("publishClientSend", "$CONTROL/qlink/v1", True),
+        ("publishClientSend", "qlink/+/+/cmd", True),
+    } <= have
+    assert have == {(x["acltype"], x["topic"], x["allow"]) for x in admin_acls()}
+    clients = policy.request("listClients")["data"]["clients"]
+    assert clients == [ADMIN_CN]
 
 
 def test_broker_files(env: dict) -> None:
@@ -256,8 +215,14 @@ def test_broker_files(env: dict) -> None:
         f"listener {broker.port} 127.0.0.1",
         f"listener {broker.admin_port} 127.0.0.1",
         f"cafile {broker.ca.cert_path('admin')}",
+        f"plugin_opt_admin {ADMIN_CN}",
     ):
         assert line in conf
+    plugins = [x.split(" ", 1)[1] for x in conf if x.startswith("plugin ")]
+    assert [Path(x).name.split("-")[0] for x in plugins] == [
+        "qlink_acl",
+        "mosquitto_dynamic_security.so",
+    ]  # the qlink plugin is asked first
     assert f"acl_file {broker.acl_path}" in conf
     acl = [x for x in broker.acl_path.read_text().splitlines() if not x.startswith("#")]
     assert acl == ["pattern readwrite qlink/+/%u/#"]
@@ -285,45 +250,71 @@ def test_broker_stops(tmp_path: Path) -> None:
         pass
 
 
-def _reaches_broker(device: Device, port: int, listener: Listener, sentinel: Device) -> bool:
-    """Connect `device` afresh and publish to its own topic; True if that message arrived.
-    Proven without sleeping: `sentinel`'s allowed message is published after it."""
-    device.close()
-    device.client = None
-    try:
-        device.connect(port)
-    except AssertionError:
-        return False  # refused at CONNACK or not answered: it does not reach the broker
-    payload = b"probe-" + device.id[:8].encode()
-    try:
-        device.publish(device.topic(), payload)
-    except (AssertionError, RuntimeError, ValueError):
-        return False
-    mark = b"mark-" + payload
-    sentinel.publish(sentinel.topic(), mark)
-    seen = listener.until(sentinel.topic(), mark)
-    return (device.topic(), payload) in seen
-
-
 def test_disable_enable_delete_live(env: dict, tmp_path: Path) -> None:
     policy, listener, a = env["policy"], env["listener"], env["a"]
     port = env["broker"].port
     c = Device(env["ca"], tmp_path)
     policy.register_device(TENANT, c.id)
     try:
-        assert _reaches_broker(c, port, listener, a)
+        assert reaches_broker(c, port, listener, a)
         policy.disable_device(c.id)
         policy.disable_device(c.id)  # idempotent
-        assert not _reaches_broker(c, port, listener, a)
+        assert not reaches_broker(c, port, listener, a)
         policy.enable_device(c.id)
-        assert _reaches_broker(c, port, listener, a)
+        assert reaches_broker(c, port, listener, a)
         policy.delete_device(c.id)
         policy.delete_device(c.id)  # idempotent
-        assert not _reaches_broker(c, port, listener, a)
-        roles = policy.request("getClient", username=c.id)["data"]["client"]["roles"]
-        assert [r["rolename"] for r in roles] == [DENY_ROLE]  # stays: revocation is for good
+        assert not reaches_broker(c, port, listener, a)
+        # The denial is the plugin's alone: no dynamic-security entry, no file rewritten.
+        assert policy.request("getClient", username=c.id).get("error") == "Client not found"
     finally:
         c.close()
+
+
+def test_a_deny_drops_the_live_connection_and_keeps_the_device_out(
+    env: dict, tmp_path: Path
+) -> None:
+    policy, port = env["policy"], env["broker"].port
+    c = Device(env["ca"], tmp_path)
+    c.connect(port)
+    try:
+        assert [x.value for x in c.subscribe(c.topic(leaf="cmd"))] == [1]
+        policy.disable_device(c.id)
+        assert c.dropped.wait(2.0), "the denied device's connection was not dropped"
+        # Mosquitto 2.0 authenticates nobody with use_identity_as_username: the connection
+        # opens, and its first request is refused and gets it dropped at the next tick.
+        c.close()
+        c.connect(port)
+        assert [x.value for x in c.subscribe(c.topic(leaf="cmd"))] == [REFUSED]
+        assert c.dropped.wait(2.0), "the reconnected denied device was not dropped"
+        c.close()
+        policy.enable_device(c.id)  # allow restores its rights
+        c.connect(port)
+        assert [x.value for x in c.subscribe(c.topic(leaf="cmd"))] == [1]
+        assert not c.dropped.is_set()
+    finally:
+        c.close()
+        policy.enable_device(c.id)
+
+
+def test_many_devices_are_denied_in_one_request_and_all_dropped(env: dict, tmp_path: Path) -> None:
+    policy, broker = env["policy"], env["broker"]
+    fleet = [Device(env["ca"], tmp_path) for _ in range(20)]
+    for d in fleet:
+        d.connect(broker.port)
+    mark = broker.log_path.stat().st_size
+    try:
+        policy.deny_devices([d.id for d in fleet])
+        deadline = time.monotonic() + 5
+        for d in fleet:
+            assert d.dropped.wait(max(0.0, deadline - time.monotonic())), d.id
+        log = broker.log_path.read_bytes()[mark:].decode()
+        assert log.count("qlink_acl: deny:") == 1, log
+        assert "qlink_acl: deny: 20 changed" in log
+    finally:
+        for d in fleet:
+            d.close()
+        policy.plugin("allow", [d.id for d in fleet])
 
 
 def test_revoked_certificate_fails_tls_after_crl_reload(env: dict, tmp_path: Path) -> None:
@@ -351,24 +342,87 @@ def test_revoked_certificate_fails_tls_after_crl_reload(env: dict, tmp_path: Pat
 
 
 def test_denials_are_applied_again_from_the_store(env: dict, tmp_path: Path) -> None:
-    # The plugin's file lost (or older than the denials): a disabled device would have its
-    # certificate's rights back until the server applies the store's denials at start.
+    # The denied set lives in broker memory: the server applies the store's denials at start.
     policy, listener, a = env["policy"], env["listener"], env["a"]
     port = env["broker"].port
     c, d = Device(env["ca"], tmp_path), Device(env["ca"], tmp_path)
     reg = Store(tmp_path / "registry.sqlite")
     try:
+        reg.tenants.create(TENANT)
         reg.batches.create("b1", TENANT)
         reg.batches.import_devices("b1", [f"{x.id},{x.pub.hex()}" for x in (c, d)])
         dev = reg.devices.get(c.id)
         assert dev is not None
         reg.devices.set_disabled(dev, True, LOCAL)
-        assert _reaches_broker(c, port, listener, a)  # the store says disabled, the broker not
+        assert reaches_broker(c, port, listener, a)  # the store says disabled, the broker not
         policies = Policies({"mosquitto": policy}, reg.devices)
         assert policies.reapply_denials("mosquitto") == 1
-        assert not _reaches_broker(c, port, listener, a)
-        assert _reaches_broker(d, port, listener, a)  # an enabled device keeps its rights
+        assert not reaches_broker(c, port, listener, a)
+        assert reaches_broker(d, port, listener, a)  # an enabled device keeps its rights
     finally:
         reg.close()
         c.close()
         d.close()
+        policy.enable_device(c.id)
+
+
+def test_a_started_broker_serves_no_device_until_the_denials_are_restored(
+    tmp_path: Path,
+) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    broker = ManagedBroker(tmp_path / "broker", ca)
+    broker.start()
+    c = Device(ca, tmp_path)
+    policy = MosquittoDynsec(ca, "127.0.0.1", broker.admin_port)
+    try:
+        c.connect(broker.port)
+        assert [x.value for x in c.subscribe(c.topic(leaf="cmd"))] == [REFUSED]
+        assert c.dropped.wait(2.0)
+        c.close()
+        policy.restore_denials([c.id])
+        c.connect(broker.port)
+        assert [x.value for x in c.subscribe(c.topic(leaf="cmd"))] == [REFUSED]  # denied
+        c.close()
+        policy.enable_device(c.id)
+        c.connect(broker.port)
+        assert [x.value for x in c.subscribe(c.topic(leaf="cmd"))] == [1]
+    finally:
+        c.close()
+        policy.close()
+        broker.stop()
+
+
+def test_an_older_dynamic_security_file_is_upgraded_at_start(tmp_path: Path) -> None:
+    # A file of the per-device deny scheme: a client with the deny role per denied device, and
+    # an admin role without the qlink plugin's control topic or the command channel.
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    broker = ManagedBroker(tmp_path / "broker", ca)
+    old = initial_dynsec()
+    old_admin = [
+        acl for acl in admin_acls() if acl["topic"] not in ("$CONTROL/qlink/v1", "qlink/+/+/cmd")
+    ]
+    old["roles"] = [
+        {"rolename": ADMIN_ROLE, "acls": old_admin},
+        {"rolename": "qlink-deny", "acls": [{"acltype": "publishClientSend", "topic": "#"}]},
+    ]
+    denied = "ab" * 32
+    old["clients"] = [
+        *old["clients"],  # type: ignore[misc]
+        {"username": denied, "roles": [{"rolename": "qlink-deny"}], "disabled": True},
+    ]
+    atomic_write(broker.dynsec_path, json.dumps(old).encode(), 0o600)
+    broker.start()
+    try:
+        doc = json.loads(broker.dynsec_path.read_text())
+        assert [c["username"] for c in doc["clients"]] == [ADMIN_CN]
+        assert [r["rolename"] for r in doc["roles"]] == [ADMIN_ROLE]
+        policy = MosquittoDynsec(ca, "127.0.0.1", broker.admin_port)
+        try:
+            role = policy.request("getRole", rolename=ADMIN_ROLE)["data"]["role"]
+            have = {(x["acltype"], x["topic"]) for x in role["acls"]}
+            assert have == {(x["acltype"], x["topic"]) for x in admin_acls()}
+            MosquittoDynsec(ca, "127.0.0.1", broker.admin_port).close()  # again: no error
+        finally:
+            policy.close()
+    finally:
+        broker.stop()

@@ -13,6 +13,7 @@ import anyio.from_thread
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hil.simdevice import ApiResponse, SimDevice, make_csr
@@ -88,6 +89,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     ):
         client = httpx.AsyncClient(transport=transport, base_url="https://localhost")
         a = Api(portal, client, settings, policy)
+        a.registry.create_tenant("acme")
         a.registry.create_batch("b1", "acme")
         a.registry.create_batch("off", "acme")
         a.registry.set_batch_active("off", False)
@@ -111,7 +113,9 @@ def test_happy_path(api: Api) -> None:
     r = api.proof(d.proof_body(h))
     assert r.status == 200, r.body
     cert = x509.load_der_x509_certificate(base64.b64decode(r.body["certificate_b64"]))
-    assert cert.subject.rfc4514_string() == f"CN={d.device_id}"
+    # CN = device ID, then OU = tenant: what the broker's plugin reads (RFC 4514 lists the
+    # subject's attributes in reverse).
+    assert cert.subject.rfc4514_string() == f"OU=acme,CN={d.device_id}"
     assert r.body["broker"] == {
         "host": "localhost",
         "port": 18883,
@@ -119,7 +123,11 @@ def test_happy_path(api: Api) -> None:
     }
     prefix = f"qlink/acme/{d.device_id}"
     assert r.body["topics"] == {t: f"{prefix}/{t}" for t in ("telemetry", "event", "cmd")}
-    assert r.body["policy"] == {"telemetry_interval_ms": 2000}
+    assert r.body["policy"] == {"telemetry_interval_ms": 2000, "renew_at_pct": 67}
+    signer = x509.load_pem_x509_certificate((api.settings.ca_dir / "command.pem").read_bytes())
+    assert base64.b64decode(r.body["command_signer_b64"]) == signer.public_bytes(
+        serialization.Encoding.DER
+    )
     assert api.policy.registered[d.device_id] == "acme"
     dev = api.registry.device(d.device_id)
     assert dev is not None and dev.state == "onboarded"

@@ -31,6 +31,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, httpx.A
         portal.wrap_async_context_manager(app.router.lifespan_context(app)),
     ):
         reg = Application.for_operator(settings)
+        reg.create_tenant("acme")
         token, _ = reg.create_token("rob", "acme", "admin")
         reg.close()
         client = httpx.AsyncClient(

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hil.serverproc import PrivatePostgres
 from host.server.db import HEAD, StorageError, make_engine
 from host.server.models import Base
-from host.server.store import Store
+from host.server.store import NotFound, Store
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:
@@ -73,6 +73,7 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
     from host.server.store import ImportRejected
 
     reg = Store(pg_url)
+    reg.tenants.create("acme")
     reg.batches.create("b1", "acme")
     pubs = [
         ec.generate_private_key(ec.SECP256R1())
@@ -96,27 +97,33 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
         "device.onboard",
         "batch.import",
         "batch.create",
+        "tenant.create",
     ]
     reg.close()
 
 
-def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: Path) -> None:
-    """Devices made by a server before 0002 may have entries at the broker that the server of
-    the time left there: each is asked to be cleared at its next onboarding; new ones are not."""
+def _sqlite_at(path: Path, revision: str) -> Path:
+    """A new SQLite database at `path` whose schema is at migration `revision`."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
 
     from host.server.db import MIGRATIONS
 
-    path = tmp_path / "r.sqlite"
     engine = create_engine(f"sqlite:///{path}")
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.upgrade(cfg, revision)
     engine.dispose()
+    return path
+
+
+def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: Path) -> None:
+    """Devices made by a server before 0002 may have entries at the broker that the server of
+    the time left there: each is asked to be cleared at its next onboarding; new ones are not."""
+    path = _sqlite_at(tmp_path / "r.sqlite", "0001")
     with sqlite3.connect(path) as db:
         db.execute(
             "INSERT INTO batches (id, name, tenant, active, policy, created_at) "
@@ -142,3 +149,36 @@ def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: P
         reg.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+
+
+def test_upgrade_from_0002_keeps_every_tenant_that_batches_or_tokens_name(tmp_path: Path) -> None:
+    """Tenants were only strings before 0003: each one a batch or an operator token names
+    becomes a record (with `default`), so nothing made then is refused now."""
+    path = _sqlite_at(tmp_path / "r.sqlite", "0002")
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO batches (name, tenant, active, policy, created_at)"
+            " VALUES (?, ?, 1, 'mosquitto', 0)",
+            [("b1", "acme"), ("b2", "acme"), ("b3", "old corp")],  # a name from before the rule
+        )
+        db.execute(
+            "INSERT INTO operators (name, tenant, role, token_hash, created_at, created_by)"
+            " VALUES ('alice', 'globex', 'admin', ?, 0, 'cli')",
+            ("0" * 64,),
+        )
+    reg = Store(path)
+    try:
+        assert [(t.name, t.batches) for t in reg.tenants.list()] == [
+            ("acme", 2),
+            ("default", 0),
+            ("globex", 0),
+            ("old corp", 1),
+        ]
+        assert reg.batches.create("b4", "acme").tenant == "acme"
+        assert reg.tokens.create("bob", "globex", "viewer")[1].tenant == "globex"
+        with pytest.raises(NotFound, match="qlink tenant create initech"):
+            reg.batches.create("b5", "initech")
+    finally:
+        reg.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT DISTINCT created_by FROM tenants").fetchall() == [("migration",)]

@@ -36,6 +36,8 @@ def line(device_id: str, pub_hex: str) -> str:
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Store]:
     r = Store(tmp_path / "registry.sqlite")
+    for tenant in ("acme", "globex"):
+        r.tenants.create(tenant)
     r.batches.create("b1", "acme")
     yield r
     r.close()

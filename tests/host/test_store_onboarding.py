@@ -32,6 +32,7 @@ _databases = itertools.count()
 @pytest.fixture
 def reg(database: str | Path) -> Iterator[Store]:
     r = Store(database)
+    r.tenants.create(TENANT)
     r.batches.create("b1", TENANT)
     yield r
     assert r.db.checked_out == 0

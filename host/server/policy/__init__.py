@@ -6,12 +6,16 @@ device at onboarding only when the broker may hold an exception for it (a deny e
 mark (`DeviceRecord.policy_exception`) is set, and committed, before a deny is sent, and
 cleared once onboarding or enabling has removed the entry: `Policies` is the only code that
 decides it; the store records it.
+
+A driver whose broker keeps its denials as one set (`DenySet`: the qlink plugin of the managed
+Mosquitto) takes many devices in one message: a batch revocation, and the denials the server
+applies again at start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from host.server import ServerError
 
@@ -59,6 +63,18 @@ class PolicyDriver(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class DenySet(Protocol):
+    """A driver whose broker denies many devices per request."""
+
+    def deny_devices(self, device_ids: Sequence[str]) -> None:
+        """Refuse every one of the devices and drop their live connections; idempotent."""
+
+    def restore_denials(self, device_ids: Sequence[str]) -> None:
+        """At start: the broker's whole denied set from the store, then devices are served
+        (until then a broker that keeps the set in memory serves none)."""
+
+
 def device_topic_prefix(tenant: str, device_id: str) -> str:
     return f"qlink/{tenant}/{device_id}"
 
@@ -71,6 +87,7 @@ class MemoryPolicy:
     def __init__(self) -> None:
         self.registered: dict[str, str] = {}
         self.disabled: set[str] = set()
+        self.deny_requests: list[list[str]] = []  # each deny_devices call's devices
         self.fail_next: PolicyError | None = None
 
     def register_device(
@@ -91,6 +108,14 @@ class MemoryPolicy:
     def enable_device(self, device_id: str) -> None:
         self._maybe_fail()
         self.disabled.discard(device_id)
+
+    def deny_devices(self, device_ids: Sequence[str]) -> None:
+        self._maybe_fail()
+        self.deny_requests.append(list(device_ids))
+        self.disabled.update(device_ids)
+
+    def restore_denials(self, device_ids: Sequence[str]) -> None:
+        self.deny_devices(device_ids)
 
     def delete_device(self, device_id: str) -> None:
         self._maybe_fail()
@@ -133,6 +158,25 @@ class Policies:
         else:
             driver.disable_device(dev.device_id)
 
+    def deny_many(self, devs: Sequence[DeviceRecord], *, revoke: bool) -> None:
+        """`deny` for many devices: one request per driver that takes a set (DenySet), one per
+        device for the others. Every device's driver is found before anything changes."""
+        by_driver: dict[int, tuple[PolicyDriver, list[DeviceRecord]]] = {}
+        for dev in devs:
+            driver = self.driver_for(dev)
+            by_driver.setdefault(id(driver), (driver, []))[1].append(dev)
+        for dev in devs:  # marked first, as in `deny`
+            self._devices.set_policy_exception(dev.device_id, True)
+        for driver, group in by_driver.values():
+            if isinstance(driver, DenySet):
+                driver.deny_devices([d.device_id for d in group])
+                continue
+            for dev in group:
+                if revoke:
+                    driver.delete_device(dev.device_id)
+                else:
+                    driver.disable_device(dev.device_id)
+
     def allow(self, dev: DeviceRecord) -> None:
         """Undo `deny(revoke=False)`: the broker's entry removed, then its mark."""
         self.driver_for(dev).enable_device(dev.device_id)
@@ -145,6 +189,9 @@ class Policies:
         if driver is None:
             return 0
         denied = self._devices.denied(policy)
+        if isinstance(driver, DenySet):
+            driver.restore_denials([dev.device_id for dev in denied])
+            return len(denied)
         for dev in denied:
             if dev.state == "revoked":
                 driver.delete_device(dev.device_id)

@@ -1,19 +1,22 @@
-"""Mosquitto: device rights from the certificate, exceptions in dynamic security.
+"""Mosquitto: device rights from the certificate, denials in the qlink plugin's set.
 
-A device's certificate (CN = device ID, issued only at onboarding) gives it the broker's pattern
-ACL `qlink/+/%u/#`: its own topics, nothing else (host/server/broker.py). Registering a device
-therefore changes nothing on the broker but clears any exception left for it; disabling or
-revoking gives it a dynamic-security client with the deny-everything role and drops its live
-connection. Onboarding costs the broker one look-up however large the fleet, where one client
-and role per device made Mosquitto 2.0 rewrite a file that grows with the fleet on every device.
+A device's certificate (CN = device ID, OU = tenant, issued only at onboarding) gives it its
+rights at the broker: the qlink plugin lets it use `qlink/<tenant>/<id>/{telemetry,event}` and
+receive on `.../cmd`, nothing else (host/server/broker.py). Registering a device therefore
+changes nothing on the broker but clears any denial left for it. Disabling or revoking puts the
+device in the plugin's denied set, which refuses it everything and drops its live connection;
+one message carries up to 4096 devices, so a batch revocation or the denials applied again at
+start take a few messages, and the broker writes no file for any of them.
 
-The tenant in a topic is not checked by the broker (a pattern ACL has no tenant to compare):
-a device could publish under `qlink/<other tenant>/<its own ID>/`; the server's telemetry
-intake keeps only messages whose tenant is the device's (host/server/telemetry.py).
+Two control channels over one admin connection:
+- `$CONTROL/qlink/v1` (the qlink plugin): line requests (host/server/brokerplugin/control.py),
+  answered to this connection alone with the request's correlation value.
+- `$CONTROL/dynamic-security/v1` (JSON; answers on `.../v1/response` with the same
+  `correlationData`): only the admin role lives there. At connection the driver adds the
+  role's ACLs that a `dynamic-security.json` of an older server lacks (the qlink plugin's
+  control topic, the command channel).
 
-Commands go to `$CONTROL/dynamic-security/v1` as JSON; the plugin answers on
-`.../v1/response` with the same `correlationData`. Each call waits for its answer and checks
-its `error`; "already exists" / "not found" answers make every operation idempotent.
+Each call waits for its answer and checks it; every operation is idempotent.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from host.server.broker import DENY_ROLE, deny_role
+from host.server.broker import ADMIN_ROLE, admin_acls
+from host.server.brokerplugin import control
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import MqttError, connect_admin
 from host.server.policy import PolicyError
@@ -38,7 +43,8 @@ POLICY_NAME = "mosquitto"  # the batch policy this driver serves
 CONTROL = "$CONTROL/dynamic-security/v1"
 RESPONSE = CONTROL + "/response"
 _EXISTS = ("already exists",)
-_MISSING = ("not found",)
+
+_Waiter = tuple[threading.Event, list[Any]]
 
 
 def _error(answer: dict[str, Any]) -> str | None:
@@ -47,16 +53,16 @@ def _error(answer: dict[str, Any]) -> str | None:
 
 
 class MosquittoDynsec:
-    """PolicyDriver over one persistent admin connection."""
+    """PolicyDriver (and DenySet) over one persistent admin connection."""
 
-    rights_from_certificate = True  # the pattern ACL on the certificate's CN
+    rights_from_certificate = True  # the qlink plugin reads the certificate's CN and OU
 
     def __init__(
         self, ca: CertificateAuthority, host: str, port: int, timeout_s: float = 5.0
     ) -> None:
         self._timeout = timeout_s
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._pending: dict[str, _Waiter] = {}
         self._subscribed = threading.Event()
         try:
             self._client = connect_admin(
@@ -73,7 +79,7 @@ class MosquittoDynsec:
             self.close()
             raise PolicyError("the broker did not confirm the dynamic-security subscription")
         try:
-            self.ensure_deny_role()
+            self.ensure_admin_role()
         except PolicyError:
             self.close()
             raise
@@ -86,6 +92,13 @@ class MosquittoDynsec:
         client.subscribe(RESPONSE, qos=1)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == control.RESPONSE:
+            answer = control.parse_answer(bytes(msg.payload))
+            if answer is None:
+                log.warning("event=qlink_plugin_bad_response")
+            else:
+                self._deliver(answer.correlation, answer)
+            return
         try:
             responses = json.loads(msg.payload)["responses"]
         except (ValueError, KeyError, TypeError):
@@ -93,16 +106,50 @@ class MosquittoDynsec:
             return
         for r in responses:
             corr = r.get("correlationData") if isinstance(r, dict) else None
-            with self._lock:
-                waiter = self._pending.get(corr) if isinstance(corr, str) else None
-            if waiter is not None:
-                waiter[1].append(r)
-                waiter[0].set()
+            if isinstance(corr, str):
+                self._deliver(corr, r)
 
+    def _deliver(self, corr: str, answer: object) -> None:
+        with self._lock:
+            waiter = self._pending.get(corr)
+        if waiter is not None:
+            waiter[1].append(answer)
+            waiter[0].set()
+
+    def _exchange(
+        self, topic: str, payloads: list[bytes], corrs: list[str], what: str
+    ) -> list[Any]:
+        """Publish `payloads` on `topic` in order and wait for the answer of each of `corrs`
+        (one message may carry several); the answers in the order of `corrs`."""
+        waiters: list[tuple[str, threading.Event, list[Any]]] = []
+        with self._lock:
+            for corr in corrs:
+                waiter: _Waiter = (threading.Event(), [])
+                self._pending[corr] = waiter
+                waiters.append((corr, *waiter))
+        try:
+            for payload in payloads:
+                info = self._client.publish(topic, payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise PolicyError(
+                        f"cannot send {what} to the broker ({mqtt.error_string(info.rc)})"
+                    )
+            deadline = time.monotonic() + self._timeout
+            for _corr, done, _out in waiters:
+                if not done.wait(max(0.0, deadline - time.monotonic())):
+                    raise PolicyError(
+                        f"the broker did not answer {what} within {self._timeout:.0f} s; retry"
+                    )
+        finally:
+            with self._lock:
+                for corr, _e, _o in waiters:
+                    self._pending.pop(corr, None)
+        return [out[0] for _c, _e, out in waiters]
+
+    # -- dynamic security: the admin role ---------------------------------------------------
     def command(self, command: str, **fields: Any) -> str | None:
         """Send one command and wait for its answer; returns the plugin's error text or None."""
-        error = self.request(command, **fields).get("error")
-        return str(error) if error else None
+        return _error(self.request(command, **fields))
 
     def request(self, command: str, **fields: Any) -> dict[str, Any]:
         """Send one command and return the plugin's whole answer (`error`, `data`)."""
@@ -111,95 +158,70 @@ class MosquittoDynsec:
     def request_many(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send commands in one message (one round trip; the plugin runs them in order) and
         return their answers in the same order."""
-        waiters: list[tuple[str, threading.Event, list[dict[str, Any]]]] = []
-        with self._lock:
-            for _ in commands:
-                corr = secrets.token_hex(8)
-                waiter: tuple[threading.Event, list[dict[str, Any]]] = (threading.Event(), [])
-                self._pending[corr] = waiter
-                waiters.append((corr, *waiter))
+        corrs = [secrets.token_hex(8) for _ in commands]
+        tagged = [{**c, "correlationData": k} for c, k in zip(commands, corrs, strict=True)]
+        body = {"commands": tagged}
         names = "+".join(str(c["command"]) for c in commands)
-        try:
-            body = {
-                "commands": [
-                    {**c, "correlationData": corr}
-                    for c, (corr, _e, _o) in zip(commands, waiters, strict=True)
-                ]
-            }
-            info = self._client.publish(CONTROL, json.dumps(body), qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise PolicyError(
-                    f"cannot send {names} to the broker ({mqtt.error_string(info.rc)})"
-                )
-            deadline = time.monotonic() + self._timeout
-            for _corr, done, _out in waiters:
-                if not done.wait(max(0.0, deadline - time.monotonic())):
-                    raise PolicyError(
-                        f"the broker did not answer {names} within {self._timeout:.0f} s; retry"
-                    )
-        finally:
-            with self._lock:
-                for corr, _e, _o in waiters:
-                    self._pending.pop(corr, None)
-        return [out[0] for _c, _e, out in waiters]
+        answers = self._exchange(CONTROL, [json.dumps(body).encode()], corrs, names)
+        return [a if isinstance(a, dict) else {} for a in answers]
 
-    def _check(self, command: str, error: str | None, tolerated: tuple[str, ...]) -> None:
-        if error is None or any(t in error.lower() for t in tolerated):
-            return
-        raise PolicyError(f"the broker refused {command}: {error}")
+    def ensure_admin_role(self) -> None:
+        """The admin role's ACLs, for a broker whose dynamic-security file predates some."""
+        answers = self.request_many(
+            [{"command": "addRoleACL", "rolename": ADMIN_ROLE, **acl} for acl in admin_acls()]
+        )
+        for answer in answers:
+            error = _error(answer)
+            if error is not None and not any(t in error.lower() for t in _EXISTS):
+                raise PolicyError(f"the broker refused addRoleACL: {error}")
 
-    def ensure_deny_role(self) -> None:
-        """The deny role, for a broker whose dynamic-security file predates it."""
-        role = deny_role()
-        err = self.command("createRole", rolename=DENY_ROLE, acls=role["acls"])
-        self._check("createRole", err, _EXISTS)
+    # -- the qlink plugin: the denied set ---------------------------------------------------
+    def plugin(self, verb: str, device_ids: Sequence[str] = ()) -> list[control.Answer]:
+        """One request per MAX_IDS devices, sent together, every answer awaited; PolicyError
+        if the plugin refused one (it then changed nothing for that request)."""
+        corrs, payloads = [], []
+        for part in list(control.chunks(device_ids)) or [[]]:
+            corrs.append(secrets.token_hex(8))
+            payloads.append(control.request(verb, corrs[-1], part))
+        what = f"{verb} of {len(device_ids)} device(s)"
+        answers: list[control.Answer] = self._exchange(control.CONTROL, payloads, corrs, what)
+        for answer in answers:
+            if answer.error is not None:
+                raise PolicyError(f"the broker's qlink plugin refused {verb}: {answer.error}")
+        return answers
 
+    def deny_devices(self, device_ids: Sequence[str]) -> None:
+        self.plugin("deny", device_ids)
+        log.info("event=policy_denied devices=%d", len(device_ids))
+
+    def restore_denials(self, device_ids: Sequence[str]) -> None:
+        if device_ids:
+            self.plugin("deny", device_ids)
+        self.plugin("open")
+
+    # -- PolicyDriver -----------------------------------------------------------------------
     def register_device(
         self, tenant: str, device_id: str, certificate_der: bytes | None = None
     ) -> None:
-        # The certificate carries the rights; only a leftover exception (a deny entry, or a
-        # client of an older per-device scheme) could stand in the way: remove it.
-        self._clear(device_id)
+        # The certificate carries the rights; only a leftover denial could stand in the way.
+        self.plugin("allow", [device_id])
         log.info("event=policy_registered device=%s tenant=%s", device_id, tenant)
 
-    def _deny(self, device_id: str) -> None:
-        """A client with the deny role for the device, its live connection dropped."""
-        # Deleted and created again in one message (the plugin runs it as one step): whatever
-        # the device had before, it ends with exactly the deny role. deleteClient drops the
-        # live connection; disableClient marks the entry for operators reading the plugin.
-        answers = self.request_many(
-            [
-                {"command": "deleteClient", "username": device_id},
-                {
-                    "command": "createClient",
-                    "username": device_id,
-                    "roles": [{"rolename": DENY_ROLE, "priority": 0}],
-                },
-                {"command": "disableClient", "username": device_id},
-            ]
-        )
-        self._check("deleteClient", _error(answers[0]), _MISSING)
-        self._check("createClient", _error(answers[1]), ())
-        self._check("disableClient", _error(answers[2]), ())
-
     def disable_device(self, device_id: str) -> None:
-        """Deny everything and kick. With `use_identity_as_username` Mosquitto 2.0 skips
-        authentication, so a disabled client can reconnect: the deny role is what refuses it."""
-        self._deny(device_id)
+        """Deny everything and drop the live connection. With `use_identity_as_username`
+        Mosquitto 2.0 skips authentication, so the device can connect again: the plugin
+        refuses it everything and drops that connection too (docs/security.md)."""
+        self.deny_devices([device_id])
 
     def enable_device(self, device_id: str) -> None:
-        """Remove the deny entry (the plugin drops the live connection; the device reconnects
+        """Out of the denied set (the plugin drops the live connection; the device reconnects
         with the rights of its certificate)."""
-        self._clear(device_id)
-
-    def _clear(self, device_id: str) -> None:
-        """No dynamic-security entry for the device (idempotent)."""
-        self._check("deleteClient", self.command("deleteClient", username=device_id), _MISSING)
+        self.plugin("allow", [device_id])
 
     def delete_device(self, device_id: str) -> None:
-        """For revocation: the deny entry stays for good (the certificate also goes on the CRL,
-        which refuses its next TLS handshake)."""
-        self._deny(device_id)
+        """For revocation: denied for good (the certificate also goes on the CRL, which
+        refuses its next TLS handshake)."""
+        self.deny_devices([device_id])
 
     def close(self) -> None:
         self._client.loop_stop()

@@ -1,10 +1,15 @@
 """The store: the server's state split by concept, over one database.
 
 - `audit`: the audit log (every change writes its event in its own transaction)
+- `tenants`: tenants, which every batch and operator token belongs to
 - `tokens`: operator API tokens
 - `batches`: batches and the import of device identities into them
 - `devices`: devices, their state changes, telemetry, revoked certificates
 - `challenges`: onboarding challenges and the onboarding record
+- `commands`: commands signed for devices and their state
+- `puf`: PUF health reports, bounded per device
+- `transfers`: ownership transfer codes and their claims
+- `successors`: the one transaction that moves a device to its next identity
 
 Each concept's SQL lives in its module and runs on the DBAPI (store/database.py says why).
 Use cases that span concepts or reach outside the database (the broker, the CA) are the
@@ -18,6 +23,7 @@ from pathlib import Path
 from host.server.store.audit import LOCAL, Actor, AuditLog
 from host.server.store.batches import Batches
 from host.server.store.challenges import ChallengeInfo, Challenges
+from host.server.store.commands import Commands
 from host.server.store.database import Database
 from host.server.store.devices import Devices, RevokedCert
 from host.server.store.errors import (
@@ -30,9 +36,14 @@ from host.server.store.errors import (
     NotFound,
     StoreError,
 )
+from host.server.store.puf import PufHealthLog
+from host.server.store.successors import Successors
+from host.server.store.tenants import DEFAULT_TENANT, Tenants
 from host.server.store.tokens import TOKEN_PREFIX, Tokens
+from host.server.store.transfers import Transfers
 
 __all__ = [
+    "DEFAULT_TENANT",
     "LOCAL",
     "TOKEN_PREFIX",
     "Actor",
@@ -56,10 +67,15 @@ class Store:
     def __init__(self, target: Path | str, *, migrate: bool = True) -> None:
         self.db = Database(target, migrate=migrate)
         self.audit = AuditLog(self.db)
+        self.tenants = Tenants(self.db)
         self.tokens = Tokens(self.db)
         self.batches = Batches(self.db)
         self.devices = Devices(self.db)
         self.challenges = Challenges(self.db)
+        self.commands = Commands(self.db)
+        self.puf = PufHealthLog(self.db)
+        self.transfers = Transfers(self.db)
+        self.successors = Successors(self.db)
 
     @property
     def path(self) -> Path | None:

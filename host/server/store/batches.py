@@ -20,7 +20,7 @@ from host.server.schemas import (
     BatchOut,
     ExportedDevice,
 )
-from host.server.store import audit
+from host.server.store import audit, tenants
 from host.server.store.audit import LOCAL, Actor
 from host.server.store.database import Database, Tx
 from host.server.store.errors import Conflict, DuplicateKey, ImportRejected, Invalid, NotFound
@@ -71,6 +71,7 @@ class Batches:
         taken = Conflict(f"batch {name!r} already exists; pick another name")
         try:
             with self._db.transaction() as tx:
+                tenants.require(tx, tenant)
                 if tx.one(
                     "SELECT 1 FROM batches WHERE name = :name AND tenant = :tenant",
                     {"name": name, "tenant": tenant},

@@ -29,6 +29,7 @@ REVOKE_SERIAL = (
 SELECT = (
     "SELECT d.device_id, d.public_key, d.state, d.disabled, d.policy_exception, d.cert_der,"
     " d.serial, d.not_after, d.onboarded_at, d.revoked_at, d.last_seen, d.last_telemetry,"
+    " d.puf_used_pct, d.epoch, d.predecessor, d.successor,"
     " b.name AS batch_name, b.tenant, b.active, b.policy"
     " FROM devices d JOIN batches b ON b.id = d.batch_id"
 )
@@ -63,6 +64,10 @@ def record(m: Mapping[str, Any]) -> DeviceRecord:
         revoked_at=m["revoked_at"],
         last_seen=m["last_seen"],
         last_telemetry=json.loads(telemetry) if telemetry else None,
+        puf_used_pct=m.get("puf_used_pct"),
+        predecessor=m.get("predecessor"),
+        successor=m.get("successor"),
+        epoch=int(m.get("epoch") or 0),
         public_key=bytes(m["public_key"]),
         cert_der=None if cert_der is None else bytes(cert_der),
         batch_active=bool(m["active"]),

@@ -7,7 +7,7 @@ import secrets
 import time
 
 from host.server.schemas import ROLES, OperatorOut
-from host.server.store import audit
+from host.server.store import audit, tenants
 from host.server.store.audit import LOCAL, Actor
 from host.server.store.database import Database
 from host.server.store.errors import Invalid
@@ -36,6 +36,7 @@ class Tokens:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = time.time()
         with self._db.transaction() as tx:
+            tenants.require(tx, tenant)
             tx.execute(
                 "INSERT INTO operators (name, tenant, role, token_hash, created_at, created_by)"
                 " VALUES (:name, :tenant, :role, :hash, :now, :by)",

@@ -32,8 +32,8 @@ def upgrade() -> None:
     now = time.time()
     conn = op.get_bind()
     names = {"default"}
-    for table in ("batches", "operators"):
-        names.update(r[0] for r in conn.execute(sa.text(f"SELECT DISTINCT tenant FROM {table}")))
+    for sql in ("SELECT DISTINCT tenant FROM batches", "SELECT DISTINCT tenant FROM operators"):
+        names.update(r[0] for r in conn.execute(sa.text(sql)))
     tenants = sa.table(
         "tenants",
         sa.column("name", sa.String()),

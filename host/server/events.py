@@ -1,0 +1,189 @@
+"""Devices' event topics and the server's side of the command channel over the managed broker.
+
+- `MqttCommandLink`: publishes signed commands (QoS 1) over an admin connection and waits for
+  the broker's PUBACK.
+- `EventIntake` (the main server process, next to the telemetry intake): reads every device's
+  `event` topic; command acknowledgements move the command's state; an `online` event makes it
+  send again every command the device has not accepted yet (docs/protocol.md "Broker"), so a
+  command reaches a device that was off when it was sent, even after a broker restart, and
+  records the PUF health it reports (store/puf.py; a device past `drift_pct` of its correction
+  budget is logged as drifting and listed by `qlink devices --drifting`).
+
+An event counts only on the device's own topic in its own tenant (the broker's plugin also
+keeps a device to its own prefix).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from host.server.ca import CertificateAuthority
+from host.server.commands import (
+    Ack,
+    CommandError,
+    CommandSigner,
+    Online,
+    Rejected,
+    body,
+    parse_event,
+)
+from host.server.deviceid import is_device_id
+from host.server.mqtt import MqttError, connect_admin
+from host.server.policy import device_topic_prefix
+from host.server.schemas import (
+    COMMAND_DELIVERED,
+    COMMAND_DONE,
+    COMMAND_FAILED,
+    CommandOut,
+)
+from host.server.store import Store
+
+log = logging.getLogger("qlink.events")
+
+EVENT_TOPIC = "qlink/+/+/event"
+_STATE_OF = {"accepted": COMMAND_DELIVERED, "done": COMMAND_DONE, "failed": COMMAND_FAILED}
+
+
+def command_topic(tenant: str, device_id: str) -> str:
+    return f"{device_topic_prefix(tenant, device_id)}/cmd"
+
+
+def signed_payload(signer: CommandSigner, cmd: CommandOut) -> bytes:
+    return signer.sign(body(cmd.device_id, cmd.seq, int(cmd.expires_at), cmd.kind, cmd.args))
+
+
+def _subscribe(client: mqtt.Client) -> None:
+    client.subscribe(EVENT_TOPIC, qos=1)
+
+
+class MqttCommandLink:
+    """Commands to devices of the managed broker, over one admin connection."""
+
+    def __init__(self, client: mqtt.Client, *, owned: bool, timeout_s: float = 5.0) -> None:
+        self._client = client
+        self._owned = owned
+        self._timeout = timeout_s
+
+    @classmethod
+    def connect(cls, ca: CertificateAuthority, host: str, port: int) -> MqttCommandLink:
+        try:
+            client = connect_admin(ca, host, port, f"qlink-cmd-{secrets.token_hex(4)}")
+        except MqttError as e:
+            raise CommandError(f"cannot reach the broker to send the command: {e}") from e
+        return cls(client, owned=True)
+
+    def send(self, topic: str, payload: bytes, *, wait: bool = True) -> None:
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise CommandError(f"the broker connection refused the command ({info.rc})")
+        if wait:
+            info.wait_for_publish(self._timeout)
+            if not info.is_published():
+                raise CommandError(
+                    f"the broker did not acknowledge the command in {self._timeout} s"
+                )
+
+    def close(self) -> None:
+        if self._owned:
+            self._client.loop_stop()
+            self._client.disconnect()
+
+
+class EventIntake:
+    """Reads devices' events; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        host: str,
+        port: int,
+        on_online: Callable[[str, Online], None] | None = None,
+        drift_pct: int = 50,
+    ) -> None:
+        self.store = store
+        self.drift_pct = drift_pct
+        self.signer = CommandSigner.load_or_create(ca)
+        self.received = 0
+        self.resent = 0
+        self._on_online = on_online
+        self._client = connect_admin(
+            ca,
+            host,
+            port,
+            f"qlink-events-{secrets.token_hex(4)}",
+            on_connected=_subscribe,
+            configure=self._configure,
+        )
+        self.link = MqttCommandLink(self._client, owned=False)
+
+    def _configure(self, client: mqtt.Client) -> None:
+        client.on_message = self._on_message
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 4 or not is_device_id(parts[2]):
+            return
+        tenant, device_id = parts[1], parts[2]
+        event = parse_event(bytes(msg.payload))
+        if event is None:
+            log.warning(
+                "event=device_event_malformed device=%s bytes=%d", device_id, len(msg.payload)
+            )
+            return
+        try:
+            dev = self.store.devices.get(device_id)
+            if dev is None or dev.tenant != tenant:
+                log.warning("event=device_event_foreign device=%s tenant=%s", device_id, tenant)
+                return
+            self.received += 1
+            self._handle(dev.tenant, device_id, event)
+        except Exception:  # the network thread must survive a database or broker hiccup
+            log.exception("event=device_event_failed device=%s", device_id)
+
+    def _handle(self, tenant: str, device_id: str, event: object) -> None:
+        commands = self.store.commands
+        if isinstance(event, Ack):
+            changed = commands.report(device_id, event.seq, _STATE_OF[event.status], event.reason)
+            log.info(
+                "event=command_%s device=%s seq=%d changed=%s",
+                event.status,
+                device_id,
+                event.seq,
+                changed,
+            )
+        elif isinstance(event, Rejected):
+            log.warning(
+                "event=command_rejected device=%s seq=%s reason=%s",
+                device_id,
+                event.seq,
+                event.reason,
+            )
+            if event.seq is not None:
+                commands.report(device_id, event.seq, COMMAND_FAILED, f"rejected: {event.reason}")
+        elif isinstance(event, Online):
+            if event.puf:
+                used = self.store.puf.record(device_id, time.time(), event.puf)
+                if used is not None and used >= self.drift_pct:
+                    log.warning(
+                        "event=puf_drifting device=%s used_pct=%d threshold_pct=%d",
+                        device_id,
+                        used,
+                        self.drift_pct,
+                    )
+            for cmd in commands.pending(device_id, event.cmd_seq):
+                self.link.send(
+                    command_topic(tenant, device_id), signed_payload(self.signer, cmd), wait=False
+                )
+                self.resent += 1
+            if self._on_online is not None:
+                self._on_online(device_id, event)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
