@@ -373,6 +373,10 @@ def server(
         int,
         typer.Option(help="Flag a device whose PUF used this percent of its correction budget."),
     ] = 50,
+    auto_reenrol: Annotated[
+        bool,
+        typer.Option(help="Command a device past --puf-drift to re-enrol (else only flag it)."),
+    ] = False,
     database_url: Annotated[
         str,
         typer.Option(
@@ -415,6 +419,7 @@ def server(
             renewal_window_days=renewal_days,
             renew_at_pct=renew_at,
             puf_drift_pct=puf_drift,
+            auto_reenrol=auto_reenrol,
             database_url=database_url,
             workers=workers,
             max_challenges_per_device=max_challenges,

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -272,6 +272,25 @@ def serve(settings: Settings) -> None:
         _serve(settings)
 
 
+def _reenrol_policy(main: Application) -> Callable[[str], None]:
+    """The re-enrolment policy: a device past the PUF drift threshold is commanded to
+    re-enrol. Sent from a thread of its own: the event intake's network thread, which calls
+    this, must not wait for the broker's acknowledgement of its own publish."""
+    from host.server.store import Actor
+
+    policy = Actor("policy:puf-drift", "server")
+
+    def reenrol(device_id: str) -> None:
+        try:
+            main.reenrol(device_id, actor=policy)
+        except ServerError as e:
+            log.warning("event=reenrol_policy_failed device=%s why=%s", device_id, e)
+
+    return lambda device_id: threading.Thread(
+        target=reenrol, args=(device_id,), name="reenrol", daemon=True
+    ).start()
+
+
 def _serve(settings: Settings) -> None:
     with contextlib.suppress(FileNotFoundError):
         settings.server_json.unlink()
@@ -344,8 +363,14 @@ def _serve(settings: Settings) -> None:
         if applied:
             log.info("event=policy_denials_applied devices=%d", applied)
         telemetry = TelemetrySubscriber(store.devices, ca, ADMIN_HOST, broker.admin_port)
+        main.use_broker_admin_port(broker.admin_port)
         events = EventIntake(
-            store, ca, ADMIN_HOST, broker.admin_port, drift_pct=settings.puf_drift_pct
+            store,
+            ca,
+            ADMIN_HOST,
+            broker.admin_port,
+            drift_pct=settings.puf_drift_pct,
+            on_drift=_reenrol_policy(main) if settings.auto_reenrol else None,
         )
         threading.Thread(target=announce, name="announce", daemon=True).start()
         threading.Thread(

@@ -149,6 +149,10 @@ class Application:
             raise PolicyError(f"cannot reach the server's broker: {e}") from e
         return Policies({"mosquitto": driver, **extra_drivers(self.settings)}, self.store.devices)
 
+    def use_broker_admin_port(self, port: int) -> None:
+        """The managed broker's admin port, once it is known (the server's main process)."""
+        self._admin_port = port
+
     def _broker_admin_port(self) -> int:
         """The managed broker's admin port: given at construction, or the running server's."""
         if self._admin_port:

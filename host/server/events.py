@@ -105,9 +105,11 @@ class EventIntake:
         port: int,
         on_online: Callable[[str, Online], None] | None = None,
         drift_pct: int = 50,
+        on_drift: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.drift_pct = drift_pct
+        self._on_drift = on_drift  # the re-enrolment policy, when the operator turned it on
         self.signer = CommandSigner.load_or_create(ca)
         self.received = 0
         self.resent = 0
@@ -176,6 +178,10 @@ class EventIntake:
                         used,
                         self.drift_pct,
                     )
+                    if self._on_drift is not None and not commands.outstanding(
+                        device_id, "reenrol"
+                    ):
+                        self._on_drift(device_id)
             for cmd in commands.pending(device_id, event.cmd_seq):
                 self.link.send(
                     command_topic(tenant, device_id), signed_payload(self.signer, cmd), wait=False

@@ -43,6 +43,8 @@ class Settings:
     # A device whose latest PUF report used this share (percent) of its correction budget is
     # flagged as drifting (docs/identity.md "PUF health").
     puf_drift_pct: int = 50
+    # The re-enrolment policy: command a drifting device to re-enrol (else only flag it).
+    auto_reenrol: bool = False
     tenant: str = "default"
     telemetry_interval_ms: int = 2000
     # Empty: SQLite (WAL) in data_dir/registry.sqlite. Else a SQLAlchemy URL (postgresql://...).

@@ -165,6 +165,9 @@ class OwnerEnv(Env):
         sys.modules["os"] = _REAL_OS
         store.os = _REAL_OS
         files.write = _REAL_WRITE
+        # Modules imported while the shim stood in for os, and the one this file holds (main.py
+        # may have dropped it from sys.modules meanwhile): none may keep the shim, or this env.
+        owner.os = _REAL_OS
         for name in ("qdid.owner", "agent.successor", "agent.decommission"):
             m = sys.modules.get(name)
             if m is not None:

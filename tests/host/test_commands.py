@@ -202,7 +202,7 @@ def test_a_command_the_broker_could_not_take_stays_queued(rig: Rig) -> None:
     assert (stored.seq, stored.state) == (cmd.seq, "queued")
 
 
-def intake(rig: Rig) -> EventIntake:
+def intake(rig: Rig, on_drift: Any = None) -> EventIntake:
     """The event intake's logic without its broker connection."""
     ev = EventIntake.__new__(EventIntake)
     ev.store = rig.app.store
@@ -210,6 +210,7 @@ def intake(rig: Rig) -> EventIntake:
     ev.received = ev.resent = 0
     ev.drift_pct = 50
     ev._on_online = None
+    ev._on_drift = on_drift
     ev.link = rig.link  # type: ignore[assignment]
     return ev
 
@@ -219,9 +220,9 @@ class Msg:
         self.topic, self.payload = topic, payload
 
 
-def event(rig: Rig, doc: dict[str, Any], tenant: str = "acme") -> None:
+def event(rig: Rig, doc: dict[str, Any], tenant: str = "acme", on_drift: Any = None) -> None:
     msg = Msg(f"qlink/{tenant}/{rig.device.device_id}/event", json.dumps(doc).encode())
-    intake(rig)._on_message(None, None, msg)  # type: ignore[arg-type]
+    intake(rig, on_drift)._on_message(None, None, msg)  # type: ignore[arg-type]
 
 
 def state(rig: Rig, seq: int) -> tuple[str, str | None]:
@@ -333,3 +334,21 @@ def test_puf_history_is_bounded_per_device(rig: Rig) -> None:
     history = rig.app.puf_health(rig.device.device_id, limit=1000)
     assert len(history) == HISTORY_KEPT
     assert history[0].at == HISTORY_KEPT + 4 and history[-1].at == 5  # the newest kept
+
+
+def test_the_reenrolment_policy_commands_a_drifting_device_once(rig: Rig) -> None:
+    d = rig.device
+    asked: list[str] = []
+
+    def policy(device_id: str) -> None:
+        asked.append(device_id)
+        rig.app.reenrol(device_id, actor=Actor("policy:puf-drift", "server"))
+
+    online = {"event": "online", "cmd_seq": 0}
+    event(rig, {**online, "puf": {"margin": 31}}, on_drift=policy)
+    assert asked == []  # a healthy die: nothing
+    event(rig, {**online, "puf": {"margin": 10}}, on_drift=policy)
+    event(rig, {**online, "puf": {"margin": 9}}, on_drift=policy)
+    assert asked == [d.device_id]  # once: the reenrol command is open after the first
+    [cmd] = [c for c in rig.app.commands(d.device_id) if c.kind == "reenrol"]
+    assert cmd.state == "queued"
