@@ -54,7 +54,7 @@ flash: setup ## Flash the firmware to a board: make flash BOARD=rp2040|esp32 POR
 
 hil: setup ## Rig tests (pty boards, scenarios); on real boards: make hil BOARD_PORT=/dev/ttyACM0
 	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/hil tests/e2e/test_rig_scenarios.py $(if $(BOARD_PORT),--qlink-board $(BOARD_PORT))
-	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_rig_network.py tests/e2e/test_rig_network_long.py tests/e2e/test_rig_clock.py tests/e2e/test_rig_negative.py
+	@QLINK_LONG=1 $(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_rig_network.py tests/e2e/test_rig_network_long.py tests/e2e/test_rig_clock.py tests/e2e/test_rig_negative.py
 
 soak: setup ## 10-minute soak of one emulated board at the RP2040 heap budget (not in make test)
 	@QLINK_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_rig_soak.py

@@ -14,11 +14,15 @@ A device does what the firmware agent does (docs/protocol.md "Broker", "Command 
   checked against the pinned root and for its one purpose), then the body's members, its
   `device_id`, `exp` and `seq`; a refused one is reported (`command_rejected`), an accepted one
   acknowledged (`accepted`, then `done`). `ping` is done at once; `renew` closes the session,
-  runs hello + proof, reconnects with the new certificate and reports `done`.
+  runs hello + proof, reconnects with the new certificate and reports `done` (or `failed` with
+  the documented reason). The kinds that need a device's identity or storage (`transfer`,
+  `reenrol`, `decommission`, `broker`) fail with `unknown_kind`, as in a firmware without them.
 - A connection the broker drops is recorded with its time on CLOCK_MONOTONIC, which every
   process of the machine shares, so another process can measure revocation latency against its
   own clock. A dropped device stays off until it is asked to connect again: a benchmark counts
   drops, a revocation test expects them.
+
+The packets are hil/mqttwire.py's and the command checks hil/commandcheck.py's.
 
 `FleetProcess` runs a fleet in a process of its own and calls its methods over a pipe, so that
 the caller's work (a use case, polling a database) does not share the fleet's interpreter lock.
@@ -42,207 +46,39 @@ import resource
 import ssl
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from hil.simdevice import ApiResponse, SimDevice
-
-# -- MQTT 3.1.1 packets -----------------------------------------------------------------------
-# Packet types in the high nibble of byte 1 (2.2.1); low nibble = flags (2.2.2).
-_CONNECT = 0x10
-_CONNACK = 0x20
-_PUBLISH = 0x30
-_PUBACK = 0x40
-_SUBSCRIBE = 0x82  # 3.8.1: flags must be 0010
-_SUBACK = 0x90
-_PINGRESP = 0xD0
-PINGREQ = b"\xc0\x00"  # 3.12
-DISCONNECT = b"\xe0\x00"  # 3.14
-_MAX_REMAINING = 268_435_455  # 2.2.3: the largest value four length bytes can carry
-_SUBACK_FAILURE = 0x80  # 3.9.3
-_TLS_READ = 16 * 1024  # bytes; one TLS record's plaintext at most (RFC 8446 5.1)
-
-
-class MqttProtocolError(Exception):
-    """The broker sent bytes that are not MQTT 3.1.1."""
-
-
-def encode_length(n: int) -> bytes:
-    """2.2.3: seven bits per byte, least significant first, high bit = more bytes follow."""
-    if not 0 <= n <= _MAX_REMAINING:
-        raise ValueError(f"remaining length {n} is out of range (0 to {_MAX_REMAINING})")
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
-def _utf8(s: str | bytes) -> bytes:
-    """1.5.3: a two-byte big-endian length, then the bytes."""
-    b = s.encode() if isinstance(s, str) else s
-    if len(b) > 0xFFFF:
-        raise ValueError("an MQTT string is at most 65535 bytes")
-    return len(b).to_bytes(2, "big") + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + encode_length(len(body)) + body
-
-
-def connect_packet(client_id: str, keepalive_s: int, clean_session: bool = True) -> bytes:
-    """3.1: protocol name "MQTT", level 4, flags (clean session only: the broker takes the user
-    name from the certificate), keep-alive, then the client identifier."""
-    flags = 0x02 if clean_session else 0x00
-    head = _utf8("MQTT") + bytes([4, flags]) + keepalive_s.to_bytes(2, "big")
-    return _packet(_CONNECT, head + _utf8(client_id))
-
-
-def subscribe_packet(packet_id: int, topic: str, qos: int) -> bytes:
-    """3.8: packet identifier, one topic filter with its requested QoS."""
-    return _packet(_SUBSCRIBE, packet_id.to_bytes(2, "big") + _utf8(topic) + bytes([qos]))
-
-
-def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
-    """3.3: topic name, a packet identifier only at QoS 1 or 2, then the payload."""
-    if qos not in (0, 1):
-        raise ValueError("this client publishes at QoS 0 or 1")
-    pid = packet_id.to_bytes(2, "big") if qos else b""
-    return _packet(_PUBLISH | qos << 1, _utf8(topic) + pid + payload)
-
-
-def puback_packet(packet_id: int) -> bytes:
-    return _packet(_PUBACK, packet_id.to_bytes(2, "big"))  # 3.4
-
-
-class PacketReader:
-    """Splits a byte stream into (first byte, body) packets; keeps a partial one for later."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
-        self._buf += data
-        buf = self._buf
-        while len(buf) >= 2:
-            n, shift, i = 0, 0, 1
-            while True:
-                if i >= len(buf):
-                    return  # the length itself is not complete yet
-                digit = buf[i]
-                n |= (digit & 0x7F) << shift
-                i += 1
-                if not digit & 0x80:
-                    break
-                shift += 7
-                if shift > 21:  # 2.2.3: at most four length bytes
-                    raise MqttProtocolError("remaining length longer than four bytes")
-            if len(buf) < i + n:
-                return
-            first, body = buf[0], bytes(buf[i : i + n])
-            del buf[: i + n]
-            yield first, body
-
-
-def parse_publish(first: int, body: bytes) -> tuple[str, int, int, bytes]:
-    """(topic, QoS, packet id or 0, payload) of a PUBLISH body (3.3)."""
-    qos = (first >> 1) & 0x03
-    if qos == 3 or len(body) < 2:
-        raise MqttProtocolError("malformed PUBLISH")
-    n = int.from_bytes(body[:2], "big")
-    at = 2 + n
-    try:
-        topic = body[2:at].decode()
-    except UnicodeDecodeError:  # 1.5.3: a topic name is UTF-8
-        raise MqttProtocolError("PUBLISH topic is not UTF-8") from None
-    packet_id = 0
-    if qos:
-        packet_id = int.from_bytes(body[at : at + 2], "big")
-        at += 2
-    return topic, qos, packet_id, body[at:]
-
-
-# -- the command channel, as the device checks it ---------------------------------------------
-# docs/protocol.md "Command channel": the signer's purpose and the domain label of its signature.
-COMMAND_EKU = x509.ObjectIdentifier("2.25.311889229853575044542618327131203868764")
-COMMAND_LABEL = b"qlink-cmd-v1\x00"
-_SIGNATURE = 64  # bytes: r || s
-_MAX_COMMAND_BODY = 320  # bytes
-_COMMAND_MEMBERS = ("v", "device_id", "seq", "exp", "kind", "args")
-
-
-def signer_key(signer_der: bytes, root_der: bytes) -> ec.EllipticCurvePublicKey | None:
-    """The command signer's key, once its certificate is shown to be issued by the pinned root
-    and for command signing only; None otherwise (the device then refuses every command with
-    `no_signer`)."""
-    try:
-        cert = x509.load_der_x509_certificate(signer_der)
-        cert.verify_directly_issued_by(x509.load_der_x509_certificate(root_der))
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        key = cert.public_key()
-    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-        return None
-    if list(eku) != [COMMAND_EKU] or not isinstance(key, ec.EllipticCurvePublicKey):
-        return None
-    return key
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a device makes of a command payload: the body if accepted, else the reason."""
-
-    body: dict[str, Any] | None
-    reason: str | None
-    seq: int | None  # as the body says, when it could be read
-
-
-def check_command(
-    payload: bytes,
-    key: ec.EllipticCurvePublicKey | None,
-    device_id: str,
-    last_seq: int,
-    now: float,
-) -> Verdict:
-    """The device's checks in the documented order: signature (`altered`), body shape
-    (`malformed`), `device_id` (`foreign`), `exp` (`expired`), `seq` (`replayed`)."""
-    if key is None:
-        return Verdict(None, "no_signer", None)
-    sig, body = payload[:_SIGNATURE], payload[_SIGNATURE:]
-    if len(sig) < _SIGNATURE or len(body) > _MAX_COMMAND_BODY:
-        return Verdict(None, "altered", None)
-    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-    try:
-        key.verify(encode_dss_signature(r, s), COMMAND_LABEL + body, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError):
-        return Verdict(None, "altered", None)
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return Verdict(None, "malformed", None)
-    if not isinstance(doc, dict) or any(m not in doc for m in _COMMAND_MEMBERS):
-        return Verdict(None, "malformed", None)
-    seq, exp = doc["seq"], doc["exp"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (seq, exp)):
-        return Verdict(None, "malformed", None)
-    if not isinstance(doc["kind"], str) or not isinstance(doc["args"], dict):
-        return Verdict(None, "malformed", seq)
-    if doc["device_id"] != device_id:
-        return Verdict(None, "foreign", seq)
-    if exp <= now:
-        return Verdict(None, "expired", seq)
-    if seq <= last_seq:
-        return Verdict(None, "replayed", seq)
-    return Verdict(doc, None, seq)
+from hil.commandcheck import (
+    check_command,
+    signer_key,
+)
+from hil.mqttwire import (
+    _CONNACK,
+    _PINGRESP,
+    _PUBACK,
+    _PUBLISH,
+    _SUBACK,
+    _SUBACK_FAILURE,
+    _TLS_READ,
+    DISCONNECT,
+    PINGREQ,
+    MqttProtocolError,
+    PacketReader,
+    connect_packet,
+    parse_publish,
+    puback_packet,
+    publish_packet,
+    subscribe_packet,
+)
+from hil.simdevice import ApiResponse, OnboardFailed, SimDevice
 
 
 # -- one device -------------------------------------------------------------------------------
@@ -583,16 +419,20 @@ class FleetDevice:
         failure: str | None = None
         try:
             answer = await loop.run_in_executor(None, self.sim.onboard)
-        except Exception as e:  # the link: reported as the command's failure
-            failure = f"onboarding: {type(e).__name__}"
+        except OnboardFailed as e:  # hello refused: the server's error code
+            failure = e.response.error or f"http_{e.response.status}"
+        except (OSError, ValueError):  # no answer, or not one to read
+            failure = "unreachable"
         else:
-            if answer.status == 200:
+            if answer.status != 200:
+                failure = answer.error or f"http_{answer.status}"
+            elif answer.body.get("certificate_b64") == self.answer["certificate_b64"]:
+                failure = "same_certificate"
+            else:
                 self.answer = answer.body
                 self.signer = _signer_of(answer.body, self.spec.root_der)
                 self.context = None
                 self.renewals += 1
-            else:
-                failure = f"onboarding: HTTP {answer.status} {answer.error}"
         try:
             await self.connect(self.fleet.timeout_s)
         except ConnectFailed as e:  # off until asked again; nothing can carry the answer
@@ -601,7 +441,7 @@ class FleetDevice:
         if failure is None:
             self._answer(record, "done")
         else:
-            self._answer(record, "failed", failure[:80])
+            self._answer(record, "failed", failure[:40])
 
 
 def _signer_of(answer: dict[str, Any], root_der: bytes) -> ec.EllipticCurvePublicKey | None:

@@ -195,8 +195,14 @@ tenant_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
+target_app = typer.Typer(
+    help="Targets: the brokers batches are served by (managed, an external Mosquitto, AWS IoT).",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(batch_app, name="batch")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(target_app, name="target")
 app.add_typer(ca_app, name="ca")
 app.add_typer(token_app, name="token")
 app.add_typer(device_app, name="device")
@@ -437,8 +443,15 @@ def batch_create(
     name: Annotated[str, typer.Argument(help="Unique batch name, e.g. factory-2026-11.")],
     tenant: Annotated[str, typer.Option(help="Tenant the batch's devices belong to.")] = "default",
     policy: Annotated[
-        str, typer.Option(help="Policy driver of its devices: mosquitto, aws or azure.")
-    ] = "mosquitto",
+        str | None,
+        typer.Option(
+            help="Policy driver of its devices: mosquitto, aws or azure (default: the target's)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Target (broker) that serves its devices (default: managed)."),
+    ] = None,
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
@@ -447,10 +460,12 @@ def batch_create(
     NAME and TENANT are 1 to 64 characters: letters, digits, '.', '_' and '-', starting and
     ending with a letter or digit.
     """
-    if policy not in ("mosquitto", "aws", "azure"):
+    if policy not in (None, "mosquitto", "aws", "azure"):
         raise CliError(f"policy must be mosquitto, aws or azure, not {policy!r}")
     _check_names(batch_name=name, tenant=tenant)
-    batch = _app_in(data_dir, tenant).create_batch(name, tenant, policy, actor=_actor())
+    batch = _app_in(data_dir, tenant).create_batch(
+        name, tenant, policy, actor=_actor(), target=target
+    )
     if as_json:
         _print_json(_plain(batch))
         return
@@ -517,10 +532,12 @@ def batch_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
         return
     from rich.table import Table
 
-    table = Table("batch", "tenant", "active", "policy", "devices", "created (UTC)")
+    table = Table("batch", "tenant", "active", "policy", "target", "devices", "created (UTC)")
     for b in rows:
         active = "yes" if b.active else "no"
-        table.add_row(b.name, b.tenant, active, b.policy, str(b.devices), _when(b.created_at))
+        table.add_row(
+            b.name, b.tenant, active, b.policy, b.target, str(b.devices), _when(b.created_at)
+        )
     _out(table)
 
 
@@ -603,6 +620,74 @@ def batch_revoke(
     _out(
         f"batch [bold]{result.batch}[/] (tenant {result.tenant}): {result.revoked} device(s) "
         f"revoked, {result.already_revoked} revoked before, {result.devices} in all"
+    )
+
+
+@batch_app.command("policy")
+def batch_policy(
+    name: Annotated[str, typer.Argument(help="Batch to move.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Target to move it to (see: qlink target list).")
+    ] = None,
+    status: Annotated[
+        bool,
+        typer.Option("--status", help="Show its target and each device's progress; move nothing."),
+    ] = False,
+    tenant: Tenant = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Move a batch's devices to another target (broker), or show how far its move got.
+
+    Each onboarded device is registered at the target first; then the batch's target changes
+    (its devices' next onboarding answer names it) and each device is sent `broker` over the
+    broker it is on. The devices say the rest: `moved` once online on the new target,
+    `fell_back` when they could not reach it and went back. Running it again sends `broker`
+    to the devices that have not moved. Needs the running server.
+    """
+    from host.server.policy import PolicyError
+
+    if (to is None) != status:
+        raise CliError("give --to TARGET to move the batch, or --status to see its progress")
+    service = _app(data_dir)
+    try:
+        if to is None:
+            out = service.move_status(name, tenant)
+        else:
+            bar = _progress_bar("moving", progress)
+            with bar:
+                task = bar.add_task("move", total=None)
+                out = service.move_batch(
+                    name,
+                    to,
+                    tenant=tenant,
+                    actor=_actor(),
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+    except PolicyError as e:
+        raise CliError(f"{e}; nothing changed, retry") from e
+    finally:
+        service.close()
+    if as_json:
+        _print_json(_plain(out))
+        return
+    if status:
+        from rich.table import Column, Table
+
+        table = Table(
+            Column("device ID", overflow="fold"), "from", "to", "state", "seq", "updated (UTC)"
+        )
+        for m in out.progress:
+            seq = "-" if m.seq is None else str(m.seq)
+            table.add_row(
+                m.device_id, m.from_target, m.to_target, m.state, seq, _when(m.updated_at)
+            )
+        _out(table)
+    _out(
+        f"batch [bold]{out.batch}[/] (tenant {out.tenant}) is on target {out.target}; "
+        f"{out.devices} device(s) in its move: {out.moved} moved, {out.commanded} commanded, "
+        f"{out.fell_back} fell back, {out.registered} registered only"
     )
 
 
@@ -974,6 +1059,95 @@ def tenant_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None
     table = Table("tenant", "batches", "devices", "created (UTC)")
     for t in rows:
         table.add_row(t.name, str(t.batches), str(t.devices), _when(t.created_at))
+    _out(table)
+
+
+@target_app.command("add")
+def target_add(
+    name: Annotated[str, typer.Argument(help="Unique target name, e.g. eu-mqtt.")],
+    kind: Annotated[str, typer.Option(help="mosquitto (an external Mosquitto) or aws (AWS IoT).")],
+    host: Annotated[str, typer.Option(help="Host name or address devices connect to.")],
+    ca_file: Annotated[
+        Path,
+        typer.Option(
+            "--ca", help="CA certificate (PEM or DER) devices trust for the broker's certificate."
+        ),
+    ],
+    port: Annotated[int, typer.Option(help="Port devices connect to (MQTT over TLS).")] = 8883,
+    admin_user: Annotated[
+        str | None, typer.Option(help="Dynamic-security admin user (mosquitto).")
+    ] = None,
+    admin_password_file: Annotated[
+        Path | None,
+        typer.Option(help="File whose first line is the admin user's password (mosquitto)."),
+    ] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the listener the server logs in to (default: --port)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option(help="Log in to an external Mosquitto first (--no-check: do not).")
+    ] = True,
+    as_json: Json = False,
+    data_dir: DataDir = _DEFAULT_DIR,
+) -> None:
+    """Add a target: a broker batches can be served by (`qlink batch policy B --to NAME`).
+
+    An external Mosquitto (`--kind mosquitto`) is reached by its dynamic-security admin user over
+    TLS checked against --ca, at --admin-port: the server checks the login, the broker's default
+    rights and gives the admin user the role it needs, before anything is recorded. The password
+    is kept in a file only the server's user can read, never in the database or any output.
+    NAME is 1 to 64 characters: letters, digits, '.', '_' and '-'.
+    """
+    from host.server.targets import TargetSpec, read_password
+
+    _check_names(target_name=name)
+    files: dict[str, bytes] = {}
+    for what, path in (("ca", ca_file), ("password", admin_password_file)):
+        if path is None:
+            continue
+        try:
+            files[what] = path.read_bytes()
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror}; check the path") from e
+    password = read_password(files["password"]) if "password" in files else None
+    spec = TargetSpec(name, kind, host, port, files["ca"], admin_user, password, admin_port)
+    spec.check()  # before the data directory is opened: a refused target creates nothing
+    from host.server.policy import PolicyError
+
+    service = _app(data_dir, create=True)
+    try:
+        rec = service.add_target(spec, _actor(), check=check)
+    except PolicyError as e:
+        raise CliError(f"{e}; nothing was recorded") from e
+    finally:
+        service.close()
+    if as_json:
+        _print_json(_plain(rec))
+        return
+    _out(
+        f"target [bold]{name}[/] added ({kind} at {host}:{port}); move a batch: "
+        f"qlink batch policy BATCH --to {name}"
+    )
+
+
+@target_app.command("list")
+def target_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+    """List targets: kind, where devices connect, the admin login, the CA's SHA-256."""
+    rows = _app(data_dir).list_targets()
+    if as_json:
+        _print_json([_plain(t) for t in rows])
+        return
+    from rich.table import Table
+
+    table = Table("target", "kind", "devices connect to", "admin", "CA SHA-256", "created (UTC)")
+    for t in rows:
+        where = f"{t.host}:{t.port}" if t.host else "-"
+        if t.kind == "managed":
+            where = "the server's broker"
+        admin = f"{t.admin_user} at port {t.admin_port}" if t.admin_user else "-"
+        ca = (t.ca_sha256 or "-")[:16]
+        table.add_row(t.name, t.kind, where, admin, ca, _when(t.created_at))
     _out(table)
 
 

@@ -8,8 +8,9 @@
 # twice. Everything here is public (signed bodies, the signer's key): plain compares suffice.
 # Kinds: ping (done at once), renew (main.py closes the session and renews), transfer and
 # reenrol (agent.successor records the step; a transfer makes main.py close the session and run
-# it), decommission (agent.decommission erases and stops the agent); others fail with
-# unknown_kind. Loaded when a command arrives and dropped after (main.py), with the kinds' modules.
+# it), decommission (agent.decommission erases and stops the agent), broker (agent.relocate keeps
+# the broker settings; main.py closes the session and moves); others fail with unknown_kind.
+# Loaded when a command arrives and dropped after (main.py), with the kinds' modules.
 import json
 import hashlib
 from micropython import const
@@ -126,6 +127,10 @@ def run_all(st, signer, device_id, data_dir, now):
             from agent import successor
 
             successor.accept(st, seq, kind, args, data_dir)
+        elif kind == "broker":
+            from agent import relocate
+
+            relocate.accept(st, seq, device_id, data_dir)
         elif kind == "decommission":
             from agent import decommission
 

@@ -15,7 +15,9 @@
 # and onboard (onboarding and renewal), renew (1 KiB, a renewal), command (3 KiB, while received
 # commands are checked), successor and qdid.owner (a transfer or re-enrolment: recorded by its
 # command, run as a step where a session starts, before any TLS session of the current identity;
-# after the move the new identity onboards), decommission (erases, then safe mode).
+# after the move the new identity onboards), decommission (erases, then safe mode), relocate (4 KiB,
+# a move to another broker: a `broker` command or a renewal that names another broker, at each
+# step of it: recorded, proved, tried, landed).
 # Telemetry is sampled every interval whether or not the link is up: samples wait in a bounded
 # queue (oldest dropped when full, counted) and go out in order, each removed only after its
 # PUBACK. After a reconnect the device reports its retry state on its event topic. Command
@@ -102,6 +104,9 @@ class _State:
         self.renew_retry = 0  # unix s before which a due renewal is not tried again
         self.move = False  # an identity step (agent.successor) is due: data/owner.json says which
         self.config_path = "config.json"  # erased by a decommission
+        self.relocate = False  # a broker move is open (data/relocate.json): steps at session start
+        self.trial = False  # this session is an attempt at the new broker of a move
+        self.landing = None  # (seq, status, reason) of a move, reported once a session stands
 
     def event(self, msg):
         if len(self.events) == _EVENTS_LEN:
@@ -223,8 +228,8 @@ def _renewal_due(stored, st, now):
 
 
 def _leave(stored, st, now):
-    # The broker session ends for a renewal, an identity step or a decommission.
-    return st.move or st.safe or _renewal_due(stored, st, now)
+    # The broker session ends for a renewal, an identity step, a broker move or a decommission.
+    return st.move or st.safe or st.relocate or _renewal_due(stored, st, now)
 
 
 def _server(cfg):
@@ -257,12 +262,30 @@ def _renew(cfg, ident, st, data_dir, stored):
     _check_entropy()  # the proof draws random bytes (hedged signature)
     from agent import renew
 
+    def onboard():
+        return _onboard(cfg, ident, data_dir)
+
+    def proof():
+        # The settings in use are kept first: an answer naming another broker is a move.
+        return _relocating("renewal", st, data_dir, ident.device_id, onboard)
+
     try:
-        return renew.run(st, stored, lambda: _onboard(cfg, ident, data_dir))
+        return renew.run(st, stored, proof)
     finally:
         del renew
         _drop("renew")
         gc.collect()
+
+
+def _relocating(step, *args):
+    # agent.relocate for one step of a broker move, dropped after (STYLE.md Firmware 5).
+    from agent import relocate
+
+    try:
+        return getattr(relocate, step)(*args)
+    finally:
+        del relocate
+        _drop("relocate")
 
 
 def _flush(client, topic, st, cfg):
@@ -310,13 +333,16 @@ def _online(data_dir):
 def _commands(st, stored, device_id, data_dir):
     # Checks and runs the commands received since the last call (agent.command, loaded for it
     # and dropped after). A renew only sets st.renew_seq: the session must close first.
+    if st.safe:
+        st.inbox = []  # decommissioned: what arrives while the session closes never runs
+        return
     from agent import command
 
     try:
         command.run_all(st, stored.signer, device_id, data_dir, clock.now())
     finally:
         del command
-        for name in ("command", "successor", "decommission"):
+        for name in ("command", "successor", "decommission", "relocate"):
             _drop(name)
         _drop("owner", "qdid")
     if st.resync:
@@ -352,21 +378,28 @@ def _session(cfg, ident, st, data_dir):
         # server issues an expired device a new one (docs/protocol.md "Onboarding API").
         log("W", "agent", "certificate expired at %d; onboarding again", stored.not_after)
         stored = None
-    if stored is None:
+    fresh = stored is None
+    if fresh:
         _heap("before onboarding")
         stored = _onboard(cfg, ident, data_dir)
         _heap("after onboarding")
         if st.renew_seq:
             st.ack(st.renew_seq, "done")  # a fresh certificate is what the command asked for
             st.renew_seq = 0
-    elif _renewal_due(stored, st, now):
+    elif _renewal_due(stored, st, now) and not st.relocate:
         stored = _renew(cfg, ident, st, data_dir, stored)
+    if st.relocate:
+        # A broker move: its proof (unless onboarding just ran: that was it), an attempt at the
+        # new broker, or the way back (agent.relocate).
+        proof = None if fresh else (lambda: _onboard(cfg, ident, data_dir))
+        stored = _relocating("step", st, data_dir, stored, proof)
     while _broker_session(cfg, ident, st, data_dir, stored):
         if st.safe:
             return
-        if st.move:
-            return _session(cfg, ident, st, data_dir)  # the step runs where sessions start
-        stored = _renew(cfg, ident, st, data_dir, stored)
+        if not (st.move or st.relocate):
+            stored = _renew(cfg, ident, st, data_dir, stored)
+        if st.move or st.relocate:
+            return _session(cfg, ident, st, data_dir)  # these steps run where sessions start
 
 
 def _broker_session(cfg, ident, st, data_dir, stored):
@@ -398,6 +431,9 @@ def _broker_session(cfg, ident, st, data_dir, stored):
         event = stored.topics.get("event")
         if event:
             client.publish(event, _online(data_dir).encode(), 1)
+        if st.landing:
+            # A broker move's outcome, queued here: it goes out from where the device now is.
+            _relocating("landed", st, data_dir, stored)
         if st.failures:
             _report_retries(client, stored, st)
         st.failures = 0
@@ -493,6 +529,7 @@ def run(
     log("I", "agent", "device %s", ident.device_id)
     # data/owner.json recorded a transfer or re-enrolment: agent.successor sees to it first.
     st.move = bool(getattr(ident, "pending", None))
+    st.relocate = _relocating("pending", data_dir)  # a broker move open when the power went
     _heap("identity ready")
     while not st.stop:
         wait = 0
@@ -515,9 +552,21 @@ def run(
             # revoked; onboard again, where the server says which.
             st.failures += 1
             st.last_error = str(e)
-            log("E", "agent", "%s; onboarding again", e)
-            store.clear(data_dir)
             wait = backoff_ms(st.failures)
+            if st.trial:
+                # The new broker of a move refuses: one failed attempt (agent.relocate); the
+                # certificate is good where the device came from.
+                log(
+                    "W",
+                    "agent",
+                    "link failed (%d in a row): %s; retry in %d ms",
+                    st.failures,
+                    e,
+                    wait,
+                )
+            else:
+                log("E", "agent", "%s; onboarding again", e)
+                store.clear(data_dir)
         except LinkError as e:
             st.failures += 1
             st.last_error = str(e)

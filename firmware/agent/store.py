@@ -169,6 +169,26 @@ def load(data_dir, device_id, public_key):
     return Stored(cert, meta)
 
 
+def broker(data_dir):
+    # The broker block of onboard.json as stored ({"host", "port", "ca_b64"}), or None when the
+    # file cannot be read: agent.relocate keeps it before a proof that may replace it.
+    raw = files.read(data_dir + "/" + _META)
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return meta.get("broker") if isinstance(meta, dict) else None
+
+
+def set_broker(data_dir, stored, broker):
+    # onboard.json with its broker block replaced, in one rename (agent.relocate's fallback); the
+    # certificate is not touched, so the pair still matches. Returns the Stored to use.
+    meta = json.loads(files.read(data_dir + "/" + _META))
+    meta["broker"] = {"host": broker["host"], "port": broker["port"], "ca_b64": broker["ca_b64"]}
+    files.write(data_dir + "/" + _META, json.dumps(meta).encode())
+    return Stored(stored.cert_der, meta)
+
+
 def cmd_seq(data_dir):
     # The seq of the last command accepted, 0 for none. A file of the wrong size cannot come from
     # a power cut (it is replaced whole): it is reported and read as 0, so commands the server

@@ -71,8 +71,8 @@ def accept(st, seq, kind, args, data_dir):
         if pending == owner.REENROL and kind == owner.TRANSFER:
             owner.drop_next(data_dir)  # before pending changes: see qdid.owner
     owner.save(data_dir, epoch, kind, seq)
-    if kind == owner.TRANSFER:
-        st.move = True
+    st.move = kind == owner.TRANSFER  # a re-enrolment that superseded a transfer waits
+    if st.move:
         log("I", "agent", "transfer to epoch %d recorded (seq=%d); moving now", epoch + 1, seq)
     else:
         log("I", "agent", "re-enrolment recorded (seq=%d); it runs at the next power-on", seq)

@@ -1,6 +1,7 @@
 # Telemetry payload (docs/protocol.md "Broker"):
 #   {"seq": <int from 1>, "uptime_ms": <int>, "mem_free": <int>, "fw": "<version>"
-#    [, "puf": {"margin": <int>, "corrected_bits": <int>, "health_failures": <int>}]}
+#    [, "puf": {"margin": <int>, "corrected_bits": <int>, "health_failures": <int>,
+#               "corrected_limit": <int>}]}
 # Formatted directly rather than through json.dumps: fixed key order (exact bytes in tests) and
 # no dict allocated per message.
 import gc
@@ -8,7 +9,7 @@ import time
 from agent.version import VERSION
 
 _T0 = time.ticks_ms()
-_PUF_KEYS = ("margin", "corrected_bits", "health_failures")
+_PUF_KEYS = ("margin", "corrected_bits", "health_failures", "corrected_limit")
 _puf = ""  # the "puf" member, formatted once per boot: PUF health does not change until reboot
 
 

@@ -316,6 +316,7 @@ def boot(board: Board, data_dir: str = "data") -> Identity:
                     )
                 raise
             health = dict(fe.stats)
+            health["corrected_limit"] = _MAX_RAW_BER_PCT * fe.RAW_BITS // 100
             if health["corrected_bits"] * 100 > _MAX_RAW_BER_PCT * fe.RAW_BITS:
                 # The key came out right, but the SRAM is far noisier than any healthy die
                 # (ageing, out-of-range supply or temperature, or probing): fail closed before
@@ -371,7 +372,17 @@ def _enrol(fe, resp, path, data_dir):
     files.write(path, helper)
     if files.read(path) != helper:
         raise QdidError("helper data did not read back as written; check the filesystem")
-    return helper, secret, {"corrected_bits": 0, "code_errors": 0, "margin": fe.MARGIN_MAX}
+    limit = _MAX_RAW_BER_PCT * fe.RAW_BITS // 100
+    return (
+        helper,
+        secret,
+        {
+            "corrected_bits": 0,
+            "code_errors": 0,
+            "margin": fe.MARGIN_MAX,
+            "corrected_limit": limit,
+        },
+    )
 
 
 def _successor(board, resp, path, data_dir):

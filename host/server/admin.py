@@ -1,10 +1,11 @@
 """The operator API (`/v1/admin`): bearer tokens with a role in one tenant.
 
-viewer reads; operator also creates and imports batches and revokes, disables and enables
-devices, sends them commands, issues and claims transfer codes, re-enrols and decommissions
-devices; admin also creates tokens for its tenant. Anything of another tenant answers 404
-exactly as if it did not exist. An admin of the `default` tenant is the platform operator's: it
-alone creates tenants and lists them all (any other token sees only its own tenant), so a
+viewer reads; operator also creates and imports batches, moves them to another target, and
+revokes, disables and enables devices, sends them commands, issues and claims transfer codes,
+re-enrols and decommissions devices; admin also creates tokens for its tenant. Anything of
+another tenant answers 404 exactly as if it did not exist. An admin of the `default` tenant is
+the platform operator's: it alone creates tenants and targets (the brokers batches are served
+by, which every token may list) and lists all tenants (any other token sees only its own), so a
 tenant's admin can never start a tenant beside its own. Every change is in the audit log with
 the token's operator and the client address.
 """
@@ -24,11 +25,13 @@ from host.server import ServerError, jsonin
 from host.server.application import Application
 from host.server.bodies import (
     BatchCreate,
+    BatchMove,
     BatchState,
     ClaimCreate,
     CommandCreate,
     DecommissionCreate,
     ImportRequest,
+    TargetCreate,
     TenantCreate,
     TokenCreate,
     TransferCreate,
@@ -50,7 +53,9 @@ from host.server.schemas import (
     DeviceRecord,
     ImportRejectedBody,
     ImportResult,
+    MoveOut,
     OperatorOut,
+    TargetOut,
     TenantOut,
     TokenOut,
     TransferCodeOut,
@@ -182,16 +187,53 @@ async def create_tenant(request: Request, op: Op, body: TenantCreate) -> TenantO
     return await _call(_app(request).create_tenant, body.name, _actor(request, op))
 
 
+@router.get("/targets", response_model=list[TargetOut])
+async def list_targets(request: Request, op: Op) -> list[TargetOut]:
+    """The brokers batches are served by (never an admin password)."""
+    return list(await _call(_app(request).list_targets))
+
+
+@router.post("/targets", response_model=TargetOut, status_code=201, responses=errors(403, 409, 503))
+async def create_target(request: Request, op: Op, body: TargetCreate) -> TargetOut:
+    """Add a broker (an external Mosquitto, asked first unless `check` is false, or an AWS IoT
+    endpoint); batches move to it with POST /v1/admin/batches/{name}/policy."""
+    if not _platform(op):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"adding a target needs an admin token of tenant {DEFAULT_TENANT} (the platform "
+            f"operator's); this token is {op.role} in tenant {op.tenant}",
+        )
+    from host.server.targets import TargetSpec
+
+    spec = TargetSpec(
+        body.name,
+        body.kind,
+        body.host,
+        body.port,
+        body.ca_pem.encode(),
+        body.admin_user,
+        body.admin_password,
+        body.admin_port,
+    )
+    return await _call(_app(request).add_target, spec, _actor(request, op), check=body.check)
+
+
 @router.get("/batches", response_model=list[BatchOut])
 async def list_batches(request: Request, op: Op) -> list[BatchOut]:
     return await _call(_app(request).batches, op.tenant)
 
 
-@router.post("/batches", response_model=BatchOut, status_code=201, responses=errors(403, 409))
+@router.post("/batches", response_model=BatchOut, status_code=201, responses=errors(403, 404, 409))
 async def create_batch(request: Request, op: Op, body: BatchCreate) -> BatchOut:
     _need(op, ROLE_OPERATOR)
     return await _call(
-        _app(request).create_batch, body.name, op.tenant, body.policy, _actor(request, op)
+        _app(request).create_batch,
+        body.name,
+        op.tenant,
+        body.policy,
+        _actor(request, op),
+        target=body.target,
     )
 
 
@@ -219,6 +261,24 @@ async def revoke_batch(request: Request, op: Op, name: str) -> BatchRevokeOut:
     return await _call(
         _app(request).revoke_batch, name, tenant=op.tenant, actor=_actor(request, op)
     )
+
+
+@router.post("/batches/{name}/policy", response_model=MoveOut, responses=errors(403, 404, 409, 503))
+async def move_batch(request: Request, op: Op, name: str, body: BatchMove) -> MoveOut:
+    """Move the batch's devices to another target: each registered there first, then the
+    batch's target set, then each sent `broker` (docs/protocol.md "Moving a device to another
+    broker"); the answer is the progress, which the devices' events carry on (GET)."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).move_batch, name, body.to, tenant=op.tenant, actor=_actor(request, op)
+    )
+
+
+@router.get("/batches/{name}/policy", response_model=MoveOut, responses=errors(404))
+async def batch_move_status(request: Request, op: Op, name: str) -> MoveOut:
+    """The batch's target and each device's progress towards it (registered, commanded,
+    moved, fell_back)."""
+    return await _call(_app(request).move_status, name, op.tenant)
 
 
 @router.post(

@@ -1,8 +1,9 @@
 """The ASGI app and the process around it: broker, telemetry, uvicorn (one or more workers)
 over TLS.
 
-The main process owns the broker and the telemetry and event subscriptions; each uvicorn worker
-(the main process itself when there is one) serves the API with its own database pool and its own
+The main process owns the broker and the telemetry and event subscriptions (the event intake
+of every external Mosquitto target too: host/server/intakes.py); each uvicorn worker (the main
+process itself when there is one) serves the API with its own database pool and its own
 policy-driver connection to the broker.
 """
 
@@ -44,11 +45,13 @@ from host.server.datadir import lock_data_dir
 from host.server.deviceapi import DeviceApi, openapi_paths
 from host.server.events import EventIntake
 from host.server.files import atomic_write
+from host.server.intakes import TargetIntakes
 from host.server.limits import RequestLimits
 from host.server.policy import Policies, PolicyDriver
 from host.server.policy.mosquitto import POLICY_NAME, MosquittoDynsec
 from host.server.settings import Settings
 from host.server.store import Store
+from host.server.targets import TargetService
 from host.server.telemetry import TelemetrySubscriber
 
 log = logging.getLogger("qlink.server")
@@ -304,6 +307,7 @@ def _serve(settings: Settings) -> None:
     broker.start()  # in the main thread: see ManagedBroker.start
     telemetry: TelemetrySubscriber | None = None
     events: EventIntake | None = None
+    intakes: TargetIntakes | None = None
     stop = threading.Event()
     stopped: list[bool] = []
 
@@ -319,6 +323,8 @@ def _serve(settings: Settings) -> None:
                 telemetry.close()
             if events is not None:
                 events.close()
+            if intakes is not None:
+                intakes.close()
             broker.stop()
 
     def announce() -> None:
@@ -364,14 +370,24 @@ def _serve(settings: Settings) -> None:
             log.info("event=policy_denials_applied devices=%d", applied)
         telemetry = TelemetrySubscriber(store.devices, ca, ADMIN_HOST, broker.admin_port)
         main.use_broker_admin_port(broker.admin_port)
+        on_drift = _reenrol_policy(main) if settings.auto_reenrol else None
         events = EventIntake(
             store,
             ca,
             ADMIN_HOST,
             broker.admin_port,
             drift_pct=settings.puf_drift_pct,
-            on_drift=_reenrol_policy(main) if settings.auto_reenrol else None,
+            on_drift=on_drift,
         )
+        intakes = TargetIntakes(
+            store,
+            ca,
+            TargetService(settings, store),
+            drift_pct=settings.puf_drift_pct,
+            on_drift=on_drift,
+        )
+        intakes.refresh()  # every target known now is read before the server is announced
+        threading.Thread(target=intakes.run, args=(stop,), name="intakes", daemon=True).start()
         threading.Thread(target=announce, name="announce", daemon=True).start()
         threading.Thread(
             target=_refresh_crl, args=(main, broker, stop), name="crl", daemon=True

@@ -8,6 +8,9 @@ of them reaches the store, the CA or a driver another way.
   CA and the policy drivers (a connection to the running server's broker) only when a use case
   needs them, so a command that reads the store pays for nothing else.
 
+A batch is served by a target (host/server/targets.py): the managed broker, an external
+Mosquitto or AWS IoT. An external Mosquitto's driver and command link are made on first use.
+
 Reads and changes take `tenant`: `None` is the local operator, who sees every tenant; an
 operator token's tenant sees only its own (another tenant's batch or device does not exist).
 """
@@ -30,28 +33,35 @@ from host.server.schemas import (
     CommandOut,
     DecommissionOut,
     DeviceRecord,
+    MoveOut,
     OperatorOut,
     PufHealthOut,
+    TargetRecord,
     TenantOut,
     TransferCodeOut,
 )
 from host.server.settings import Settings
-from host.server.store import LOCAL, Actor, RevokedCert, Store
+from host.server.store import LOCAL, Actor, Invalid, RevokedCert, Store
+from host.server.store.targets import KIND_MOSQUITTO, MANAGED
 from host.server.store.transfers import CODE_TTL_S
 
 if TYPE_CHECKING:
     from host.server.ca import CertificateAuthority
+    from host.server.coalesce import Coalesced
     from host.server.commands import CommandSigner
     from host.server.events import MqttCommandLink
     from host.server.identities import Progress
     from host.server.lifecycle import Lifecycle
+    from host.server.moves import BatchMoves
     from host.server.onboarding import BrokerEndpoint, Onboarding
     from host.server.ownership import Ownership
     from host.server.policy import Policies, PolicyDriver
     from host.server.successors import SuccessorService
+    from host.server.targets import TargetService, TargetSpec
 
 
 log = logging.getLogger("qlink.app")
+_RENEWAL_CRL_INTERVAL_S = 1.0
 _MIN_TTL_S = 10
 _MAX_TTL_S = 30 * 86400
 
@@ -77,6 +87,7 @@ class Application:
         self.settings = settings
         self.store = store
         self._admin_port = admin_port  # the managed broker's admin listener (0: server.json)
+        self.target_links: dict[str, MqttCommandLink] = {}  # external targets', by name
         if ca is not None:
             self.__dict__["ca"] = ca
         if policies is not None:
@@ -101,6 +112,7 @@ class Application:
         from host.server.onboarding import BrokerEndpoint
         from host.server.policy import Policies
         from host.server.policy.mosquitto import MosquittoDynsec
+        from host.server.targets import TargetService
 
         ca = CertificateAuthority.load_or_create(
             settings.ca_dir, settings.public_host, settings.hsm
@@ -111,8 +123,11 @@ class Application:
         except BaseException:
             store.close()
             raise
-        policies = Policies({"mosquitto": driver, **extra_drivers(settings)}, store.devices)
-        return cls(
+        targets = TargetService(settings, store)
+        policies = Policies(
+            {"mosquitto": driver, **extra_drivers(settings)}, store.devices, targets.driver
+        )
+        built = cls(
             settings,
             store,
             ca=ca,
@@ -120,6 +135,8 @@ class Application:
             broker=BrokerEndpoint(settings.public_host, broker_port),
             admin_port=admin_port,
         )
+        built.__dict__["targets"] = targets
+        return built
 
     @classmethod
     def for_operator(cls, settings: Settings) -> Application:
@@ -147,7 +164,17 @@ class Application:
             driver = MosquittoDynsec(self.ca, ADMIN_HOST, port)
         except PolicyError as e:
             raise PolicyError(f"cannot reach the server's broker: {e}") from e
-        return Policies({"mosquitto": driver, **extra_drivers(self.settings)}, self.store.devices)
+        return Policies(
+            {"mosquitto": driver, **extra_drivers(self.settings)},
+            self.store.devices,
+            self.targets.driver,
+        )
+
+    @cached_property
+    def targets(self) -> TargetService:
+        from host.server.targets import TargetService
+
+        return TargetService(self.settings, self.store)
 
     def use_broker_admin_port(self, port: int) -> None:
         """The managed broker's admin port, once it is known (the server's main process)."""
@@ -187,9 +214,18 @@ class Application:
             self.ca,
             self.policies,
             broker,
-            self.publish_crl,
+            self.renewal_crl,
             self.command_signer.cert_der,
+            self.targets.broker_block,
         )
+
+    @cached_property
+    def renewal_crl(self) -> Coalesced:
+        """`publish_crl` for renewals: at most once a second (host/server/coalesce.py says
+        why); revocations publish at once."""
+        from host.server.coalesce import Coalesced
+
+        return Coalesced(self.publish_crl, _RENEWAL_CRL_INTERVAL_S, "crl")
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
@@ -211,10 +247,14 @@ class Application:
         return Ownership(self)
 
     def close(self) -> None:
+        if "renewal_crl" in self.__dict__:
+            self.renewal_crl.flush()
         if "policies" in self.__dict__:
             self.policies.close()
         if "command_link" in self.__dict__:
             self.command_link.close()
+        for link in self.target_links.values():
+            link.close()
         self.store.close()
 
     # -- reads ----------------------------------------------------------------------------
@@ -280,9 +320,49 @@ class Application:
         return self.store.tenants.create(name, actor)
 
     def create_batch(
-        self, name: str, tenant: str = "default", policy: str = "mosquitto", actor: Actor = LOCAL
+        self,
+        name: str,
+        tenant: str = "default",
+        policy: str | None = None,
+        actor: Actor = LOCAL,
+        *,
+        target: str | None = None,
     ) -> BatchOut:
-        return self.store.batches.create(name, tenant, policy, actor)
+        """A new batch served by `target` (default: the managed broker, or for policy `aws`
+        the `aws` target); its policy follows the target's kind (store/batches.py)."""
+        return self.store.batches.create(name, tenant, policy, actor, target=target)
+
+    # -- targets and moves (host/server/targets.py, host/server/moves.py) -------------------
+    def list_targets(self) -> list[TargetRecord]:
+        return self.targets.list()
+
+    def add_target(
+        self, spec: TargetSpec, actor: Actor = LOCAL, *, check: bool = True
+    ) -> TargetRecord:
+        """A new target; an external Mosquitto is asked first (unless `check` is False)."""
+        return self.targets.add(spec, actor, check=check)
+
+    @cached_property
+    def moves(self) -> BatchMoves:
+        from host.server.moves import BatchMoves
+
+        return BatchMoves(self)
+
+    def move_batch(
+        self,
+        name: str,
+        to: str,
+        *,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+        progress: Progress | None = None,
+    ) -> MoveOut:
+        """Move the batch's devices to target `to`: registered there first, then the batch's
+        target set, then each device sent `broker` (docs/protocol.md)."""
+        return self.moves.move(name, to, tenant=tenant, actor=actor, progress=progress)
+
+    def move_status(self, name: str, tenant: str | None = None) -> MoveOut:
+        return self.moves.status(name, tenant)
 
     def set_batch_active(
         self, name: str, active: bool, tenant: str | None = None, actor: Actor = LOCAL
@@ -357,8 +437,7 @@ class Application:
         is offline, or a broker that cannot be reached, gets it when the device next comes
         online (docs/protocol.md "Command channel"): the command is stored either way."""
         from host.server.commands import KINDS, MAX_BODY, CommandError, body, unreachable
-        from host.server.events import command_topic, signed_payload
-        from host.server.store import Conflict, Invalid
+        from host.server.store import Conflict
 
         if kind not in KINDS:
             raise Invalid(f"unknown command kind {kind[:32]!r}; kinds: {', '.join(KINDS)}")
@@ -379,13 +458,43 @@ class Application:
                 f"command arguments must be a JSON object (at most {MAX_BODY} bytes signed)"
             ) from None
         cmd = self.store.commands.create(dev, kind, args, ttl_s, actor)
+        self.publish_command(cmd, dev.target if dev.target_kind == KIND_MOSQUITTO else MANAGED)
+        return cmd
+
+    def publish_command(self, cmd: CommandOut, target: str) -> bool:
+        """Sign and publish a stored command over the admin link of Mosquitto target `target`;
+        False when it cannot be sent now (stored and signed: the device gets it at its next
+        `online` event there)."""
+        from host.server.commands import CommandError
+        from host.server.events import command_topic, signed_payload
+
         payload = signed_payload(self.command_signer, cmd)
         try:
-            self.command_link.send(command_topic(dev.tenant, dev.device_id), payload)
-        except (CommandError, ServerNotRunning) as e:
-            # Stored and signed: the device gets it at its next `online` event.
-            log.warning("event=command_not_sent device=%s seq=%d why=%s", dev.device_id, cmd.seq, e)
-        return cmd
+            self.command_link_to(target).send(command_topic(cmd.tenant, cmd.device_id), payload)
+        except (CommandError, ServerNotRunning, Invalid) as e:
+            log.warning(
+                "event=command_not_sent device=%s seq=%d target=%s why=%s",
+                cmd.device_id,
+                cmd.seq,
+                target,
+                e,
+            )
+            return False
+        return True
+
+    def command_link_to(self, target: str) -> MqttCommandLink:
+        """The admin link commands to devices on `target` go over (made on first use)."""
+        if target == MANAGED:
+            return self.command_link
+        link = self.target_links.get(target)
+        if link is None:
+            from host.server.events import MqttCommandLink
+
+            made = MqttCommandLink.login(self.targets.login(self.targets.get(target)))
+            link = self.target_links.setdefault(target, made)
+            if link is not made:  # another thread made one meanwhile
+                made.close()
+        return link
 
     def puf_health(
         self, device_id: str, *, tenant: str | None = None, limit: int = 64

@@ -53,6 +53,7 @@ _NAME_SCHEMA = Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": NA
 BatchName = Annotated[str, _named("batch name"), _NAME_SCHEMA]
 OperatorName = Annotated[str, _named("operator name"), _NAME_SCHEMA]
 TenantName = Annotated[str, _named("tenant"), _NAME_SCHEMA]
+TargetName = Annotated[str, _named("target name"), _NAME_SCHEMA]
 
 
 class TenantCreate(Strict):
@@ -61,11 +62,32 @@ class TenantCreate(Strict):
 
 class BatchCreate(Strict):
     name: BatchName
-    policy: Literal["mosquitto", "aws", "azure"] = "mosquitto"
+    # Default: the target's (store/batches.py); without a target, mosquitto on `managed`.
+    policy: Literal["mosquitto", "aws", "azure"] | None = None
+    target: TargetName | None = None
+
+
+class BatchMove(Strict):
+    to: TargetName  # the target the batch's devices move to
+
+
+class TargetCreate(Strict):
+    """A broker for batches (host/server/targets.py checks it further); the password is
+    never shown again."""
+
+    name: TargetName
+    kind: Literal["mosquitto", "aws"]
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    ca_pem: str = Field(min_length=1, max_length=16384)  # the CA devices trust for it
+    admin_user: str | None = Field(default=None, min_length=1, max_length=128)
+    admin_password: str | None = Field(default=None, min_length=1, max_length=256)
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
+    check: bool = True  # ask an external Mosquitto first
 
 
 class CommandCreate(Strict):
-    kind: Literal["ping", "renew", "transfer", "reenrol", "decommission"]
+    kind: Literal["ping", "renew", "transfer", "reenrol", "decommission", "broker"]
     args: dict[str, str | int | bool] = Field(default_factory=dict, max_length=16)
     ttl_s: float = Field(default=3600, ge=10, le=30 * 86400)
 

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import pwd
+import resource
 import signal
 import socket
 import subprocess
@@ -79,6 +80,11 @@ def die_with_parent() -> None:
     dies, even by SIGKILL (prctl(2) PR_SET_PDEATHSIG), so no broker outlives its server."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # Mosquitto 2.0 never raises its own descriptor limit: at the soft limit it accepts and
+    # closes every new connection with only a log warning, so a host's usual 1024 would cap
+    # the fleet near a thousand devices. The hard limit is what the system allows us.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _is_our_broker(pid: int, config: Path) -> bool:

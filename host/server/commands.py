@@ -31,7 +31,10 @@ from host.server.schemas import STATE_ONBOARDED, STATE_REVOKED, DeviceRecord
 COMMAND_EKU = x509.ObjectIdentifier("2.25.311889229853575044542618327131203868764")
 LABEL = b"qlink-cmd-v1\x00"  # domain separation: this signature means nothing elsewhere
 MAX_BODY = 320  # bytes; the device's MQTT receive buffer holds topic + signature + this
-KINDS = ("ping", "renew", "transfer", "reenrol", "decommission")
+KINDS = ("ping", "renew", "transfer", "reenrol", "decommission", "broker")
+# The batch policies whose devices a command reaches: a Mosquitto target's (the managed one,
+# an external one); AWS IoT's and the Azure export's are not reached yet.
+COMMAND_POLICIES = ("mosquitto", "external")
 _RENEW_BEFORE = dt.timedelta(days=30)
 _MAX_EVENT = 1024  # bytes; a device's event messages are far shorter
 _SUBJECT = "qlink command signer"
@@ -49,10 +52,10 @@ def unreachable(dev: DeviceRecord) -> str | None:
         return "is disabled"
     if dev.state != STATE_ONBOARDED:
         return "has not onboarded yet"
-    if dev.policy != "mosquitto":
+    if dev.policy not in COMMAND_POLICIES:
         return (
-            f"is in a {dev.policy!r} batch; commands reach devices of the managed broker "
-            "(policy mosquitto) only"
+            f"is in a {dev.policy!r} batch; commands reach devices of Mosquitto targets only "
+            "(the managed broker, policy mosquitto, or an external one, policy external)"
         )
     return None
 

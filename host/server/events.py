@@ -1,9 +1,13 @@
-"""Devices' event topics and the server's side of the command channel over the managed broker.
+"""Devices' event topics and the server's side of the command channel over a Mosquitto target
+(the managed broker, or an external Mosquitto: host/server/targets.py).
 
 - `MqttCommandLink`: publishes signed commands (QoS 1) over an admin connection and waits for
   the broker's PUBACK.
-- `EventIntake` (the main server process, next to the telemetry intake): reads every device's
-  `event` topic; command acknowledgements move the command's state; an `online` event makes it
+- `EventIntake` (the main server process, one per Mosquitto target, next to the telemetry
+  intake): reads every device's `event` topic on its target; command acknowledgements move the
+  command's state, and a move's progress (store/moves.py: any event on the target a device
+  moves to is `moved`, its `broker` command failed as `unreachable` on the old one is
+  `fell_back`); an `online` event makes it
   send again every command the device has not accepted yet (docs/protocol.md "Broker"), so a
   command reaches a device that was off when it was sent, even after a broker restart, and
   records the PUF health it reports (store/puf.py; a device past `drift_pct` of its correction
@@ -33,7 +37,7 @@ from host.server.commands import (
     parse_event,
 )
 from host.server.deviceid import is_device_id
-from host.server.mqtt import MqttError, connect_admin
+from host.server.mqtt import Login, MqttError, admin_context, connect
 from host.server.policy import device_topic_prefix
 from host.server.schemas import (
     COMMAND_DELIVERED,
@@ -42,10 +46,13 @@ from host.server.schemas import (
     CommandOut,
 )
 from host.server.store import Store
+from host.server.store.targets import MANAGED
+from host.server.telemetry import parse_telemetry
 
 log = logging.getLogger("qlink.events")
 
 EVENT_TOPIC = "qlink/+/+/event"
+TELEMETRY_TOPIC = "qlink/+/+/telemetry"
 _STATE_OF = {"accepted": COMMAND_DELIVERED, "done": COMMAND_DONE, "failed": COMMAND_FAILED}
 
 
@@ -61,6 +68,12 @@ def _subscribe(client: mqtt.Client) -> None:
     client.subscribe(EVENT_TOPIC, qos=1)
 
 
+def _subscribe_with_telemetry(client: mqtt.Client) -> None:
+    # Another target's broker: the managed one's telemetry intake (host/server/telemetry.py)
+    # does not see it, so this intake records its devices' telemetry too.
+    client.subscribe([(EVENT_TOPIC, 1), (TELEMETRY_TOPIC, 0)])
+
+
 class MqttCommandLink:
     """Commands to devices of the managed broker, over one admin connection."""
 
@@ -71,8 +84,12 @@ class MqttCommandLink:
 
     @classmethod
     def connect(cls, ca: CertificateAuthority, host: str, port: int) -> MqttCommandLink:
+        return cls.login(Login(host, port, admin_context(ca)))
+
+    @classmethod
+    def login(cls, login: Login) -> MqttCommandLink:
         try:
-            client = connect_admin(ca, host, port, f"qlink-cmd-{secrets.token_hex(4)}")
+            client = connect(login, f"qlink-cmd-{secrets.token_hex(4)}")
         except MqttError as e:
             raise CommandError(f"cannot reach the broker to send the command: {e}") from e
         return cls(client, owned=True)
@@ -97,6 +114,8 @@ class MqttCommandLink:
 class EventIntake:
     """Reads devices' events; see the module docstring."""
 
+    target = MANAGED  # the target whose broker it reads
+
     def __init__(
         self,
         store: Store,
@@ -106,20 +125,24 @@ class EventIntake:
         on_online: Callable[[str, Online], None] | None = None,
         drift_pct: int = 50,
         on_drift: Callable[[str], None] | None = None,
+        *,
+        target: str = MANAGED,
+        login: Login | None = None,
     ) -> None:
+        """The intake of `target`: the managed broker's admin listener at `host`:`port`, or
+        another Mosquitto target through `login` (host and port are then the login's)."""
         self.store = store
+        self.target = target
         self.drift_pct = drift_pct
         self._on_drift = on_drift  # the re-enrolment policy, when the operator turned it on
         self.signer = CommandSigner.load_or_create(ca)
         self.received = 0
         self.resent = 0
         self._on_online = on_online
-        self._client = connect_admin(
-            ca,
-            host,
-            port,
+        self._client = connect(
+            login or Login(host, port, admin_context(ca)),
             f"qlink-events-{secrets.token_hex(4)}",
-            on_connected=_subscribe,
+            on_connected=_subscribe if target == MANAGED else _subscribe_with_telemetry,
             configure=self._configure,
         )
         self.link = MqttCommandLink(self._client, owned=False)
@@ -132,6 +155,9 @@ class EventIntake:
         if len(parts) != 4 or not is_device_id(parts[2]):
             return
         tenant, device_id = parts[1], parts[2]
+        if parts[3] == "telemetry":
+            self._telemetry(tenant, device_id, bytes(msg.payload))
+            return
         event = parse_event(bytes(msg.payload))
         if event is None:
             log.warning(
@@ -148,17 +174,37 @@ class EventIntake:
         except Exception:  # the network thread must survive a database or broker hiccup
             log.exception("event=device_event_failed device=%s", device_id)
 
+    def _telemetry(self, tenant: str, device_id: str, payload: bytes) -> None:
+        data = parse_telemetry(payload)
+        if data is None:
+            log.warning("event=telemetry_malformed device=%s target=%s", device_id, self.target)
+            return
+        try:
+            # Only the device's own tenant counts, as on the managed broker.
+            if self.store.devices.record_telemetry(device_id, data, time.time(), tenant):
+                self.store.moves.arrived(device_id, tenant, self.target)
+        except Exception:  # the network thread must survive a database hiccup
+            log.exception("event=telemetry_store_failed device=%s", device_id)
+
     def _handle(self, tenant: str, device_id: str, event: object) -> None:
         commands = self.store.commands
+        # Any event of the device here means it is connected here: its move may end here.
+        if self.store.moves.arrived(device_id, tenant, self.target):
+            log.info("event=device_moved device=%s target=%s", device_id, self.target)
         if isinstance(event, Ack):
             changed = commands.report(device_id, event.seq, _STATE_OF[event.status], event.reason)
             log.info(
-                "event=command_%s device=%s seq=%d changed=%s",
+                "event=command_%s device=%s seq=%d changed=%s target=%s",
                 event.status,
                 device_id,
                 event.seq,
                 changed,
+                self.target,
             )
+            if event.status == "failed" and self.store.moves.fell_back(
+                device_id, tenant, self.target, event.seq, event.reason
+            ):
+                log.info("event=device_fell_back device=%s target=%s", device_id, self.target)
         elif isinstance(event, Rejected):
             log.warning(
                 "event=command_rejected device=%s seq=%s reason=%s",

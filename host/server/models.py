@@ -45,9 +45,11 @@ __all__ = [
     "Challenge",
     "Command",
     "Device",
+    "Move",
     "Operator",
     "PufHealth",
     "Revoked",
+    "Target",
     "Tenant",
     "Transfer",
 ]
@@ -75,6 +77,39 @@ class Batch(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     policy: Mapped[str] = mapped_column(String(32), default="mosquitto")
     created_at: Mapped[float] = mapped_column(Float)
+    # The broker that serves its devices (a `targets` row; never deleted, so no foreign key).
+    target: Mapped[str] = mapped_column(String(64), default="managed", server_default="managed")
+
+
+class Target(Base):
+    """A broker that serves batches (store/targets.py): the managed Mosquitto, an external
+    Mosquitto or AWS IoT. An external Mosquitto's admin password is not here: `secret` names
+    its file (0600) under the data directory's `targets/`."""
+
+    __tablename__ = "targets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # managed, mosquitto, aws
+    host: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    admin_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ca_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    admin_user: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class Move(Base):
+    """The last move of a device's batch to another target, and how far the device got
+    (store/moves.py; docs/protocol.md "Moving a device to another broker")."""
+
+    __tablename__ = "moves"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    from_target: Mapped[str] = mapped_column(String(64))
+    to_target: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # registered, commanded, moved, fell_back
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # its `broker` command
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class Device(Base):

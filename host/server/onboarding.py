@@ -144,8 +144,12 @@ class Onboarding:
         broker: BrokerEndpoint,
         publish_crl: Callable[[], None] | None = None,
         command_signer_der: bytes | None = None,
+        broker_block: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.settings = settings
+        # The `broker` of a device whose batch is on another target than the managed broker
+        # (host/server/targets.py), by target name; None: the managed broker's.
+        self._broker_block = broker_block
         # Called after a renewal put the replaced certificate on the CRL's list.
         self.publish_crl = publish_crl
         self.store = store
@@ -416,11 +420,15 @@ class Onboarding:
         device_id = dev.device_id
         b64 = base64.b64encode
         prefix = device_topic_prefix(dev.tenant, device_id)
+        broker = None
+        if dev.target_kind not in (None, "managed") and self._broker_block is not None:
+            broker = self._broker_block(dev.target)  # its batch's target (docs/protocol.md)
         return {
             "device_id": device_id,
             "certificate_b64": b64(cert_der).decode(),
             "chain_b64": [self._issuing_b64],
-            "broker": {
+            "broker": broker
+            or {
                 "host": self.broker.host,
                 "port": self.broker.port,
                 "ca_b64": self._root_b64,

@@ -99,6 +99,61 @@ class BatchOut(Model):
     devices: int
     policy: str
     created_at: float
+    # The broker that serves its devices (a target: `qlink target list`).
+    target: str = "managed"
+
+
+class TargetOut(Model):
+    """A broker that serves batches; never its admin password (docs/operator.md "Targets")."""
+
+    name: str
+    kind: str  # managed, mosquitto (an external Mosquitto), aws
+    host: str | None
+    port: int | None
+    admin_port: int | None = None
+    admin_user: str | None = None
+    ca_sha256: str | None = None  # of the CA certificate (DER) devices are given for it
+    created_at: float
+
+
+class TargetRecord(TargetOut):
+    """A target as the server works with it: the CA itself and where its password lies."""
+
+    ca_der: bytes | None = Field(default=None, exclude=True)
+    secret: str | None = Field(default=None, exclude=True)  # a file name, not the password
+
+
+# A device's progress in its batch's move to another target (docs/protocol.md "Moving a
+# device to another broker"): registered at the new target, sent `broker`, then what the
+# device says: online on the new target (moved) or back on the old one (fell_back).
+MOVE_REGISTERED = "registered"
+MOVE_COMMANDED = "commanded"
+MOVE_MOVED = "moved"
+MOVE_FELL_BACK = "fell_back"
+MOVE_STATES = (MOVE_REGISTERED, MOVE_COMMANDED, MOVE_MOVED, MOVE_FELL_BACK)
+
+
+class MoveDeviceOut(Model):
+    device_id: str
+    from_target: str
+    to_target: str
+    state: str
+    seq: int | None  # its `broker` command
+    updated_at: float
+
+
+class MoveOut(Model):
+    """A batch's target and how far its devices' move to it got (counts by state)."""
+
+    batch: str
+    tenant: str
+    target: str
+    devices: int
+    registered: int
+    commanded: int
+    moved: int
+    fell_back: int
+    progress: list[MoveDeviceOut]
 
 
 class TenantOut(Model):
@@ -154,6 +209,9 @@ class DeviceRecord(DeviceOut):
     # Its owner epoch (docs/identity.md "Seeds"): the server's to know; no owner is shown how
     # many owners the device had before it.
     epoch: int = Field(default=0, exclude=True)
+    # Its batch's target (the broker that serves it) and that target's kind.
+    target: str = Field(default="managed", exclude=True)
+    target_kind: str | None = Field(default="managed", exclude=True)
 
 
 class CommandOut(Model):

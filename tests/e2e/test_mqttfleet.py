@@ -20,19 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hil.commandcheck import COMMAND_EKU, COMMAND_LABEL, check_command, signer_key
 from hil.fleet import Fleet
-from hil.mqttfleet import (
-    COMMAND_EKU,
-    COMMAND_LABEL,
-    DeviceSpec,
-    FleetProcess,
-    MqttProtocolError,
-    PacketReader,
-    check_command,
-    encode_length,
-    publish_packet,
-    signer_key,
-)
+from hil.mqttfleet import DeviceSpec, FleetProcess
+from hil.mqttwire import MqttProtocolError, PacketReader, encode_length, publish_packet
 from hil.serverproc import ServerProcess
 
 DEVICE = "ab" * 32
@@ -110,9 +101,11 @@ class Signer:
         self.cert = _cert("signer", self.key, ("root", self.root_key), COMMAND_EKU)
 
     def payload(self, **changes: Any) -> bytes:
+        """A signed ping for DEVICE, seq 5, expiring 60 s after NOW; a change of None drops
+        that member."""
         doc = {"v": 1, "device_id": DEVICE, "seq": 5, "exp": int(NOW) + 60, "kind": "ping"}
-        body = json.dumps({**doc, "args": {}, **changes}).encode()
-        return self.sign(body)
+        doc = {**doc, "args": {}, **changes}
+        return self.sign(json.dumps({k: v for k, v in doc.items() if v is not None}).encode())
 
     def sign(self, body: bytes) -> bytes:
         der = self.key.sign(COMMAND_LABEL + body, ec.ECDSA(hashes.SHA256()))
@@ -138,32 +131,63 @@ def test_a_command_signed_for_this_device_is_accepted(signer: Signer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "last_seq", "now", "reason"),
+    ("change", "last_seq", "now", "reason", "seq"),
     [
-        ({"device_id": "cd" * 32}, 4, NOW, "foreign"),
-        ({}, 4, NOW + 60, "expired"),  # exp must be in the future: equal is not
-        ({}, 5, NOW, "replayed"),  # seq must be above the last accepted
-        ({"exp": "soon"}, 4, NOW, "malformed"),
-        ({"seq": True}, 4, NOW, "malformed"),
+        ({"device_id": "cd" * 32}, 4, NOW, "foreign", 5),
+        ({}, 4, NOW + 60, "expired", 5),  # exp must be in the future: equal is not
+        ({}, 5, NOW, "replayed", 5),  # seq must be above the last accepted
+        # Each rule runs on its member when it is there, before the shape is judged.
+        ({"device_id": "cd" * 32, "kind": 7}, 4, NOW, "foreign", 5),
+        ({"seq": 3, "args": None}, 4, NOW, "replayed", 3),
+        # The shape, last: a member missing or of the wrong type, v not 1, over 320 bytes.
+        ({"args": None}, 4, NOW, "malformed", 5),
+        ({"exp": "soon"}, 4, NOW, "malformed", 5),
+        ({"seq": True}, 4, NOW, "malformed", None),
+        ({"v": 2}, 4, NOW, "malformed", 5),
+        ({"args": {"pad": "x" * 240}}, 4, NOW, "malformed", 5),
     ],
-    ids=["foreign", "expired_at_exp", "replayed_same_seq", "exp_not_int", "seq_bool"],
+    ids=[
+        "foreign",
+        "expired_at_exp",
+        "replayed_same_seq",
+        "foreign_before_shape",
+        "replayed_before_shape",
+        "args_missing",
+        "exp_not_int",
+        "seq_bool",
+        "v_not_1",
+        "body_over_320_bytes",
+    ],
 )
 def test_a_command_breaking_a_rule_is_refused_with_its_reason(
-    signer: Signer, change: dict[str, Any], last_seq: int, now: float, reason: str
+    signer: Signer,
+    change: dict[str, Any],
+    last_seq: int,
+    now: float,
+    reason: str,
+    seq: int | None,
 ) -> None:
     v = check_command(signer.payload(**change), _key(signer), DEVICE, last_seq, now)
-    assert (v.body, v.reason) == (None, reason)
+    assert (v.body, v.reason, v.seq) == (None, reason, seq)
+
+
+def test_a_body_of_320_bytes_is_accepted(signer: Signer) -> None:
+    base = len(signer.payload(args={"pad": ""})) - 64
+    payload = signer.payload(args={"pad": "x" * (320 - base)})
+    assert len(payload) - 64 == 320
+    assert check_command(payload, _key(signer), DEVICE, 4, NOW).reason is None
 
 
 def test_an_altered_command_is_refused_before_its_body_is_read(signer: Signer) -> None:
     good = signer.payload()
     altered = good.replace(b'"seq": 5', b'"seq": 6')  # another body under the same signature
     assert altered != good
-    assert check_command(altered, _key(signer), DEVICE, 0, NOW).reason == "altered"
+    v = check_command(altered, _key(signer), DEVICE, 0, NOW)
+    assert (v.reason, v.seq) == ("altered", None)  # nothing of an unsigned body is believed
     assert check_command(good[:63], _key(signer), DEVICE, 0, NOW).reason == "altered"
-    assert check_command(signer.sign(b"not json"), _key(signer), DEVICE, 0, NOW).reason == (
-        "malformed"
-    )
+    for body in (b"not json", b"[5]"):
+        v = check_command(signer.sign(body), _key(signer), DEVICE, 0, NOW)
+        assert (v.reason, v.seq) == ("malformed", None)
 
 
 def test_without_a_usable_signer_every_command_is_refused(signer: Signer) -> None:

@@ -24,7 +24,8 @@ EVENT = PREFIX + "event"
 CMD = PREFIX + "cmd"
 ALL_TOPICS = {"telemetry": TOPIC, "event": EVENT, "cmd": CMD}
 T0 = 1772323200  # 2026-03-01T00:00:00Z: the device clock when a test starts
-D = "/tmp/qlink-main-test"
+# One folder per interpreter: test files run side by side (pytest-xdist) must not share it.
+D = "/tmp/qlink-main-test-" + "".join("%02x" % b for b in os.urandom(4))
 KEY = b"\x30\x02\x05\x00"
 _POLL = 3  # MP_STREAM_POLL
 
@@ -214,12 +215,14 @@ class FakeServer:
         env.posts.append(path)
         if path.endswith("/hello"):
             return 200, {"challenge_id": "ab" * 16, "challenge": "cd" * 32, "expires": 1}
+        if env.proof_answer is not None:
+            return env.proof_answer  # a refusal, as (status, body)
         cert = env.issue.pop(0) if len(env.issue) > 1 else env.issue[0]
         doc = {
             "device_id": DEVICE_ID,
             "certificate_b64": binascii.b2a_base64(cert).decode().strip(),
             "chain_b64": [],
-            "broker": {"host": "broker.local", "port": 8883, "ca_b64": B64CA},
+            "broker": env.broker,
             "topics": env.topics,
             "policy": env.policy,
         }
@@ -244,6 +247,9 @@ class Env:
         self.topics = {"telemetry": TOPIC}
         self.policy = {"telemetry_interval_ms": 250}
         self.signer = certs.SIGNER
+        self.broker = {"host": "broker.local", "port": 8883, "ca_b64": B64CA}  # in proof answers
+        self.proof_answer = None  # (status, body) the proof gets instead of a certificate
+        self.brokers = {}  # host -> its sessions (as socks), for a second broker; others: socks
         self.ms = 0
         self.start = T0
 
@@ -281,7 +287,7 @@ class Env:
 
     def connect(self, host, port, ca, timeout, cert=None, key=None):
         self.opened.append((host, port, ca, cert, key))
-        s = self.socks.pop(0)
+        s = self.brokers.get(host, self.socks).pop(0)
         if isinstance(s, Exception):
             raise s
         return s, None

@@ -85,8 +85,29 @@ def start(extra=None, epoch=0, pending=None, seq=0):
     return p, ident
 
 
-def command(ident, seq, kind, args=None):
-    return cmd(seq, kind, device_id=ident.device_id, args=args)
+def enrolled(die, extra, epoch=0):
+    # A device enrolled on `die` by the real boot (qdid.identity over the unix board), at owner
+    # epoch `epoch`, onboarded; config.json as agentenv.setup writes it.
+    # -> (config path, device ID, public key); the identity itself is not kept (heap).
+    p = setup(extra, stored=False)
+    for name in ("helper.bin", "helper.new", "owner.json"):
+        try:
+            os.remove(D + "/" + name)
+        except OSError:
+            pass
+    identity.boot(UnixBoard(die), D)
+    if epoch:
+        owner.save(D, epoch)
+    ident = identity.boot(UnixBoard(die), D)
+    cid, cpub = ident.device_id, ident.public_key
+    ident.wipe()
+    store.save(D, cid, cert_for(cpub), BROKER, topics(cid), POLICY, certs.SIGNER_PUB)
+    return p, cid, cpub
+
+
+def command(device_id, seq, kind, args=None):
+    # A command for `device_id`, signed as the server signs (agentenv.cmd).
+    return cmd(seq, kind, device_id=device_id, args=args)
 
 
 def exists(path):
@@ -105,6 +126,32 @@ def owner_doc():
         return None
 
 
+class UnixBoard:
+    # The unix board over a die file, without its RTC (the clock of these tests is agentenv's
+    # T0, not the host's); `cold` False is a warm reset. A new object is a power cycle.
+    def __init__(self, die, cold=True):
+        import board
+
+        self._b = board.make(die)
+        self.name = self._b.name
+        self.cold = cold
+
+    def sram_bits(self, n):
+        return self._b.sram_bits(n)
+
+    def forget_sram(self):
+        self._b.forget_sram()
+
+    def noise(self, n):
+        return self._b.noise(n)
+
+    def unique_id(self):
+        return self._b.unique_id()
+
+    def cold_boot(self):
+        return self.cold
+
+
 class _Flash:
     # os as the firmware's flash changes see it: each counted, a power cut at the chosen one.
     def __init__(self, env):
@@ -115,8 +162,11 @@ class _Flash:
 
     def remove(self, path):
         self._env.change("remove " + path)
-        with open(path, "rb") as f:
-            self._env.removed[path] = f.read()  # what the file held when it went
+        if path[path.rfind("/") + 1 :] in self._env.stuck:
+            raise OSError(5)  # EIO: the flash refuses
+        if path.find("/helper.") >= 0:
+            with open(path, "rb") as f:
+                self._env.removed[path] = f.read()  # what a helper held when it went
         _REAL_OS.remove(path)
 
     def rename(self, old, new):
@@ -144,7 +194,8 @@ class OwnerEnv(Env):
         self.hello_id = None
         self.cut_at = 0  # the flash change (1..) a power cut comes before; 0: none
         self.changes = []
-        self.removed = {}  # path -> its content at removal
+        self.removed = {}  # path of a helper file -> its content at removal
+        self.stuck = ()  # names of files whose removal fails
 
     def __enter__(self):
         super().__enter__()
@@ -284,3 +335,8 @@ def events(sock):
     from agentenv import published
 
     return [(t, m) for t, m, _ in published(sock.out) if t.endswith("/event")]
+
+
+def env_for(ident, open_seqs=(), script=None):
+    # An OwnerEnv whose server knows `ident` (registered and onboarded).
+    return OwnerEnv({ident.device_id: ident.public_key}, open_seqs, script)

@@ -9,6 +9,7 @@
 # timeout: 600
 from ownerenv import (
     OwnerEnv,
+    env_for,
     PowerCut,
     fixed_boot,
     start,
@@ -37,13 +38,9 @@ def ack(seq, status, reason=None):
     return doc
 
 
-def transfer_env(cur, seq=1, args=None, open_seqs=None, more=None):
-    script = {1: [command(cur, seq, "transfer", {"epoch": 1} if args is None else args)]}
-    if more:
-        script.update(more)
-    return OwnerEnv(
-        {cur.device_id: cur.public_key}, [seq] if open_seqs is None else open_seqs, script
-    )
+def transfer_env(cur, seq=1, args=None, open_seqs=None):
+    payload = command(cur.device_id, seq, "transfer", {"epoch": 1} if args is None else args)
+    return env_for(cur, [seq] if open_seqs is None else open_seqs, {1: [payload]})
 
 
 def run(env, p):
@@ -196,7 +193,7 @@ def test_an_answer_lost_on_the_way_back_is_asked_for_again_and_given_again():
 
 
 def test_an_answer_for_another_identity_keeps_the_step_pending():
-    p, cur = start({"max_messages": 1, "max_failures": 1})
+    p, cur = start({"max_messages": 2, "max_failures": 1})
     env = transfer_env(cur)
 
     def wrong(obj):
@@ -241,7 +238,7 @@ def test_a_power_cut_before_any_flash_change_resumes_to_the_same_move():
         else:
             raise AssertionError("no power cut at change %d" % k)
         # The server sends the command again after "online" while it is above cmd_seq.
-        again = OwnerEnv({}, (), {1: [command(cur, 1, "transfer", {"epoch": 1})]})
+        again = OwnerEnv({}, (), {1: [command(cur.device_id, 1, "transfer", {"epoch": 1})]})
         again.server_of(env)
         run(again, p)
         if k == 2:
@@ -264,14 +261,14 @@ def test_a_power_cut_before_any_flash_change_resumes_to_the_same_move():
 
 def test_reenrol_is_recorded_for_the_next_power_on_and_the_session_goes_on():
     p, cur = start({"max_messages": 3})
-    env = OwnerEnv({cur.device_id: cur.public_key}, [1], {1: [command(cur, 1, "reenrol")]})
+    env = env_for(cur, [1], {1: [command(cur.device_id, 1, "reenrol")]})
     st = run(env, p)
     assert [m for _, m in events(env.sessions[0][1])][1:] == [ack(1, "accepted")]
     assert owner_doc() == {"v": 1, "epoch": 0, "pending": "reenrol", "seq": 1}
     assert env.requests == [] and len(env.sessions) == 1 and st.sent == 3
     assert "I agent: re-enrolment recorded (seq=1); it runs at the next power-on" in env.lines
     # A boot without a power-up read (this test's boot; a warm reset on a board) keeps it.
-    env = OwnerEnv({cur.device_id: cur.public_key}, [1])
+    env = env_for(cur, [1])
     run(env, p)
     assert env.requests == [] and env.sessions[0][0] == cur.device_id
     assert owner_doc() == {"v": 1, "epoch": 0, "pending": "reenrol", "seq": 1}
@@ -294,10 +291,27 @@ def test_a_newer_command_supersedes_a_pending_reenrolment():
     p, cur = start({"max_messages": 2}, pending="reenrol", seq=1)
     with open(D + "/helper.new", "wb") as f:
         f.write(b"\x05" + bytes(467))
-    env = OwnerEnv({cur.device_id: cur.public_key}, [2], {1: [command(cur, 2, "reenrol")]})
+    env = env_for(cur, [2], {1: [command(cur.device_id, 2, "reenrol")]})
     run(env, p)
     assert owner_doc() == {"v": 1, "epoch": 0, "pending": "reenrol", "seq": 2}
     assert exists(D + "/helper.new")
+
+
+def test_a_reenrolment_behind_a_transfer_supersedes_it_and_the_session_goes_on():
+    p, cur = start({"max_messages": 3})
+    payloads = [
+        command(cur.device_id, 1, "transfer", {"epoch": 1}),
+        command(cur.device_id, 2, "reenrol"),
+    ]
+    env = env_for(cur, [1, 2], {1: payloads})
+    st = run(env, p)
+    assert [m for _, m in events(env.sessions[0][1])][1:] == [
+        ack(1, "accepted"),
+        ack(2, "accepted"),
+        ack(1, "failed", "superseded"),
+    ]
+    assert env.requests == [] and len(env.sessions) == 1 and st.sent == 3
+    assert owner_doc() == {"v": 1, "epoch": 0, "pending": "reenrol", "seq": 2}
 
 
 def test_an_owner_file_corrupted_after_boot_fails_the_command_and_changes_nothing():
@@ -340,7 +354,7 @@ def test_an_owner_file_corrupt_at_boot_is_safe_mode_not_the_enrolment_key():
         p, cur = start({"max_messages": 1})
         with open(D + "/owner.json", "w") as f:
             f.write(bad)
-        env = OwnerEnv({cur.device_id: cur.public_key})
+        env = env_for(cur)
         st = run(env, p)
         assert st.safe == "identity" and env.sessions == [] and env.posts == [], bad
         assert env.lines[-1].startswith(

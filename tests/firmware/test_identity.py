@@ -303,7 +303,15 @@ def test_health_reports_margin_corrections_and_failures():
         assert first.health["margin"] == 31 and first.health["health_failures"] == 0
         again = rig.boot()
         h = again.health
-        assert sorted(h) == ["code_errors", "corrected_bits", "health_failures", "margin"]
+        assert sorted(h) == [
+            "code_errors",
+            "corrected_bits",
+            "corrected_limit",
+            "health_failures",
+            "margin",
+        ]
+        assert h["corrected_limit"] == 2048 // 4  # 25 % of profile 5's decoded bits
+        assert first.health["corrected_limit"] == h["corrected_limit"]
         # The model's ~4 % BER over the 2048 cells of the kept pairs: dozens of corrected cells,
         # in as many pairs or a few fewer (both cells of a pair rarely flip together); at that
         # noise the decoder's smallest information LLR stays saturated or close to it.

@@ -352,3 +352,12 @@ def test_the_reenrolment_policy_commands_a_drifting_device_once(rig: Rig) -> Non
     assert asked == [d.device_id]  # once: the reenrol command is open after the first
     [cmd] = [c for c in rig.app.commands(d.device_id) if c.kind == "reenrol"]
     assert cmd.state == "queued"
+
+
+def test_raw_errors_count_against_the_budget_while_the_margin_is_saturated(rig: Rig) -> None:
+    d = rig.device
+    online = {"event": "online", "cmd_seq": 0}
+    event(rig, {**online, "puf": {"margin": 31, "corrected_bits": 91, "corrected_limit": 512}})
+    event(rig, {**online, "puf": {"margin": 31, "corrected_bits": 155, "corrected_limit": 512}})
+    dev = rig.app.device(d.device_id)
+    assert dev is not None and dev.puf_used_pct == 30  # 155 of 512, margin still full

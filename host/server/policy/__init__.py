@@ -1,6 +1,10 @@
 """Policy drivers: how the server tells a broker what a device may do; `Policies`: the
 drivers by batch policy name, and the one owner of what a broker may hold for a device.
 
+A batch of policy `external` is served by an external Mosquitto target (its batch's target,
+host/server/targets.py): one driver per such target, made on first use by the factory the
+server gives (`targets`) and kept, like the others, until `close`.
+
 A driver whose broker gives rights by certificate (Mosquitto's pattern ACL) needs to hear of a
 device at onboarding only when the broker may hold an exception for it (a deny entry). That
 mark (`DeviceRecord.policy_exception`) is set, and committed, before a deny is sent, and
@@ -14,10 +18,12 @@ applies again at start.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from host.server import ServerError
+from host.server.store.targets import KIND_MOSQUITTO, POLICY_OF_KIND
 
 if TYPE_CHECKING:
     from host.server.schemas import DeviceRecord
@@ -126,22 +132,89 @@ class MemoryPolicy:
         pass
 
 
+EXTERNAL = POLICY_OF_KIND[KIND_MOSQUITTO]  # the policy of an external Mosquitto's batches
+
+
+class _TargetCall:
+    """An external Mosquitto target's driver, reached (and connected, the first time) when
+    one of its methods is called."""
+
+    rights_from_certificate = False
+
+    def __init__(self, policies: Policies, target: str) -> None:
+        self._policies = policies
+        self._target = target
+
+    def register_device(
+        self, tenant: str, device_id: str, certificate_der: bytes | None = None
+    ) -> None:
+        driver = self._policies.target_driver(self._target)
+        driver.register_device(tenant, device_id, certificate_der)
+
+    def disable_device(self, device_id: str) -> None:
+        self._policies.target_driver(self._target).disable_device(device_id)
+
+    def enable_device(self, device_id: str) -> None:
+        self._policies.target_driver(self._target).enable_device(device_id)
+
+    def delete_device(self, device_id: str) -> None:
+        self._policies.target_driver(self._target).delete_device(device_id)
+
+    def close(self) -> None:
+        pass  # the driver is the Policies' to close
+
+
 class Policies:
     """The policy drivers by batch policy name, over the devices' exception marks."""
 
-    def __init__(self, drivers: Mapping[str, PolicyDriver], devices: Devices) -> None:
+    def __init__(
+        self,
+        drivers: Mapping[str, PolicyDriver],
+        devices: Devices,
+        targets: Callable[[str], PolicyDriver] | None = None,
+    ) -> None:
         self.drivers = dict(drivers)
         self._devices = devices
+        self._targets = targets  # makes an external Mosquitto target's driver, by its name
+        self._lock = threading.Lock()
 
     def driver_for(self, dev: DeviceRecord) -> PolicyDriver:
+        if dev.policy == EXTERNAL:
+            return self.target_driver(dev.target)
         driver = self.drivers.get(dev.policy)
         if driver is None:
             raise PolicyUnavailable(dev.policy)
         return driver
 
+    def for_target(self, name: str, kind: str) -> PolicyDriver:
+        """The driver of target `name` of `kind` (managed, mosquitto, aws)."""
+        if kind == KIND_MOSQUITTO:
+            return self.target_driver(name)
+        policy = POLICY_OF_KIND.get(kind, kind)
+        driver = self.drivers.get(policy)
+        if driver is None:
+            raise PolicyUnavailable(policy)
+        return driver
+
+    def target_driver(self, name: str) -> PolicyDriver:
+        """The driver of external Mosquitto target `name`, connected on first use (its
+        PolicyError says why it cannot be) and kept."""
+        key = f"target:{name}"
+        with self._lock:
+            driver = self.drivers.get(key)
+            if driver is None:
+                if self._targets is None:
+                    raise PolicyUnavailable(EXTERNAL)
+                driver = self.drivers[key] = self._targets(name)
+        return driver
+
     def onboarding_call(self, dev: DeviceRecord) -> PolicyDriver | None:
         """The driver to tell of the device before it learns its certificate, or None when
         its certificate alone gives it its rights and its broker holds no exception for it."""
+        if dev.policy == EXTERNAL:
+            # Its broker hears of every device. The driver may not be connected yet: that
+            # happens at the call, which onboarding makes off the event loop.
+            return _TargetCall(self, dev.target)
         driver = self.driver_for(dev)
         if driver.rights_from_certificate and not dev.policy_exception:
             return None

@@ -9,6 +9,8 @@
 - `commands`: commands signed for devices and their state
 - `puf`: PUF health reports, bounded per device
 - `transfers`: ownership transfer codes and their claims
+- `targets`: the brokers that serve batches (the managed one, external Mosquitto, AWS IoT)
+- `moves`: each device's progress when its batch moves to another target
 - `successors`: the one transaction that moves a device to its next identity
 
 Each concept's SQL lives in its module and runs on the DBAPI (store/database.py says why).
@@ -36,8 +38,10 @@ from host.server.store.errors import (
     NotFound,
     StoreError,
 )
+from host.server.store.moves import Moves
 from host.server.store.puf import PufHealthLog
 from host.server.store.successors import Successors
+from host.server.store.targets import Targets
 from host.server.store.tenants import DEFAULT_TENANT, Tenants
 from host.server.store.tokens import TOKEN_PREFIX, Tokens
 from host.server.store.transfers import Transfers
@@ -76,6 +80,8 @@ class Store:
         self.puf = PufHealthLog(self.db)
         self.transfers = Transfers(self.db)
         self.successors = Successors(self.db)
+        self.targets = Targets(self.db)
+        self.moves = Moves(self.db)
 
     @property
     def path(self) -> Path | None:

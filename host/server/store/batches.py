@@ -1,5 +1,11 @@
 """Batches: a tenant's named set of device identities, imported together, onboarding while the
-batch is active, each with the policy driver that tells its broker about them.
+batch is active, each served by one target (a broker: store/targets.py) and with the policy
+driver that tells that broker about them.
+
+A batch's policy follows from its target's kind (`targets.POLICY_OF_KIND`: managed ->
+`mosquitto`, an external Mosquitto -> `external`, AWS IoT -> `aws`), except `azure`, the Azure
+DPS export of devices served by the managed broker. A batch made with a policy and no target
+gets the target that policy always meant: `managed`, or `aws` for `aws`.
 
 A batch of another tenant is reported as not existing; `tenant=None` is the local operator
 (the `qlink` CLI on the data directory), who sees every tenant.
@@ -20,7 +26,7 @@ from host.server.schemas import (
     BatchOut,
     ExportedDevice,
 )
-from host.server.store import audit, tenants
+from host.server.store import audit, targets, tenants
 from host.server.store.audit import LOCAL, Actor
 from host.server.store.database import Database, Tx
 from host.server.store.errors import Conflict, DuplicateKey, ImportRejected, Invalid, NotFound
@@ -28,7 +34,7 @@ from host.server.store.names import check_name
 
 POLICIES = ("mosquitto", "aws", "azure")
 _CHUNK = 2000  # IDs per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-_COLUMNS = "b.id, b.name, b.tenant, b.active, b.policy, b.created_at"
+_COLUMNS = "b.id, b.name, b.tenant, b.active, b.policy, b.created_at, b.target"
 
 
 def find(tx: Tx, name: str, tenant: str | None) -> dict[str, Any]:
@@ -53,6 +59,21 @@ def _out(row: dict[str, Any], devices: int) -> BatchOut:
         devices=devices,
         policy=row["policy"],
         created_at=row["created_at"],
+        target=row["target"],
+    )
+
+
+def _policy(policy: str | None, target: str | None, kind: str | None) -> str:
+    """The batch policy of a new batch (see the module docstring)."""
+    if policy is not None and policy not in POLICIES:
+        raise Invalid(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    if kind is None:  # no target given: the policy's own
+        return policy or "mosquitto"
+    derived = targets.POLICY_OF_KIND[kind]
+    if policy is None or policy == derived or (policy == "azure" and kind == targets.KIND_MANAGED):
+        return policy or derived
+    raise Invalid(
+        f"policy {policy} does not go with target {target!r} (kind {kind}); leave the policy out"
     )
 
 
@@ -61,33 +82,92 @@ class Batches:
         self._db = db
 
     def create(
-        self, name: str, tenant: str = "default", policy: str = "mosquitto", actor: Actor = LOCAL
+        self,
+        name: str,
+        tenant: str = "default",
+        policy: str | None = None,
+        actor: Actor = LOCAL,
+        *,
+        target: str | None = None,
     ) -> BatchOut:
+        """A new, active batch served by `target` (default: the one `policy` always meant)."""
         check_name("batch name", name, 128)
         check_name("tenant", tenant, 64)
-        if policy not in POLICIES:
-            raise Invalid(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        _policy(policy, None, None)  # a bad policy is named before any target is looked up
         now = time.time()
         taken = Conflict(f"batch {name!r} already exists; pick another name")
         try:
             with self._db.transaction() as tx:
                 tenants.require(tx, tenant)
+                if target is None:
+                    target = targets.LEGACY_AWS if policy == "aws" else targets.MANAGED
+                    if target == targets.LEGACY_AWS:
+                        targets.legacy_aws(tx)
+                    policy = policy or "mosquitto"
+                else:
+                    policy = _policy(policy, target, targets.find(tx, target).kind)
                 if tx.one(
                     "SELECT 1 FROM batches WHERE name = :name AND tenant = :tenant",
                     {"name": name, "tenant": tenant},
                 ):
                     raise taken
                 tx.execute(
-                    "INSERT INTO batches (name, tenant, active, policy, created_at)"
-                    " VALUES (:name, :tenant, TRUE, :policy, :now)",
-                    {"name": name, "tenant": tenant, "policy": policy, "now": now},
+                    "INSERT INTO batches (name, tenant, active, policy, created_at, target)"
+                    " VALUES (:name, :tenant, TRUE, :policy, :now, :target)",
+                    {
+                        "name": name,
+                        "tenant": tenant,
+                        "policy": policy,
+                        "now": now,
+                        "target": target,
+                    },
                 )
-                audit.record(tx, actor, tenant, "batch.create", f"batch:{name}", policy=policy)
+                audit.record(
+                    tx,
+                    actor,
+                    tenant,
+                    "batch.create",
+                    f"batch:{name}",
+                    policy=policy,
+                    target_name=target,
+                )
         except DuplicateKey:  # a concurrent create of the same name
             raise taken from None
         return BatchOut(
-            name=name, tenant=tenant, active=True, devices=0, policy=policy, created_at=now
+            name=name,
+            tenant=tenant,
+            active=True,
+            devices=0,
+            policy=policy,
+            created_at=now,
+            target=target,
         )
+
+    def set_target(
+        self, name: str, tenant: str | None, target: str, actor: Actor = LOCAL
+    ) -> BatchOut:
+        """Serve the batch from `target` from now on (its policy follows the target's kind);
+        idempotent: no event when it is there already."""
+        with self._db.transaction() as tx:
+            b = find(tx, name, tenant)
+            kind = targets.find(tx, target).kind
+            if b["target"] != target:
+                policy = targets.POLICY_OF_KIND[kind]
+                tx.execute(
+                    "UPDATE batches SET target = :target, policy = :policy WHERE id = :id",
+                    {"target": target, "policy": policy, "id": b["id"]},
+                )
+                audit.record(
+                    tx,
+                    actor,
+                    b["tenant"],
+                    "batch.move",
+                    f"batch:{b['name']}",
+                    from_target=b["target"],
+                    to_target=target,
+                )
+                b.update(target=target, policy=policy)
+            return _out(b, self._count(tx, b["id"]))
 
     def set_active(
         self, name: str, active: bool, tenant: str | None = None, actor: Actor = LOCAL

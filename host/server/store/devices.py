@@ -30,8 +30,9 @@ SELECT = (
     "SELECT d.device_id, d.public_key, d.state, d.disabled, d.policy_exception, d.cert_der,"
     " d.serial, d.not_after, d.onboarded_at, d.revoked_at, d.last_seen, d.last_telemetry,"
     " d.puf_used_pct, d.epoch, d.predecessor, d.successor,"
-    " b.name AS batch_name, b.tenant, b.active, b.policy"
+    " b.name AS batch_name, b.tenant, b.active, b.policy, b.target, t.kind AS target_kind"
     " FROM devices d JOIN batches b ON b.id = d.batch_id"
+    " LEFT JOIN targets t ON t.name = b.target"
 )
 _BY_ID = SELECT + " WHERE d.device_id = :device_id"
 _BY_ID_OF_TENANT = _BY_ID + " AND b.tenant = :tenant"
@@ -73,6 +74,8 @@ def record(m: Mapping[str, Any]) -> DeviceRecord:
         batch_active=bool(m["active"]),
         policy=m["policy"],
         policy_exception=bool(m["policy_exception"]),
+        target=m.get("target") or "managed",
+        target_kind=m.get("target_kind"),
     )
 
 

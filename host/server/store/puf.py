@@ -1,11 +1,13 @@
 """PUF health as devices report it at the start of each session (docs/identity.md "PUF health"):
 a bounded history per device, and the share of its correction budget the latest report used.
 
-The budget is the decoder margin: the number of errors it could still have corrected (profile 5:
-31 on a fresh die, shrinking as cells drift). The device's own largest reported margin stands
-for its budget, so the share is right for every helper profile without the server knowing it:
-used = 1 - margin / largest margin. A device past the operator's drift threshold is flagged
-(`drifting`) and may be re-enrolled.
+The budget is read two ways, and the larger share counts: the decoder margin (the errors it could
+still have corrected: profile 5's saturated soft decisions start at 31; the device's own largest
+reported margin stands for its budget, used = 1 - margin / largest margin), and the corrected
+raw bits against the limit past which the device fails closed (`corrected_limit`, which the
+device reports: 25 % of the bits its decoder reads). The margin of a soft decoder stays
+saturated long after raw errors have started to climb; the bits show the drift early. A device
+past the operator's drift threshold is flagged (`drifting`) and may be re-enrolled.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class PufHealthLog:
             if margin is not None:
                 best = margin if best is None else max(best, margin)
                 used = round(100 * (1 - margin / best)) if best else 100
+            # The corrected bits against the device's own fail-closed limit: a soft-decision
+            # margin stays saturated long after the raw errors have started to climb.
+            limit = health.get("corrected_limit")
+            bits = values["corrected_bits"]
+            if limit and bits is not None:
+                used = max(used or 0, min(100, round(100 * bits / limit)))
             tx.execute(
                 "INSERT INTO puf_health (device_id, at, margin, corrected_bits, health_failures)"
                 " VALUES (:d, :at, :margin, :corrected_bits, :health_failures)",
