@@ -16,9 +16,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hil import steps
+
+if TYPE_CHECKING:
+    from hil.emulated import EmulatedBoard
 
 # The agent's retry line (firmware/agent/main.py): failures in a row and the wait it chose.
 RETRY_LINE = re.compile(r"W agent: link failed \((\d+) in a row\): .*; retry in (\d+) ms")
@@ -202,15 +205,18 @@ class ProxiedBoard:
         self.proxy.stop()
 
 
-def board_behind_proxy(
-    root: Path, server: Any, name: str, batch: str, interval_ms: int = 300
-) -> ProxiedBoard:
-    """Flash, enrol and register a board in `batch`, let it onboard, then move its broker link
-    behind a FaultProxy (through the rig: the REPL rewrites data/onboard.json) and power-cycle it.
-    Returns once the board is connected through the proxy."""
+def registered_board(
+    root: Path,
+    server: Any,
+    name: str,
+    batch: str,
+    *,
+    tenant: str | None = None,
+    interval_ms: int = 300,
+) -> tuple[EmulatedBoard, dict[str, str]]:
+    """A board flashed for `server`, enrolled, and imported into `batch` through the CLI, as a
+    factory line would: (board, its public identity). Not powered on."""
     from hil.emulated import EmulatedBoard
-    from hil.faultproxy import FaultProxy
-    from hil.targets import EmulatedTarget
 
     board = EmulatedBoard(root, name)
     board.flash(
@@ -220,7 +226,20 @@ def board_behind_proxy(
     ident = board.enrol()
     csv = root / f"{name}.csv"
     csv.write_text(f"{ident['device_id']},{ident['public_key']}\n")
-    server.cli("batch", "import", batch, str(csv))
+    server.cli("batch", "import", batch, *(["--tenant", tenant] if tenant else []), str(csv))
+    return board, ident
+
+
+def board_behind_proxy(
+    root: Path, server: Any, name: str, batch: str, interval_ms: int = 300
+) -> ProxiedBoard:
+    """Flash, enrol and register a board in `batch`, let it onboard, then move its broker link
+    behind a FaultProxy (through the rig: the REPL rewrites data/onboard.json) and power-cycle it.
+    Returns once the board is connected through the proxy."""
+    from hil.faultproxy import FaultProxy
+    from hil.targets import EmulatedTarget
+
+    board, ident = registered_board(root, server, name, batch, interval_ms=interval_ms)
     board.power_on()
     board.wait_for(r"published seq=1\b", timeout=180)
     stored = json.loads((board.fs / "data" / "onboard.json").read_text())["broker"]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from hil import scenarios
 from hil.emulated import EmulatedBoard
 from hil.serverproc import ServerProcess
 
@@ -29,16 +30,8 @@ class Life:
         self.boards: list[EmulatedBoard] = []
 
     def board(self, name: str) -> tuple[EmulatedBoard, str]:
-        b = EmulatedBoard(self.root, name)
+        b, ident = scenarios.registered_board(self.root, self.server, name, "life")
         self.boards.append(b)
-        b.flash(
-            {"server": self.server.api_url, "root_ca": "ca.der", "telemetry_interval_ms": 300},
-            self.server.root_der(),
-        )
-        ident = b.enrol()
-        csv = self.root / f"{name}.csv"
-        csv.write_text(f"{ident['device_id']},{ident['public_key']}\n")
-        self.server.cli("batch", "import", "life", str(csv))
         return b, ident["device_id"]
 
     def device(self, device_id: str) -> dict[str, Any]:

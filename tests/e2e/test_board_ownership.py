@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hil import scenarios
 from hil.emulated import EmulatedBoard
 from hil.serverproc import ServerProcess
 
@@ -24,16 +25,10 @@ class Owners:
         self.boards: list[EmulatedBoard] = []
 
     def board(self, name: str) -> tuple[EmulatedBoard, str]:
-        b = EmulatedBoard(self.root, name)
-        self.boards.append(b)
-        b.flash(
-            {"server": self.server.api_url, "root_ca": "ca.der", "telemetry_interval_ms": 300},
-            self.server.root_der(),
+        b, ident = scenarios.registered_board(
+            self.root, self.server, name, "old-line", tenant="oldco"
         )
-        ident = b.enrol()
-        csv = self.root / f"{name}.csv"
-        csv.write_text(f"{ident['device_id']},{ident['public_key']}\n")
-        self.server.cli("batch", "import", "old-line", "--tenant", "oldco", str(csv))
+        self.boards.append(b)
         b.power_on()
         b.wait_for(r"published seq=2\b", timeout=120)
         return b, ident["device_id"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hil import scenarios
 from hil.emulated import EmulatedBoard
 from hil.serverproc import ServerProcess
 from hil.targets import EmulatedTarget, mpremote_exe
@@ -25,16 +26,8 @@ class Rig:
         self.made: list[EmulatedBoard] = []
 
     def board(self, name: str) -> tuple[EmulatedBoard, dict[str, str]]:
-        b = EmulatedBoard(self.root, name)
+        b, ident = scenarios.registered_board(self.root, self.server, name, "rig")
         self.made.append(b)
-        b.flash(
-            {"server": self.server.api_url, "root_ca": "ca.der", "telemetry_interval_ms": 300},
-            self.server.root_der(),
-        )
-        ident = b.enrol()
-        csv = self.root / f"{name}.csv"
-        csv.write_text(f"{ident['device_id']},{ident['public_key']}\n")
-        self.server.cli("batch", "import", "rig", str(csv))
         return b, ident
 
     def rows(self, device_id: str) -> list[tuple[object, ...]]:
