@@ -19,6 +19,7 @@ stdout, messages on stderr, the same exit codes.
 
 # No `from __future__ import annotations`: typer reads every command's signature when it builds
 # the command tree, and string annotations cost it an eval each (~20 ms on every call).
+import contextlib
 import functools
 import json
 import os
@@ -33,8 +34,9 @@ from host.server import ServerError
 from host.server.settings import ENV_DATA_DIR, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from rich.console import Console
-    from rich.progress import Progress
 
     from host.server.application import Application
     from host.server.store import Actor
@@ -250,11 +252,13 @@ def _err(*text: Any, **kw: Any) -> None:
     _console(True).print(*text, **kw)
 
 
-def _progress_bar(label: str, enabled: bool) -> "Progress":
-    """A bar on stderr for a step over many rows, gone once the step ends."""
+@contextlib.contextmanager
+def _progress_bar(label: str, enabled: bool) -> "Iterator[Callable[[int, int], None]]":
+    """A bar on stderr for a step over many rows, gone once the step ends; yields the
+    `progress(done, total)` callback the use cases take."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    return Progress(
+    bar = Progress(
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
@@ -262,6 +266,9 @@ def _progress_bar(label: str, enabled: bool) -> "Progress":
         transient=True,
         disable=not enabled,
     )
+    with bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _plain(obj: Any) -> Any:
@@ -499,17 +506,10 @@ def batch_import(
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise CliError(f"cannot read {file}: {why}; check the path") from e
     service = _app(data_dir)
-    bar = _progress_bar("checking", progress)
     try:
-        with bar:
-            task = bar.add_task("import", total=None)
+        with _progress_bar("checking", progress) as step:
             count = service.import_devices(
-                name,
-                text,
-                tenant=tenant,
-                fmt=fmt,
-                actor=_actor(),
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                name, text, tenant=tenant, fmt=fmt, actor=_actor(), progress=step
             )
     except ImportRejected as e:
         for row in e.errors:
@@ -600,16 +600,9 @@ def batch_revoke(
     from host.server.policy import PolicyError
 
     service = _app(data_dir)
-    bar = _progress_bar("revoking", progress)
     try:
-        with bar:
-            task = bar.add_task("revoke", total=None)
-            result = service.revoke_batch(
-                name,
-                tenant=tenant,
-                actor=_actor(),
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        with _progress_bar("revoking", progress) as step:
+            result = service.revoke_batch(name, tenant=tenant, actor=_actor(), progress=step)
     except PolicyError as e:
         raise CliError(f"the broker refused the change ({e}); nothing changed, retry") from e
     finally:
@@ -655,16 +648,8 @@ def batch_policy(
         if to is None:
             out = service.move_status(name, tenant)
         else:
-            bar = _progress_bar("moving", progress)
-            with bar:
-                task = bar.add_task("move", total=None)
-                out = service.move_batch(
-                    name,
-                    to,
-                    tenant=tenant,
-                    actor=_actor(),
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
+            with _progress_bar("moving", progress) as step:
+                out = service.move_batch(name, to, tenant=tenant, actor=_actor(), progress=step)
     except PolicyError as e:
         raise CliError(f"{e}; nothing changed, retry") from e
     finally:

@@ -68,6 +68,18 @@ def _bad(detail: str) -> OnboardingRefused:
     return OnboardingRefused(400, "bad_request", detail)
 
 
+def signature_holds(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """ECDSA P-256 / SHA-256 by a device: `signature` is r || s (32 bytes each, big-endian,
+    as the firmware writes it), `public_key` the registered uncompressed point."""
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 def proof_message(challenge: bytes, device_id: str, host: str) -> bytes:
     """What the device signs (SHA-256 of it, ECDSA P-256), per docs/protocol.md."""
     return DOMAIN_LABEL + challenge + device_id.encode("ascii") + b"\x00" + host.encode("ascii")
@@ -300,20 +312,14 @@ class Onboarding:
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
         dev = self._eligible(device_id, known)
-        registered = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), dev.public_key)
-
-        sig = bytes.fromhex(sig_hex)
-        r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
         message = proof_message(ch.challenge, device_id, self.settings.public_host)
-        try:
-            registered.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError):
+        if not signature_holds(dev.public_key, message, bytes.fromhex(sig_hex)):
             raise OnboardingRefused(
                 403,
                 "bad_signature",
                 "the signature does not verify over the challenge, device ID and server host "
                 f"name {self.settings.public_host!r} with the registered key",
-            ) from None
+            )
 
         try:
             csr = x509.load_der_x509_csr(csr_der)

@@ -21,14 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from host.server.deviceid import BadDeviceId, device_id_of, parse_device_id
 from host.server.identities import public_key_error
-from host.server.onboarding import OnboardingRefused, _hex_field, _only
+from host.server.onboarding import OnboardingRefused, _hex_field, _only, signature_holds
 from host.server.policy import Policies, PolicyError
 from host.server.ratelimit import RateLimiter
 from host.server.schemas import STATE_ONBOARDED, DeviceRecord
@@ -150,17 +145,13 @@ class SuccessorService:
         return device_id, answer
 
     def _verify(self, dev: DeviceRecord, message: bytes, signature: bytes) -> None:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), dev.public_key)
-        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        try:
-            key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError):
+        if not signature_holds(dev.public_key, message, signature):
             raise OnboardingRefused(
                 403,
                 "bad_signature",
                 "the signature does not verify over the reason, device ID, next public key and "
                 "seq with the registered key",
-            ) from None
+            )
 
     def _cut_off(self, dev: DeviceRecord) -> None:
         """The broker's deny and the CRL, after the store recorded the revocation."""

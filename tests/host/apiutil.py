@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 import httpx
@@ -13,6 +13,9 @@ from anyio.from_thread import BlockingPortal
 from host.server.app import create_app
 from host.server.policy import PolicyDriver
 from host.server.settings import Settings
+
+if TYPE_CHECKING:
+    from host.server.application import Application
 
 CLIENT = ("203.0.113.7", 5555)  # the address the audit log records for these requests
 
@@ -34,3 +37,42 @@ def in_process(
             yield portal, client
         finally:
             portal.call(client.aclose)
+
+
+class OperatorApi:
+    """The operator API in-process with a token per "tenant-role" in `roles` (tenants made as
+    needed), and the test's own view of the application."""
+
+    def __init__(
+        self,
+        portal: BlockingPortal,
+        client: httpx.AsyncClient,
+        app: Application,
+        roles: Iterable[tuple[str, str]],
+    ) -> None:
+        self.portal, self.client, self.app = portal, client, app
+        self.tokens: dict[str, str] = {}
+        for tenant, role in roles:
+            if not app.store.tenants.exists(tenant):
+                app.create_tenant(tenant)
+            self.tokens[f"{tenant}-{role}"] = app.create_token(f"{role}1", tenant, role)[0]
+
+    def request(self, method: str, path: str, token: str, body: Any = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[token]}"}
+        return self.portal.call(
+            lambda: self.client.request(method, path, headers=headers, json=body)
+        )
+
+
+@contextmanager
+def operator_api(settings: Settings, roles: Iterable[tuple[str, str]]) -> Iterator[OperatorApi]:
+    """`OperatorApi` over a server with a recording policy driver, until the block ends."""
+    from host.server.application import Application
+    from host.server.policy import MemoryPolicy
+
+    with in_process(settings, MemoryPolicy()) as (portal, client):
+        api = OperatorApi(portal, client, Application.for_operator(settings), roles)
+        try:
+            yield api
+        finally:
+            api.app.close()

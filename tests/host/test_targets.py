@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
-from apiutil import in_process
+from apiutil import OperatorApi as Api
+from apiutil import operator_api
 from cliutil import run_qlink
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -382,32 +382,18 @@ def test_moves_that_cannot_work_are_refused_and_change_nothing(cloud: Any) -> No
 
 
 # -- the operator API ----------------------------------------------------------------------------
-class Api:
-    def __init__(self, portal: Any, client: httpx.AsyncClient, app: Application) -> None:
-        self.portal, self.client, self.app = portal, client, app
-        self.tokens = {}
-        for tenant, role in (("default", "admin"), ("acme", "admin"), ("acme", "operator")):
-            if not app.store.tenants.exists(tenant):
-                app.create_tenant(tenant)
-            self.tokens[f"{tenant}-{role}"] = app.create_token(f"{role}1", tenant, role)[0]
-
-    def call(self, method: str, path: str, token: str, body: Any = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[token]}"}
-        return self.portal.call(
-            lambda: self.client.request(method, path, headers=headers, json=body)
-        )
-
-
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(data_dir=tmp_path, broker_port=18883)
-    with in_process(settings, MemoryPolicy()) as (portal, client):
-        a = Api(portal, client, Application.for_operator(settings))
+    with operator_api(
+        settings, (("default", "admin"), ("acme", "admin"), ("acme", "operator"))
+    ) as a:
         yield a
-        a.app.close()
 
 
-def test_the_platform_admin_adds_targets_and_an_operator_moves_a_batch_by_api(api: Api) -> None:
+def test_the_platform_admin_adds_targets_and_an_operator_moves_a_batch_by_api(
+    api: Api,
+) -> None:
     body = {
         "name": "aws-eu",
         "kind": "aws",
@@ -417,32 +403,32 @@ def test_the_platform_admin_adds_targets_and_an_operator_moves_a_batch_by_api(ap
     }
     before = tables(api.app.store)
     for token in ("acme-admin", "acme-operator"):
-        r = api.call("POST", "/v1/admin/targets", token, body)
+        r = api.request("POST", "/v1/admin/targets", token, body)
         assert (r.status_code, r.json()["error"]) == (403, "forbidden")
-    r = api.call("POST", "/v1/admin/targets", "default-admin", {**body, "port": 0})
+    r = api.request("POST", "/v1/admin/targets", "default-admin", {**body, "port": 0})
     assert (r.status_code, r.json()["error"]) == (400, "bad_request")
-    r = api.call("POST", "/v1/admin/targets", "default-admin", {**body, "ca_pem": "junk"})
+    r = api.request("POST", "/v1/admin/targets", "default-admin", {**body, "ca_pem": "junk"})
     assert (r.status_code, r.json()["detail"]) == (
         400,
         "the CA must be one X.509 certificate, PEM or DER",
     )
     assert tables(api.app.store) == before
-    r = api.call("POST", "/v1/admin/targets", "default-admin", body)
+    r = api.request("POST", "/v1/admin/targets", "default-admin", body)
     assert r.status_code == 201, r.text
-    r = api.call("POST", "/v1/admin/targets", "default-admin", body)
+    r = api.request("POST", "/v1/admin/targets", "default-admin", body)
     assert (r.status_code, r.json()["error"]) == (409, "conflict")
-    r = api.call("GET", "/v1/admin/targets", "acme-operator")
+    r = api.request("GET", "/v1/admin/targets", "acme-operator")
     assert [t["name"] for t in r.json()] == ["aws-eu", "managed"]
 
-    r = api.call("POST", "/v1/admin/batches", "acme-operator", {"name": "f1"})
+    r = api.request("POST", "/v1/admin/batches", "acme-operator", {"name": "f1"})
     assert r.json()["target"] == "managed"
-    r = api.call("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "nowhere"})
+    r = api.request("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "nowhere"})
     assert (r.status_code, r.json()["error"]) == (404, "not_found")
-    r = api.call("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "aws-eu"})
+    r = api.request("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "aws-eu"})
     assert r.status_code == 503  # no AWS IoT driver on this server: nothing changed
     assert "target aws-eu is AWS IoT and this server has no AWS IoT account" in r.json()["detail"]
     assert api.app.batch("f1").target == "managed"
-    r = api.call("GET", "/v1/admin/batches/f1/policy", "acme-operator")
+    r = api.request("GET", "/v1/admin/batches/f1/policy", "acme-operator")
     assert (r.status_code, r.json()["target"], r.json()["devices"]) == (200, "managed", 0)
-    r = api.call("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "managed"})
+    r = api.request("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "managed"})
     assert (r.status_code, r.json()["target"]) == (200, "managed")  # there already: nothing to do

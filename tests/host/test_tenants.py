@@ -8,14 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from apiutil import CLIENT, in_process
+from apiutil import CLIENT, operator_api
+from apiutil import OperatorApi as Api
 from cliutil import run_qlink
 
 from hil.simdevice import SimDevice
-from host.server.application import Application
-from host.server.policy import MemoryPolicy
 from host.server.settings import Settings
 from host.server.store import Conflict, Invalid, NotFound, Store
 
@@ -190,44 +188,23 @@ def test_tenant_list_refuses_a_directory_without_qlink_data(qlink, tmp_path: Pat
 
 
 # -- operator API -------------------------------------------------------------------------------
-class Api:
-    """The operator API in-process, with a token per (tenant, role) it names."""
-
-    def __init__(self, portal: Any, client: httpx.AsyncClient, app: Application) -> None:
-        self.portal, self.client, self.app = portal, client, app
-        self.tokens: dict[str, str] = {}
-        for tenant, role in (
-            ("default", "admin"),
-            ("default", "operator"),
-            ("acme", "admin"),
-            ("acme", "viewer"),
-        ):
-            if not app.store.tenants.exists(tenant):
-                app.create_tenant(tenant)
-            self.tokens[f"{tenant}-{role}"] = app.create_token(f"{role}1", tenant, role)[0]
-
-    def call(self, method: str, token: str, body: Any = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[token]}"}
-        return self.portal.call(
-            lambda: self.client.request(method, "/v1/admin/tenants", headers=headers, json=body)
-        )
+TENANTS = "/v1/admin/tenants"
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(data_dir=tmp_path, broker_port=18883)
-    with in_process(settings, MemoryPolicy()) as (portal, client):
-        a = Api(portal, client, Application.for_operator(settings))
+    roles = (("default", "admin"), ("default", "operator"), ("acme", "admin"), ("acme", "viewer"))
+    with operator_api(settings, roles) as a:
         yield a
-        a.app.close()
 
 
 def test_the_platform_admin_creates_and_lists_tenants_by_api(api: Api) -> None:
-    r = api.call("POST", "default-admin", {"name": "globex"})
+    r = api.request("POST", TENANTS, "default-admin", {"name": "globex"})
     assert r.status_code == 201, r.text
     body = r.json()
     assert (body["name"], body["batches"], body["devices"]) == ("globex", 0, 0)
-    r = api.call("GET", "default-admin")
+    r = api.request("GET", TENANTS, "default-admin")
     assert r.status_code == 200
     assert [t["name"] for t in r.json()] == ["acme", "default", "globex"]
     [event] = api.app.audit(action="tenant.create", target="tenant:globex")
@@ -239,7 +216,7 @@ def test_the_platform_admin_creates_and_lists_tenants_by_api(api: Api) -> None:
 def test_a_tenant_that_exists_is_409_by_api_and_nothing_changes(api: Api) -> None:
     before = _tables(api.app.store)
     for name in ("acme", "default"):
-        r = api.call("POST", "default-admin", {"name": name})
+        r = api.request("POST", TENANTS, "default-admin", {"name": name})
         assert (r.status_code, r.json()["error"]) == (409, "conflict")
         assert f"tenant '{name}' already exists" in r.json()["detail"]
     assert _tables(api.app.store) == before
@@ -248,7 +225,7 @@ def test_a_tenant_that_exists_is_409_by_api_and_nothing_changes(api: Api) -> Non
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
 def test_a_bad_tenant_name_is_400_by_api_and_nothing_is_stored(api: Api, name: str) -> None:
     before = _tables(api.app.store)
-    r = api.call("POST", "default-admin", {"name": name})
+    r = api.request("POST", TENANTS, "default-admin", {"name": name})
     assert (r.status_code, r.json()["error"]) == (400, "bad_request")
     assert r.json()["detail"].startswith("name: tenant must be 1 to 64 characters")
     assert _tables(api.app.store) == before
@@ -257,7 +234,7 @@ def test_a_bad_tenant_name_is_400_by_api_and_nothing_is_stored(api: Api, name: s
 @pytest.mark.parametrize("token", ["acme-admin", "acme-viewer", "default-operator"])
 def test_only_an_admin_of_the_default_tenant_may_create_a_tenant(api: Api, token: str) -> None:
     before = _tables(api.app.store)
-    r = api.call("POST", token, {"name": "initech"})
+    r = api.request("POST", TENANTS, token, {"name": "initech"})
     assert (r.status_code, r.json()["error"]) == (403, "forbidden")
     tenant, role = token.split("-")
     assert r.json()["detail"] == (
@@ -276,7 +253,7 @@ def test_a_tenant_scoped_token_lists_only_its_own_tenant(
 ) -> None:
     api.app.create_tenant("globex")
     api.app.create_batch("f1", "acme")
-    r = api.call("GET", token)
+    r = api.request("GET", TENANTS, token)
     assert r.status_code == 200
     assert [t["name"] for t in r.json()] == seen
     assert r.json()[0]["batches"] == (1 if seen == ["acme"] else 0)
