@@ -9,8 +9,8 @@
 # hammer the service. A renewal that fails while the certificate is still valid is no session
 # failure: the device keeps its certificate and tries again after a bounded back-off.
 # Always loaded: main, log, errors, store, tlslink, mqtt, telemetry, version, clock, qdid.entropy
-# with the DRBG, and qdid.p256 and qdid.der (the identity loads them for its key at boot and the
-# TLS key of every session; store reads certificate validity with der): 61 KiB of heap once
+# with the DRBG, qdid.p256 and qdid.der (the identity loads them for its key at boot and the TLS
+# key of every session), qdid.x509 (store reads certificate validity with it): 61 KiB of heap once
 # imported on the Unix port (x86-64). Loaded for a step and dropped after: config (boot), https
 # and onboard (onboarding and renewal), renew (1 KiB, a renewal), command (3 KiB, while received
 # commands are checked), successor and qdid.owner (a transfer or re-enrolment: recorded by its

@@ -80,17 +80,17 @@ def signer_key(cert, root_der):
     # signed (ECDSA P-256 / SHA-256) by the root the device pins, carry the command-signing
     # extended key usage and no other (so no TLS or CA key can sign a command), and hold a P-256
     # key (docs/protocol.md "Command channel").
-    from qdid import der, p256
+    from qdid import p256, x509
 
     try:
-        root = der.cert_public_key(root_der)
-    except der.DerError:
+        root = x509.cert_public_key(root_der)
+    except x509.DerError:
         return None, "the pinned root has no P-256 key to check the command signer with"
     try:
-        start, end, sig = der.cert_signature(cert)
-        key = der.cert_public_key(cert)
-        usage = der.cert_ext_key_usage(cert)
-    except der.DerError:
+        start, end, sig = x509.cert_signature(cert)
+        key = x509.cert_public_key(cert)
+        usage = x509.cert_ext_key_usage(cert)
+    except x509.DerError:
         return None, "command signer certificate unreadable, not ECDSA/SHA-256 or not P-256"
     if not p256.verify_digest(root, hashlib.sha256(cert[start:end]).digest(), sig):
         return None, "command signer is not signed by the pinned root"

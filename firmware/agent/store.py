@@ -17,7 +17,8 @@ import hashlib
 import binascii
 from agent.log import log
 from qdid import files
-from qdid.der import cert_validity, DerError
+from qdid.der import DerError
+from qdid.x509 import cert_validity
 
 _CERT = "cert.der"
 _META = "onboard.json"

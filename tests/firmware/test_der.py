@@ -8,7 +8,7 @@
 from binascii import unhexlify
 import hashlib
 from qdid import QdidError
-from qdid import der
+from qdid import der, x509
 
 _D = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
 _PUB = unhexlify(
@@ -83,7 +83,7 @@ def test_sig_to_der_minimal_integers():
     sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     want = b"\x30\x26\x02\x21\x00" + r.to_bytes(32, "big") + b"\x02\x01\x7f"
     assert der.sig_to_der(sig) == want
-    assert der.sig_from_der(want) == sig
+    assert x509.sig_from_der(want) == sig
     sig = (1).to_bytes(32, "big") + (0x0100).to_bytes(32, "big")
     assert der.sig_to_der(sig) == b"\x30\x07\x02\x01\x01\x02\x02\x01\x00"
     _raises_der(der.sig_to_der, sig[:63])
@@ -92,7 +92,7 @@ def test_sig_to_der_minimal_integers():
 
 def test_sig_from_der_rejects_non_der_signatures():
     good = b"\x30\x06\x02\x01\x01\x02\x01\x02"
-    assert der.sig_from_der(good) == (1).to_bytes(32, "big") + (2).to_bytes(32, "big")
+    assert x509.sig_from_der(good) == (1).to_bytes(32, "big") + (2).to_bytes(32, "big")
     for bad in (
         b"",
         good[:-1],  # truncated
@@ -108,7 +108,7 @@ def test_sig_from_der_rejects_non_der_signatures():
         b"\x31\x06\x02\x01\x01\x02\x01\x02",  # SET, not SEQUENCE
         b"\x30\x26\x02\x21\x01" + b"\x00" * 32 + b"\x02\x01\x01",  # r >= 2^256
     ):
-        _raises_der(der.sig_from_der, bad)
+        _raises_der(x509.sig_from_der, bad)
 
 
 def test_ec_private_key_exact_bytes():
@@ -138,7 +138,7 @@ def test_csr_info_exact_bytes_and_signature_verifies():
     assert rest[: len(alg)] == alg
     bits = rest[len(alg) :]
     assert bits[0] == 0x03 and bits[1] == len(bits) - 2 and bits[2] == 0
-    sig = der.sig_from_der(bits[3:])
+    sig = x509.sig_from_der(bits[3:])
     from qdid import p256
 
     assert p256.verify_digest(_PUB, hashlib.sha256(info).digest(), sig)
@@ -166,23 +166,23 @@ def test_writers_reject_bad_keys():
 
 
 def test_cert_not_after_utctime_and_generalizedtime():
-    assert der.cert_not_after(_C1) == 1826971259  # 2027-11-23 12:00:59Z
-    assert der.cert_not_after(_C2) == 2561241598  # 2051-02-28 23:59:58Z
-    assert der.cert_not_after(_C3) == 2524607999  # 2049-12-31 23:59:59Z (UTCTime "49")
-    assert der.cert_not_after(bytearray(_C1)) == 1826971259
-    assert der.cert_not_after(memoryview(_C1)) == 1826971259
+    assert x509.cert_not_after(_C1) == 1826971259  # 2027-11-23 12:00:59Z
+    assert x509.cert_not_after(_C2) == 2561241598  # 2051-02-28 23:59:58Z
+    assert x509.cert_not_after(_C3) == 2524607999  # 2049-12-31 23:59:59Z (UTCTime "49")
+    assert x509.cert_not_after(bytearray(_C1)) == 1826971259
+    assert x509.cert_not_after(memoryview(_C1)) == 1826971259
 
 
 def test_cert_not_before_and_validity_read_both_times():
-    assert der.cert_not_before(_C1) == 1795435200  # 2026-11-23 12:00:00Z
-    assert der.cert_not_before(_C2) == 1767225600  # 2026-01-01 00:00:00Z
-    assert der.cert_not_before(_C3) == 946684799  # 1999-12-31 23:59:59Z
-    assert der.cert_validity(_C1) == (1795435200, 1826971259)
-    assert der.cert_validity(memoryview(_C2)) == (1767225600, 2561241598)
+    assert x509.cert_not_before(_C1) == 1795435200  # 2026-11-23 12:00:00Z
+    assert x509.cert_not_before(_C2) == 1767225600  # 2026-01-01 00:00:00Z
+    assert x509.cert_not_before(_C3) == 946684799  # 1999-12-31 23:59:59Z
+    assert x509.cert_validity(_C1) == (1795435200, 1826971259)
+    assert x509.cert_validity(memoryview(_C2)) == (1767225600, 2561241598)
     # A malformed notBefore fails both readers: Validity is read as one element.
     bad = _with(_C1, b"261123120000Z", b"261323120000Z")
-    _raises_der(der.cert_not_before, bad)
-    _raises_der(der.cert_not_after, bad)
+    _raises_der(x509.cert_not_before, bad)
+    _raises_der(x509.cert_not_after, bad)
 
 
 # Encoded OIDs (tag, length, value) as pyca/cryptography wrote them into tests/firmware/certs.py.
@@ -195,27 +195,27 @@ _EKU_SERVER = b"\x06\x08\x2b\x06\x01\x05\x05\x07\x03\x01"  # 1.3.6.1.5.5.7.3.1 s
 def test_cert_ext_key_usage_lists_the_key_purposes_rfc5280_4_2_1_12():
     import certs
 
-    assert der.cert_ext_key_usage(certs.SIGNER) == [_EKU_QLINK]
-    assert der.cert_ext_key_usage(certs.SIGNER_EXTRA) == [_EKU_QLINK, _EKU_SERVER]
-    assert der.cert_ext_key_usage(certs.SIGNER_TLS) == [_EKU_SERVER]
-    assert der.cert_ext_key_usage(certs.SIGNER_NO_EKU) is None  # other extensions, no EKU
+    assert x509.cert_ext_key_usage(certs.SIGNER) == [_EKU_QLINK]
+    assert x509.cert_ext_key_usage(certs.SIGNER_EXTRA) == [_EKU_QLINK, _EKU_SERVER]
+    assert x509.cert_ext_key_usage(certs.SIGNER_TLS) == [_EKU_SERVER]
+    assert x509.cert_ext_key_usage(certs.SIGNER_NO_EKU) is None  # other extensions, no EKU
     for c in (_C1, _C2, _C3):
-        assert der.cert_ext_key_usage(c) is None  # no extensions at all
+        assert x509.cert_ext_key_usage(c) is None  # no extensions at all
 
 
 def test_cert_signature_gives_the_signed_bytes_and_r_s_rfc5280_4_1_1():
     import certs
     from qdid import p256
 
-    root = der.cert_public_key(certs.ROOT)
-    start, end, sig = der.cert_signature(certs.SIGNER)
+    root = x509.cert_public_key(certs.ROOT)
+    start, end, sig = x509.cert_signature(certs.SIGNER)
     assert certs.SIGNER[start] == 0x30 and end < len(certs.SIGNER) and len(sig) == 64
     digest = hashlib.sha256(certs.SIGNER[start:end]).digest()
     assert p256.verify_digest(root, digest, sig)
     # The root signs itself: its own signature verifies with its own key.
-    start, end, sig = der.cert_signature(certs.ROOT)
+    start, end, sig = x509.cert_signature(certs.ROOT)
     assert p256.verify_digest(root, hashlib.sha256(certs.ROOT[start:end]).digest(), sig)
-    start, end, sig = der.cert_signature(certs.SIGNER_FOREIGN)
+    start, end, sig = x509.cert_signature(certs.SIGNER_FOREIGN)
     assert not p256.verify_digest(
         root, hashlib.sha256(certs.SIGNER_FOREIGN[start:end]).digest(), sig
     )
@@ -224,18 +224,18 @@ def test_cert_signature_gives_the_signed_bytes_and_r_s_rfc5280_4_1_1():
 def test_cert_signature_reads_only_ecdsa_with_sha256():
     import certs
 
-    _raises_der(der.cert_signature, certs.SIGNER_SHA384)  # ecdsa-with-SHA384
-    _raises_der(der.cert_signature, certs.SIGNER + b"\x00")
-    _raises_der(der.cert_signature, certs.SIGNER[:-1])
-    _raises_der(der.cert_signature, None)
+    _raises_der(x509.cert_signature, certs.SIGNER_SHA384)  # ecdsa-with-SHA384
+    _raises_der(x509.cert_signature, certs.SIGNER + b"\x00")
+    _raises_der(x509.cert_signature, certs.SIGNER[:-1])
+    _raises_der(x509.cert_signature, None)
 
 
 def test_cert_subject_cn_and_public_key():
-    assert der.cert_subject_cn(_C1) == "3f9a" + "0" * 60
-    assert der.cert_subject_cn(_C2) == "d\u00e9vice \u2713"  # the last CN
-    _raises_der(der.cert_subject_cn, _C3)  # no CN
+    assert x509.cert_subject_cn(_C1) == "3f9a" + "0" * 60
+    assert x509.cert_subject_cn(_C2) == "d\u00e9vice \u2713"  # the last CN
+    _raises_der(x509.cert_subject_cn, _C3)  # no CN
     for c in (_C1, _C2, _C3):
-        assert der.cert_public_key(c) == _PUB
+        assert x509.cert_public_key(c) == _PUB
 
 
 def _with(cert, old, new):
@@ -260,12 +260,12 @@ def test_reader_rejects_malformed_certificates():
         "text",
     ):
         for fn in (
-            der.cert_not_after,
-            der.cert_not_before,
-            der.cert_subject_cn,
-            der.cert_public_key,
-            der.cert_signature,
-            der.cert_ext_key_usage,
+            x509.cert_not_after,
+            x509.cert_not_before,
+            x509.cert_subject_cn,
+            x509.cert_public_key,
+            x509.cert_signature,
+            x509.cert_ext_key_usage,
         ):
             _raises_der(fn, bad)
 
@@ -273,15 +273,15 @@ def test_reader_rejects_malformed_certificates():
 def test_utctime_century_boundary_and_leap_day():
     # RFC 5280 4.1.2.5.1: YY >= 50 is 19YY, YY < 50 is 20YY.
     c = _with(_C3, b"491231235959Z", b"500101000000Z")
-    assert der.cert_not_after(c) == -631152000  # 1950-01-01 00:00:00Z
+    assert x509.cert_not_after(c) == -631152000  # 1950-01-01 00:00:00Z
     c = _with(_C3, b"491231235959Z", b"000229123001Z")
-    assert der.cert_not_after(c) == 951827401  # 2000-02-29 12:30:01Z
+    assert x509.cert_not_after(c) == 951827401  # 2000-02-29 12:30:01Z
 
 
 def test_element_longer_than_its_container_is_rejected():
-    assert der._read(b"\x04\x02\x00\x00", 0, 4) == (4, 2, 4)
-    _raises_der(der._read, b"\x04\x02\x00\x00", 0, 3)  # one octet past the container
-    _raises_der(der._read, b"\x04\x81", 0, 2)  # length octet missing
+    assert x509._read(b"\x04\x02\x00\x00", 0, 4) == (4, 2, 4)
+    _raises_der(x509._read, b"\x04\x02\x00\x00", 0, 3)  # one octet past the container
+    _raises_der(x509._read, b"\x04\x81", 0, 2)  # length octet missing
 
 
 def test_reader_rejects_malformed_times():
@@ -295,9 +295,9 @@ def test_reader_rejects_malformed_times():
         (b"\x17\x0d271123", b"\x18\x0d271123"),  # GeneralizedTime of 13 characters
         (b"\x17\x0d271123", b"\x04\x0d271123"),  # not a time type
     ):
-        _raises_der(der.cert_not_after, _with(_C1, old, new))
+        _raises_der(x509.cert_not_after, _with(_C1, old, new))
     # the other fields are still readable
-    assert der.cert_subject_cn(_with(_C1, b"271123120059Z", b"271323120059Z")) == "3f9a" + "0" * 60
+    assert x509.cert_subject_cn(_with(_C1, b"271123120059Z", b"271323120059Z")) == "3f9a" + "0" * 60
 
 
 def test_reader_never_fails_otherwise_on_mutated_certificates():
@@ -309,7 +309,7 @@ def test_reader_never_fails_otherwise_on_mutated_certificates():
             orig = buf[i]
             for x in (0x01, 0x80, 0xFF):
                 buf[i] = orig ^ x
-                for fn in (der.cert_not_after, der.cert_subject_cn, der.cert_public_key):
+                for fn in (x509.cert_not_after, x509.cert_subject_cn, x509.cert_public_key):
                     try:
                         fn(buf)
                     except der.DerError:
@@ -329,7 +329,7 @@ def test_extension_and_signature_readers_never_fail_otherwise_on_mutated_certifi
         orig = buf[i]
         for x in (0x01, 0x80, 0xFF):
             buf[i] = orig ^ x
-            for fn in (der.cert_ext_key_usage, der.cert_signature, der.cert_validity):
+            for fn in (x509.cert_ext_key_usage, x509.cert_signature, x509.cert_validity):
                 try:
                     fn(buf)
                 except der.DerError:

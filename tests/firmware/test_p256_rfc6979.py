@@ -5,7 +5,7 @@ import os
 import hashlib
 from binascii import unhexlify
 from qdid import p256
-from qdid import der
+from qdid import der, x509
 
 _VEC = os.getenv("QLINK_VECTORS") + "/asymmetric/"
 
@@ -39,7 +39,7 @@ def test_rfc6979_p256_sha256_vectors():
             signs += 1
         elif rec.get("DigestVerify") == "SHA256":
             digest = hashlib.sha256(rec["Input"].strip('"').encode()).digest()
-            sig = der.sig_from_der(unhexlify(rec["Output"]))
+            sig = x509.sig_from_der(unhexlify(rec["Output"]))
             want = rec.get("Result") != "VERIFY_ERROR"
             assert p256.verify_digest(pub, digest, sig) is want, rec["Output"]
             verifies += 1

@@ -198,10 +198,10 @@ def test_device_reads_validity_subject_and_key_of_the_issued_certificate(
     der_bytes = issued.cert.public_bytes(serialization.Encoding.DER)
     (tmp_path / "cert.der").write_bytes(der_bytes)
     code = (
-        "import json\nfrom binascii import hexlify\nfrom qdid import der\n"
+        "import json\nfrom binascii import hexlify\nfrom qdid import x509\n"
         "c = open('cert.der', 'rb').read()\n"
-        "print(json.dumps([der.cert_not_after(c), der.cert_subject_cn(c),"
-        " hexlify(der.cert_public_key(c)).decode()]))\n"
+        "print(json.dumps([x509.cert_not_after(c), x509.cert_subject_cn(c),"
+        " hexlify(x509.cert_public_key(c)).decode()]))\n"
     )
     not_after, cn, pub = json.loads(run_device(code, tmp_path).strip().splitlines()[-1])
     assert not_after == int(issued.cert.not_valid_after_utc.timestamp())
