@@ -65,6 +65,9 @@ class EmulatedBoard:
         self.console_path = self.root / "console.log"
         self.rtc_path = self.root / "rtc"
         self.heap = heap
+        # Extra environment for the next power-ons and scripts (e.g. the cut hook's
+        # QLINK_CUT_AT / QLINK_CUT_FLAG / QLINK_FILE_OPS, docs/ota.md).
+        self.env: dict[str, str] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.die_path.exists():
             die = {"seed": (die_seed or secrets.token_bytes(16)).hex()}
@@ -123,6 +126,7 @@ class EmulatedBoard:
         env["QLINK_DIE"] = str(self.die_path)
         # Like a board: modules come from its own filesystem only.
         env["MICROPYPATH"] = str(self.fs)
+        env.update(self.env)
         return env
 
     def run_script(self, code: str, timeout: float = 60.0) -> str:
@@ -172,6 +176,7 @@ class EmulatedBoard:
         env = self._env()
         if cause != ptyrelay.POWER_ON:
             env["QLINK_WARM_BOOT"] = "1"  # a reset keeps the SRAM powered
+        env["QLINK_RELAY"] = "1"  # board.reset() signals the relay (ptyrelay.RESET_SIGNAL)
         return subprocess.Popen(
             [unixport.micropython(), "-X", f"heapsize={self.heap}", "-i", "-c", code],
             cwd=self.fs,

@@ -53,6 +53,9 @@ HARD_RESET = "hard_reset"  # warm (SRAM kept powered): boot.py, main.py, then th
 INTERRUPTED = "interrupted"
 # Exit status of the process that means "reset me" (boards/unix/board.py Board.reset).
 EXIT_RESET = 3
+# board.reset() under the relay (boards/unix/board.py): `micropython -i` turns a SystemExit from
+# its startup code into the REPL, so the HAL ends the process with this signal instead.
+RESET_SIGNAL = signal.SIGUSR1
 
 Spawner = Callable[[int, str], "subprocess.Popen[bytes]"]
 
@@ -240,7 +243,7 @@ class PtyRelay:
             if self._interrupted:
                 self._start(INTERRUPTED)
                 return
-            if status == EXIT_RESET:
+            if status in (EXIT_RESET, -RESET_SIGNAL):
                 # A hard reset (board.reset(), or the rig's machine.reset() stand-in): the board
                 # runs boot.py and main.py again, and any raw REPL session is gone with it.
                 self._raw = False

@@ -300,7 +300,7 @@ DataDir = Annotated[
         show_default=True,
     ),
 ]
-_DEFAULT_DIR = Path("qlink-data")
+_DEFAULT_DIR: Path = Path("qlink-data")  # typed: host/otacli.py imports it in a cycle
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 Tenant = Annotated[
     str | None,
@@ -1396,6 +1396,12 @@ def ca_azure_dps_group(
         )
         return
     _err(f"enrollment group {group_id} written to {out_file}")
+
+
+# `qlink ota` (host/otacli.py) uses the helpers above, so it is added last.
+from host.otacli import ota_app  # noqa: E402
+
+app.add_typer(ota_app, name="ota")
 
 
 def main() -> None:

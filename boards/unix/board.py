@@ -71,7 +71,12 @@ class Board:
         return os.getenv("QLINK_WARM_BOOT") != "1"
 
     def reset(self) -> None:
-        # The rig restarts the process: that is the reset.
+        # The rig restarts the process: that is the reset. Under the rig's pty relay the process
+        # runs `micropython -i`, where a SystemExit from the startup code only drops into the
+        # REPL; so there it ends by SIGUSR1, which the relay reads as a reset
+        # (hil.ptyrelay.RESET_SIGNAL). Elsewhere the exit status says it.
+        if os.getenv("QLINK_RELAY") == "1":
+            os.system("kill -USR1 $PPID")  # the shell's parent is this process
         raise SystemExit(_EXIT_RESET)
 
     def led(self, on: bool) -> None:
@@ -98,6 +103,34 @@ def _exists(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+# Power-cut hook for the rig (docs/ota.md, "The emulated board's cut hook"): boot.py and the OTA
+# code call file_op(tag) before each file write, rename or removal. QLINK_CUT_AT=N makes the N-th
+# call of this process a power cut (SIGKILL: nothing flushed, closed or printed after it) unless
+# the file named by QLINK_CUT_FLAG exists; the flag is created first, so each cut happens once.
+# QLINK_FILE_OPS names a file that gets one "N tag" line per call, so a rig can count the
+# operations of a phase. The count lives in the process's environment: boot.py drops this module
+# and main.py imports it again, and the count must go on. Real boards have no file_op.
+_CUT_AT = int(os.getenv("QLINK_CUT_AT") or 0)
+_CUT_FLAG = os.getenv("QLINK_CUT_FLAG") or ""
+_FILE_OPS = os.getenv("QLINK_FILE_OPS") or ""
+_OPS_VAR = "QLINK_FILE_OP_COUNT"
+
+
+def file_op(tag: str) -> None:
+    if not (_CUT_AT or _FILE_OPS):
+        return
+    n = int(os.getenv(_OPS_VAR) or 0) + 1
+    os.putenv(_OPS_VAR, str(n))
+    if _FILE_OPS:
+        with open(_FILE_OPS, "a") as f:
+            f.write("%d %s\n" % (n, tag))
+    if n == _CUT_AT and not (_CUT_FLAG and _exists(_CUT_FLAG)):
+        if _CUT_FLAG:
+            open(_CUT_FLAG, "w").close()
+        # The Unix port has no os.kill: the shell's parent is this process.
+        os.system("kill -9 $PPID")
 
 
 def _rtc_file() -> str:

@@ -9,7 +9,8 @@
 # Kinds: ping (done at once), renew (main.py closes the session and renews), transfer and
 # reenrol (agent.successor records the step; a transfer makes main.py close the session and run
 # it), decommission (agent.decommission erases and stops the agent), broker (agent.relocate keeps
-# the broker settings; main.py closes the session and moves); others fail with unknown_kind.
+# the broker settings; main.py closes the session and moves), ota (agent.ota writes the job;
+# main.py closes the session and runs the update step); others fail with unknown_kind.
 # Loaded when a command arrives and dropped after (main.py), with the kinds' modules.
 import json
 import hashlib
@@ -131,6 +132,12 @@ def run_all(st, signer, device_id, data_dir, now):
             from agent import relocate
 
             relocate.accept(st, seq, device_id, data_dir)
+        elif kind == "ota":
+            # The job is written (agent.ota, docs/ota.md step 1); main.py leaves the session and
+            # runs the step where sessions start.
+            from agent import ota
+
+            ota.accept(st, seq, args)
         elif kind == "decommission":
             from agent import decommission
 

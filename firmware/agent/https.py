@@ -1,4 +1,5 @@
-# A small HTTPS/1.1 client for the onboarding API: JSON POST, one request per connection.
+# A small HTTPS/1.1 client for the onboarding API (JSON POST) and OTA (a JSON GET, a ranged GET
+# streamed to a file), one request per connection.
 # micropython-lib's `requests` does not verify certificates; this one only ever runs over
 # agent.tlslink (pinned root, CERT_REQUIRED, host name checked) and has no plaintext path.
 # Message syntax: RFC 9112 (HTTP/1.1), sections cited below. Malformed answers become
@@ -29,6 +30,19 @@ def request_bytes(host, port, path, body):
         "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: qlink/%s\r\n"
         "Content-Type: application/json\r\nAccept: application/json\r\n"
         "Content-Length: %d\r\nConnection: close\r\n\r\n" % (path, hp, VERSION, len(body))
+    )
+    return head.encode()
+
+
+def get_bytes(host, port, path, offset=-1):
+    # A GET without a body (RFC 9110 9.3.1); offset >= 0 asks for the representation from that
+    # byte on (RFC 9110 14.2, "Range: bytes=N-"), offset < 0 for all of it (a JSON answer).
+    hp = host if port == 443 else "%s:%d" % (host, port)
+    rng = "Range: bytes=%d-\r\n" % offset if offset >= 0 else ""
+    head = (
+        "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: qlink/%s\r\n"
+        "Accept: application/json, application/octet-stream\r\n%sConnection: close\r\n\r\n"
+        % (path, hp, VERSION, rng)
     )
     return head.encode()
 
@@ -87,6 +101,21 @@ class _Reader:
             self.pos += k
             got += k
 
+    def readsome(self, buf, mv, n):
+        # Up to n (<= len(buf)) body bytes into buf: what the header reads left buffered first,
+        # then straight from the socket into the caller's buffer (no second copy). Returns the
+        # count, 0 at the end of the stream. A full-size read passes buf itself; only a partial
+        # one slices (one small memoryview object).
+        if self.pos < self.end:
+            k = min(n, self.end - self.pos)
+            mv[:k] = self.buf[self.pos : self.pos + k]
+            self.pos += k
+            return k
+        try:
+            return self.sock.readinto(buf if n == len(buf) else mv[:n])
+        except OSError as e:
+            raise LinkError("http: read failed: %s" % tlslink.reason(e))
+
     def read_to_eof(self, limit):
         out = bytearray()
         while True:
@@ -126,15 +155,15 @@ def _digits(v, base):
     return n
 
 
-def read_response(sock, limit=_LIMIT):
-    # Returns (status, body bytes) of one response, reading at most `limit` body bytes; sets
-    # the module's `retry_after`.
+def _head(r):
+    # Status line and header fields of one response (RFC 9112 4, 5): -> (status, Content-Length
+    # or -1, chunked, Content-Range value or None); sets the module's `retry_after`.
     global retry_after
     retry_after = 0
-    r = _Reader(sock)
     status = _status(r.readline())
     length = -1
     chunked = False
+    crange = None
     count = 0
     while True:
         line = r.readline()
@@ -154,6 +183,8 @@ def read_response(sock, limit=_LIMIT):
             if length >= 0 and n != length:
                 raise LinkError("http: conflicting Content-Length")
             length = n
+        elif name == b"content-range":
+            crange = value
         elif name == b"retry-after":
             # The HTTP-date form is not read (the delay form is what qlink sends).
             if value and len(value) <= 10 and value.isdigit():
@@ -164,6 +195,14 @@ def read_response(sock, limit=_LIMIT):
             if value.lower() != b"chunked":
                 raise LinkError("http: unsupported Transfer-Encoding")
             chunked = True
+    return status, length, chunked, crange
+
+
+def read_response(sock, limit=_LIMIT):
+    # Returns (status, body bytes) of one response, reading at most `limit` body bytes; sets
+    # the module's `retry_after`.
+    r = _Reader(sock)
+    status, length, chunked, _ = _head(r)
     if status == 204 or status == 304:
         return status, b""
     if chunked:
@@ -224,6 +263,54 @@ def exchange(sock, host, port, path, obj, limit=_LIMIT):
         raise LinkError("http: body is not JSON (status %d)" % status)
 
 
+def _range_start(crange, length):
+    # Content-Range: bytes first-last/complete (RFC 9110 14.4): -> first; the last position must
+    # close the body Content-Length announces. Anything else is a framing we cannot trust.
+    if crange is None or not crange.startswith(b"bytes ") or length < 0:
+        raise LinkError("http: bad Content-Range")
+    dash = crange.find(b"-")
+    slash = crange.find(b"/")
+    if dash < 0 or slash < dash:
+        raise LinkError("http: bad Content-Range")
+    first = _digits(crange[6:dash], 10)
+    if length and _digits(crange[dash + 1 : slash], 10) != first + length - 1:
+        raise LinkError("http: bad Content-Range")
+    return first
+
+
+def download(sock, host, port, path, offset, f, buf, limit):
+    # GET path from byte `offset` into the open file f (appended), in chunks of len(buf) from the
+    # caller's one buffer: the body never sits in RAM whole. Returns (status, body bytes
+    # written). 206 must start at `offset`; 200 (the whole representation) only when offset is 0;
+    # other answers are not written (their status says why, e.g. 416: the range is past the end).
+    # limit: the most body bytes taken, so a lying server cannot fill the flash.
+    try:
+        sock.write(get_bytes(host, port, path, offset))
+    except OSError as e:
+        raise LinkError("http: write failed: %s" % tlslink.reason(e))
+    r = _Reader(sock)
+    status, length, chunked, crange = _head(r)
+    if status == 206:
+        if _range_start(crange, length) != offset:
+            raise LinkError("http: range starts elsewhere")
+    elif status != 200 or offset:
+        return status, 0
+    if chunked or length < 0:
+        raise LinkError("http: download without Content-Length")
+    if length > limit:
+        raise LinkError("http: body over %d bytes" % limit)
+    mv = memoryview(buf)
+    left = length
+    while left:
+        k = r.readsome(buf, mv, left if left < len(buf) else len(buf))
+        if not k:
+            # The file keeps what arrived: the next GET resumes after it (docs/ota.md).
+            raise LinkError("http: body truncated")
+        f.write(buf if k == len(buf) else mv[:k])
+        left -= k
+    return status, length
+
+
 class Client:
     # Bound to the configured server: every post opens a verified TLS connection to it.
     def __init__(self, host, port, root_der, prefix="", timeout_ms=_TIMEOUT_MS, limit=_LIMIT):
@@ -234,6 +321,34 @@ class Client:
         self.timeout_ms = timeout_ms
         self.limit = limit
         self.retry_after = 0
+
+    def get(self, path, limit=_LIMIT):
+        # One JSON GET: -> (status, parsed JSON or None). The body is read whole, up to limit.
+        self.retry_after = 0
+        s, _ = tlslink.connect(self.host, self.port, self.root_der, self.timeout_ms)
+        try:
+            try:
+                s.write(get_bytes(self.host, self.port, self.prefix + path))
+            except OSError as e:
+                raise LinkError("http: write failed: %s" % tlslink.reason(e))
+            status, raw = read_response(s, limit)
+            self.retry_after = retry_after
+        finally:
+            tlslink.close(s)
+        if not raw:
+            return status, None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            raise LinkError("http: body is not JSON (status %d)" % status)
+
+    def download(self, path, offset, f, buf, limit):
+        # download() over a fresh verified TLS connection; see there.
+        s, _ = tlslink.connect(self.host, self.port, self.root_der, self.timeout_ms)
+        try:
+            return download(s, self.host, self.port, self.prefix + path, offset, f, buf, limit)
+        finally:
+            tlslink.close(s)
 
     def post(self, path, obj):
         # After the call, self.retry_after is the answer's Retry-After in seconds (0: none).

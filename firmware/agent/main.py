@@ -17,7 +17,11 @@
 # command, run as a step where a session starts, before any TLS session of the current identity;
 # after the move the new identity onboards), decommission (erases, then safe mode), relocate (4 KiB,
 # a move to another broker: a `broker` command or a renewal that names another broker, at each
-# step of it: recorded, proved, tried, landed).
+# step of it: recorded, proved, tried, landed), ota (12 KiB, an update, docs/ota.md: the command
+# writes the job; the step, with otacrypto and https, runs where sessions start with no broker
+# session open, then the board resets for boot.py; at start, when ota/ exists, it reads what
+# boot.py left; a trial version commits once a telemetry message of its first session is
+# acknowledged).
 # Telemetry is sampled every interval whether or not the link is up: samples wait in a bounded
 # queue (oldest dropped when full, counted) and go out in order, each removed only after its
 # PUBACK. After a reconnect the device reports its retry state on its event topic. Command
@@ -61,6 +65,7 @@ _ERR_LEN = const(80)  # chars of the last error reported in the event message
 _INBOX_LEN = const(4)  # commands received and not yet checked (at most 384 bytes each)
 _EVENTS_LEN = const(16)  # event messages waiting for a session (~60 bytes each)
 _RENEW_PCT = const(67)  # % of the certificate's life, when the policy names no valid share
+_TRIAL_FAILS = const(5)  # failed sessions in a row after which a trial version resets the board
 
 # Event messages (docs/protocol.md "Broker" and "Command channel").
 _EVENT_FMT = (
@@ -107,6 +112,11 @@ class _State:
         self.relocate = False  # a broker move is open (data/relocate.json): steps at session start
         self.trial = False  # this session is an attempt at the new broker of a move
         self.landing = None  # (seq, status, reason) of a move, reported once a session stands
+        self.board = None  # the HAL object: its name (OTA board check) and reset()
+        self.ota = False  # an update job is open (ota/job.json): the step runs at session start
+        self.ota_tries = 0  # failed runs of that step in a row (link failures)
+        self.ota_reset = False  # staged: reset for boot.py once the events went out
+        self.ota_trial = None  # (release, version) while this version is on trial
 
     def event(self, msg):
         if len(self.events) == _EVENTS_LEN:
@@ -229,6 +239,8 @@ def _renewal_due(stored, st, now):
 
 def _leave(stored, st, now):
     # The broker session ends for a renewal, an identity step, a broker move or a decommission.
+    if st.ota or (st.ota_reset and not st.events):
+        return True  # an update to fetch, or one staged and reported: reset for boot.py
     return st.move or st.safe or st.relocate or _renewal_due(stored, st, now)
 
 
@@ -288,6 +300,72 @@ def _relocating(step, *args):
         _drop("relocate")
 
 
+def _ota(cfg, ident, st, data_dir):
+    # The update step (agent.ota, loaded for it and dropped after with the HTTPS client). Link
+    # failures count; after ota.TRIES in a row the job is refused as unreachable.
+    from agent import ota
+
+    client = _server(cfg)
+    name = getattr(st.board, "name", None)
+    try:
+        if ota.run(client, ident, st, data_dir, name, cfg.root_der):
+            st.ota_reset = True
+        st.ota_tries = 0
+    except (LinkError, MemoryError) as e:
+        # A heap too fragmented for this try counts as a failed try too: the next one runs
+        # after the retry wait, with the broker session's objects gone.
+        st.ota_tries += 1
+        if st.ota_tries < ota.TRIES:
+            if isinstance(e, MemoryError):
+                raise LinkError("ota: out of memory")
+            raise
+        st.ota_tries = 0
+        ota.abandon(st, "unreachable")
+    except OSError as e:
+        # The flash (sockets fail as LinkError): full, most likely; the release does not fit.
+        log("E", "agent", "update does not fit the flash (errno %s)", e.args[0] if e.args else "?")
+        st.ota_tries = 0
+        ota.abandon(st, "too_large")
+    finally:
+        del client
+        del ota
+        for name in ("ota", "otacrypto", "https"):
+            _drop(name)
+        gc.collect()
+
+
+def _ota_call(step, *args):
+    # agent.ota for one call (start, commit), dropped after (STYLE.md Firmware 5).
+    from agent import ota
+
+    try:
+        return getattr(ota, step)(*args)
+    finally:
+        del ota
+        _drop("ota")
+
+
+def _ota_open():
+    # Whether ota/ exists (agent.ota's folder at the board's root): only then is the module
+    # loaded at start (12 KiB while loaded); a device with no update pays a stat.
+    import os
+
+    try:
+        os.stat("ota")
+        return True
+    except OSError:
+        return False
+
+
+def _reset(st):
+    # For boot.py: after staging, or a trial version that cannot reach its broker (boot.py counts
+    # the boot and rolls back). board.reset() does not return on a board; a test's board may.
+    log("W" if st.ota_trial else "I", "agent", "resetting the board for boot.py")
+    if st.board is not None:
+        st.board.reset()
+    st.stop = True
+
+
 def _flush(client, topic, st, cfg):
     # Sends queued samples oldest first; one leaves the queue only after its PUBACK, so one lost
     # with the link is sent again, with its seq, on the next session.
@@ -342,7 +420,7 @@ def _commands(st, stored, device_id, data_dir):
         command.run_all(st, stored.signer, device_id, data_dir, clock.now())
     finally:
         del command
-        for name in ("command", "successor", "decommission", "relocate"):
+        for name in ("command", "successor", "decommission", "relocate", "ota"):
             _drop(name)
         _drop("owner", "qdid")
     if st.resync:
@@ -372,6 +450,9 @@ def _session(cfg, ident, st, data_dir):
     if st.move:
         # Before any TLS session as the current identity, which the step's 200 revokes.
         _move(cfg, ident, st, data_dir)
+    if st.ota:
+        # The update's HTTPS exchanges, with no broker session open (docs/ota.md step 1).
+        _ota(cfg, ident, st, data_dir)
     stored = store.load(data_dir, ident.device_id, ident.public_key)
     if stored is not None and now >= stored.not_after:
         # The device was off past its certificate's end: no broker takes it any more, and the
@@ -396,9 +477,11 @@ def _session(cfg, ident, st, data_dir):
     while _broker_session(cfg, ident, st, data_dir, stored):
         if st.safe:
             return
-        if not (st.move or st.relocate):
+        if st.ota_reset:
+            return  # staged and reported: run() resets the board
+        if not (st.move or st.relocate or st.ota):
             stored = _renew(cfg, ident, st, data_dir, stored)
-        if st.move or st.relocate:
+        if st.move or st.relocate or st.ota:
             return _session(cfg, ident, st, data_dir)  # these steps run where sessions start
 
 
@@ -437,6 +520,7 @@ def _broker_session(cfg, ident, st, data_dir, stored):
         if st.failures:
             _report_retries(client, stored, st)
         st.failures = 0
+        sent = st.sent  # a trial version commits after a telemetry PUBACK of this session
         topic = stored.topics["telemetry"]
         if not st.count:
             st.sample()
@@ -449,6 +533,9 @@ def _broker_session(cfg, ident, st, data_dir, stored):
                 client.disconnect()
                 return True
             _flush(client, topic, st, cfg)
+            if st.ota_trial and st.sent != sent:
+                _ota_call("commit", st, data_dir)
+                continue  # the committed event goes out at the loop's top
             if st.stop:
                 client.disconnect()
                 return False
@@ -521,6 +608,7 @@ def run(
         boot = identity.boot
     st = _State(cfg.telemetry_interval_ms)
     st.config_path = config_path
+    st.board = board
     try:
         ident = boot(board, data_dir)
         telemetry.set_puf(getattr(ident, "health", None))
@@ -530,6 +618,8 @@ def run(
     # data/owner.json recorded a transfer or re-enrolment: agent.successor sees to it first.
     st.move = bool(getattr(ident, "pending", None))
     st.relocate = _relocating("pending", data_dir)  # a broker move open when the power went
+    if _ota_open():
+        _ota_call("start", st)  # an update job to resume, a trial to run, or boot.py's outcome
     _heap("identity ready")
     while not st.stop:
         wait = 0
@@ -567,11 +657,20 @@ def run(
             else:
                 log("E", "agent", "%s; onboarding again", e)
                 store.clear(data_dir)
-        except LinkError as e:
+        except (LinkError, MemoryError) as e:
+            # MemoryError: a heap too fragmented for this session's buffers; the retry starts
+            # from a collected heap, with this session's objects gone.
             st.failures += 1
-            st.last_error = str(e)
+            st.last_error = str(e) if isinstance(e, LinkError) else "out of memory"
             wait = backoff_ms(st.failures)
-            log("W", "agent", "link failed (%d in a row): %s; retry in %d ms", st.failures, e, wait)
+            log(
+                "W",
+                "agent",
+                "link failed (%d in a row): %s; retry in %d ms",
+                st.failures,
+                st.last_error,
+                wait,
+            )
         except entropy.EntropyError as e:
             # The noise source failed after boot: no retry can mend it, only a reset.
             return _safe_mode(st, "entropy", e)
@@ -580,6 +679,11 @@ def run(
             wipe = getattr(ident, "wipe", None)
             if wipe:
                 wipe()
+            return st
+        if st.ota_reset or (st.ota_trial and st.failures >= _TRIAL_FAILS):
+            # Staged (reported or not: the trial event tells the server), or a trial version
+            # that cannot reach its broker.
+            _reset(st)
             return st
         if st.stop:
             break

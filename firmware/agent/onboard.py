@@ -18,15 +18,20 @@ _EKU_COMMAND = (
 )
 
 
-def proof_digest(challenge, device_id, host):
-    # SHA-256(label || challenge (32 bytes) || device_id (64 ASCII hex) || 0x00 || host name).
+def proof_digest(challenge, device_id, host, ota_key=None):
+    # SHA-256(label || challenge (32 bytes) || device_id (64 ASCII hex) || 0x00 || host name
+    # [|| OTA public key, 65 bytes, when sent]).
     # The host name is the one our TLS stack verified against the pinned root: the proof is
-    # bound to this server and cannot be replayed to another (docs/protocol.md).
+    # bound to this server and cannot be replayed to another (docs/protocol.md). The OTA key is
+    # signed with it, so no one on the way can make the server wrap updates to another key
+    # (docs/ota.md "The device's OTA key").
     h = hashlib.sha256(_LABEL)
     h.update(challenge)
     h.update(device_id.encode())
     h.update(b"\x00")
     h.update(host.encode())
+    if ota_key is not None:
+        h.update(ota_key)
     return h.digest()
 
 
@@ -113,10 +118,18 @@ def run(client, ident, data_dir, root_der):
     challenge = _unhex(doc.get("challenge"), 32)
     if _unhex(cid, 16) is None or challenge is None:
         raise _bad("hello", "challenge_id or challenge malformed")
-    digest = proof_digest(challenge, device_id, client.host)
+    # The OTA key of this epoch (an identity without one, e.g. a test double, sends none: the
+    # server then offers it no update).
+    ota = getattr(ident, "ota_key", None)
+    ota = ota()[1] if ota is not None else None
+    digest = proof_digest(challenge, device_id, client.host, ota)
     sig = ident.sign_digest(digest)
     csr = binascii.b2a_base64(ident.csr()).decode().strip()
-    status, doc = client.post(_PROOF, {"challenge_id": cid, "signature": _hex(sig), "csr_b64": csr})
+    body = {"challenge_id": cid, "signature": _hex(sig), "csr_b64": csr}
+    if ota is not None:
+        body["ota_key"] = _hex(ota)
+    status, doc = client.post(_PROOF, body)
+    del body
     del csr
     doc = answer("proof", status, doc, getattr(client, "retry_after", 0))
     if doc.get("device_id") != device_id:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -31,6 +32,7 @@ from host.server.bodies import (
     CommandCreate,
     DecommissionCreate,
     ImportRequest,
+    RolloutCreate,
     TargetCreate,
     TenantCreate,
     TokenCreate,
@@ -55,6 +57,9 @@ from host.server.schemas import (
     ImportResult,
     MoveOut,
     OperatorOut,
+    ReleaseOut,
+    RolloutOut,
+    RolloutSummary,
     TargetOut,
     TenantOut,
     TokenOut,
@@ -496,6 +501,114 @@ async def audit(
 ) -> list[AuditOut]:
     _need(op, ROLE_VIEWER)
     return await _call(_app(request).audit, op.tenant, action=action, since=since, limit=limit)
+
+
+# -- firmware releases (docs/ota.md "Release"): the platform's, for every tenant ---------------
+def _releases_do(fn: Callable[..., T], *args: Any) -> T:
+    """A release use case, its refusals answered with their own codes (release_exists, ...)."""
+    from host.server.releases import ReleaseError
+
+    try:
+        return fn(*args)
+    except ReleaseError as e:
+        raise ApiError(e.status, e.code, str(e)) from None
+
+
+@router.get("/ota/releases", response_model=list[ReleaseOut])
+async def list_releases(request: Request, op: Op) -> list[ReleaseOut]:
+    """Published firmware releases, newest first, with the payload bytes served."""
+    _need(op, ROLE_VIEWER)
+    return await _call(_releases_do, _app(request).releases.releases)
+
+
+@router.post(
+    "/ota/releases",
+    response_model=ReleaseOut,
+    status_code=201,
+    responses=errors(403, 409),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def publish_release(request: Request, op: Op) -> ReleaseOut:
+    """Publish a release bundle (`.qota`, the bytes `qlink ota build` wrote): checked against
+    the server's root like `qlink ota publish`; 400 names the rule it breaks, 409
+    release_exists for a release ID published before."""
+    if not _platform(op):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"publishing a release needs an admin token of tenant {DEFAULT_TENANT} (the "
+            f"platform operator's); this token is {op.role} in tenant {op.tenant}",
+        )
+    data = await request.body()
+    application = _app(request)
+    return await _call(_releases_do, application.releases.publish, data, _actor(request, op))
+
+
+# -- OTA rollouts (docs/ota.md "Rollout"): a tenant's, over its own batches --------------------
+RolloutId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1)]
+_ROLLOUT_CHANGE: dict[str, Any] = {
+    "response_model": RolloutOut,
+    "responses": errors(403, 404, 409),
+}
+
+
+@router.post(
+    "/ota/rollouts", response_model=RolloutOut, status_code=201, responses=errors(403, 404, 409)
+)
+async def create_rollout(request: Request, op: Op, body: RolloutCreate) -> RolloutOut:
+    """Offer a published release to `percent` % of the batch's onboarded devices (rounded
+    up, in device ID order), and to devices of the batch that come online within that share
+    while it is active; more than `max_failures` failed devices halt it."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(
+        _app(request).rollouts.create,
+        body.release,
+        body.batch,
+        body.percent,
+        body.max_failures,
+        tenant=op.tenant,
+        actor=_actor(request, op),
+    )
+
+
+@router.get("/ota/rollouts", response_model=list[RolloutSummary])
+async def list_rollouts(request: Request, op: Op) -> list[RolloutSummary]:
+    """The tenant's rollouts, newest first, with their counts per device state."""
+    return await _call(_app(request).rollouts.list, op.tenant)
+
+
+@router.get("/ota/rollouts/{rollout_id}", response_model=RolloutOut, responses=errors(404))
+async def get_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
+    """The rollout, its counts per device state and every device's progress."""
+    return await _call(_app(request).rollouts.status, rollout_id, op.tenant)
+
+
+@router.post("/ota/rollouts/{rollout_id}/pause", **_ROLLOUT_CHANGE)
+async def pause_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
+    """No new offers; devices with an open offer go on."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(_app(request).rollouts.pause, rollout_id, op.tenant, _actor(request, op))
+
+
+@router.post("/ota/rollouts/{rollout_id}/resume", **_ROLLOUT_CHANGE)
+async def resume_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
+    _need(op, ROLE_OPERATOR)
+    return await _call(_app(request).rollouts.resume, rollout_id, op.tenant, _actor(request, op))
+
+
+@router.post("/ota/rollouts/{rollout_id}/abort", **_ROLLOUT_CHANGE)
+async def abort_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
+    """End it: no new offers, offers no device accepted yet expire, heads answer
+    not_offered."""
+    _need(op, ROLE_OPERATOR)
+    return await _call(_app(request).rollouts.abort, rollout_id, op.tenant, _actor(request, op))
 
 
 ca_router = APIRouter(prefix="/v1/ca")

@@ -47,6 +47,8 @@ from host.server.events import EventIntake
 from host.server.files import atomic_write
 from host.server.intakes import TargetIntakes
 from host.server.limits import RequestLimits
+from host.server.otaapi import OtaApi
+from host.server.otaapi import openapi_paths as ota_openapi_paths
 from host.server.policy import Policies, PolicyDriver
 from host.server.policy.mosquitto import POLICY_NAME, MosquittoDynsec
 from host.server.settings import Settings
@@ -125,14 +127,17 @@ def create_app(
     app.add_middleware(
         DeviceApi, max_body=settings.max_device_body_bytes, body_timeout_s=settings.body_timeout_s
     )
+    # OTA downloads (GET, no body): answered first, at a plain file server's cost.
+    app.add_middleware(OtaApi)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             paths, components = openapi_paths()
-            schema["paths"] = {**paths, **schema.get("paths", {})}
+            ota_paths, ota_components = ota_openapi_paths()
+            schema["paths"] = {**paths, **ota_paths, **schema.get("paths", {})}
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, body in components.items():
+            for name, body in {**components, **ota_components}.items():
                 schemas.setdefault(name, body)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -378,6 +383,7 @@ def _serve(settings: Settings) -> None:
             broker.admin_port,
             drift_pct=settings.puf_drift_pct,
             on_drift=on_drift,
+            rollouts=main.rollouts,
         )
         intakes = TargetIntakes(
             store,
@@ -385,6 +391,7 @@ def _serve(settings: Settings) -> None:
             TargetService(settings, store),
             drift_pct=settings.puf_drift_pct,
             on_drift=on_drift,
+            rollouts=main.rollouts,
         )
         intakes.refresh()  # every target known now is read before the server is announced
         threading.Thread(target=intakes.run, args=(stop,), name="intakes", daemon=True).start()

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from host.server.onboarding import BrokerEndpoint, Onboarding
     from host.server.ownership import Ownership
     from host.server.policy import Policies, PolicyDriver
+    from host.server.releases import ReleaseService
+    from host.server.rollouts import RolloutService
     from host.server.successors import SuccessorService
     from host.server.targets import TargetService, TargetSpec
 
@@ -195,6 +197,16 @@ class Application:
         from host.server.commands import CommandSigner
 
         return CommandSigner.load_or_create(self.ca)
+
+    @cached_property
+    def releases(self) -> ReleaseService:
+        """Published firmware releases under the data directory's releases/ (the CA is loaded
+        only to publish one)."""
+        from host.server.releases import ReleaseService
+
+        return ReleaseService(
+            self.settings.data_dir / "releases", self.store, lambda: self.ca.root_cert
+        )
 
     @cached_property
     def command_link(self) -> MqttCommandLink:
@@ -347,6 +359,14 @@ class Application:
         from host.server.moves import BatchMoves
 
         return BatchMoves(self)
+
+    @cached_property
+    def rollouts(self) -> RolloutService:
+        """OTA rollouts (host/server/rollouts.py): create, status, pause, resume, abort, and
+        the device events and head requests that move them."""
+        from host.server.rollouts import RolloutService
+
+        return RolloutService(self)
 
     def move_batch(
         self,

@@ -26,6 +26,9 @@ class ProofRequest(Strict):
     challenge_id: str = Field(pattern="^[0-9a-fA-F]{32}$")
     signature: str = Field(pattern="^[0-9a-fA-F]{128}$")
     csr_b64: str = Field(min_length=1, max_length=4096)
+    # The device's OTA key agreement public key, uncompressed (docs/ota.md); when sent, the
+    # signature covers its 65 bytes too.
+    ota_key: str | None = Field(default=None, pattern="^04[0-9a-fA-F]{128}$")
 
 
 class SuccessorRequest(Strict):
@@ -117,3 +120,12 @@ class ImportRequest(Strict):
 class TokenCreate(Strict):
     name: OperatorName
     role: Literal["viewer", "operator", "admin"]
+
+
+class RolloutCreate(Strict):
+    """An OTA rollout (docs/ota.md "Rollout")."""
+
+    release: str = Field(min_length=1, max_length=80)  # a published release ID
+    batch: str = Field(min_length=1, max_length=128)
+    percent: int = Field(default=100, ge=1, le=100)  # of the batch's onboarded devices
+    max_failures: int = Field(default=0, ge=0, le=2**31 - 1)  # 0: the first failure halts

@@ -10,32 +10,28 @@ use and renewed when they near their end or the root changes.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from host.server import ServerError, jsonin
 from host.server.ca import CertificateAuthority
-from host.server.files import atomic_write
+from host.server.purposekey import file_key
 from host.server.schemas import STATE_ONBOARDED, STATE_REVOKED, DeviceRecord
 
 # "qlink command signing": a UUID-based OID (ITU-T X.667, arc 2.25), so no registry is needed.
 COMMAND_EKU = x509.ObjectIdentifier("2.25.311889229853575044542618327131203868764")
 LABEL = b"qlink-cmd-v1\x00"  # domain separation: this signature means nothing elsewhere
 MAX_BODY = 320  # bytes; the device's MQTT receive buffer holds topic + signature + this
-KINDS = ("ping", "renew", "transfer", "reenrol", "decommission", "broker")
+KINDS = ("ping", "renew", "transfer", "reenrol", "decommission", "broker", "ota")
 # The batch policies whose devices a command reaches: a Mosquitto target's (the managed one,
 # an external one); AWS IoT's and the Azure export's are not reached yet.
 COMMAND_POLICIES = ("mosquitto", "external")
-_RENEW_BEFORE = dt.timedelta(days=30)
 _MAX_EVENT = 1024  # bytes; a device's event messages are far shorter
 _SUBJECT = "qlink command signer"
 
@@ -92,57 +88,11 @@ class CommandSigner:
 
     @classmethod
     def load_or_create(cls, ca: CertificateAuthority) -> CommandSigner:
-        cert_path, key_path = ca.dir / "command.pem", ca.dir / "command.key"
-        current = _load(cert_path, key_path)
-        if current is not None and _usable(current.cert, ca.root_cert):
-            return current
         # Devices learn the signer's key at onboarding and renewal only: a certificate near its
-        # end is renewed over the same key, or every command would be refused until then.
-        key = _load_key(key_path)
-        if key is None:
-            key = ec.generate_private_key(ec.SECP256R1())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            # Key first: a crash between the two writes leaves a key without its certificate,
-            # which the next start certifies (never a certificate naming a key that is gone).
-            atomic_write(key_path, pem, 0o600)
-        cert = ca.root_issued(_SUBJECT, key.public_key(), COMMAND_EKU)
-        atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        # end is renewed over the same key (host/server/purposekey.py), or every command would
+        # be refused until then.
+        cert, key = file_key(ca, "command", _SUBJECT, COMMAND_EKU)
         return cls(cert, key)
-
-
-def _load_key(key_path: Path) -> ec.EllipticCurvePrivateKey | None:
-    try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        return None
-    return key
-
-
-def _load(cert_path: Path, key_path: Path) -> CommandSigner | None:
-    key = _load_key(key_path)
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if key is None or key.public_key() != cert.public_key():
-        return None
-    return CommandSigner(cert, key)
-
-
-def _usable(cert: x509.Certificate, root: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(root)
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-        return False
-    now = dt.datetime.now(dt.UTC)
-    return list(eku) == [COMMAND_EKU] and cert.not_valid_after_utc - now > _RENEW_BEFORE
 
 
 # -- what devices say on their event topic ----------------------------------------------------

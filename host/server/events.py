@@ -11,7 +11,9 @@
   send again every command the device has not accepted yet (docs/protocol.md "Broker"), so a
   command reaches a device that was off when it was sent, even after a broker restart, and
   records the PUF health it reports (store/puf.py; a device past `drift_pct` of its correction
-  budget is logged as drifting and listed by `qlink devices --drifting`).
+  budget is logged as drifting and listed by `qlink devices --drifting`). OTA rollouts
+  (host/server/rollouts.py) hear of both: `online` may offer the device an active rollout of
+  its batch, `{"event": "ota", ...}` moves the device's progress in one.
 
 An event counts only on the device's own topic in its own tenant (the broker's plugin also
 keeps a device to its own prefix).
@@ -23,6 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -111,10 +114,18 @@ class MqttCommandLink:
             self._client.disconnect()
 
 
+class RolloutEvents(Protocol):
+    """What the intake tells the OTA rollouts (host/server/rollouts.py)."""
+
+    def on_event(self, device_id: str, doc: dict[str, Any]) -> bool: ...
+    def on_online(self, device_id: str) -> CommandOut | None: ...
+
+
 class EventIntake:
     """Reads devices' events; see the module docstring."""
 
     target = MANAGED  # the target whose broker it reads
+    rollouts: RolloutEvents | None = None  # the OTA rollouts' hooks, when the server has them
 
     def __init__(
         self,
@@ -128,6 +139,7 @@ class EventIntake:
         *,
         target: str = MANAGED,
         login: Login | None = None,
+        rollouts: RolloutEvents | None = None,
     ) -> None:
         """The intake of `target`: the managed broker's admin listener at `host`:`port`, or
         another Mosquitto target through `login` (host and port are then the login's)."""
@@ -139,6 +151,7 @@ class EventIntake:
         self.received = 0
         self.resent = 0
         self._on_online = on_online
+        self.rollouts = rollouts
         self._client = connect(
             login or Login(host, port, admin_context(ca)),
             f"qlink-events-{secrets.token_hex(4)}",
@@ -228,6 +241,12 @@ class EventIntake:
                         device_id, "reenrol"
                     ):
                         self._on_drift(device_id)
+            if self.rollouts is not None:
+                # An offer made now is stored only: the loop below sends it with the rest.
+                try:
+                    self.rollouts.on_online(device_id)
+                except Exception:  # the device's other commands must still go out
+                    log.exception("event=rollout_offer_failed device=%s", device_id)
             for cmd in commands.pending(device_id, event.cmd_seq):
                 self.link.send(
                     command_topic(tenant, device_id), signed_payload(self.signer, cmd), wait=False
@@ -235,6 +254,9 @@ class EventIntake:
                 self.resent += 1
             if self._on_online is not None:
                 self._on_online(device_id, event)
+        elif isinstance(event, dict) and event.get("event") == "ota":
+            if self.rollouts is not None:
+                self.rollouts.on_event(device_id, event)
 
     def close(self) -> None:
         self._client.loop_stop()

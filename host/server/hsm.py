@@ -51,6 +51,9 @@ def assemble(tbs: bytes, signature_der: bytes) -> bytes:
 
 
 _OPEN: dict[Pkcs11Config, Pkcs11Key] = {}
+# One logged-in session per token (module, label, PIN): its keys (the issuing CA's, the release
+# key) share it, since a token takes one login per process.
+_SESSIONS: dict[tuple[str, str, str], Any] = {}
 
 
 class Pkcs11Key:
@@ -72,15 +75,19 @@ class Pkcs11Key:
         except ImportError as e:
             raise HsmError("python-pkcs11 is not installed; run: make setup") from e
         self._pkcs11 = pkcs11
-        try:
-            lib = pkcs11.lib(config.module)
-            token = lib.get_token(token_label=config.token)
-            self._session: Any = token.open(user_pin=config.pin, rw=True)
-        except Exception as e:  # the library raises many unrelated types; all mean "no token"
-            raise HsmError(
-                f"cannot open PKCS#11 token {config.token!r} with {config.module} "
-                f"({type(e).__name__}); check the module path, token label and PIN"
-            ) from None
+        self._login = (config.module, config.token, config.pin)
+        session = _SESSIONS.get(self._login)
+        if session is None:
+            try:
+                lib = pkcs11.lib(config.module)
+                token = lib.get_token(token_label=config.token)
+                session = _SESSIONS[self._login] = token.open(user_pin=config.pin, rw=True)
+            except Exception as e:  # the library raises many unrelated types: all "no token"
+                raise HsmError(
+                    f"cannot open PKCS#11 token {config.token!r} with {config.module} "
+                    f"({type(e).__name__}); check the module path, token label and PIN"
+                ) from None
+        self._session: Any = session
         keys = list(
             self._session.get_objects(
                 {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: config.key_label}
@@ -126,6 +133,8 @@ class Pkcs11Key:
         return bytes(encode_ecdsa_signature(raw))
 
     def close(self) -> None:
+        if _SESSIONS.get(self._login) is self._session:
+            del _SESSIONS[self._login]
         self._session.close()
 
 

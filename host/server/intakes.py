@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from host.server import ServerError
 from host.server.ca import CertificateAuthority
-from host.server.events import EventIntake
+from host.server.events import EventIntake, RolloutEvents
 from host.server.store import Store
 from host.server.store.targets import KIND_MOSQUITTO
 from host.server.targets import TargetService
@@ -35,8 +35,10 @@ class TargetIntakes:
         *,
         drift_pct: int = 50,
         on_drift: Callable[[str], None] | None = None,
+        rollouts: RolloutEvents | None = None,
     ) -> None:
         self._store = store
+        self._rollouts = rollouts
         self._ca = ca
         self._targets = targets
         self._drift_pct = drift_pct
@@ -62,6 +64,7 @@ class TargetIntakes:
                     on_drift=self._on_drift,
                     target=rec.name,
                     login=self._targets.login(rec),
+                    rollouts=self._rollouts,
                 )
             except ServerError as e:
                 log.warning("event=target_intake_failed target=%s why=%s", rec.name, e)

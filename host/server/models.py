@@ -47,6 +47,9 @@ __all__ = [
     "Device",
     "Move",
     "Operator",
+    "OtaRelease",
+    "OtaRollout",
+    "OtaRolloutDevice",
     "PufHealth",
     "Revoked",
     "Target",
@@ -139,6 +142,9 @@ class Device(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     predecessor: Mapped[str | None] = mapped_column(String(64), nullable=True)
     successor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The device's OTA key agreement public key (docs/ota.md), sent in its proof; the private
+    # key never leaves the device.
+    ota_key: Mapped[bytes | None] = mapped_column(LargeBinary(65), nullable=True)
 
 
 class Challenge(Base):
@@ -210,6 +216,56 @@ class Transfer(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     successor: Mapped[str | None] = mapped_column(String(64), nullable=True)
     completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class OtaRelease(Base):
+    """A published firmware release (docs/ota.md "Release"); its files live under the data
+    directory's releases/<id>/."""
+
+    __tablename__ = "ota_releases"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)  # "<board>-<version>"
+    version: Mapped[str] = mapped_column(String(20))
+    min_version: Mapped[str] = mapped_column(String(20))
+    board: Mapped[str] = mapped_column(String(32))
+    files: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)  # plaintext bytes, all files
+    payload_size: Mapped[int] = mapped_column(Integer)  # encrypted payload.bin bytes
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    published_at: Mapped[float] = mapped_column(Float)
+    published_by: Mapped[str] = mapped_column(String(128))
+    bytes_served: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class OtaRollout(Base):
+    """A release offered to a share of a batch (docs/ota.md "Rollout")."""
+
+    __tablename__ = "ota_rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("ota_releases.id"), index=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    percent: Mapped[int] = mapped_column(Integer)
+    max_failures: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # active, paused, halted, aborted, done
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it halted
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class OtaRolloutDevice(Base):
+    """One device's progress in a rollout: offered, downloading, staged, trial, committed,
+    rolled_back or refused (with the device's reason)."""
+
+    __tablename__ = "ota_rollout_devices"
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("ota_rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.device_id"), primary_key=True, index=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the ota command's
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class Revoked(Base):

@@ -80,13 +80,17 @@ def signature_holds(public_key: bytes, message: bytes, signature: bytes) -> bool
     return True
 
 
-def proof_message(challenge: bytes, device_id: str, host: str) -> bytes:
-    """What the device signs (SHA-256 of it, ECDSA P-256), per docs/protocol.md."""
-    return DOMAIN_LABEL + challenge + device_id.encode("ascii") + b"\x00" + host.encode("ascii")
+def proof_message(
+    challenge: bytes, device_id: str, host: str, ota_key: bytes | None = None
+) -> bytes:
+    """What the device signs (SHA-256 of it, ECDSA P-256), per docs/protocol.md; a device that
+    sends its OTA key (docs/ota.md) signs its 65 bytes at the end too."""
+    msg = DOMAIN_LABEL + challenge + device_id.encode("ascii") + b"\x00" + host.encode("ascii")
+    return msg if ota_key is None else msg + ota_key
 
 
 _HELLO_FIELDS = frozenset({"device_id", "public_key"})
-_PROOF_FIELDS = frozenset({"challenge_id", "signature", "csr_b64"})
+_PROOF_FIELDS = frozenset({"challenge_id", "signature", "csr_b64", "ota_key"})
 
 
 def _only(body: dict[str, Any], allowed: frozenset[str]) -> None:
@@ -96,9 +100,26 @@ def _only(body: dict[str, Any], allowed: frozenset[str]) -> None:
         raise _bad(f"unknown field(s) {names}; allowed: {', '.join(sorted(allowed))}")
 
 
-def proof_digest(cid: str, sig_hex: str, csr_der: bytes) -> str:
+def proof_digest(cid: str, sig_hex: str, csr_der: bytes, ota_key: bytes | None = None) -> str:
     """Names one exact proof: the same proof sent again is a retry, not a replay."""
-    return hashlib.sha256(cid.encode() + b"\x00" + sig_hex.encode() + b"\x00" + csr_der).hexdigest()
+    data = cid.encode() + b"\x00" + sig_hex.encode() + b"\x00" + csr_der
+    return hashlib.sha256(data if ota_key is None else data + b"\x00" + ota_key).hexdigest()
+
+
+def _ota_key(body: dict[str, Any]) -> bytes | None:
+    """The proof's optional OTA key (docs/ota.md "The device's OTA key"): a P-256 point."""
+    if body.get("ota_key") is None:  # absent (or null): a device without OTA
+        return None
+    point = bytes.fromhex(_hex_field(body, "ota_key", 130))
+    try:
+        if point[0] != 4:
+            raise ValueError
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise _bad(
+            "ota_key must be an uncompressed P-256 point (04 then X and Y, 130 hex characters)"
+        ) from None
+    return point
 
 
 def _hex_field(body: dict[str, Any], name: str, length: int) -> str:
@@ -138,6 +159,7 @@ class Issued:
     source: str
     now: float
     driver: PolicyDriver | None
+    ota_key: bytes | None = None
 
     @property
     def device_id(self) -> str:
@@ -279,6 +301,7 @@ class Onboarding:
             csr_der = base64.b64decode(csr_b64, validate=True)
         except (binascii.Error, ValueError):
             raise _bad("csr_b64 is not valid base64") from None
+        ota_key = _ota_key(body)
 
         found = self.store.challenges.with_device(cid)
         if found is None:
@@ -287,17 +310,23 @@ class Onboarding:
             )
         ch, known = found
         try:
-            return self._check_proof(ch, known, sig_hex, csr_der, source)
+            return self._check_proof(ch, known, sig_hex, csr_der, source, ota_key)
         except OnboardingRefused as e:
             e.device_id = ch.device_id
             raise
 
     def _check_proof(
-        self, ch: ChallengeInfo, known: DeviceRecord, sig_hex: str, csr_der: bytes, source: str
+        self,
+        ch: ChallengeInfo,
+        known: DeviceRecord,
+        sig_hex: str,
+        csr_der: bytes,
+        source: str,
+        ota_key: bytes | None = None,
     ) -> Issued | tuple[str, dict[str, Any]]:
         device_id = ch.device_id
         now = time.time()
-        digest = proof_digest(ch.id, sig_hex, csr_der)
+        digest = proof_digest(ch.id, sig_hex, csr_der, ota_key)
         if ch.used_at is not None and ch.proof_hash == digest:
             # The same proof again: the device lost the answer. Same certificate, no change.
             dev = self._eligible(device_id, known)
@@ -312,13 +341,14 @@ class Onboarding:
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
         dev = self._eligible(device_id, known)
-        message = proof_message(ch.challenge, device_id, self.settings.public_host)
+        message = proof_message(ch.challenge, device_id, self.settings.public_host, ota_key)
         if not signature_holds(dev.public_key, message, bytes.fromhex(sig_hex)):
             raise OnboardingRefused(
                 403,
                 "bad_signature",
                 "the signature does not verify over the challenge, device ID and server host "
-                f"name {self.settings.public_host!r} with the registered key",
+                f"name {self.settings.public_host!r}"
+                f"{' and the OTA key' if ota_key is not None else ''} with the registered key",
             )
 
         try:
@@ -370,7 +400,7 @@ class Onboarding:
             driver = self.policies.onboarding_call(dev)
         except PolicyUnavailable as e:
             raise OnboardingRefused(503, "policy_unavailable", str(e)) from None
-        return Issued(ch.id, dev, cert, cert_der, digest, source, now, driver)
+        return Issued(ch.id, dev, cert, cert_der, digest, source, now, driver, ota_key)
 
     def _renewal_due(self, cert: x509.Certificate, end: float, now: float) -> bool:
         """Past `renew_at_pct` of the certificate's life, or within the renewal window of its
@@ -405,6 +435,7 @@ class Onboarding:
             proof_hash=step.digest,
             actor=Actor(f"device:{device_id}", step.source),
             policy_cleared=step.driver is not None,
+            ota_key=step.ota_key,
         )
         if not done:
             refused = OnboardingRefused(

@@ -57,6 +57,23 @@ class ProofAnswer(Model):
     policy: dict[str, Any]
 
 
+class OtaWrap(Model):
+    epk: str  # the server's ephemeral P-256 public key, 130 hex
+    key: str  # the content key xor the KEK's first half, 64 hex
+    tag: str  # HMAC-SHA256 over epk || key, 64 hex
+
+
+class OtaHeadAnswer(Model):
+    """GET /v1/ota/<release>/head (docs/ota.md "Device API")."""
+
+    release: str
+    manifest: str  # the manifest bytes, as a JSON string
+    signature: str  # r || s, 128 hex
+    signer_b64: str  # the release key's certificate (DER)
+    payload_size: int
+    wrap: OtaWrap
+
+
 # -- operator API --------------------------------------------------------------------------
 STATE_REGISTERED = "registered"
 STATE_ONBOARDED = "onboarded"
@@ -212,6 +229,24 @@ class DeviceRecord(DeviceOut):
     # Its batch's target (the broker that serves it) and that target's kind.
     target: str = Field(default="managed", exclude=True)
     target_kind: str | None = Field(default="managed", exclude=True)
+    # Its OTA key agreement public key (65 bytes, docs/ota.md), None until its proof sent one.
+    ota_key: bytes | None = Field(default=None, exclude=True)
+
+
+class ReleaseOut(Model):
+    """A published firmware release (docs/ota.md "Release"); its ID is `<board>-<version>`."""
+
+    id: str
+    version: str
+    min_version: str
+    board: str
+    files: int
+    size: int  # bytes of every file, plaintext
+    payload_size: int  # bytes of the encrypted payload a device downloads
+    manifest_sha256: str
+    published_at: float
+    published_by: str
+    bytes_served: int  # payload bytes sent to devices so far
 
 
 class CommandOut(Model):
@@ -299,6 +334,64 @@ class BatchExport(Model):
     batch: dict[str, Any]
     exported_at: float
     devices: list[ExportedDevice]
+
+
+# An OTA rollout (docs/ota.md "Rollout") and each device's progress in it. Device states move
+# forward only, in this order; the last three end it.
+ROLLOUT_ACTIVE = "active"
+ROLLOUT_PAUSED = "paused"
+ROLLOUT_HALTED = "halted"
+ROLLOUT_ABORTED = "aborted"
+ROLLOUT_DONE = "done"
+ROLLOUT_STATES = (ROLLOUT_ACTIVE, ROLLOUT_PAUSED, ROLLOUT_HALTED, ROLLOUT_ABORTED, ROLLOUT_DONE)
+OTA_OFFERED = "offered"
+OTA_DOWNLOADING = "downloading"
+OTA_STAGED = "staged"
+OTA_TRIAL = "trial"
+OTA_COMMITTED = "committed"
+OTA_ROLLED_BACK = "rolled_back"
+OTA_REFUSED = "refused"
+OTA_STATES = (
+    OTA_OFFERED,
+    OTA_DOWNLOADING,
+    OTA_STAGED,
+    OTA_TRIAL,
+    OTA_COMMITTED,
+    OTA_ROLLED_BACK,
+    OTA_REFUSED,
+)
+OTA_FAILED = (OTA_ROLLED_BACK, OTA_REFUSED)
+OTA_ENDED = (OTA_COMMITTED, *OTA_FAILED)
+
+
+class RolloutDeviceOut(Model):
+    device_id: str
+    state: str  # offered, downloading, staged, trial, committed, rolled_back, refused
+    reason: str | None  # the device's, with refused and rolled_back (no_ota_key: the server's)
+    seq: int | None  # its `ota` command
+    updated_at: float
+
+
+class RolloutSummary(Model):
+    id: int
+    release: str
+    batch: str
+    tenant: str
+    percent: int
+    max_failures: int
+    state: str  # active, paused, halted, aborted, done
+    detail: str | None  # why it halted
+    created_at: float
+    created_by: str
+    updated_at: float
+    counts: dict[str, int]  # devices in each device state (every state, 0 included)
+    failures: int  # rolled back or refused by the device (no_ota_key is not counted)
+
+
+class RolloutOut(RolloutSummary):
+    """A rollout with every device's progress, by device ID."""
+
+    devices: list[RolloutDeviceOut]
 
 
 def plain(value: Any) -> Any:

@@ -11,7 +11,9 @@
 - `transfers`: ownership transfer codes and their claims
 - `targets`: the brokers that serve batches (the managed one, external Mosquitto, AWS IoT)
 - `moves`: each device's progress when its batch moves to another target
+- `rollouts`: OTA rollouts and each device's progress in one
 - `successors`: the one transaction that moves a device to its next identity
+- `releases`: published firmware releases (docs/ota.md)
 
 Each concept's SQL lives in its module and runs on the DBAPI (store/database.py says why).
 Use cases that span concepts or reach outside the database (the broker, the CA) are the
@@ -40,6 +42,8 @@ from host.server.store.errors import (
 )
 from host.server.store.moves import Moves
 from host.server.store.puf import PufHealthLog
+from host.server.store.releases import Releases
+from host.server.store.rollouts import Rollouts
 from host.server.store.successors import Successors
 from host.server.store.targets import Targets
 from host.server.store.tenants import DEFAULT_TENANT, Tenants
@@ -82,6 +86,8 @@ class Store:
         self.successors = Successors(self.db)
         self.targets = Targets(self.db)
         self.moves = Moves(self.db)
+        self.releases = Releases(self.db)
+        self.rollouts = Rollouts(self.db)
 
     @property
     def path(self) -> Path | None:

@@ -52,7 +52,9 @@ _USE = "UPDATE challenges SET used_at = :now, proof_hash = :hash WHERE id = :id 
 # A device leaves the onboarding states only by revocation or disabling: then nothing changes.
 _ONBOARD = (
     "UPDATE devices SET state = :onboarded, cert_der = :cert_der, serial = :serial,"
-    " not_after = :not_after, onboarded_at = COALESCE(onboarded_at, :now)"
+    " not_after = :not_after, onboarded_at = COALESCE(onboarded_at, :now),"
+    # A proof without an OTA key (older firmware) keeps the one a proof sent before.
+    " ota_key = COALESCE(:ota_key, ota_key)"
     "{clear}"
     " WHERE device_id = :device_id AND state IN (:registered, :onboarded) AND disabled = FALSE"
 )
@@ -129,6 +131,7 @@ class Challenges:
         proof_hash: str | None = None,
         actor: Actor | None = None,
         policy_cleared: bool = False,
+        ota_key: bytes | None = None,
     ) -> bool:
         """Consume the challenge and mark the device onboarded, in one transaction.
 
@@ -139,6 +142,7 @@ class Challenges:
         False when the challenge was consumed meanwhile (a concurrent replay) or the device
         left the registered/onboarded states; then nothing changes. `policy_cleared`: the
         policy driver registered the device, which removed any exception it held there.
+        `ota_key`: the OTA public key the proof sent (kept in the same UPDATE).
         """
         serial_hex = format(serial, "x")
         done = False
@@ -153,6 +157,7 @@ class Challenges:
                     "serial": serial_hex,
                     "not_after": not_after,
                     "now": now,
+                    "ota_key": ota_key,
                     "registered": STATE_REGISTERED,
                     "onboarded": STATE_ONBOARDED,
                 },

@@ -29,7 +29,7 @@ REVOKE_SERIAL = (
 SELECT = (
     "SELECT d.device_id, d.public_key, d.state, d.disabled, d.policy_exception, d.cert_der,"
     " d.serial, d.not_after, d.onboarded_at, d.revoked_at, d.last_seen, d.last_telemetry,"
-    " d.puf_used_pct, d.epoch, d.predecessor, d.successor,"
+    " d.puf_used_pct, d.epoch, d.predecessor, d.successor, d.ota_key,"
     " b.name AS batch_name, b.tenant, b.active, b.policy, b.target, t.kind AS target_kind"
     " FROM devices d JOIN batches b ON b.id = d.batch_id"
     " LEFT JOIN targets t ON t.name = b.target"
@@ -53,6 +53,7 @@ def record(m: Mapping[str, Any]) -> DeviceRecord:
     """
     cert_der = m["cert_der"]
     telemetry = m["last_telemetry"]
+    ota_key = m.get("ota_key")
     return DeviceRecord.model_construct(
         device_id=m["device_id"],
         batch=m["batch_name"],
@@ -76,6 +77,7 @@ def record(m: Mapping[str, Any]) -> DeviceRecord:
         policy_exception=bool(m["policy_exception"]),
         target=m.get("target") or "managed",
         target_kind=m.get("target_kind"),
+        ota_key=None if ota_key is None else bytes(ota_key),
     )
 
 

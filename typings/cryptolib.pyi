@@ -1,0 +1,9 @@
+# MicroPython's `cryptolib` (docs.micropython.org, library/cryptolib.html): AES in ECB (1), CBC (2)
+# and CTR (6) modes. A CBC object keeps its chain between calls, so a stream is decrypted chunk
+# by chunk (agent.ota); in and out may be the same buffer.
+Buffer = bytes | bytearray | memoryview
+
+class aes:
+    def __init__(self, key: Buffer, mode: int, IV: Buffer = ..., /) -> None: ...
+    def encrypt(self, in_buf: Buffer, out_buf: bytearray | memoryview | None = ..., /) -> bytes: ...
+    def decrypt(self, in_buf: Buffer, out_buf: bytearray | memoryview | None = ..., /) -> bytes: ...
