@@ -56,8 +56,9 @@ hil: setup ## Rig tests (pty boards, scenarios); on real boards: make hil BOARD_
 	@$(PY) -m pytest -n $(JOBS) --dist loadfile tests/hil tests/e2e/test_rig_scenarios.py $(if $(BOARD_PORT),--qlink-board $(BOARD_PORT))
 	@QLINK_LONG=1 $(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_rig_network.py tests/e2e/test_rig_network_long.py tests/e2e/test_rig_clock.py tests/e2e/test_rig_negative.py
 
-soak: setup ## 10-minute soak of one emulated board at the RP2040 heap budget (not in make test)
+soak: setup ## 10-minute soak of one emulated board at the RP2040 heap budget, 50 OTA power cuts (not in make test)
 	@QLINK_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_rig_soak.py
+	@QLINK_OTA_CUTS=50 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_ota_powercut.py
 
 test-pg: setup ## The server's end-to-end tests on a private PostgreSQL, 3 workers per server
 	@QLINK_E2E_DATABASE=postgres $(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_onboarding_rules.py tests/e2e/test_server_resilience.py tests/e2e/test_server_operations.py

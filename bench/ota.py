@@ -18,11 +18,11 @@ once, and the device's cost of checking, decrypting and swapping it in. In one r
   shared machine): the agent's step 4 (firmware/agent/otacrypto.py: the payload tag,
   HMAC-SHA256 streamed; firmware/agent/ota.py: AES-256-CBC decryption into `ota/new/<path>`
   with each file's SHA-256; one 1 KiB buffer) and firmware/boot.py from `staged` to the first
-  trial boot (the running files saved to `ota/old/`, the staged set renamed into place, every
-  file checked). Each count less the same script's start (interpreter, imports, buffers)
-  without the work, measured in the same run; per KiB of plaintext. The file operations both
-  announce to the board's cut hook (board.file_op, here a recording stub) give the files each
-  writes.
+  trial boot (the running files listed with their hashes and moved to `ota/old/` by rename, the
+  staged set renamed into place, every file checked). Each count less the same script's start
+  (interpreter, imports, buffers) without the work, measured in the same run; per KiB of
+  plaintext. The file operations both announce to the board's cut hook (board.file_op, here a
+  recording stub) give the files each writes.
 
 Projection to an RP2040 (125 MHz): cycles = x86-64 instructions x K, K_RP2040 for interpreter
 work (bench/device_identity.py documents it) and K_C_RP2040 for the compiled C of the
@@ -40,7 +40,8 @@ sector erase and 0.4 ms per 256-byte page program, typical (400 ms and 3 ms maxi
 waits meanwhile (code runs from that flash). littlefs on the rp2 port has 4 KiB blocks and
 gives each file whole blocks, erased before they are written: a file written costs its blocks'
 erases and its pages' programs, a rename, removal or folder change one page (a metadata
-commit). Small files that littlefs keeps inline in their directory (a few hundred bytes) are
+commit: a rename rewrites no file data, littlefs commits the entry in the destination's
+directory). Small files that littlefs keeps inline in their directory (a few hundred bytes) are
 counted as a block, a small overestimate; reads from the XIP flash and metadata compaction are
 left out. The download's own writes (ota/payload.bin) are the network's part and not counted.
 
@@ -350,8 +351,8 @@ print("OK")
 """
 
 # boot.py's part, the firmware's own (firmware/boot.py runs at its import): ota/state.json says
-# staged, so it saves the running files to ota/old, puts the staged set in place, checks every
-# file and counts the first trial boot.
+# staged, so it lists the running files and moves them to ota/old, puts the staged set in place,
+# checks every file and counts the first trial boot.
 _BOOT = """
 import json
 import board
@@ -423,7 +424,9 @@ def _flash(ops: list[str], root: Path) -> tuple[float, int, int]:
 
 def _running_version(dev: Path, files: list[dict[str, Any]]) -> None:
     """The version the update replaces, in place: the release's paths and sizes with other
-    bytes (the bench's board.py, padded, as its board.py), listed in ota/current.json."""
+    bytes (the bench's board.py, padded, as its board.py), listed in ota/current.json in the
+    compact form the agent writes there (the manifest's bytes), so boot.py's old set is every
+    file of the release, not only those under the factory image's release roots."""
     entries = []
     for e in files:
         dst = dev / e["path"]
@@ -434,7 +437,8 @@ def _running_version(dev: Path, files: list[dict[str, Any]]) -> None:
         dst.write_bytes(data)
         entries.append({"path": e["path"], "size": len(data), "sha256": _sha(data)})
     current = {"v": 1, "version": "0.1.0", "min_version": "0.0.0", "board": BOARD}
-    (dev / "ota" / "current.json").write_text(json.dumps({**current, "files": entries}))
+    doc = {**current, "files": entries}
+    (dev / "ota" / "current.json").write_text(json.dumps(doc, separators=(",", ":")))
 
 
 def _sha(data: bytes) -> str:
@@ -516,9 +520,9 @@ def _device_part(release_dir: Path, work: Path) -> tuple[dict[str, Any], list[st
         "device apply: the agent's step 4 (agent.otacrypto.tag_ok: the payload tag; "
         "agent.ota._stage: AES-256-CBC decryption into ota/new with each file's SHA-256); "
         "device boot: firmware/boot.py from "
-        "staged to the first trial boot (running files saved to ota/old, the staged set put in "
-        "place, every file checked); each less the same script without the work (device start: "
-        "that script's whole count, the interpreter's start included)"
+        "staged to the first trial boot (running files listed and moved to ota/old by rename, the "
+        "staged set put in place, every file checked); each less the same script without the "
+        "work (device start: that script's whole count, the interpreter's start included)"
     )
     notes.append(
         f"cpu_s: RP2040 cycles = interpreter x {K_RP2040} + mbedtls SHA-256/AES x {K_C_RP2040} "

@@ -6,26 +6,39 @@
 # Crash safety. Two file sets, each complete with its list of paths, sizes and SHA-256:
 #   new: ota/new/<path> (written by the agent), listed in ota/new.lst (the manifest of
 #        ota/head.json, rewritten by the staged step in the form below);
-#   old: ota/old/<path>, the running files as copied by the staged step, listed in ota/old.lst,
-#        which is renamed into place last: the list exists only once every copy does.
-# A step puts one set in place by renaming each of its files over the running path (atomic on
-# littlefs and POSIX, and no copy, so no flash beyond the two sets), removes the other set's
-# paths this one lacks, checks every file against the list, and only then writes the next state.
-# A file already moved is found in place with its hash, so a power cut anywhere leaves the
-# state of the step, which simply runs again. Every write goes to ota/tmp first and is renamed
-# over its name; the emulated board's cut hook (board.file_op) runs before each file write,
-# rename, removal, mkdir and rmdir.
-# A list file is one line per file, "<sha256 hex> <size> <path>\n", read a line at a time, so no
-# step holds a list in RAM: only the staged step parses JSON (the manifest, ota/current.json),
-# and it touches nothing running, so a heap too small for it ends the update before the swap.
-# RAM otherwise: one 512-byte buffer, a line, the state; all of it garbage once boot.py returns
-# (the module's names are dropped at the end). A boot without an open update costs one stat.
+#   old: the running files, listed in ota/old.lst with the hashes they have in place, then
+#        moved to ota/old/<path> by the staged step.
+# Every move is a rename (atomic on littlefs and POSIX, metadata only, no data rewritten): the
+# staged step moves the running files into ota/old/, the swap moves the staged ones over their
+# paths, the rollback moves the old ones back. So an update writes its bytes to flash once (the
+# agent's staging) and needs no room beyond the two sets. The order keeps each step idempotent:
+#   staged: ota/old.lst is written first, from the running files, before anything is moved: it
+#     names what must end up in ota/old/. Then each listed file still at its path is moved (one
+#     not there was moved before a cut: nothing puts a file on a running path before the swap),
+#     then state := swap. Between the first move and the swap the running tree is incomplete;
+#     the state says which step to finish, and boot.py finishes it before main.py runs.
+#   The marks: ota/old.lst present = the backup has begun (the agent clears ota/ after each
+#     update, so a list is this update's), and from then on each listed file is in ota/old/ or
+#     still in place, which is all a rollback needs; state swap = ota/old/ complete.
+#   swap, rollback: a set is put in place by renaming each of its files over the running path;
+#     the other set's paths this one lacks are removed, every file is checked against the list,
+#     and only then is the next state written. A file moved before a cut is found in place
+#     with its hash.
+# So a power cut anywhere leaves the state of the step, which simply runs again; a step that
+# fails after the backup began rolls back, never leaving the running tree incomplete. Every
+# write goes to ota/tmp first and is renamed over its name; the emulated board's cut hook
+# (board.file_op) runs before each file write, rename (each move is one), removal, mkdir and
+# rmdir.
+# A list file is one line per file, "<sha256 hex> <size> <path>\n", read a line at a time, and
+# the manifest and ota/current.json are scanned a byte at a time, so no step holds a list in RAM.
+# RAM: one 512-byte buffer, a line, the state; all of it garbage once boot.py returns (the
+# module's names are dropped at the end). A boot without an open update costs one stat.
 from micropython import const
 import os
 import json
 import hashlib
 
-_CHUNK = const(512)  # bytes per read and write: the one buffer
+_CHUNK = const(512)  # bytes per read: the one buffer
 _TRIALS = const(2)  # boots a new version gets to commit before it is rolled back
 _DIR = const(0x4000)  # S_IFDIR in os.stat()[0]
 _MAX_PATH = const(96)  # characters of a release path (docs/ota.md "Release")
@@ -38,14 +51,13 @@ _OLDLST = "ota/old.lst"
 _NEW = "ota/new/"
 _OLD = "ota/old/"
 _TMP = "ota/tmp"  # every file boot.py writes is written here, then renamed
-_LSTTMP = "ota/lst.tmp"  # the old list while the staged step copies through _TMP
 _CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
-# The release roots of the factory image (no ota/current.json): what the staged step saves.
+# The release roots of the factory image (no ota/current.json): what the staged step moves.
 _FACTORY = ("agent", "qdid", "main.py", "board.py", "silicon.py")
 _STEPS = ("staged", "swap", "trial", "rollback")
 _ENDS = ("committed", "rolled_back")  # the agent's to finish and report
 
-_buf = bytearray(0)  # the copy and hash buffer: _CHUNK bytes once an update is open
+_buf = bytearray(0)  # the hash buffer: _CHUNK bytes once an update is open
 _mv = memoryview(_buf)  # of _buf: the last partial chunk is sliced without a copy
 _one = bytearray(1)  # the byte a manifest scan reads
 _hook = None  # board.file_op on the emulated board; None on real boards
@@ -65,11 +77,8 @@ def _stat(path):
         return None
 
 
-def _same(path, size, digest):
-    # True when path is a file of exactly this size and SHA-256.
-    st = _stat(path)
-    if st is None or st[0] & _DIR or st[6] != size:
-        return False
+def _hash(path):
+    # The SHA-256 of a file, None when it cannot be read.
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -79,8 +88,14 @@ def _same(path, size, digest):
                     break
                 h.update(_buf if n == _CHUNK else _mv[:n])
     except OSError:
-        return False
-    return h.digest() == digest
+        return None
+    return h.digest()
+
+
+def _same(path, size, digest):
+    # True when path is a file of exactly this size and SHA-256.
+    st = _stat(path)
+    return st is not None and not st[0] & _DIR and st[6] == size and _hash(path) == digest
 
 
 def _mkdirs(path):
@@ -128,15 +143,6 @@ def _put(path, obj):
         json.dump(obj, f)
     _op("rename " + path)
     os.rename(_TMP, path)
-
-
-def _load(path):
-    # The JSON in a file; None when it is absent or not JSON (or too large for the heap).
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except Exception:
-        return None
 
 
 def _path_ok(p):
@@ -315,22 +321,26 @@ def _install(src, lst, other):
     return _each(lst, _in_place, None)
 
 
-def _save(lst, path, n, d):
-    # Copies a running file to ota/old/<path> and writes its line to the open list lst.
-    h = hashlib.sha256()
-    size = 0
-    _op("write " + _OLD + path)
-    with open(path, "rb") as src, open(_TMP, "wb") as dst:
-        while True:
-            n = src.readinto(_buf)
-            if not n:
-                break
-            b = _buf if n == _CHUNK else _mv[:n]
-            h.update(b)
-            dst.write(b)
-            size += n
-    _move(_TMP, _OLD + path)
-    lst.write("%s %d %s\n" % (h.digest().hex(), size, path))
+def _hashed(lst, p, n, d):
+    # Writes the line of a running file, with its size and SHA-256 where it is, to the open list
+    # lst (a file that cannot be read raises). A path outside the release rules is no part of a
+    # version, and a path the version lists but the board lacks is nothing to keep: neither is
+    # listed nor moved.
+    if _path_ok(p) and _stat(p) is not None:
+        lst.write("%s %d %s\n" % (_hash(p).hex(), os.stat(p)[6], p))
+    return True
+
+
+def _backup(_, p, n, d):
+    # Moves a file of the old list to ota/old/<path>. One no longer at its path was moved before
+    # a cut (nothing puts a file on a running path before the swap). The rename replaces any
+    # file an earlier update left at ota/old/<path> (the agent clears ota/ after each one). The
+    # folders the move leaves empty go too (also after a cut between the move and the rmdir):
+    # whatever set is put in place next, the tree holds no folder it does not list.
+    if _stat(p) is not None:
+        _move(p, _OLD + p)
+    _remove(p)  # p is gone: its folders only
+    return True
 
 
 def _new_list():
@@ -361,11 +371,6 @@ def _list_line(out, p, n, h):
     return True
 
 
-def _path_of(out, p, n, h):
-    out.append(p)
-    return True
-
-
 def _staged_there(missing, p, n, d):
     s = _stat(_NEW + p)
     if s is None or s[6] != n:
@@ -375,41 +380,50 @@ def _staged_there(missing, p, n, d):
 
 
 def _stage(st):
-    # staged -> swap. Nothing running is touched here: the staged set must be all there, then
-    # the running version's files (ota/current.json's paths, or the factory image's release
-    # roots) are copied to ota/old/ and listed in ota/old.lst.
+    # staged -> swap. The staged set must be all there; then ota/old.lst is written from the
+    # running files (ota/current.json's paths, or the factory image's release roots) and each
+    # file it lists is moved to ota/old/. A run after a cut finds the list (the mark that the
+    # backup began) and moves what is still in place; a failure once it began rolls back.
+    begun = _stat(_OLDLST) is not None
     if not _new_list():
-        return _drop(st, "bad_file", "no readable manifest")
+        return _drop(st, "bad_file", "no readable manifest", begun)
     missing = []  # type: list[str]
     if not _each(_NEWLST, _staged_there, missing):
-        return _drop(st, "bad_file", "staged file %s missing" % missing[0])
-    cur = []  # type: list[str] | None
-    try:
-        _scan(_CURRENT, _path_of, cur)
-    except (OSError, ValueError):
-        cur = None  # absent (the factory image) or unreadable: the release roots are saved
-    _op("write " + _OLDLST)
-    with open(_LSTTMP, "w") as lst:
-        if cur is None:
-            for r in _FACTORY:
-                _walk(r, _save, lst)
-        else:
-            for p in cur:
-                if _path_ok(p) and _stat(p) is not None:
-                    _save(lst, p, None, None)
-    _op("rename " + _OLDLST)
-    os.rename(_LSTTMP, _OLDLST)
+        return _drop(st, "bad_file", "staged file %s missing" % missing[0], begun)
+    if not begun:
+        # The list first, from the running files as they are, renamed into place before a file
+        # moves: the paths of ota/current.json, scanned as the list is written (no path list in
+        # RAM), or, when it is absent (the factory image) or unreadable, every file of the
+        # release roots.
+        _op("write " + _OLDLST)
+        try:
+            with open(_TMP, "w") as lst:
+                _scan(_CURRENT, _hashed, lst)
+        except (OSError, ValueError):
+            with open(_TMP, "w") as lst:
+                for r in _FACTORY:
+                    _walk(r, _hashed, lst)
+        _op("rename " + _OLDLST)
+        os.rename(_TMP, _OLDLST)
+    if _usable(_OLDLST):
+        _each(_OLDLST, _backup, None)
+    elif begun:
+        # A flash fault spoilt the list after files may have moved: without it there is no way
+        # back, so the way forward (the swap needs no old list) leaves one complete version.
+        print("boot: ota/old.lst unreadable; the update goes on without a way back")
+    else:
+        return _drop(st, "stage_failed", "the running files could not be listed")
     st["state"] = "swap"
     _put(_STATE, st)
     return "swap"
 
 
-def _drop(st, reason, why):
-    # An update that cannot start: nothing running was touched; the agent reports and clears.
+def _drop(st, reason, why, begun=False):
+    # An update that cannot go on. Before the backup began nothing running was touched: it ends
+    # (rolled_back; the agent reports and clears). After, running files may be in ota/old/: they
+    # are moved back first (a rollback, run at once), so main.py never runs an incomplete tree.
     print("boot: ota update dropped:", why)
-    st["state"] = "rolled_back"
-    st["reason"] = reason
-    _put(_STATE, st)
+    return _to_rollback(st, reason, "rollback" if begun else "rolled_back")
 
 
 def _swap(st):
@@ -424,14 +438,18 @@ def _swap(st):
     return _to_rollback(st, "swap_failed")
 
 
-def _to_rollback(st, reason):
-    st["state"] = "rollback"
+def _to_rollback(st, reason, kind="rollback"):
+    # state := kind with its reason; returns the state to run now (rolled_back: none). A state
+    # that cannot be written is left: a rollback runs now anyway (the state says what it said
+    # until a write succeeds), and the step that failed runs again at the next boot.
+    st["state"] = kind
     st["reason"] = reason
     try:
         _put(_STATE, st)
     except Exception:
-        pass  # roll back now anyway; the state says swap or trial until a write succeeds
-    return "rollback"
+        pass
+    if kind == "rollback":
+        return kind
 
 
 def _trial(st):
@@ -457,8 +475,10 @@ def _rollback(st):
 
 
 def _unreadable(st):
-    # A state file that is not one of the states: a rollback when ota/old/ is complete (each
-    # listed file there or already in place), otherwise nothing was touched yet and it stays.
+    # A state file that is not one of the states: a rollback when the old set can be put back
+    # (ota/old.lst readable, each file it lists in ota/old/ or still in place: true from the
+    # moment the list is written, as the backup moves one file at a time), otherwise nothing was
+    # touched yet and it stays.
     if _usable(_OLDLST) and _each(_OLDLST, _saved, None):
         print("boot: ota state unreadable; rolling back")
         return _to_rollback(st, "bad_state")
@@ -483,12 +503,11 @@ def _step(kind, st):
     except Exception as e:
         print("boot: ota %s failed: %r" % (kind, e))
     if kind == "staged":
-        # Only ota/ was written: the update ends (if the state cannot be written either, the
-        # step runs again at the next boot).
-        try:
-            _drop(st, "stage_failed", "the running files could not be saved")
-        except Exception:
-            pass
+        # The update ends: at once when only ota/ was written, by a rollback once the backup
+        # began.
+        return _drop(
+            st, "stage_failed", "the running files could not be moved", _stat(_OLDLST) is not None
+        )
     elif kind == "swap":
         return _to_rollback(st, "swap_failed")
     # trial: the new version is complete in place, only its count was not written; rollback:
@@ -499,7 +518,11 @@ def _run():
     global _buf, _mv, _hook
     if _stat(_STATE) is None:
         return
-    st = _load(_STATE)
+    try:
+        with open(_STATE) as f:
+            st = json.load(f)
+    except Exception:  # not JSON, or too large for the heap
+        st = None
     kind = st.get("state") if isinstance(st, dict) else None
     if kind in _ENDS:
         return

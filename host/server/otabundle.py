@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from host import firmware
 from host.server.otamanifest import (
     MAX_TOTAL,
     Manifest,
@@ -133,34 +134,21 @@ def check_signer(signer_der: bytes, root: x509.Certificate) -> x509.Certificate:
 def build_tree(board: str, version: str, out: Path) -> dict[str, Path]:
     """The project's firmware for `board` in `out` (device path -> local file): the packages
     compiled to .mpy for the board, main.py and the board's HAL, with agent/version.py saying
-    `version`. Not boot.py or enrol.py: they are never updated over the air.
-
-    The firmware sources ship inside the rig's package (hil/_firmware in a wheel), and its
-    build is the one that makes a board's image, so this is the one place host/ asks hil/."""
-    import subprocess
-
-    from hil import build, unixport
-
+    `version`. Not boot.py or enrol.py: they are never updated over the air."""
     parse_version(version)
     check_board(board)
     try:
-        arch = build.board_info(board).get("mpy_arch")
-        files = build.build(board, out)
-    except (build.BuildError, unixport.UnixPortMissing) as e:
+        files = firmware.build(board, out)
+        with tempfile.TemporaryDirectory(prefix="qlink-ota-version-") as tmp:
+            src = Path(tmp) / "version.py"
+            src.write_text(
+                '# Firmware version reported in telemetry ("fw") and compared by OTA.\n'
+                f'VERSION = "{version}"\n'
+            )
+            dst = out / "agent" / "version.mpy"
+            firmware.compile_mpy(src, "agent/version.py", dst, firmware.board_arch(board))
+    except firmware.BuildError as e:  # UnixPortMissing among them
         raise ReleaseError(str(e)) from None
-    with tempfile.TemporaryDirectory(prefix="qlink-ota-version-") as tmp:
-        src = Path(tmp) / "version.py"
-        src.write_text(
-            '# Firmware version reported in telemetry ("fw") and compared by OTA.\n'
-            f'VERSION = "{version}"\n'
-        )
-        dst = out / "agent" / "version.mpy"
-        cmd = [unixport.mpy_cross(), "-s", "agent/version.py", "-o", str(dst)]
-        if isinstance(arch, str):
-            cmd.append(f"-march={arch}")
-        proc = subprocess.run([*cmd, str(src)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise ReleaseError(f"mpy-cross could not compile agent/version.py: {proc.stderr}")
     for name in ("boot.py", "enrol.py"):
         files.pop(name, None)
         (out / name).unlink(missing_ok=True)

@@ -399,3 +399,15 @@ def test_flash_error_during_the_step_refuses_too_large():
     assert events(b)[1:] == [ota_event("refused", "too_large"), ack(4, "failed", "too_large")]
     assert ota_dir() == []
     assert no_module()
+
+
+def test_rolled_back_reports_the_reason_boot_py_gave():
+    # boot.py names why it rolled back; a reason that is not one word of the page's kind is
+    # reported as trial_failed (the state file is the device's own, but never trusted blindly).
+    for given, said in (("swap_failed", "swap_failed"), ("bad state!", "trial_failed")):
+        fresh()
+        write("ota/state.json", {"state": "rolled_back", "release": REL, "reason": given})
+        b = Broker()
+        agent(Env([b]))
+        assert events(b)[1:] == [ota_event("rolled_back", said)]
+        assert ota_dir() == []

@@ -3,8 +3,10 @@
 Each test builds a board filesystem with a running version (0.1.0, the factory image) and a
 staged one (0.2.0: ota/new/, ota/head.json, ota/state.json "staged"), runs
 `micropython -X heapsize=65536 -c "import boot"` in it as the board does at power-on, and reads
-the tree back. The power-cut tests kill the process before each file operation in turn (the
-unix board's file_op hook, QLINK_CUT_AT) and check that the next boot leaves exactly one complete
+the tree back. Every move (the backup into ota/old/, the swap, the rollback) must be a rename:
+the tests compare inode numbers before and after, and the file operations the unix board's
+file_op hook records (QLINK_FILE_OPS). The power-cut tests kill the process before each file
+operation in turn (QLINK_CUT_AT) and check that the next boot leaves exactly one complete
 version, and that later boots converge.
 """
 
@@ -184,6 +186,11 @@ def listed(lst: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+def inodes(fs: Path, files: dict[str, bytes], under: str = "") -> dict[str, int]:
+    """The inode number of each file of a set: a rename keeps it, a copy makes a new one."""
+    return {p: (fs / under / p).stat().st_ino for p in files}
+
+
 def file_ops(fs: Path, log: Path) -> list[str]:
     """The file operations (hook tags) of one uncut boot."""
     ok(boot(fs, {"QLINK_FILE_OPS": str(log)}))
@@ -236,11 +243,58 @@ def test_swap_puts_every_file_of_the_manifest_in_place_and_counts_the_boot(fs: P
         "version": "0.2.0",
         "boots": 1,
     }
-    # The old set is saved and listed with its sizes and hashes (ota/old.lst, docs/ota.md).
+    # The old set is moved to ota/old/ and listed with its sizes and hashes (ota/old.lst,
+    # docs/ota.md).
     assert listed(fs / "ota/old.lst") == {p: (len(b), sha(b)) for p, b in OLD.items()}
     assert listed(fs / "ota/new.lst") == {p: (len(b), sha(b)) for p, b in NEW.items()}
     for p, b in OLD.items():
         assert (fs / "ota/old" / p).read_bytes() == b
+
+
+def test_the_backup_and_the_swap_move_files_by_rename_and_write_no_release_data(
+    fs: Path, tmp_path: Path
+) -> None:
+    running, staged_files = inodes(fs, OLD), inodes(fs, NEW, "ota/new")
+    ops = file_ops(fs, tmp_path / "ops.log")
+    assert version(fs) == "new"
+    # The only data boot.py writes are its lists and the state (swap; trial, boots 0 and 1).
+    writes = [o.split(" ", 1)[1] for o in ops if o.startswith("write ")]
+    assert writes == ["ota/new.lst", "ota/old.lst"] + ["ota/state.json"] * 3
+    assert not [o for o in ops if o.startswith("remove ")]  # no file of either set deleted
+    # The staged step, up to its state write: the two lists, then one rename per running file
+    # into ota/old/, the folders that takes and those the moves leave empty, nothing else.
+    backup = ops[: ops.index("write ota/state.json")]
+    assert backup[:4] == [
+        "write ota/new.lst",
+        "rename ota/new.lst",
+        "write ota/old.lst",  # before the first move: it names the old set
+        "rename ota/old.lst",
+    ]
+    moves = [o for o in backup[4:] if not o.startswith(("mkdir ota/old", "rmdir "))]
+    assert sorted(moves) == sorted("rename ota/old/" + p for p in OLD)
+    assert sorted(o for o in backup if o.startswith("rmdir ")) == [
+        "rmdir " + d for d in sorted(parents(OLD))
+    ]
+    # Rename, not copy: each file is the same file (inode) in its new place.
+    assert inodes(fs, OLD, "ota/old") == running
+    assert inodes(fs, NEW) == staged_files
+
+
+def test_a_rollback_after_the_moves_restores_the_old_files_by_rename_with_their_hashes(
+    fs: Path,
+) -> None:
+    running = inodes(fs, OLD)
+    for _ in range(2):
+        ok(boot(fs))
+    assert version(fs) == "new"
+    assert ok(boot(fs)) == ["boot: rolled back"]
+    assert version(fs) == "old"
+    old_list = listed(fs / "ota/old.lst")
+    for p, b in OLD.items():
+        data = (fs / p).read_bytes()
+        assert old_list[p] == (len(data), sha(data)) == (len(b), sha(b))
+    assert inodes(fs, OLD) == running  # the very files that ran before the update
+    assert not [f for f in (fs / "ota/old").rglob("*") if f.is_file()]  # all moved back
 
 
 def test_the_third_trial_boot_rolls_back_to_exactly_the_old_files(fs: Path) -> None:
@@ -289,17 +343,39 @@ def test_boot_unloads_the_hal_so_main_loads_the_one_put_in_place(fs: Path) -> No
 
 
 def test_the_old_set_of_an_updated_board_is_the_paths_of_its_current_manifest(fs: Path) -> None:
-    # ota/current.json (the manifest of the running version) names what to save; a file it
-    # does not list is no part of the version and is neither saved nor removed.
+    # ota/current.json (the manifest of the running version) names what to move; a file it
+    # does not list is no part of the version and is neither moved nor removed; a path it lists
+    # that the board lacks is not in the old set.
     running = {p: b for p, b in OLD.items() if p != "agent/gone.py"}
-    write(fs, "ota/current.json", manifest(running, "0.1.0").encode())
+    write(fs, "ota/current.json", manifest({**running, "agent/lost.py": b"L"}, "0.1.0").encode())
     lines = ok(boot(fs))
     assert lines[-1] == "boot: trial 1 of 2"
     assert listed(fs / "ota/old.lst") == {p: (len(b), sha(b)) for p, b in running.items()}
     assert (fs / "agent/gone.py").read_bytes() == OLD["agent/gone.py"]
+    assert not (fs / "ota/old/agent/gone.py").exists()
     ok(boot(fs))
     assert ok(boot(fs)) == ["boot: rolled back"]
     assert release_files(fs) == OLD
+
+
+@pytest.mark.parametrize(
+    "current",
+    [b"{garbage", manifest(OLD, "0.1.0").encode()[:-60], b'{"files":[{"path":"main.py"}]}'],
+    ids=["not-json", "cut-short", "not-compact"],
+)
+def test_an_unreadable_current_manifest_makes_the_old_set_every_file_of_the_release_roots(
+    fs: Path, current: bytes
+) -> None:
+    # The list is written while ota/current.json is scanned: a manifest that breaks off after
+    # some entries leaves no line of them behind (the list is begun again from the roots).
+    write(fs, "ota/current.json", current)
+    assert ok(boot(fs))[-1] == "boot: trial 1 of 2"
+    lines = (fs / "ota/old.lst").read_text().splitlines()
+    assert len(lines) == len(OLD)
+    assert listed(fs / "ota/old.lst") == {p: (len(b), sha(b)) for p, b in OLD.items()}
+    ok(boot(fs))
+    assert ok(boot(fs)) == ["boot: rolled back"]
+    assert version(fs) == "old"
 
 
 # -- bad input: boot.py never raises and leaves one complete version ---------------------------
@@ -446,13 +522,40 @@ def test_a_staged_file_that_differs_from_its_hash_is_never_moved_and_rolls_back(
     assert (fs / "ota/new/main.py").exists()  # never moved over the running main.py
 
 
-def test_a_failure_while_saving_the_running_files_ends_the_update_untouched(fs: Path) -> None:
-    write(fs, "ota/old", b"a file where the folder goes")  # every save into ota/old/ fails
+@pytest.mark.parametrize(
+    "blocker",
+    ["ota/old", "ota/old/qdid/same.py/x"],
+    ids=["first-move", "after-the-agent-files"],
+)
+def test_a_failure_while_moving_the_running_files_moves_them_back(
+    fs: Path, tmp_path: Path, blocker: str
+) -> None:
+    # Something in the way of a move into ota/old/: a file where the folder goes (the first
+    # move fails), or a folder where qdid/same.py goes (it fails once agent/ has moved). The
+    # files already moved are moved back (a rollback at once): main.py never runs a part tree.
+    write(fs, blocker, b"in the way")
+    if blocker == "ota/old/qdid/same.py/x":
+        (fs / blocker).unlink()
+    running = inodes(fs, OLD)
+    ops = file_ops(fs, tmp_path / "ops.log")
+    lines = ok(boot(fs))  # the state is rolled_back: nothing more
+    assert lines == []
+    assert version(fs) == "old"
+    assert inodes(fs, OLD) == running
+    assert state(fs)["state"] == "rolled_back"
+    assert state(fs)["reason"] == "stage_failed"
+    moved = [o for o in ops if o.startswith("rename ota/old/")]
+    assert (len(moved) > 5) == (blocker != "ota/old")
+
+
+def test_a_failure_while_moving_prints_what_it_does(fs: Path) -> None:
+    write(fs, "ota/old", b"a file where the folder goes")
     lines = ok(boot(fs))
     assert lines[0].startswith("boot: ota staged failed: OSError")
-    assert lines[1] == "boot: ota update dropped: the running files could not be saved"
-    assert version(fs) == "old"
-    assert state(fs)["reason"] == "stage_failed"
+    assert lines[1:] == [
+        "boot: ota update dropped: the running files could not be moved",
+        "boot: rolled back",
+    ]
 
 
 def test_a_rollback_without_its_old_list_keeps_the_complete_new_version(fs: Path) -> None:
@@ -462,6 +565,25 @@ def test_a_rollback_without_its_old_list_keeps_the_complete_new_version(fs: Path
     for _ in range(2):
         assert ok(boot(fs)) == ["boot: rollback incomplete; it runs again at the next boot"]
         assert version(fs) == "new"
+
+
+def test_an_old_list_spoilt_after_the_moves_began_completes_the_new_version(
+    fs: Path, tmp_path: Path
+) -> None:
+    # Without the list there is no way back: the way forward leaves one complete version.
+    ops = file_ops(copy(fs, tmp_path / "count"), tmp_path / "ops.log")
+    k = ops.index("rename ota/old/qdid/__init__.py") + 1
+    env = {"QLINK_CUT_AT": str(k), "QLINK_CUT_FLAG": str(tmp_path / "flag")}
+    assert boot(fs, env).returncode == -9  # a cut in the middle of the moves ...
+    assert version(fs) is None
+    write(fs, "ota/old.lst", b"not a list\n")  # ... and the list spoilt by a flash fault
+    lines = ok(boot(fs))
+    assert lines == [
+        "boot: ota/old.lst unreadable; the update goes on without a way back",
+        "boot: ota swap to 0.2.0",
+        "boot: trial 1 of 2",
+    ]
+    assert version(fs) == "new"
 
 
 def test_a_swap_without_the_old_list_removes_what_the_manifest_lacks(fs: Path) -> None:
@@ -489,13 +611,19 @@ def test_a_power_cut_before_any_file_operation_of_the_swap_ends_in_the_new_versi
     staged: Path, tmp_path: Path
 ) -> None:
     ops = file_ops(copy(staged, tmp_path / "count"), tmp_path / "ops.log")
-    # Every kind of operation of the staged step, the swap and the trial count is cut at.
-    assert {o.split(" ")[0] for o in ops} == {"write", "rename", "mkdir", "remove", "rmdir"}
-    assert len(ops) > 40
+    # Every kind of operation of the staged step (the lists, a move of each running file into
+    # ota/old/), the swap (a move of each staged file, the folders the old set leaves empty)
+    # and the trial count is cut at. No file is removed: the old ones are moved away.
+    assert {o.split(" ")[0] for o in ops} == {"write", "rename", "mkdir", "rmdir"}
+    assert len([o for o in ops if o.startswith("rename ")]) == len(OLD) + len(NEW) + 5
+    old_list = {p: (len(b), sha(b)) for p, b in OLD.items()}
     for k, op in enumerate(ops, 1):
         work = tmp_path / f"cut{k}"
         lines = _cut_then_boot(staged, work, k, op)
         assert version(work) == "new", f"cut before op {k} ({op}): {lines}"
+        # A resumed backup kept the list it wrote before the first move (not one of the part
+        # tree it found): the old set is whole for the rollback below.
+        assert listed(work / "ota/old.lst") == old_list, f"cut before op {k} ({op})"
         st = state(work)
         assert st["state"] == "trial"
         assert lines[-1] == f"boot: trial {st['boots']} of 2"
@@ -528,6 +656,49 @@ def test_a_power_cut_before_any_file_operation_of_the_rollback_ends_in_the_old_v
         assert lines[-1] == "boot: rolled back", f"cut before op {k} ({op}): {lines}"
         assert version(work) == "old", f"cut before op {k} ({op})"
         assert state(work)["state"] == "rolled_back"
+        assert ok(boot(work)) == []
+        assert version(work) == "old"
+        shutil.rmtree(work)
+
+
+@pytest.mark.parametrize(
+    "then",
+    ["unreadable-state", "staged-file-missing"],
+)
+def test_a_power_cut_during_the_backup_then_a_fault_ends_in_the_old_version(
+    staged: Path, tmp_path: Path, then: str
+) -> None:
+    # From the moment ota/old.lst is written, each file of the old set is in ota/old/ or still
+    # in place: a state spoilt by the cut, or a staged file gone, after any part of the moves
+    # rolls back to exactly the old files (before the list, nothing was touched).
+    ops = file_ops(copy(staged, tmp_path / "count"), tmp_path / "ops.log")
+    backup = ops.index("write ota/state.json")  # the staged step's own operations
+    listed_at = ops.index("rename ota/old.lst") + 1  # a cut before it: no list yet
+    for k in range(1, backup + 2):
+        work = copy(staged, tmp_path / f"cut{k}")
+        running = inodes(work, OLD)
+        flag = {"QLINK_CUT_AT": str(k), "QLINK_CUT_FLAG": str(tmp_path / f"flag{k}")}
+        assert boot(work, flag).returncode == -9
+        if then == "unreadable-state":
+            write(work, "ota/state.json", b"{not json")
+        else:
+            (work / "ota/new/qdid/new.py").unlink()
+        lines = ok(boot(work))
+        where = f"cut before op {k} ({ops[k - 1]}): {lines}"
+        assert version(work) == "old", where
+        assert inodes(work, OLD) == running, where
+        if k <= listed_at:  # no list yet: nothing was touched
+            assert lines == [
+                "boot: ota state unreadable; no complete ota/old, nothing touched"
+                if then == "unreadable-state"
+                else "boot: ota update dropped: staged file qdid/new.py missing"
+            ], where
+        else:
+            assert lines[-1] == "boot: rolled back", where
+        if then == "unreadable-state" and k <= listed_at:
+            continue  # the state stays unreadable: the agent's to clear
+        assert state(work)["state"] == "rolled_back"
+        assert state(work)["reason"] == ("bad_state" if then == "unreadable-state" else "bad_file")
         assert ok(boot(work)) == []
         assert version(work) == "old"
         shutil.rmtree(work)
@@ -624,7 +795,9 @@ def test_an_emulated_board_cut_during_the_swap_comes_back_in_the_new_version(
     # the process, the relay starts it again, boot.py finishes the swap and main.py runs.
     board = emulated.EmulatedBoard(tmp_path)
     build(board.fs)
-    board.env.update({"QLINK_CUT_AT": "35", "QLINK_CUT_FLAG": str(tmp_path / "flag")})
+    ops = file_ops(copy(board.fs, tmp_path / "count"), tmp_path / "ops.log")
+    k = ops.index("rename main.py") + 1  # in the middle of the swap
+    board.env.update({"QLINK_CUT_AT": str(k), "QLINK_CUT_FLAG": str(tmp_path / "flag")})
     try:
         board.power_on()
         board.wait_for(r"^main 0\.2\.0$", timeout=30)

