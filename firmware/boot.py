@@ -147,7 +147,9 @@ def _put(path, obj):
 
 def _path_ok(p):
     # docs/ota.md "Release": boot.py writes and removes nothing outside the release roots, even
-    # when a list it is handed is garbage; the characters also keep a list line parseable.
+    # when a list it is handed is garbage; the characters also keep a list line parseable. The
+    # agent checks the same rules (agent.ota._path_ok), but boot.py imports nothing an update
+    # replaces, so it keeps its own copy.
     if not isinstance(p, str) or not 0 < len(p) <= _MAX_PATH:
         return False
     if p in ("boot.py", "config.json", "enrol.py") or p.endswith(".der"):

@@ -260,6 +260,23 @@ def board_behind_proxy(
     return ProxiedBoard(board, ident["device_id"], proxy, tap)
 
 
+# The paths an update replaces (docs/ota.md "boot.py": the factory image's release roots).
+RELEASE_ROOTS = ("agent/", "qdid/", "main.py", "board.py", "silicon.py")
+
+
+def release_files(board: EmulatedBoard) -> dict[str, str]:
+    """SHA-256 of every file of the board's release roots, by device path (boot.py's temporary
+    files aside): what a manifest's `files` must match for the board to run that version."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    for p in board.fs.rglob("*"):
+        rel = p.relative_to(board.fs).as_posix()
+        if p.is_file() and rel.startswith(RELEASE_ROOTS) and not rel.endswith(".tmp"):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
 def count_lines(board: Any, pattern: str) -> int:
     rx = re.compile(pattern)
     return sum(1 for line in board.lines() if rx.search(line))

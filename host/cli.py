@@ -236,9 +236,10 @@ def _root(
 
 
 # -- output ----------------------------------------------------------------------------------
-@functools.cache
 def _console(stderr: bool) -> "Console":
-    # rich's console costs ~25 ms to import: only commands that print through it pay.
+    # rich's console costs ~25 ms to import: only commands that print through it pay. A new one
+    # each time (cheap once imported): a console fixes its width from COLUMNS when it is made,
+    # and a process that runs several commands (tests, scripts) may change it in between.
     from rich.console import Console
 
     return Console(stderr=stderr, soft_wrap=True)

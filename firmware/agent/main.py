@@ -331,6 +331,7 @@ def _ota(cfg, ident, st, data_dir):
         del ota
         for name in ("ota", "otacrypto", "https"):
             _drop(name)
+        _drop("otakey", "qdid")
         gc.collect()
 
 

@@ -2,6 +2,7 @@
 # proof with the CSR -> check the command signer's certificate against the pinned root -> store
 # the certificate, broker settings and signer key.
 # Loaded only while the device onboards or renews its certificate; main.py drops it afterwards.
+import sys
 import hashlib
 import binascii
 from agent import store
@@ -74,6 +75,14 @@ def answer(step, status, doc, retry_after=0):
     raise LinkError("onboard: %s answered HTTP %d" % (step, status))
 
 
+def _drop_otakey():
+    sys.modules.pop("qdid.otakey", None)
+    try:
+        delattr(sys.modules["qdid"], "otakey")
+    except (AttributeError, KeyError):
+        pass
+
+
 def _bad(step, what):
     # The server said 200 but the answer breaks the contract: refuse it, do not store it.
     log("E", "onboard", "%s answer unusable: %s", step, what)
@@ -118,10 +127,15 @@ def run(client, ident, data_dir, root_der):
     challenge = _unhex(doc.get("challenge"), 32)
     if _unhex(cid, 16) is None or challenge is None:
         raise _bad("hello", "challenge_id or challenge malformed")
-    # The OTA key of this epoch (an identity without one, e.g. a test double, sends none: the
-    # server then offers it no update).
-    ota = getattr(ident, "ota_key", None)
-    ota = ota()[1] if ota is not None else None
+    # The OTA key of this epoch (qdid.otakey, loaded for it and dropped after); an identity
+    # without seeds (a test double) sends none, and the server then offers it no update.
+    ota = None
+    if getattr(ident, "seed", None) is not None:
+        from qdid import otakey
+
+        ota = otakey.derive(ident)[1]
+        del otakey
+        _drop_otakey()
     digest = proof_digest(challenge, device_id, client.host, ota)
     sig = ident.sign_digest(digest)
     csr = binascii.b2a_base64(ident.csr()).decode().strip()

@@ -424,7 +424,9 @@ def check_head(doc, release, ident, data_dir, board_name, root_der):
     tag = _unhex(wrap.get("tag"), 32)
     if epk is None or key is None or tag is None:
         return "wrong_device", None, None
-    d, _ = ident.ota_key()
+    from qdid import otakey
+
+    d, _ = otakey.derive(ident)
     keys = otacrypto.unwrap(epk, key, tag, release, ident.device_id, d)
     d = None
     if keys is None:

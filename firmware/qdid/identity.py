@@ -193,17 +193,6 @@ class Identity:
 
         return p256.public_key(p256.scalar_from_seed(self.seed(epoch)))
 
-    def ota_key(self) -> tuple[int, bytes]:
-        # (d_ota, public key) of this owner epoch's key agreement key for OTA (docs/ota.md "The
-        # device's OTA key"): p256.scalar_from_seed(HMAC-SHA256(seed E, "qlink/ecdh")[:16]). A
-        # label of its own keeps it apart from the signing key of the same seed. Derived on
-        # each call, never kept: the caller drops d once the content key is unwrapped.
-        from qdid import p256
-        from qdid.hmac import hmac_sha256
-
-        d = p256.scalar_from_seed(hmac_sha256(self.seed(self.epoch), b"qlink/ecdh")[:16])
-        return d, p256.public_key(d)
-
     def use_epoch(self, epoch: int) -> None:
         # After the server registered epoch `epoch`'s key: sign with it from now on.
         self._check()

@@ -6,7 +6,6 @@ themselves when the new version never gets there."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -20,8 +19,6 @@ from hil.emulated import EmulatedBoard
 from hil.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
-
-RELEASE_ROOTS = ("agent/", "qdid/", "main.py", "board.py", "silicon.py")
 
 
 class Ota:
@@ -78,7 +75,9 @@ class Ota:
         deadline = time.monotonic() + timeout
         while True:
             doc = self.status(rollout)
-            row = next((d for d in doc["devices"] if d["device_id"] == device_id), None)
+            row: dict[str, Any] | None = next(
+                (d for d in doc["devices"] if d["device_id"] == device_id), None
+            )
             if row is not None and row["state"] in states:
                 return row
             if time.monotonic() > deadline:
@@ -91,19 +90,9 @@ class Ota:
         return doc
 
 
-def running_files(board: EmulatedBoard) -> dict[str, str]:
-    """SHA-256 of every file in the board's release roots, by device path."""
-    out: dict[str, str] = {}
-    for p in board.fs.rglob("*"):
-        rel = p.relative_to(board.fs).as_posix()
-        if p.is_file() and rel.startswith(RELEASE_ROOTS) and not rel.endswith(".tmp"):
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def matches(board: EmulatedBoard, manifest: dict[str, Any]) -> bool:
     want = {f["path"]: f["sha256"] for f in manifest["files"]}
-    return running_files(board) == want
+    return scenarios.release_files(board) == want
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +110,13 @@ def test_a_rollout_moves_a_board_to_the_new_version_and_it_commits(ota: Ota) -> 
     board, device_id = ota.board("updater", "fleet")
     board.power_on()
     board.wait_for(r"published seq=1\b", timeout=120)
-    before = running_files(board)
+    before = scenarios.release_files(board)
     release = ota.release("0.2.0")
     rollout = ota.rollout(release, "fleet")
     board.wait_for(r"boot: ota swap to 0\.2\.0", timeout=120)
     ota.wait_device(rollout, device_id, {"committed"}, timeout=120)
     assert matches(board, ota.manifest(release))
-    assert running_files(board) != before
+    assert scenarios.release_files(board) != before
     # The new version is what runs and what the device announces.
     tap_rows = ota.cli_json("devices")
     row = next(r for r in tap_rows if r["device_id"] == device_id)
@@ -144,7 +133,7 @@ def test_a_version_that_never_commits_is_rolled_back_and_the_rollout_halts(
     board, device_id = ota.board("canary", "canary")
     board.power_on()
     board.wait_for(r"published seq=1\b", timeout=120)
-    before = running_files(board)
+    before = scenarios.release_files(board)
     # A release whose main.py never starts the agent: it can never pass the health check.
     from host.server.releases import build_tree
 
@@ -164,5 +153,5 @@ def test_a_version_that_never_commits_is_rolled_back_and_the_rollout_halts(
     board.wait_for(r"published seq=\d+", timeout=120)
     row = ota.wait_device(rollout, device_id, {"rolled_back"}, timeout=60)
     assert row["reason"] == "trial_failed"
-    assert running_files(board) == before
+    assert scenarios.release_files(board) == before
     assert ota.status(rollout)["state"] == "halted"

@@ -21,7 +21,6 @@ counts again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -46,7 +45,6 @@ pytestmark = pytest.mark.e2e
 
 SEED = int(os.environ.get("QLINK_OTA_SEED") or 20261203)
 CUTS = int(os.environ.get("QLINK_OTA_CUTS") or 6)
-RELEASE_ROOTS = ("agent/", "qdid/", "main.py", "board.py", "silicon.py")
 FIRST_PROCESS = ("download", "staging")  # phases of the process that downloads and stages
 SECOND_PROCESS = ("swap", "first_boot")  # phases of the process boot.py swaps in
 AGENT_LINE = r"I agent: device "  # the agent's first line: boot.py is done
@@ -117,12 +115,7 @@ class Rig:
         return rid, {f["path"]: f["sha256"] for f in manifest["files"]}
 
     def running(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for p in self.board.fs.rglob("*"):
-            rel = p.relative_to(self.board.fs).as_posix()
-            if p.is_file() and rel.startswith(RELEASE_ROOTS):
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-        return out
+        return scenarios.release_files(self.board)
 
     def line_after(self, pattern: str, start: int, what: str) -> int:
         """Index of the first console line from `start` on that matches pattern."""

@@ -5,7 +5,6 @@ tells a resumed download (about 1.5 payloads) from one that started over (2 payl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -16,27 +15,16 @@ from typing import Any
 import pytest
 
 from hil import scenarios
-from hil.emulated import EmulatedBoard
 from hil.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
-RELEASE_ROOTS = ("agent/", "qdid/", "main.py", "board.py", "silicon.py")
 CHUNK = 1024  # bytes the agent appends to ota/payload.bin per cut-hook call
 # The agent's file operations before the first append (firmware/agent/ota.py): ota/job.json
 # written and renamed (accept), ota/head.tmp removed, ota/head.json written and renamed (run).
 OPS_BEFORE_DOWNLOAD = 5
 APPEND = "append ota/payload.bin"
 RESUMED = re.compile(r"download from byte (\d+) of (\d+)")
-
-
-def running_files(board: EmulatedBoard) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for p in board.fs.rglob("*"):
-        rel = p.relative_to(board.fs).as_posix()
-        if p.is_file() and rel.startswith(RELEASE_ROOTS) and not rel.endswith(".tmp"):
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def cli_json(server: ServerProcess, *args: str) -> Any:
@@ -87,7 +75,7 @@ def test_a_cut_at_half_the_download_resumes_it_and_does_not_start_over(
     try:
         board.power_on()
         board.wait_for(r"published seq=1\b", timeout=120)
-        before = running_files(board)
+        before = scenarios.release_files(board)
         rollout = int(
             cli_json(server, "ota", "rollout", "create", release, "--batch", "resume")["id"]
         )
@@ -112,8 +100,8 @@ def test_a_cut_at_half_the_download_resumes_it_and_does_not_start_over(
 
     # The update committed, with the new version's files.
     manifest = json.loads((server.data_dir / "releases" / release / "manifest.json").read_text())
-    assert running_files(board) == {f["path"]: f["sha256"] for f in manifest["files"]}
-    assert running_files(board) != before
+    assert scenarios.release_files(board) == {f["path"]: f["sha256"] for f in manifest["files"]}
+    assert scenarios.release_files(board) != before
     # The server sent the first half once (and what was in flight at the cut), then the rest.
     served = int(
         next(r for r in cli_json(server, "ota", "list") if r["id"] == release)["bytes_served"]

@@ -444,8 +444,10 @@ class _Onboarding:
             self.challenges[cid] = (ch, body["device_id"], pub)
             return 200, {"challenge_id": cid, "challenge": ch.hex(), "expires": 2**31}
         ch, device_id, pub = self.challenges.pop(body["challenge_id"])
+        # The device's OTA key ends the signed input when it sends one (docs/ota.md).
+        ota = bytes.fromhex(body["ota_key"]) if body.get("ota_key") else b""
         digest = hashlib.sha256(
-            _LABEL + ch + device_id.encode() + b"\x00" + self.host.encode()
+            _LABEL + ch + device_id.encode() + b"\x00" + self.host.encode() + ota
         ).digest()
         sig = bytes.fromhex(body["signature"])
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pub)

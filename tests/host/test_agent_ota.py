@@ -22,7 +22,22 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from otaenv import COMMAND_EKU, FIRMWARE_EKU, P256_N, Release
 
 RUNNING = {"main.py": b"import board\n", "agent/version.py": b'VERSION = "0.1.0"\n'}
-D_OTA = int.from_bytes(hashlib.sha256(b"qlink ota test device").digest(), "big") % (P256_N - 1) + 1
+# The test device's seed of its epoch 0, and the OTA key it gives (docs/ota.md), as the host
+# computes it.
+SEED = hashlib.sha256(b"qlink ota test device").digest()[:16]
+
+
+def _ota_scalar(seed: bytes) -> int:
+    h = hmac.new(seed, b"qlink/ecdh", hashlib.sha256).digest()[:16]
+    ctr = 0
+    while True:
+        c = int.from_bytes(hashlib.sha256(h + ctr.to_bytes(4, "big")).digest(), "big")
+        if 0 < c < P256_N:
+            return c
+        ctr += 1
+
+
+D_OTA = _ota_scalar(SEED)
 OTA_PUB = otaenv.point(ec.derive_private_key(D_OTA, ec.SECP256R1()).public_key())
 DEVICE_ID = hashlib.sha256(b"qlink ota test device id").hexdigest()
 
@@ -48,9 +63,9 @@ class St:
         s.acks.append([seq, status, reason])
 class Ident:
     device_id = %(device_id)r
-    def ota_key(s):
-        from qdid import p256
-        return %(d)d, p256.public_key(%(d)d)
+    epoch = 0
+    def seed(s, i):
+        return %(seed)r
 root = open("ca.der", "rb").read()
 st = St()
 ota.accept(st, 7, {"release": %(release)r, "size": %(size)d})
@@ -119,7 +134,7 @@ def run_update(
     with otaenv.serve(pki, srv):
         code = DEVICE % {
             "device_id": DEVICE_ID,
-            "d": D_OTA,
+            "seed": SEED,
             "release": rel.id,
             "size": len(rel.payload),
             "runs": runs,
@@ -419,7 +434,8 @@ from qdid import identity
 from agent import otacrypto, onboard
 prk = binascii.unhexlify(%(prk)r)
 ident = identity.Identity(prk, None, %(epoch)d)
-d, pub = ident.ota_key()
+from qdid import otakey
+d, pub = otakey.derive(ident)
 w = json.loads(%(wrap)r)
 u = binascii.unhexlify
 keys = otacrypto.unwrap(u(w["epk"]), u(w["key"]), u(w["tag"]), %(release)r, ident.device_id, d)
@@ -450,13 +466,7 @@ print("RESULT " + json.dumps({
 def _host_ota_pub(prk: bytes, epoch: int) -> bytes:
     # docs/identity.md "5. Seeds" and docs/ota.md "The device's OTA key", with cryptography.
     seed = HKDFExpand(hashes.SHA256(), 16, b"qlink/seed/%d" % epoch).derive(prk)
-    h = hmac.new(seed, b"qlink/ecdh", hashlib.sha256).digest()[:16]
-    ctr = 0
-    while True:
-        c = int.from_bytes(hashlib.sha256(h + ctr.to_bytes(4, "big")).digest(), "big")
-        if 0 < c < P256_N:
-            break
-        ctr += 1
+    c = _ota_scalar(seed)
     return otaenv.point(ec.derive_private_key(c, ec.SECP256R1()).public_key())
 
 
@@ -539,9 +549,9 @@ class St:
         pass
 class Ident:
     device_id = %(device_id)r
-    def ota_key(s):
-        from qdid import p256
-        return %(d)d, p256.public_key(%(d)d)
+    epoch = 0
+    def seed(s, i):
+        return %(seed)r
 def rm(p):
     try:
         names = os.listdir(p)
@@ -607,7 +617,7 @@ def test_power_cut_before_any_file_change_still_stages_or_leaves_no_job(
     with otaenv.serve(pki, srv):
         code = CUTS % {
             "device_id": DEVICE_ID,
-            "d": D_OTA,
+            "seed": SEED,
             "port": srv.port,
             "release": rel.id,
             "size": len(rel.payload),
