@@ -3,7 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
-JOBS ?= 2
+# Test workers: three on a 2-core machine, since much of a test's time is spent waiting on
+# emulated boards, brokers and timers rather than computing.
+JOBS ?= 3
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test lint fmt bench soak clean flash hil test-pg attacks

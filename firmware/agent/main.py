@@ -301,35 +301,12 @@ def _relocating(step, *args):
 
 
 def _ota(cfg, ident, st, data_dir):
-    # The update step (agent.ota, loaded for it and dropped after with the HTTPS client). Link
-    # failures count; after ota.TRIES in a row the job is refused as unreachable.
-    from agent import ota
-
-    client = _server(cfg)
-    name = getattr(st.board, "name", None)
+    # The update step (agent.ota.step), loaded for it and dropped after with its HTTPS client,
+    # the crypto and the OTA key (STYLE.md Firmware 5): none of it stays resident.
     try:
-        if ota.run(client, ident, st, data_dir, name, cfg.root_der):
-            st.ota_reset = True
-        st.ota_tries = 0
-    except (LinkError, MemoryError) as e:
-        # A heap too fragmented for this try counts as a failed try too: the next one runs
-        # after the retry wait, with the broker session's objects gone.
-        st.ota_tries += 1
-        if st.ota_tries < ota.TRIES:
-            if isinstance(e, MemoryError):
-                raise LinkError("ota: out of memory")
-            raise
-        st.ota_tries = 0
-        ota.abandon(st, "unreachable")
-    except OSError as e:
-        # The flash (sockets fail as LinkError): full, most likely; the release does not fit.
-        log("E", "agent", "update does not fit the flash (errno %s)", e.args[0] if e.args else "?")
-        st.ota_tries = 0
-        ota.abandon(st, "too_large")
+        _ota_call("step", _server(cfg), ident, st, data_dir, cfg.root_der)
     finally:
-        del client
-        del ota
-        for name in ("ota", "otacrypto", "https"):
+        for name in ("otacrypto", "https"):
             _drop(name)
         _drop("otakey", "qdid")
         gc.collect()
@@ -599,7 +576,14 @@ def run(
     boot: Callable[[Board, str], Identity] | None = None,
 ) -> _State:
     # boot: identity factory, qdid.identity.boot unless a test passes another (tests pass None
-    # for the board with a boot of their own).
+    # for the board with a boot of their own). The state returned holds no board: a caller that
+    # keeps it (a test's next power cycle) must not keep the board's SRAM model alive too.
+    st = _run(board, config_path, data_dir, boot)
+    st.board = None
+    return st
+
+
+def _run(board, config_path, data_dir, boot):
     try:
         cfg = _load_config(config_path)
     except ConfigError as e:

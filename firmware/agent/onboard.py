@@ -2,6 +2,7 @@
 # proof with the CSR -> check the command signer's certificate against the pinned root -> store
 # the certificate, broker settings and signer key.
 # Loaded only while the device onboards or renews its certificate; main.py drops it afterwards.
+import gc
 import sys
 import hashlib
 import binascii
@@ -118,6 +119,17 @@ def run(client, ident, data_dir, root_der):
     # root_der: the pinned root (config), against which the command signer is checked.
     # Returns the agent.store.Stored it saved.
     device_id = ident.device_id
+    # The OTA key of this epoch (qdid.otakey, loaded for it and dropped after); an identity
+    # without seeds (a test double) sends none, and the server then offers it no update. First,
+    # and collected after: the curve arithmetic's garbage goes before any answer is kept.
+    ota = None
+    if getattr(ident, "seed", None) is not None:
+        from qdid import otakey
+
+        ota = otakey.derive(ident)[1]
+        del otakey
+        _drop_otakey()
+        gc.collect()
     log("I", "onboard", "hello %s as %s...", client.host, device_id[:12])
     status, doc = client.post(
         _HELLO, {"device_id": device_id, "public_key": _hex(ident.public_key)}
@@ -127,15 +139,6 @@ def run(client, ident, data_dir, root_der):
     challenge = _unhex(doc.get("challenge"), 32)
     if _unhex(cid, 16) is None or challenge is None:
         raise _bad("hello", "challenge_id or challenge malformed")
-    # The OTA key of this epoch (qdid.otakey, loaded for it and dropped after); an identity
-    # without seeds (a test double) sends none, and the server then offers it no update.
-    ota = None
-    if getattr(ident, "seed", None) is not None:
-        from qdid import otakey
-
-        ota = otakey.derive(ident)[1]
-        del otakey
-        _drop_otakey()
     digest = proof_digest(challenge, device_id, client.host, ota)
     sig = ident.sign_digest(digest)
     csr = binascii.b2a_base64(ident.csr()).decode().strip()

@@ -564,6 +564,29 @@ def _stage(k_enc, fl, total, n, buf):
     return None
 
 
+def step(client, ident, st, data_dir, root_der):
+    # main.py's update step where a session starts: run() with its failures counted. A link
+    # failure, or a heap too fragmented for this try, counts; after TRIES in a row the job is
+    # refused as unreachable. A flash error (sockets fail as LinkError) means the release does
+    # not fit: too_large. st.ota_reset once staged (main.py reports, then resets the board).
+    try:
+        if run(client, ident, st, data_dir, getattr(st.board, "name", None), root_der):
+            st.ota_reset = True
+        st.ota_tries = 0
+    except (LinkError, MemoryError) as e:
+        st.ota_tries += 1
+        if st.ota_tries < TRIES:
+            if isinstance(e, MemoryError):
+                raise LinkError("ota: out of memory")
+            raise
+        st.ota_tries = 0
+        abandon(st, "unreachable")
+    except OSError as e:
+        log("E", "agent", "update does not fit the flash (errno %s)", e.args[0] if e.args else "?")
+        st.ota_tries = 0
+        abandon(st, "too_large")
+
+
 def run(client, ident, st, data_dir, board_name, root_der):
     # The step (main.py, where sessions start): head, checks, download, tag, staging. Returns
     # True once staged (main.py reports, then resets the board for boot.py), False when the job

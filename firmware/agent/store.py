@@ -12,13 +12,30 @@
 # again). cmd_seq.bin is one file on its own: the old seq or the new one.
 # Nothing secret is stored here: the private key is re-derived from the PUF on every boot.
 import os
+import sys
 import json
 import hashlib
 import binascii
 from agent.log import log
 from qdid import files
 from qdid.der import DerError
-from qdid.x509 import cert_validity
+
+
+def cert_validity(cert_der):
+    # qdid.x509's reader for this one read, dropped after (STYLE.md Firmware 5): the agent reads
+    # a validity once per session, and its heap has no room to keep the reader resident.
+    from qdid import x509
+
+    try:
+        return x509.cert_validity(cert_der)
+    finally:
+        del x509
+        sys.modules.pop("qdid.x509", None)
+        try:
+            delattr(sys.modules["qdid"], "x509")
+        except (AttributeError, KeyError):
+            pass
+
 
 _CERT = "cert.der"
 _META = "onboard.json"
