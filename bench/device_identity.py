@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from bench import _callgrind
 from hil import unixport
 
 K_RP2040 = 2.0  # target cycles per unix-port x86-64 instruction (see the docstring)
@@ -119,22 +119,8 @@ def _run(
 
 def _instructions(out: Path) -> tuple[int, int]:
     """(all instructions, instructions in anonymous executable memory: native code)."""
-    text = out.read_text()
-    m = re.search(r"^summary:\s*(\d+)", text, re.M) or re.search(r"^totals:\s*(\d+)", text, re.M)
-    if not m:
-        raise RuntimeError(f"callgrind output without a summary: {out}")
-    annotated = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", "--inclusive=no", str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    native = sum(
-        int(line.split()[0].replace(",", ""))
-        for line in annotated.splitlines()
-        if line.rstrip().endswith("[???]") and line.strip()[:1].isdigit()
-    )
-    return int(m.group(1)), native
+    total, rows = _callgrind.counts(out)
+    return total, sum(n for n, line in rows if line.rstrip().endswith("[???]"))
 
 
 def _op_code(name: str, reps: int) -> str:

@@ -64,6 +64,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import _callgrind
 from bench._floor import FloorServer
 from bench.device_identity import F_RP2040, K_RP2040
 from hil import unixport
@@ -388,20 +389,8 @@ _CRYPTO = re.compile(r"/mbedtls/library/(?:sha256|aes)\.c:")
 
 def _counts(out: Path) -> tuple[int, int]:
     """(all instructions, instructions in mbedtls' SHA-256 and AES code)."""
-    text = out.read_text()
-    m = re.search(r"^summary:\s*(\d+)", text, re.M) or re.search(r"^totals:\s*(\d+)", text, re.M)
-    if not m:
-        raise RuntimeError(f"callgrind output without a summary: {out}")
-    annotated = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", "--inclusive=no", str(out)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    crypto = 0
-    for line in annotated.splitlines():
-        parts = line.split()
-        if parts and parts[0][:1].isdigit() and _CRYPTO.search(line):
-            crypto += int(parts[0].replace(",", ""))
-    return int(m[1]), crypto
+    total, rows = _callgrind.counts(out)
+    return total, sum(n for n, line in rows if _CRYPTO.search(line))
 
 
 def _flash(ops: list[str], root: Path) -> tuple[float, int, int]:

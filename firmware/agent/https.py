@@ -248,10 +248,15 @@ def _read_chunked(r, limit):
 def exchange(sock, host, port, path, obj, limit=_LIMIT):
     # One JSON POST over an open stream: returns (status, parsed JSON or None for no body).
     body = json.dumps(obj).encode()
+    # One write, so one TLS record: head and body in two would leave the body waiting on
+    # Nagle's algorithm for the server's delayed ACK (tens of ms per request).
+    return _json_exchange(sock, request_bytes(host, port, path, body) + body, limit)
+
+
+def _json_exchange(sock, request, limit):
+    # Sends one whole request, reads its answer: (status, parsed JSON or None for no body).
     try:
-        # One write, so one TLS record: head and body in two would leave the body waiting on
-        # Nagle's algorithm for the server's delayed ACK (tens of ms per request).
-        sock.write(request_bytes(host, port, path, body) + body)
+        sock.write(request)
     except OSError as e:
         raise LinkError("http: write failed: %s" % tlslink.reason(e))
     status, raw = read_response(sock, limit)
@@ -327,20 +332,11 @@ class Client:
         self.retry_after = 0
         s, _ = tlslink.connect(self.host, self.port, self.root_der, self.timeout_ms)
         try:
-            try:
-                s.write(get_bytes(self.host, self.port, self.prefix + path))
-            except OSError as e:
-                raise LinkError("http: write failed: %s" % tlslink.reason(e))
-            status, raw = read_response(s, limit)
+            answer = _json_exchange(s, get_bytes(self.host, self.port, self.prefix + path), limit)
             self.retry_after = retry_after
+            return answer
         finally:
             tlslink.close(s)
-        if not raw:
-            return status, None
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            raise LinkError("http: body is not JSON (status %d)" % status)
 
     def download(self, path, offset, f, buf, limit):
         # download() over a fresh verified TLS connection; see there.
