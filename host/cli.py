@@ -49,6 +49,16 @@ class CliError(ServerError):
 
 
 # -- plug-in groups ----------------------------------------------------------------------------
+# The project's own groups that load like plug-ins, only when invoked: `qlink ota` builds on the
+# helpers here and would otherwise cost every command its import.
+_LAZY_GROUPS = {"ota": "host.otacli:ota_app"}
+
+
+def _lazy_groups() -> dict[str, str]:
+    """Every group `qlink` imports only when invoked: the project's own, then the plug-ins."""
+    return {**_LAZY_GROUPS, **_plugins()}
+
+
 @functools.cache
 def _plugins() -> dict[str, str]:
     """Command groups that other packages add (the rig's `qlink rig`, `qlink puf`), found through
@@ -131,7 +141,7 @@ def _load_plugin(name: str) -> Any:
     """Import the plug-in group `name`. One that fails says why (and what to do) when used."""
     import importlib
 
-    module, _, attr = _plugins()[name].partition(":")
+    module, _, attr = _lazy_groups()[name].partition(":")
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split(".") if attr else ():
@@ -149,12 +159,12 @@ class _Qlink(TyperGroup):
 
     def list_commands(self, ctx: Any) -> list[str]:
         own = super().list_commands(ctx)
-        return own + sorted(n for n in _plugins() if n not in self.commands)
+        return own + sorted(n for n in _lazy_groups() if n not in self.commands)
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         cmd = super().get_command(ctx, cmd_name)
-        if cmd is None and cmd_name in _plugins():
-            return _PluginStub(name=cmd_name, help=_plugin_help(_plugins()[cmd_name]))
+        if cmd is None and cmd_name in _lazy_groups():
+            return _PluginStub(name=cmd_name, help=_plugin_help(_lazy_groups()[cmd_name]))
         return cmd
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
@@ -301,7 +311,7 @@ DataDir = Annotated[
         show_default=True,
     ),
 ]
-_DEFAULT_DIR: Path = Path("qlink-data")  # typed: host/otacli.py imports it in a cycle
+_DEFAULT_DIR: Path = Path("qlink-data")  # typed: host/otacli.py and rolloutcli.py import it
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 Tenant = Annotated[
     str | None,
@@ -1397,12 +1407,6 @@ def ca_azure_dps_group(
         )
         return
     _err(f"enrollment group {group_id} written to {out_file}")
-
-
-# `qlink ota` (host/otacli.py) uses the helpers above, so it is added last.
-from host.otacli import ota_app  # noqa: E402
-
-app.add_typer(ota_app, name="ota")
 
 
 def main() -> None:

@@ -10,8 +10,7 @@ from typing import Annotated
 
 import typer
 
-# Made before host.cli is imported: host.cli adds this group to `qlink` at its end, which runs
-# inside the import below when this module is imported first.
+# `qlink` loads this module when the group is invoked (host.cli._LAZY_GROUPS).
 ota_app = typer.Typer(
     help="Firmware releases over the air: build, publish, list (and roll out).",
     no_args_is_help=True,

@@ -22,7 +22,9 @@ application layer's (host/server/application.py), not the store's.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from host.server.store.audit import LOCAL, Actor, AuditLog
 from host.server.store.batches import Batches
@@ -42,13 +44,15 @@ from host.server.store.errors import (
 )
 from host.server.store.moves import Moves
 from host.server.store.puf import PufHealthLog
-from host.server.store.releases import Releases
-from host.server.store.rollouts import Rollouts
 from host.server.store.successors import Successors
 from host.server.store.targets import Targets
 from host.server.store.tenants import DEFAULT_TENANT, Tenants
 from host.server.store.tokens import TOKEN_PREFIX, Tokens
 from host.server.store.transfers import Transfers
+
+if TYPE_CHECKING:
+    from host.server.store.releases import Releases
+    from host.server.store.rollouts import Rollouts
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -86,8 +90,20 @@ class Store:
         self.successors = Successors(self.db)
         self.targets = Targets(self.db)
         self.moves = Moves(self.db)
-        self.releases = Releases(self.db)
-        self.rollouts = Rollouts(self.db)
+
+    # OTA's stores are made when first used: the CLI's read commands, which must start fast,
+    # never touch them.
+    @functools.cached_property
+    def releases(self) -> Releases:
+        from host.server.store.releases import Releases
+
+        return Releases(self.db)
+
+    @functools.cached_property
+    def rollouts(self) -> Rollouts:
+        from host.server.store.rollouts import Rollouts
+
+        return Rollouts(self.db)
 
     @property
     def path(self) -> Path | None:
