@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-stamp
 JOBS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint fmt bench soak clean flash hil test-pg attacks
+.PHONY: help setup demo test lint fmt bench soak clean flash hil test-pg attacks screenshots
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ hil: setup ## Rig tests (pty boards, scenarios); on real boards: make hil BOARD_
 soak: setup ## 10-minute soak of one emulated board at the RP2040 heap budget, 50 OTA power cuts (not in make test)
 	@QLINK_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_rig_soak.py
 	@QLINK_OTA_CUTS=50 $(PY) -m pytest -p no:cacheprovider tests/e2e/test_ota_powercut.py
+
+screenshots: setup ## Every console page at 1280 and 390 px wide into build/screenshots/ (fails on sideways scroll or a console error)
+	@$(PY) -m hil.screenshots
 
 test-pg: setup ## The server's end-to-end tests on a private PostgreSQL, 3 workers per server
 	@QLINK_E2E_DATABASE=postgres $(PY) -m pytest -n $(JOBS) --dist loadfile tests/e2e/test_onboarding_rules.py tests/e2e/test_server_resilience.py tests/e2e/test_server_operations.py

@@ -79,6 +79,8 @@ ALLOWED: tuple[tuple[str, str, str], ...] = (
     ("docs/operator.md", "40 ms", f"{_SPEC}: Linux's delayed-ACK timer (TCP_DELACK_MIN)"),
     ("CHANGELOG.md", "40 ms", f"{_SPEC}: Linux's delayed-ACK timer (TCP_DELACK_MIN)"),
     ("docs/identity.md", "≤ 1.5 s", f"{_SPEC}: the signing goal"),
+    ("docs/console.md", "under 100 ms", f"{_SPEC}: the device list's goal"),
+    ("README.md", "goal under 100 ms", f"{_SPEC}: the device list's goal"),
     ("docs/identity.md", "3.3e-43", f"{_ANALYSIS}: profile 4 at the model's BER"),
     ("docs/identity.md", "1.8e-49", f"{_ANALYSIS}: profile 2 at the model's BER"),
     ("docs/identity.md", "2.0e-6", f"{_ANALYSIS}: profile 3 (shortened) at 20 %"),

@@ -51,7 +51,7 @@ class CliError(ServerError):
 # -- plug-in groups ----------------------------------------------------------------------------
 # The project's own groups that load like plug-ins, only when invoked: `qlink ota` builds on the
 # helpers here and would otherwise cost every command its import.
-_LAZY_GROUPS = {"ota": "host.otacli:ota_app"}
+_LAZY_GROUPS = {"ota": "host.otacli:ota_app", "user": "host.usercli:user_app"}
 
 
 def _lazy_groups() -> dict[str, str]:
@@ -423,6 +423,10 @@ def server(
     hello_per_device: Annotated[
         int, typer.Option(help="Hellos a minute for one device from one address (0: no limit).")
     ] = 12,
+    console_lockout_s: Annotated[
+        float,
+        typer.Option(help="Seconds the console locks a user out after 5 failed logins in a row."),
+    ] = 900.0,
 ) -> None:
     """Run the server: device API over HTTPS, CA, registry and a managed Mosquitto broker.
 
@@ -449,6 +453,7 @@ def server(
             max_challenges_per_device=max_challenges,
             hello_per_source_per_min=hello_per_source,
             hello_per_device_per_min=hello_per_device,
+            console_lockout_s=console_lockout_s,
         )
     except ValueError as e:
         raise CliError(str(e)) from e

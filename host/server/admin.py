@@ -8,6 +8,8 @@ the platform operator's: it alone creates tenants and targets (the brokers batch
 by, which every token may list) and lists all tenants (any other token sees only its own), so a
 tenant's admin can never start a tenant beside its own. Every change is in the audit log with
 the token's operator and the client address.
+
+Which role each action needs is host/server/roles.py, the table the web console reads too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from host.server import ServerError, jsonin
+from host.server import ServerError, jsonin, roles
 from host.server.application import Application
 from host.server.bodies import (
     BatchCreate,
@@ -42,8 +44,6 @@ from host.server.identities import ImportFormatError
 from host.server.policy import PolicyError
 from host.server.schemas import (
     ROLE_ADMIN,
-    ROLE_OPERATOR,
-    ROLE_VIEWER,
     AuditOut,
     BatchExport,
     BatchOut,
@@ -112,9 +112,20 @@ def _operator(
 Op = Annotated[OperatorOut, Depends(_operator)]
 
 
-def _need(op: OperatorOut, role: str) -> None:
-    if not op.may(role):
-        raise ApiError(403, "forbidden", f"this needs the {role} role; the token has {op.role}")
+def _need(op: OperatorOut, action: str) -> None:
+    """Refuse `action` (host/server/roles.py: the one table of who may do what) unless the
+    token's role and tenant allow it."""
+    if roles.allowed(action, op.role, op.tenant):
+        return
+    rule = roles.rule(action)
+    if rule.platform:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"{rule.what} needs an admin token of tenant {DEFAULT_TENANT} (the platform "
+            f"operator's); this token is {op.role} in tenant {op.tenant}",
+        )
+    raise ApiError(403, "forbidden", f"this needs the {rule.role} role; the token has {op.role}")
 
 
 def _actor(request: Request, op: OperatorOut) -> Actor:
@@ -182,13 +193,7 @@ async def list_tenants(request: Request, op: Op) -> list[TenantOut]:
 
 @router.post("/tenants", response_model=TenantOut, status_code=201, responses=errors(403, 409))
 async def create_tenant(request: Request, op: Op, body: TenantCreate) -> TenantOut:
-    if not _platform(op):
-        raise ApiError(
-            403,
-            "forbidden",
-            f"creating a tenant needs an admin token of tenant {DEFAULT_TENANT} (the platform "
-            f"operator's); this token is {op.role} in tenant {op.tenant}",
-        )
+    _need(op, roles.TENANT_CREATE)
     return await _call(_app(request).create_tenant, body.name, _actor(request, op))
 
 
@@ -202,13 +207,7 @@ async def list_targets(request: Request, op: Op) -> list[TargetOut]:
 async def create_target(request: Request, op: Op, body: TargetCreate) -> TargetOut:
     """Add a broker (an external Mosquitto, asked first unless `check` is false, or an AWS IoT
     endpoint); batches move to it with POST /v1/admin/batches/{name}/policy."""
-    if not _platform(op):
-        raise ApiError(
-            403,
-            "forbidden",
-            f"adding a target needs an admin token of tenant {DEFAULT_TENANT} (the platform "
-            f"operator's); this token is {op.role} in tenant {op.tenant}",
-        )
+    _need(op, roles.TARGET_CREATE)
     from host.server.targets import TargetSpec
 
     spec = TargetSpec(
@@ -231,7 +230,7 @@ async def list_batches(request: Request, op: Op) -> list[BatchOut]:
 
 @router.post("/batches", response_model=BatchOut, status_code=201, responses=errors(403, 404, 409))
 async def create_batch(request: Request, op: Op, body: BatchCreate) -> BatchOut:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.BATCH_CREATE)
     return await _call(
         _app(request).create_batch,
         body.name,
@@ -249,7 +248,7 @@ async def get_batch(request: Request, op: Op, name: str) -> BatchOut:
 
 @router.post("/batches/{name}/state", response_model=BatchOut, responses=errors(403, 404))
 async def set_batch_state(request: Request, op: Op, name: str, body: BatchState) -> BatchOut:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.BATCH_STATE)
     return await _call(
         _app(request).set_batch_active, name, body.active, op.tenant, _actor(request, op)
     )
@@ -262,7 +261,7 @@ async def revoke_batch(request: Request, op: Op, name: str) -> BatchRevokeOut:
     """Revoke every device of the batch: the broker denies them all at once and drops their
     connections, the CRL lists their certificates, each gets its `device.revoke` audit event.
     Devices revoked before are counted, not changed: a repeat revokes only what is left."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.BATCH_REVOKE)
     return await _call(
         _app(request).revoke_batch, name, tenant=op.tenant, actor=_actor(request, op)
     )
@@ -273,7 +272,7 @@ async def move_batch(request: Request, op: Op, name: str, body: BatchMove) -> Mo
     """Move the batch's devices to another target: each registered there first, then the
     batch's target set, then each sent `broker` (docs/protocol.md "Moving a device to another
     broker"); the answer is the progress, which the devices' events carry on (GET)."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.BATCH_MOVE)
     return await _call(
         _app(request).move_batch, name, body.to, tenant=op.tenant, actor=_actor(request, op)
     )
@@ -292,7 +291,7 @@ async def batch_move_status(request: Request, op: Op, name: str) -> MoveOut:
     responses={**errors(403, 404), 422: {"model": ImportRejectedBody}},
 )
 async def import_batch(request: Request, op: Op, name: str, body: ImportRequest) -> ImportResult:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.BATCH_IMPORT)
     n = await _call(
         _app(request).import_devices,
         name,
@@ -333,13 +332,13 @@ _CHANGE: dict[str, Any] = {"response_model": DeviceOut, "responses": errors(403,
 
 @router.post("/devices/{device_id}/revoke", **_CHANGE)
 async def revoke_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_REVOKE)
     return await _call(_app(request).revoke, device_id, tenant=op.tenant, actor=_actor(request, op))
 
 
 @router.post("/devices/{device_id}/disable", **_CHANGE)
 async def disable_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_DISABLE)
     return await _call(
         _app(request).disable, device_id, tenant=op.tenant, actor=_actor(request, op)
     )
@@ -347,7 +346,7 @@ async def disable_device(request: Request, op: Op, device_id: str) -> DeviceReco
 
 @router.post("/devices/{device_id}/enable", **_CHANGE)
 async def enable_device(request: Request, op: Op, device_id: str) -> DeviceRecord:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_ENABLE)
     return await _call(_app(request).enable, device_id, tenant=op.tenant, actor=_actor(request, op))
 
 
@@ -359,7 +358,7 @@ async def enable_device(request: Request, op: Op, device_id: str) -> DeviceRecor
 )
 async def send_command(request: Request, op: Op, device_id: str, body: CommandCreate) -> CommandOut:
     """Sign a command for the device and send it (202: queued; its state follows on GET)."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_COMMAND)
     return await _call(
         _app(request).send_command,
         device_id,
@@ -389,7 +388,7 @@ async def list_commands(
 )
 async def renew_device(request: Request, op: Op, device_id: str) -> CommandOut:
     """Command the device to renew its certificate now."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_RENEW)
     return await _call(_app(request).renew, device_id, tenant=op.tenant, actor=_actor(request, op))
 
 
@@ -404,7 +403,7 @@ async def transfer_device(
 ) -> TransferCodeOut:
     """A single-use transfer code for the device (shown once; a new one replaces its open
     code). The new owner redeems it with POST /v1/admin/claims."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_TRANSFER)
     ttl = (body or TransferCreate()).ttl_s
     return await _call(
         _app(request).transfer_code,
@@ -426,7 +425,7 @@ async def transfer_batch(
 ) -> list[TransferCodeOut]:
     """A transfer code for every device of the batch that can be transferred now (onboarded,
     enabled, no move under way); each is shown once."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.BATCH_TRANSFER)
     ttl = (body or TransferCreate()).ttl_s
     return await _call(
         _app(request).transfer_codes, name, ttl_s=ttl, tenant=op.tenant, actor=_actor(request, op)
@@ -437,7 +436,7 @@ async def transfer_batch(
 async def claim(request: Request, op: Op, body: ClaimCreate) -> ClaimOut:
     """Redeem a transfer code into a batch of this tenant: the device is sent `transfer` and
     moves to a new identity in that batch. The answer is the claim, nothing of the device."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.CLAIM_CREATE)
     return await _call(_app(request).claim, body.code, op.tenant, body.batch, _actor(request, op))
 
 
@@ -456,7 +455,7 @@ async def get_claim(request: Request, op: Op, handle: str) -> ClaimOut:
 async def reenrol_device(request: Request, op: Op, device_id: str) -> CommandOut:
     """Command the device to re-enrol at its next cold boot: fresh helper data, a new ID in
     the same batch, linked to this record."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_REENROL)
     return await _call(
         _app(request).reenrol, device_id, tenant=op.tenant, actor=_actor(request, op)
     )
@@ -472,7 +471,7 @@ async def decommission_device(
 ) -> DecommissionOut:
     """Command the device to erase itself, wait up to `wait_s` (default 10 s) for its answer,
     then revoke it; `confirmed` tells whether it reported the erase."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.DEVICE_DECOMMISSION)
     return await _call(
         _app(request).decommission,
         device_id,
@@ -484,7 +483,7 @@ async def decommission_device(
 
 @router.post("/tokens", response_model=TokenOut, status_code=201, responses=errors(403))
 async def create_token(request: Request, op: Op, body: TokenCreate) -> TokenOut:
-    _need(op, ROLE_ADMIN)
+    _need(op, roles.TOKEN_CREATE)
     token, info = await _call(
         _app(request).create_token, body.name, op.tenant, body.role, _actor(request, op)
     )
@@ -499,7 +498,7 @@ async def audit(
     since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> list[AuditOut]:
-    _need(op, ROLE_VIEWER)
+    _need(op, roles.READ)
     return await _call(_app(request).audit, op.tenant, action=action, since=since, limit=limit)
 
 
@@ -517,7 +516,7 @@ def _releases_do(fn: Callable[..., T], *args: Any) -> T:
 @router.get("/ota/releases", response_model=list[ReleaseOut])
 async def list_releases(request: Request, op: Op) -> list[ReleaseOut]:
     """Published firmware releases, newest first, with the payload bytes served."""
-    _need(op, ROLE_VIEWER)
+    _need(op, roles.READ)
     return await _call(_releases_do, _app(request).releases.releases)
 
 
@@ -539,13 +538,7 @@ async def publish_release(request: Request, op: Op) -> ReleaseOut:
     """Publish a release bundle (`.qota`, the bytes `qlink ota build` wrote): checked against
     the server's root like `qlink ota publish`; 400 names the rule it breaks, 409
     release_exists for a release ID published before."""
-    if not _platform(op):
-        raise ApiError(
-            403,
-            "forbidden",
-            f"publishing a release needs an admin token of tenant {DEFAULT_TENANT} (the "
-            f"platform operator's); this token is {op.role} in tenant {op.tenant}",
-        )
+    _need(op, roles.RELEASE_PUBLISH)
     data = await request.body()
     application = _app(request)
     return await _call(_releases_do, application.releases.publish, data, _actor(request, op))
@@ -566,7 +559,7 @@ async def create_rollout(request: Request, op: Op, body: RolloutCreate) -> Rollo
     """Offer a published release to `percent` % of the batch's onboarded devices (rounded
     up, in device ID order), and to devices of the batch that come online within that share
     while it is active; more than `max_failures` failed devices halt it."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.ROLLOUT_CREATE)
     return await _call(
         _app(request).rollouts.create,
         body.release,
@@ -593,13 +586,13 @@ async def get_rollout(request: Request, op: Op, rollout_id: RolloutId) -> Rollou
 @router.post("/ota/rollouts/{rollout_id}/pause", **_ROLLOUT_CHANGE)
 async def pause_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
     """No new offers; devices with an open offer go on."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.ROLLOUT_PAUSE)
     return await _call(_app(request).rollouts.pause, rollout_id, op.tenant, _actor(request, op))
 
 
 @router.post("/ota/rollouts/{rollout_id}/resume", **_ROLLOUT_CHANGE)
 async def resume_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.ROLLOUT_RESUME)
     return await _call(_app(request).rollouts.resume, rollout_id, op.tenant, _actor(request, op))
 
 
@@ -607,7 +600,7 @@ async def resume_rollout(request: Request, op: Op, rollout_id: RolloutId) -> Rol
 async def abort_rollout(request: Request, op: Op, rollout_id: RolloutId) -> RolloutOut:
     """End it: no new offers, offers no device accepted yet expire, heads answer
     not_offered."""
-    _need(op, ROLE_OPERATOR)
+    _need(op, roles.ROLLOUT_ABORT)
     return await _call(_app(request).rollouts.abort, rollout_id, op.tenant, _actor(request, op))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 
 from host.server import ServerError
@@ -120,8 +120,13 @@ def create_app(
     )
     app.include_router(admin_router)
     app.include_router(ca_router)
+    from host.server.console.web import too_large_page
+
     app.add_middleware(
-        RequestLimits, max_body=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+        RequestLimits,
+        max_body=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        pages={"/console": too_large_page(settings.max_body_bytes)},  # a page, not JSON
     )
     # Outermost of ours: device requests are answered before the framework's routing.
     app.add_middleware(
@@ -165,6 +170,15 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # Imported here: Jinja2 and the pages load with the server, never with a `qlink` command.
+    from host.server.console import console_app
+
+    app.mount("/console", console_app(), name="console")
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=303)
 
     return app
 

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from host.server import ServerError
 from host.server.schemas import (
@@ -31,11 +31,15 @@ from host.server.schemas import (
     BatchRevokeOut,
     ClaimOut,
     CommandOut,
+    Dashboard,
     DecommissionOut,
+    DeviceChange,
+    DeviceListRow,
     DeviceRecord,
     MoveOut,
     OperatorOut,
     PufHealthOut,
+    RolloutChange,
     TargetRecord,
     TenantOut,
     TransferCodeOut,
@@ -306,6 +310,29 @@ class Application:
         """Newest first."""
         return self.store.audit.list(tenant, action=action, target=target, since=since, limit=limit)
 
+    def audit_page(
+        self,
+        tenant: str | None,
+        *,
+        action: str | None = None,
+        target_prefix: str | None = None,
+        actor: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[int, AuditOut]]:
+        """A keyset page of the audit log, newest first: (id, event), ids below `before`."""
+        return self.store.audit.page(
+            tenant,
+            action=action,
+            target_prefix=target_prefix,
+            actor=actor,
+            before=before,
+            limit=limit,
+        )
+
+    def audit_actions(self, tenant: str | None) -> list[str]:
+        return self.store.audit.actions(tenant)
+
     def tenants(self, tenant: str | None = None) -> list[TenantOut]:
         """Every tenant for the local operator (`None`), else only `tenant` itself."""
         return self.store.tenants.list(tenant)
@@ -321,6 +348,59 @@ class Application:
 
     def revoked_certs(self) -> list[RevokedCert]:
         return self.store.devices.revoked_certs()
+
+    # -- the web console's reads (host/server/store/views.py) ------------------------------
+    def device_page(
+        self,
+        tenant: str | None,
+        *,
+        state: str | None = None,
+        batch: str | None = None,
+        fw: str | None = None,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> list[DeviceListRow]:
+        """A keyset page of the device list, by device ID after `after` (Invalid for a bad
+        state, prefix or limit)."""
+        return self.store.views.device_page(
+            tenant, state=state, batch=batch, fw=fw, prefix=prefix, after=after, limit=limit
+        )
+
+    def fw_versions(self, tenant: str | None) -> list[str]:
+        return self.store.views.fw_versions(tenant)
+
+    def batch_names(self, tenant: str | None) -> list[str]:
+        """The tenant's batch names, in order, without counting their devices."""
+        return self.store.views.batch_names(tenant)
+
+    def batch_counts(self, tenant: str | None, batch: str) -> dict[str, int]:
+        """Devices of the batch in each state (every state, 0 included); NotFound for a
+        batch that is not one of `tenant`'s."""
+        return self.store.views.batch_counts(tenant, batch)
+
+    def dashboard(self, tenant: str | None, now: float) -> Dashboard:
+        views = self.store.views
+        return Dashboard(
+            summary=views.summary(tenant),
+            onboardings_per_minute=views.onboardings_per_minute(tenant, now),
+            alerts=views.alerts(tenant, now, puf_drift_pct=self.settings.puf_drift_pct),
+        )
+
+    def changes_since(self, cursor: float, limit: int = 500) -> list[DeviceChange]:
+        """Every tenant's changed devices: the live feed matches each to its listeners."""
+        return self.store.views.changes_since(cursor, limit)
+
+    def rollout_changes_since(self, cursor: float) -> list[RolloutChange]:
+        return self.store.views.rollout_changes_since(cursor)
+
+    def telemetry_history(
+        self, device_id: str, tenant: str | None = None
+    ) -> list[tuple[float, dict[str, Any]]]:
+        """The device's last telemetry messages, oldest first; NotFound when the device is not
+        one of `tenant`'s."""
+        dev = self.require_device(device_id, tenant)
+        return self.store.views.telemetry_history(dev.device_id)
 
     def current_crl(self) -> bytes:
         """The CRL (DER) as it should be now, re-signed when the published one is stale."""

@@ -14,6 +14,9 @@
   budget is logged as drifting and listed by `qlink devices --drifting`). OTA rollouts
   (host/server/rollouts.py) hear of both: `online` may offer the device an active rollout of
   its batch, `{"event": "ota", ...}` moves the device's progress in one.
+- Presence (docs/console.md): `online` marks the device online; on the managed broker the qlink
+  plugin reports each device connection that closed on `$CONTROL/qlink/v1/presence`, which
+  marks it offline.
 
 An event counts only on the device's own topic in its own tenant (the broker's plugin also
 keeps a device to its own prefix).
@@ -29,6 +32,7 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
+from host.server.brokerplugin.control import PRESENCE, parse_presence
 from host.server.ca import CertificateAuthority
 from host.server.commands import (
     Ack,
@@ -68,7 +72,8 @@ def signed_payload(signer: CommandSigner, cmd: CommandOut) -> bytes:
 
 
 def _subscribe(client: mqtt.Client) -> None:
-    client.subscribe(EVENT_TOPIC, qos=1)
+    # The managed broker's qlink plugin also reports each device connection that closed.
+    client.subscribe([(EVENT_TOPIC, 1), (PRESENCE, 1)])
 
 
 def _subscribe_with_telemetry(client: mqtt.Client) -> None:
@@ -164,6 +169,9 @@ class EventIntake:
         client.on_message = self._on_message
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == PRESENCE:
+            self._offline(bytes(msg.payload))
+            return
         parts = msg.topic.split("/")
         if len(parts) != 4 or not is_device_id(parts[2]):
             return
@@ -186,6 +194,19 @@ class EventIntake:
             self._handle(dev.tenant, device_id, event)
         except Exception:  # the network thread must survive a database or broker hiccup
             log.exception("event=device_event_failed device=%s", device_id)
+
+    def _offline(self, payload: bytes) -> None:
+        """The broker closed a device's connection: the device is offline until its next
+        `online` event (docs/console.md "Presence")."""
+        device_id = parse_presence(payload)
+        if device_id is None:
+            log.warning("event=presence_malformed bytes=%d", len(payload))
+            return
+        try:
+            if self.store.devices.set_online(device_id, False):
+                log.info("event=device_offline device=%s", device_id)
+        except Exception:  # the network thread must survive a database hiccup
+            log.exception("event=presence_store_failed device=%s", device_id)
 
     def _telemetry(self, tenant: str, device_id: str, payload: bytes) -> None:
         data = parse_telemetry(payload)
@@ -228,6 +249,7 @@ class EventIntake:
             if event.seq is not None:
                 commands.report(device_id, event.seq, COMMAND_FAILED, f"rejected: {event.reason}")
         elif isinstance(event, Online):
+            self.store.devices.set_online(device_id, True)
             if event.puf:
                 used = self.store.puf.record(device_id, time.time(), event.puf)
                 if used is not None and used >= self.drift_pct:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -21,6 +21,15 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+def too_large_sentence(limit: int) -> str:
+    """What a page (not an API answer) says about a body over `limit` bytes."""
+    return (
+        f"The request is larger than this server takes: at most {limit / 2**20:g} MiB."
+        " Nothing was changed; send less at once (split a large import into several files)."
+    )
 
 
 class BodyTooSlow(HTTPException):
@@ -74,14 +83,25 @@ class LimitedReceive:
 
 
 class RequestLimits:
-    """The limits for the framework's routes (the operator API, the CA files): 413 at once
-    when Content-Length is over the limit, else as soon as the stream passes it; 408 when the
-    body does not arrive in time."""
+    """The limits for the framework's routes (the operator API, the CA files, the console):
+    413 at once when Content-Length is over the limit, else as soon as the stream passes it;
+    408 when the body does not arrive in time. The answer is JSON, except under a path prefix
+    of `pages` (e.g. "/console"), whose app answers a declared length over the limit with its
+    own page (it must not read the body; a body that passes the limit while streaming raises
+    BodyTooLarge in that app's routes instead)."""
 
-    def __init__(self, app: App, *, max_body: int, body_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        max_body: int,
+        body_timeout_s: float,
+        pages: Mapping[str, App] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.timeout = body_timeout_s
+        self.pages = dict(pages or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,9 +109,19 @@ class RequestLimits:
             return
         refusal = declared_length_refusal(scope, self.max_body)
         if refusal is not None:
-            await reject(send, *refusal)
+            page = self._page(scope["path"]) if refusal[0] == 413 else None
+            if page is not None:
+                await page(scope, receive, send)
+            else:
+                await reject(send, *refusal)
             return
         await self.app(scope, LimitedReceive(receive, self.max_body, self.timeout), send)
+
+    def _page(self, path: str) -> App | None:
+        for prefix, page in self.pages.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return page
+        return None
 
 
 def declared_length_refusal(scope: Scope, limit: int) -> tuple[int, str, str] | None:

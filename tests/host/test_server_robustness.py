@@ -71,6 +71,47 @@ def test_streamed_body_over_limit_is_413(env: Any) -> None:
     four_xx(call(env, "POST", "/v1/onboard/hello", content=chunks()), 413, "too_large")
 
 
+def test_console_body_over_limit_is_a_413_page_not_json(env: Any) -> None:
+    """A console form over the limit gets the console's own page (its headers, a sentence with
+    the limit in MiB, a link back); the API paths beside it keep their JSON answer."""
+    portal, client, _ = env
+    declared = portal.call(
+        lambda: client.post("/console/login", content=b"name=x&password=" + b"y" * 70_000)
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"name=x&password="
+        for _ in range(70):
+            yield b"y" * 1024
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    streamed = portal.call(lambda: client.post("/console/login", content=chunks(), headers=form))
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert r.headers["content-type"].startswith("text/html")
+        assert "at most 0.0625 MiB" in r.text and "Nothing was changed" in r.text
+        assert '<a href="/console/">Back to the dashboard</a>' in r.text
+        assert r.headers["content-security-policy"].startswith("default-src 'self'")
+        assert r.headers["cache-control"] == "no-store"
+    assert declared.headers["connection"] == "close"  # the body was never read
+    api = call(env, "POST", "/v1/admin/batches/b/import", content=b" " * 70_000)
+    four_xx(api, 413, "too_large")
+
+
+def test_a_slow_console_form_is_a_408_page(env: Any) -> None:
+    portal, client, _ = env
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"name=x"
+        await asyncio.sleep(1.0)
+        yield b"&password=y"
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = portal.call(lambda: client.post("/console/login", content=slow(), headers=form))
+    assert r.status_code == 408 and r.headers["content-type"].startswith("text/html")
+    assert "did not arrive within 0.5 s" in r.text
+
+
 def test_slow_body_is_408(env: Any) -> None:
     async def slow() -> AsyncIterator[bytes]:
         yield b'{"device_id": '

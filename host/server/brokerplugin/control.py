@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 CONTROL = "$CONTROL/qlink/v1"
 RESPONSE = CONTROL + "/response"
+# The broker's own report of a device connection closed: {"client": "<device ID>"} (only the
+# broker publishes it, only the admin receives it: qlink_acl.c).
+PRESENCE = CONTROL + "/presence"
 MAX_IDS = 4096  # device IDs in one request: MAX_IDS in qlink_acl.c
 VERBS = ("deny", "allow", "open")
 _CORRELATION = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _DEVICE_ID = re.compile(r"[0-9a-f]{64}")
+_PRESENCE = re.compile(rb'\{"client":"([0-9a-f]{64})"\}')
 _ANSWER = re.compile(
     rb"(?P<corr>[A-Za-z0-9_-]{1,32}|-) (?:ok (?P<changed>\d{1,10}) (?P<denied>\d{1,10})"
     rb"|error (?P<error>[a-z-]{1,32}))\n"
@@ -56,6 +60,12 @@ def parse_answer(payload: bytes) -> Answer | None:
     if m["error"] is not None:
         return Answer(corr, m["error"].decode())
     return Answer(corr, None, int(m["changed"]), int(m["denied"]))
+
+
+def parse_presence(payload: bytes) -> str | None:
+    """The device ID of a presence report, or None if `payload` is not one."""
+    m = _PRESENCE.fullmatch(payload)
+    return None if m is None else m[1].decode()
 
 
 def chunks(device_ids: Sequence[str], size: int = MAX_IDS) -> Iterator[Sequence[str]]:

@@ -36,6 +36,13 @@
  * The set lives in broker memory: the server fills it when it starts (policy reapply_denials),
  * then sends "open". Until then every device is DENIED, so a broker that has just started never
  * serves a device the server has denied.
+ *
+ * Presence: when a device's connection closes (MOSQ_EVT_DISCONNECT: the device left, its link
+ * broke, a newer connection took its client ID over, or a deny dropped it), the broker itself
+ * publishes {"client":"<device ID>"} on $CONTROL/qlink/v1/presence. Only the admin may
+ * subscribe to or receive that topic and no client may publish on it (a client's PUBLISH to
+ * $CONTROL/... never reaches a subscriber either: the broker hands it to the plugin registered
+ * for the topic, and none is), so a disconnection the server hears of is one the broker saw.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -51,6 +58,7 @@
 
 #define CONTROL_TOPIC "$CONTROL/qlink/v1"
 #define RESPONSE_TOPIC "$CONTROL/qlink/v1/response"
+#define PRESENCE_TOPIC "$CONTROL/qlink/v1/presence"
 #define ID_HEX 64                           /* a device ID: SHA-256 of its public key, in hex */
 #define ID_LEN 32                           /* the same, as bytes */
 #define OU_MAX 64                           /* a tenant name's longest form (store/names.py) */
@@ -281,6 +289,12 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 
 	(void)event;
 	(void)userdata;
+	if(strcmp(ed->topic, PRESENCE_TOPIC) == 0){
+		/* The broker's own publish is not checked (mosquitto_broker_publish); a client's is
+		 * refused, and only the admin may subscribe and receive. */
+		if(ed->access == MOSQ_ACL_WRITE) return MOSQ_ERR_ACL_DENIED;
+		return user && strcmp(user, admin) == 0 ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+	}
 	if(!device_of(ed->client, id)) return MOSQ_ERR_PLUGIN_DEFER;
 	if(!opened || find(id, &at)){
 		queue_kick(id);
@@ -307,6 +321,23 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		default:
 			return MOSQ_ERR_ACL_DENIED;
 	}
+}
+
+/* -- presence ------------------------------------------------------------------------------ */
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	const char *user = mosquitto_client_username(ed->client);
+	char payload[sizeof("{\"client\":\"\"}") + ID_HEX];
+	uint8_t id[ID_LEN];
+
+	(void)event;
+	(void)userdata;
+	if(!device_of(ed->client, id)) return MOSQ_ERR_SUCCESS;
+	snprintf(payload, sizeof(payload), "{\"client\":\"%s\"}", user);
+	/* QoS 1: the server's subscription keeps it across a moment's reconnection. */
+	mosquitto_broker_publish_copy(NULL, PRESENCE_TOPIC, (int)strlen(payload), payload, 1, false, NULL);
+	return MOSQ_ERR_SUCCESS;
 }
 
 /* -- control ------------------------------------------------------------------------------- */
@@ -455,6 +486,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC, NULL);
 	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
 	return rc;
 }
 
@@ -466,6 +498,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
 	mosquitto_free(slots);
 	mosquitto_free(used);
 	slots = NULL;

@@ -14,6 +14,8 @@
 - `rollouts`: OTA rollouts and each device's progress in one
 - `successors`: the one transaction that moves a device to its next identity
 - `releases`: published firmware releases (docs/ota.md)
+- `views`: what the web console reads (the device list, the dashboard, the live feed)
+- `users`: the web console's users and their sessions (docs/console.md)
 
 Each concept's SQL lives in its module and runs on the DBAPI (store/database.py says why).
 Use cases that span concepts or reach outside the database (the broker, the CA) are the
@@ -53,6 +55,8 @@ from host.server.store.transfers import Transfers
 if TYPE_CHECKING:
     from host.server.store.releases import Releases
     from host.server.store.rollouts import Rollouts
+    from host.server.store.users import Users
+    from host.server.store.views import Views
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -104,6 +108,20 @@ class Store:
         from host.server.store.rollouts import Rollouts
 
         return Rollouts(self.db)
+
+    @functools.cached_property
+    def views(self) -> Views:
+        """The web console's read-only queries (made on first use, like the OTA stores)."""
+        from host.server.store.views import Views
+
+        return Views(self.db)
+
+    # The console's users: only the console and `qlink user` need them.
+    @functools.cached_property
+    def users(self) -> Users:
+        from host.server.store.users import Users
+
+        return Users(self.db)
 
     @property
     def path(self) -> Path | None:

@@ -3,6 +3,7 @@ the change it records, so the log and the state never disagree."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from dataclasses import dataclass
@@ -76,3 +77,47 @@ class AuditLog:
             AuditOut.model_construct(**{**row, "detail": json.loads(row["detail"])})
             for row in self._db.all(sql, params)
         ]
+
+    def page(
+        self,
+        tenant: str | None,
+        *,
+        action: str | None = None,
+        target_prefix: str | None = None,
+        actor: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> builtins.list[tuple[int, AuditOut]]:
+        """A keyset page, newest first: (id, event) for events with id below `before` (the
+        last id of the previous page), `target` starting with `target_prefix`."""
+        where: builtins.list[str] = []
+        params: dict[str, Any] = {"limit": limit}
+        for column, value in (("tenant", tenant), ("action", action), ("actor", actor)):
+            if value is not None:
+                where.append(f"{column} = :{column}")
+                params[column] = value
+        if target_prefix:
+            # Not LIKE: the prefix's own % and _ are plain characters, and case counts.
+            where.append("substr(target, 1, :plen) = :prefix")
+            params["plen"], params["prefix"] = len(target_prefix), target_prefix
+        if before is not None:
+            where.append("id < :before")
+            params["before"] = before
+        sql = (
+            "SELECT id, at, actor, source, tenant, action, target, detail FROM audit"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY id DESC LIMIT :limit"
+        )
+        out: builtins.list[tuple[int, AuditOut]] = []
+        for row in self._db.all(sql, params):
+            event = {k: row[k] for k in ("at", "actor", "source", "tenant", "action", "target")}
+            detail = json.loads(row["detail"])
+            out.append((int(row["id"]), AuditOut.model_construct(**event, detail=detail)))
+        return out
+
+    def actions(self, tenant: str | None) -> builtins.list[str]:
+        """The actions the log holds (of `tenant`), sorted: the console's filter choices."""
+        sql = "SELECT DISTINCT action FROM audit"
+        if tenant is not None:
+            sql += " WHERE tenant = :tenant"
+        return sorted(str(r["action"]) for r in self._db.all(sql, {"tenant": tenant}))

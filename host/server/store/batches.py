@@ -232,6 +232,7 @@ class Batches:
             rows, errors = parse_any(lines, fmt, progress)
         else:
             rows, errors = parse_import(lines, progress)
+        now = time.time()
         with self._db.transaction() as tx:
             b = find(tx, batch, tenant)
             existing = _existing(tx, [r.device_id for r in rows])
@@ -250,14 +251,15 @@ class Batches:
             if new:
                 tx.executemany(
                     "INSERT INTO devices (device_id, public_key, batch_id, state, disabled,"
-                    " policy_exception) VALUES (:device_id, :public_key, :batch_id, :state,"
-                    " FALSE, FALSE)",
+                    " policy_exception, changed_at) VALUES (:device_id, :public_key, :batch_id,"
+                    " :state, FALSE, FALSE, :now)",
                     [
                         {
                             "device_id": r.device_id,
                             "public_key": r.public_key,
                             "batch_id": b["id"],
                             "state": STATE_REGISTERED,
+                            "now": now,
                         }
                         for r in new
                     ],

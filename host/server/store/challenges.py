@@ -53,6 +53,8 @@ _USE = "UPDATE challenges SET used_at = :now, proof_hash = :hash WHERE id = :id 
 _ONBOARD = (
     "UPDATE devices SET state = :onboarded, cert_der = :cert_der, serial = :serial,"
     " not_after = :not_after, onboarded_at = COALESCE(onboarded_at, :now),"
+    # A retry that gets the same certificate changes nothing the console shows.
+    " changed_at = CASE WHEN serial = CAST(:serial AS VARCHAR(40)) THEN changed_at ELSE :now END,"
     # A proof without an OTA key (older firmware) keeps the one a proof sent before.
     " ota_key = COALESCE(:ota_key, ota_key)"
     "{clear}"

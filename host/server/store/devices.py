@@ -37,6 +37,19 @@ SELECT = (
 _BY_ID = SELECT + " WHERE d.device_id = :device_id"
 _BY_ID_OF_TENANT = _BY_ID + " AND b.tenant = :tenant"
 STATE_FILTERS = (*STATES, "disabled")
+TELEMETRY_SLOTS = 64  # telemetry messages kept per device (docs/console.md)
+FW_MAX = 20  # characters of the firmware version kept (devices.fw)
+_TELEMETRY = (
+    "UPDATE devices SET last_seen = :at, last_telemetry = :payload, fw = :fw, changed_at = :at"
+    " WHERE device_id = :device_id"
+    " AND batch_id IN (SELECT id FROM batches WHERE tenant = :tenant)"
+)
+# One row per slot: the upsert overwrites the message 64 sequence numbers older, so the history
+# stays bounded without a pruning pass.
+_SAMPLE = (
+    "INSERT INTO telemetry_samples (device_id, slot, at, body) VALUES (:device_id, :slot, :at,"
+    " :payload) ON CONFLICT (device_id, slot) DO UPDATE SET at = excluded.at, body = excluded.body"
+)
 
 
 @dataclass(frozen=True)
@@ -149,8 +162,8 @@ class Devices:
         now = time.time()
         with self._db.transaction() as tx:
             row = tx.one(
-                "UPDATE devices SET state = :revoked, revoked_at = :now"
-                " WHERE device_id = :device_id AND state <> :revoked"
+                "UPDATE devices SET state = :revoked, revoked_at = :now, online = FALSE,"
+                " changed_at = :now WHERE device_id = :device_id AND state <> :revoked"
                 " RETURNING serial, not_after",
                 {"revoked": STATE_REVOKED, "now": now, "device_id": dev.device_id},
             )
@@ -176,10 +189,17 @@ class Devices:
     def set_disabled(self, dev: DeviceRecord, disabled: bool, actor: Actor) -> bool:
         """Disable or enable, with its audit event; False when it already was so."""
         with self._db.transaction() as tx:
+            # Disabling drops the live connection; enabling lets it connect again, and its
+            # `online` event says when it did.
             changed = tx.execute(
-                "UPDATE devices SET disabled = :disabled"
+                "UPDATE devices SET disabled = :disabled, online = FALSE, changed_at = :now"
                 " WHERE device_id = :device_id AND disabled = :was",
-                {"disabled": disabled, "was": not disabled, "device_id": dev.device_id},
+                {
+                    "disabled": disabled,
+                    "was": not disabled,
+                    "device_id": dev.device_id,
+                    "now": time.time(),
+                },
             )
             if changed:
                 action = "device.disable" if disabled else "device.enable"
@@ -201,19 +221,35 @@ class Devices:
     def record_telemetry(
         self, device_id: str, payload: dict[str, Any], at: float, tenant: str
     ) -> bool:
-        """Keep the last telemetry of a known device of `tenant` (the tenant its topic names);
-        False if there is no such device in that tenant."""
+        """Keep the last telemetry of a known device of `tenant` (the tenant its topic names),
+        its firmware version and the message in its history slot (seq modulo
+        TELEMETRY_SLOTS); False if there is no such device in that tenant (nothing written).
+        `payload` is a parsed telemetry object (host/server/telemetry.py: `seq` an int >= 1;
+        without one the message has no slot in the history)."""
+        fw = payload.get("fw")
+        params = {
+            "at": at,
+            "payload": json.dumps(payload, sort_keys=True),
+            "fw": fw[:FW_MAX] if isinstance(fw, str) else None,
+            "device_id": device_id,
+            "tenant": tenant,
+        }
+        seq = payload.get("seq")
         with self._db.transaction() as tx:
-            return bool(
-                tx.execute(
-                    "UPDATE devices SET last_seen = :at, last_telemetry = :payload"
-                    " WHERE device_id = :device_id"
-                    " AND batch_id IN (SELECT id FROM batches WHERE tenant = :tenant)",
-                    {
-                        "at": at,
-                        "payload": json.dumps(payload, sort_keys=True),
-                        "device_id": device_id,
-                        "tenant": tenant,
-                    },
-                )
+            if not tx.execute(_TELEMETRY, params):
+                return False
+            if isinstance(seq, int):  # always, from the intakes (parse_telemetry)
+                tx.execute(_SAMPLE, {**params, "slot": seq % TELEMETRY_SLOTS})
+        return True
+
+    def set_online(self, device_id: str, online: bool, at: float | None = None) -> bool:
+        """Record the device's presence at its broker (its `online` event, or the broker's
+        report that its connection closed); False when it already was so or does not exist."""
+        at = time.time() if at is None else at
+        return bool(
+            self._db.write_one(
+                "UPDATE devices SET online = :online, changed_at = :at"
+                " WHERE device_id = :device_id AND online = :was",
+                {"online": online, "was": not online, "at": at, "device_id": device_id},
             )
+        )

@@ -103,9 +103,10 @@ class Successors:
             try:
                 tx.execute(
                     "INSERT INTO devices (device_id, public_key, batch_id, state, disabled,"
-                    " policy_exception, epoch, predecessor) VALUES (:n, :pub, :batch_id,"
-                    " :registered, FALSE, FALSE, :epoch, :pred)",
+                    " policy_exception, epoch, predecessor, changed_at) VALUES (:n, :pub,"
+                    " :batch_id, :registered, FALSE, FALSE, :epoch, :pred, :now)",
                     {
+                        "now": now,
                         "n": move.next_id,
                         "pub": move.public_key,
                         "batch_id": target.batch_id,
@@ -117,7 +118,8 @@ class Successors:
             except DuplicateKey:  # registered by a concurrent request or import
                 raise SuccessorTaken(move.next_id) from None
             revoked = tx.one(
-                "UPDATE devices SET state = :revoked, revoked_at = :now, successor = :succ"
+                "UPDATE devices SET state = :revoked, revoked_at = :now, successor = :succ,"
+                " online = FALSE, changed_at = :now"
                 " WHERE device_id = :d AND state = :onboarded AND disabled = FALSE"
                 " RETURNING serial, not_after",
                 {

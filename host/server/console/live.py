@@ -1,0 +1,611 @@
+"""The console's live feed (docs/console.md "Live updates"): `GET /console/live`, server-sent
+events for the dashboard, the device list, a device's page and a rollout's page.
+
+One `LiveFeed` per server process. While at least one console listens, one task reads what
+changed in the store once a second, in a worker thread, once for every listener; each change is
+encoded once and handed to every listener whose tenant and filter match it: one `put_nowait` per
+listener, so the cost of a change does not grow with the number of consoles beyond that put.
+
+The dashboard's counts are one grouped read of every tenant's (`Views.summaries`), made only
+after a tick saw a device change and at most every `SUMMARY_EVERY_S`, whatever the number of
+tenants and consoles; a console that joins is sent the next read (made soon for it), never the
+last one, which may be older than the page it just rendered.
+
+Why an idle stream costs nothing: it waits on its queue (and a keepalive timer of 15 s), not on
+a clock. Its client's leaving is the ASGI `http.disconnect`: Starlette's StreamingResponse
+awaits it beside the stream and cancels the stream (ASGI spec below 2.4, which uvicorn speaks);
+from 2.4 on Starlette leaves that to a failed write, so the stream awaits `receive()` itself.
+
+Why the cursor is re-read with an overlap: `changed_at` is stamped when a transaction writes a
+row, not when it commits, so a row can become visible after rows with later stamps were already
+read. Each tick re-reads the last `OVERLAP_S` seconds before the cursor and drops what it has
+already delivered, by (ID, stamp). A row that commits more than `OVERLAP_S` after its stamp is
+missed; no write in the store holds a transaction open that long.
+
+Why a slow console is dropped rather than waited for: queues are bounded, and a console whose
+queue is full is sent nothing more: its stream ends, its EventSource reconnects and the page
+reloads what it shows, while the other consoles go on without waiting. The same happens to every
+device-watching console when more changes share one instant than a page of the poll holds (the
+feed cannot page through them with a time cursor alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from host.server.deviceid import BadDeviceId, parse_device_id
+from host.server.schemas import STATES
+
+if TYPE_CHECKING:
+    from host.server.application import Application
+
+log = logging.getLogger("qlink.console.live")
+
+OVERLAP_S = 2.0  # how far before the cursor each tick reads again (late commits)
+PAGE = 500  # rows the device poll answers at most per call (Views.changes_since's limit)
+MAX_PAGES = 20  # pages one tick reads at most; the rest waits for the next tick
+QUEUE_SIZE = 256  # frames a listener may have waiting before it is dropped as too slow
+SUMMARY_EVERY_S = 2.0  # the counts are read at most this often
+KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+RETRY_MS = 3000  # the EventSource's reconnection delay, sent at the start of each stream
+SUMMARY_FIELDS = ("total", "by_state", "online", "disabled")
+HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+class DeviceChange(Protocol):
+    """A device row as `Views.changes_since` answers it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def disabled(self) -> bool: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def fw(self) -> str | None: ...
+    @property
+    def last_seen(self) -> float | None: ...
+    @property
+    def telemetry(self) -> Mapping[str, Any] | None: ...
+    @property
+    def changed_at(self) -> float: ...
+
+
+class RolloutChange(Protocol):
+    """A rollout row as `Views.rollout_changes_since` answers it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def updated_at(self) -> float: ...
+
+
+class RolloutDevice(Protocol):
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+class RolloutStatus(Protocol):
+    """What `RolloutService.status` answers (schemas.RolloutOut), as far as the feed reads it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+    @property
+    def devices(self) -> Sequence[RolloutDevice]: ...
+
+
+# Rows changed after the cursor, oldest first, at most PAGE of them (Views.changes_since).
+PollDevices = Callable[[float], Sequence[DeviceChange]]
+PollRollouts = Callable[[float], Sequence[RolloutChange]]  # rollouts changed after the cursor
+# Every tenant's counts by tenant (None: every tenant's together), each a mapping or a dataclass
+# (schemas.FleetSummary) with `total`, `by_state`, `online` and `disabled` (Views.summaries); a
+# tenant it leaves out has no devices.
+Summaries = Callable[[], Mapping[str | None, Any]]
+StatusOf = Callable[[int, str | None], RolloutStatus]  # raises when the rollout is not the tenant's
+
+
+class LiveRequestInvalid(ValueError):
+    """A `/console/live` query the feed cannot serve; the message says what to ask instead."""
+
+
+@dataclass(eq=False)
+class Listener:
+    """One open stream: what it watches and the frames waiting for it (None: the feed ended it)."""
+
+    tenant: str | None  # None: every tenant's
+    device: str | None = None
+    rollout: int | None = None
+    queue: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE)
+    )
+    closed: bool = False
+    # A new listener gets the current summary or rollout status once, whether or not it changed:
+    # it may have changed between the page's rendering and the stream's start.
+    fresh: bool = True
+
+    def end(self) -> None:
+        """Make its stream end now, whatever is still waiting (the feed forgets it first)."""
+        while not self.queue.empty():  # what it did not read is reloaded anyway
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+    @property
+    def fleet(self) -> bool:
+        return self.device is None and self.rollout is None
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
+
+
+def device_event(c: DeviceChange) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "state": c.state,
+        "online": bool(c.online),
+        "disabled": bool(c.disabled),
+        "fw": c.fw,
+        "last_seen": c.last_seen,
+        "telemetry": None if c.telemetry is None else dict(c.telemetry),
+    }
+
+
+def empty_summary() -> dict[str, Any]:
+    """The counts of a tenant without devices."""
+    return {"total": 0, "by_state": dict.fromkeys(STATES, 0), "online": 0, "disabled": 0}
+
+
+def summary_event(counts: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(counts) and not isinstance(counts, type):
+        data = dataclasses.asdict(counts)
+    else:
+        data = dict(counts)
+    return {k: data[k] for k in SUMMARY_FIELDS if k in data}
+
+
+def rollout_event(s: RolloutStatus) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "state": s.state,
+        "counts": dict(s.counts),
+        "devices": [{"id": d.device_id, "state": d.state, "reason": d.reason} for d in s.devices],
+    }
+
+
+@dataclass
+class _Read:
+    """What one tick read in its worker thread."""
+
+    devices: list[DeviceChange] = field(default_factory=list)
+    rollouts: list[RolloutChange] = field(default_factory=list)
+    lost: bool = False  # rows were skipped: device-watching listeners must reload
+
+
+class LiveFeed:
+    """The process's live feed; `subscribe` a listener, `unsubscribe` it when its stream ends."""
+
+    def __init__(
+        self,
+        poll_devices: PollDevices,
+        poll_rollouts: PollRollouts,
+        summaries: Summaries,
+        interval_s: float = 1.0,
+        *,
+        rollout_status: StatusOf | None = None,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
+        self._poll_devices = poll_devices
+        self._poll_rollouts = poll_rollouts
+        self._summaries = summaries
+        self._status = rollout_status
+        self.interval_s = interval_s
+        self.keepalive_s = keepalive_s
+        self._fleet: dict[str | None, set[Listener]] = collections.defaultdict(set)
+        self._by_device: dict[str, set[Listener]] = collections.defaultdict(set)
+        self._by_rollout: dict[int, set[Listener]] = collections.defaultdict(set)
+        self._count = 0
+        self._task: asyncio.Task[None] | None = None
+        self._cursor = self._rollout_cursor = 0.0
+        self._seen: dict[tuple[str, float], None] = {}
+        self._seen_rollouts: dict[tuple[int, float], None] = {}
+        # Device frames of the overlap window, replayed to a listener that joins: the change may
+        # have landed between its page's rendering and its stream's start.
+        self._recent: collections.deque[tuple[float, str, str, bytes]] = collections.deque()
+        # Every tenant's counts as last read (None: not read since the task started), when, and
+        # whether a device changed since.
+        self._counts: dict[str | None, dict[str, Any]] | None = None
+        self._counts_at = -math.inf
+        self._counts_dirty = False
+        self._event_id = 0
+        self.ticks = 0  # for tests and the benchmark: polls made since the process started
+
+    # -- listeners --------------------------------------------------------------------------
+    @property
+    def listeners(self) -> int:
+        return self._count
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def subscribe(
+        self, tenant: str | None, device: str | None = None, rollout: int | None = None
+    ) -> Listener:
+        """A new listener; starts the feed's task if it is the first. Call it on the loop."""
+        if device is not None and rollout is not None:
+            raise LiveRequestInvalid("ask for one device or one rollout, not both")
+        listener = Listener(tenant, device, rollout)
+        if device is not None:
+            self._by_device[device].add(listener)
+        elif rollout is not None:
+            self._by_rollout[rollout].add(listener)
+        else:
+            # No counts from the last read: they may be older than the page just rendered (a
+            # change this process has not polled yet). The next read, soon, is sent to it.
+            self._fleet[tenant].add(listener)
+        self._count += 1
+        for _at, dev_tenant, dev_id, frame in self._recent:
+            if listener.sees(dev_tenant) and (listener.fleet or listener.device == dev_id):
+                self._put(listener, frame)
+        if self._task is None or self._task.done():
+            self._cursor = self._rollout_cursor = time.time() - OVERLAP_S
+            self._seen.clear()
+            self._seen_rollouts.clear()
+            self._recent.clear()
+            self._counts, self._counts_at, self._counts_dirty = None, -math.inf, False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="console-live")
+        return listener
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Forget `listener` (twice is harmless); the task stops with the last one."""
+        listener.closed = True
+        if listener.device is not None:
+            self._discard(self._by_device, listener.device, listener)
+        elif listener.rollout is not None:
+            self._discard(self._by_rollout, listener.rollout, listener)
+        else:
+            self._discard(self._fleet, listener.tenant, listener)
+        if self._count == 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _discard(self, index: dict[Any, set[Listener]], key: Any, listener: Listener) -> None:
+        group = index.get(key)
+        if group is not None and listener in group:
+            group.discard(listener)
+            self._count -= 1
+            if not group:
+                del index[key]
+
+    def _put(self, listener: Listener, frame: bytes) -> None:
+        if listener.closed:
+            return
+        try:
+            listener.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._drop(listener, "slow")
+
+    def _drop(self, listener: Listener, why: str) -> None:
+        """End `listener`'s stream: its page reconnects and reloads."""
+        log.info("event=live_listener_dropped why=%s tenant=%s", why, listener.tenant)
+        self.unsubscribe(listener)
+        listener.end()
+
+    def _frame(self, event: str, data: Mapping[str, Any]) -> bytes:
+        self._event_id += 1
+        body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return f"event: {event}\nid: {self._event_id}\ndata: {body}\n\n".encode()
+
+    # -- the task ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._count:
+            started = loop.time()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be away for a while: try again next tick
+                log.exception("event=live_tick_failed")
+            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
+
+    async def tick(self) -> None:
+        """One poll and its fan-out (the task calls it every `interval_s`)."""
+        self.ticks += 1
+        read = await anyio.to_thread.run_sync(
+            self._read, self._cursor - OVERLAP_S, self._rollout_cursor - OVERLAP_S
+        )
+        self._deliver_devices(read)
+        rollouts = self._new_rollouts(read.rollouts)
+        summaries = self._summaries_due()
+        if summaries:  # marked before the read: a change it misses is polled later, and marks
+            self._counts_dirty, self._counts_at = False, time.monotonic()
+        if rollouts or summaries:
+            try:
+                statuses, counts = await anyio.to_thread.run_sync(
+                    self._read_views, rollouts, summaries
+                )
+            except BaseException:
+                self._counts_dirty |= summaries  # read again next tick
+                raise
+            for status in {s.id: s for s in statuses}.values():  # each once, whoever asked
+                self._deliver_rollout(status)
+            if counts is not None:
+                self._deliver_summaries(counts)
+
+    def _read(self, since: float, rollout_since: float) -> _Read:
+        """The worker thread's part: pages of changed devices, then changed rollouts."""
+        read = _Read()
+        for _ in range(MAX_PAGES):
+            # A full answer may leave out its last instant (Views.changes_since), so a short
+            # page does not prove the end: only an empty one does.
+            page = list(self._poll_devices(since))
+            if not page:
+                break
+            read.devices += page
+            top = max(c.changed_at for c in page)
+            if len(page) >= PAGE and top == min(c.changed_at for c in page):
+                # A whole page at one instant: the poll cannot page inside it with a time
+                # cursor, so the rest of that instant is skipped and its watchers reload.
+                read.lost = True
+            since = top
+        read.rollouts = list(self._poll_rollouts(rollout_since))
+        return read
+
+    def _deliver_devices(self, read: _Read) -> None:
+        if read.lost:
+            log.warning("event=live_changes_skipped why=more changes at one instant than a page")
+            for group in [*self._fleet.values(), *self._by_device.values()]:
+                for listener in list(group):
+                    self._drop(listener, "skipped")
+        for c in sorted(read.devices, key=lambda c: c.changed_at):
+            key = (c.id, c.changed_at)
+            self._cursor = max(self._cursor, c.changed_at)
+            if key in self._seen:
+                continue
+            self._seen[key] = None
+            self._counts_dirty = True
+            targets = self._device_targets(c.tenant, c.id)
+            frame = self._frame("device", device_event(c))
+            self._recent.append((c.changed_at, c.tenant, c.id, frame))
+            for listener in targets:
+                self._put(listener, frame)
+        floor = self._cursor - OVERLAP_S
+        self._seen = {k: None for k in self._seen if k[1] >= floor}
+        while self._recent and self._recent[0][0] < floor:
+            self._recent.popleft()
+
+    def _device_targets(self, tenant: str, device_id: str) -> list[Listener]:
+        found = [*self._fleet.get(tenant, ()), *self._fleet.get(None, ())]
+        found += [x for x in self._by_device.get(device_id, ()) if x.sees(tenant)]
+        return found
+
+    def _new_rollouts(self, changes: Iterable[RolloutChange]) -> set[tuple[int, str | None]]:
+        """The rollouts to read: changed ones someone watches, and those new listeners watch."""
+        wanted: set[tuple[int, str | None]] = set()
+        for c in changes:
+            key = (c.id, c.updated_at)
+            self._rollout_cursor = max(self._rollout_cursor, c.updated_at)
+            if key in self._seen_rollouts:
+                continue
+            self._seen_rollouts[key] = None
+            if any(x.sees(c.tenant) for x in self._by_rollout.get(c.id, ())):
+                wanted.add((c.id, c.tenant))
+        floor = self._rollout_cursor - OVERLAP_S
+        self._seen_rollouts = {k: None for k in self._seen_rollouts if k[1] >= floor}
+        for rollout_id, group in self._by_rollout.items():
+            for x in group:
+                if x.fresh:  # asked once: an ID that is not the tenant's is not read again
+                    x.fresh = False
+                    wanted.add((rollout_id, x.tenant))
+        return wanted if self._status is not None else set()
+
+    def _summaries_due(self) -> bool:
+        """Whether this tick reads the counts: someone shows them, and they were never read, or
+        a device changed or a console joined since the last read, at least SUMMARY_EVERY_S ago
+        (a change not due yet stays for a later tick)."""
+        if not self._fleet:
+            return False
+        if self._counts is None:
+            return True
+        waiting = any(x.fresh for group in self._fleet.values() for x in group)
+        return (self._counts_dirty or waiting) and (
+            time.monotonic() - self._counts_at >= SUMMARY_EVERY_S
+        )
+
+    def _read_views(
+        self, rollouts: set[tuple[int, str | None]], summaries: bool
+    ) -> tuple[list[RolloutStatus], dict[str | None, dict[str, Any]] | None]:
+        statuses: list[RolloutStatus] = []
+        status_of = self._status
+        for rollout_id, tenant in rollouts:
+            if status_of is None:
+                break
+            try:
+                statuses.append(status_of(rollout_id, tenant))
+            except Exception as e:  # not the tenant's (NotFound), or the database is away
+                log.info("event=live_rollout_unread rollout=%d why=%s", rollout_id, e)
+        if not summaries:
+            return statuses, None
+        return statuses, {t: summary_event(c) for t, c in self._summaries().items()}
+
+    def _deliver_rollout(self, status: RolloutStatus) -> None:
+        frame = self._frame("rollout", rollout_event(status))
+        for x in list(self._by_rollout.get(status.id, ())):
+            if x.sees(status.tenant):  # the rollout's own tenant, whoever asked for it
+                self._put(x, frame)
+
+    def _counts_of(self, tenant: str | None) -> dict[str, Any]:
+        counts = self._counts or {}
+        return counts[tenant] if tenant in counts else empty_summary()
+
+    def _deliver_summaries(self, counts: dict[str | None, dict[str, Any]]) -> None:
+        """Each listened tenant's counts to its listeners: to all if they changed since the
+        last read, else to those that have none yet."""
+        before = self._counts
+        self._counts = counts
+        for tenant, group in list(self._fleet.items()):
+            data = self._counts_of(tenant)
+            changed = before is None or data != (
+                before[tenant] if tenant in before else empty_summary()
+            )
+            targets = [x for x in group if changed or x.fresh]
+            if not targets:
+                continue
+            frame = self._frame("summary", data)
+            for x in targets:
+                x.fresh = False
+                self._put(x, frame)
+
+
+def feed_of(state: Any, make: Callable[[], LiveFeed]) -> LiveFeed:
+    """The process's feed, kept on the app's `state` (made by `make` on first use)."""
+    feed: LiveFeed | None = getattr(state, "console_live_feed", None)
+    if feed is None:
+        feed = make()
+        state.console_live_feed = feed
+    return feed
+
+
+async def live_endpoint(
+    request: Request,
+    feed: LiveFeed,
+    tenant: str | None,
+    device: str | None = None,
+    rollout: int | None = None,
+) -> StreamingResponse:
+    """`GET /console/live`: the stream of `feed`'s events for `tenant` (None: every tenant),
+    one device's or one rollout's, or the fleet's (the dashboard and the device list)."""
+    listener = feed.subscribe(tenant, device, rollout)
+    return StreamingResponse(
+        _stream(request, feed, listener),
+        media_type="text/event-stream",
+        headers=HEADERS,
+    )
+
+
+def _spec_version(request: Request) -> tuple[int, ...]:
+    version = str(request.scope.get("asgi", {}).get("spec_version", "2.0"))
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (2, 0)
+
+
+async def _watch_disconnect(request: Request, feed: LiveFeed, listener: Listener) -> None:
+    """End the stream when its client leaves (ASGI 2.4 and later: Starlette does not look)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    feed.unsubscribe(listener)
+    listener.end()
+
+
+async def _stream(request: Request, feed: LiveFeed, listener: Listener) -> AsyncIterator[bytes]:
+    """The frames of one listener until its client goes or the feed drops it."""
+    watcher = None
+    if _spec_version(request) >= (2, 4):
+        watcher = asyncio.get_running_loop().create_task(
+            _watch_disconnect(request, feed, listener), name="console-live-disconnect"
+        )
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        while True:
+            try:
+                async with asyncio.timeout(feed.keepalive_s):
+                    item = await listener.queue.get()
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            chunk = [item]
+            while not listener.queue.empty():  # send what is waiting in one write
+                chunk.append(listener.queue.get_nowait())
+            frames = b"".join(c for c in chunk if c is not None)
+            if frames:
+                yield frames
+            if None in chunk:
+                return
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        feed.unsubscribe(listener)
+
+
+def application_feed(app: Application) -> LiveFeed:
+    """The feed over the application's reads (host/server/store/views.py)."""
+    return LiveFeed(
+        app.changes_since,
+        app.rollout_changes_since,
+        app.store.views.summaries,
+        rollout_status=app.rollouts.status,
+    )
+
+
+def live_query(device: str | None, rollout: str | None) -> tuple[str | None, int | None]:
+    """The `device` and `rollout` of a `/console/live` query, checked."""
+    if device is not None and rollout is not None:
+        raise LiveRequestInvalid("ask for one device or one rollout, not both")
+    if device is not None:
+        try:
+            device = parse_device_id(device, "device")
+        except BadDeviceId as e:
+            raise LiveRequestInvalid(str(e)) from None
+    if rollout is None:
+        return device, None
+    if not rollout.isdigit() or not 0 < int(rollout) < 2**63:
+        raise LiveRequestInvalid(f"rollout must be a rollout number, not {rollout[:20]!r}")
+    return None, int(rollout)
+
+
+async def console_live(request: Request) -> Response:
+    """`GET /console/live[?device=ID|?rollout=ID]` for a signed-in user: its tenant's events;
+    another tenant's device or rollout answers 404, as if it did not exist."""
+    # The console frame is imported here: the feed above does not need it.
+    from host.server import roles
+    from host.server.console.web import Refusal, application, call, require_user
+
+    user = await require_user(request, roles.READ)
+    try:
+        device, rollout = live_query(
+            request.query_params.get("device"), request.query_params.get("rollout")
+        )
+    except LiveRequestInvalid as e:
+        raise Refusal(400, str(e)) from None
+    app = application(request)
+    if device is not None:
+        await call(app.require_device, device, user.tenant)
+    if rollout is not None:
+        await call(app.rollouts.status, rollout, user.tenant)
+    feed = feed_of(request.app.state, lambda: application_feed(app))
+    return await live_endpoint(request, feed, user.tenant, device, rollout)
+
+
+routes = [Route("/live", console_live, methods=["GET"])]
