@@ -31,15 +31,11 @@ from host.server.schemas import (
     BatchRevokeOut,
     ClaimOut,
     CommandOut,
-    Dashboard,
     DecommissionOut,
-    DeviceChange,
-    DeviceListRow,
     DeviceRecord,
     MoveOut,
     OperatorOut,
     PufHealthOut,
-    RolloutChange,
     TargetRecord,
     TenantOut,
     TransferCodeOut,
@@ -64,6 +60,7 @@ if TYPE_CHECKING:
     from host.server.rollouts import RolloutService
     from host.server.successors import SuccessorService
     from host.server.targets import TargetService, TargetSpec
+    from host.server.viewmodels import Dashboard, DeviceChange, DeviceListRow, RolloutChange
 
 
 log = logging.getLogger("qlink.app")
@@ -380,6 +377,8 @@ class Application:
         return self.store.views.batch_counts(tenant, batch)
 
     def dashboard(self, tenant: str | None, now: float) -> Dashboard:
+        from host.server.viewmodels import Dashboard
+
         views = self.store.views
         return Dashboard(
             summary=views.summary(tenant),

@@ -28,8 +28,9 @@ from starlette.routing import Route
 
 from host.server.console import live
 from host.server.console.live import Listener, LiveFeed, LiveRequestInvalid, live_query
-from host.server.schemas import STATES, DeviceChange, RolloutChange
+from host.server.schemas import STATES
 from host.server.store import Store
+from host.server.viewmodels import DeviceChange, RolloutChange
 
 A = "a" * 64
 B = "b" * 64

@@ -36,7 +36,8 @@ from host.server.console.web import (
     require_user,
 )
 from host.server.deviceid import is_device_id
-from host.server.schemas import STATES, DeviceListRow, DeviceRecord, PufHealthOut
+from host.server.schemas import STATES, DeviceRecord, PufHealthOut
+from host.server.viewmodels import DeviceListRow
 
 PAGE = 50  # devices on a page of the list
 AUDIT_LIMIT = 50  # audit rows on a device's page

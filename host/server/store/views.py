@@ -26,6 +26,10 @@ from host.server.schemas import (
     ROLLOUT_HALTED,
     STATE_ONBOARDED,
     STATES,
+)
+from host.server.store.database import Database, Row
+from host.server.store.errors import Invalid, NotFound
+from host.server.viewmodels import (
     AlertList,
     Alerts,
     DeviceChange,
@@ -37,8 +41,6 @@ from host.server.schemas import (
     PufWarning,
     RolloutChange,
 )
-from host.server.store.database import Database, Row
-from host.server.store.errors import Invalid, NotFound
 
 PAGE = 50  # devices on a page of the console's list
 MAX_PAGE = 500
