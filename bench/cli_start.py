@@ -109,6 +109,14 @@ def run() -> dict:
         data = cwd / "data"
         env = dict(os.environ, QLINK_DATA_DIR=str(data), COLUMNS="100", NO_COLOR="1")
         env.pop("QLINK_DATABASE_URL", None)
+        # Python's default: the warm-up run leaves the .pyc files a user's later runs load. An
+        # environment that forbids writing them (PYTHONDONTWRITEBYTECODE) would have every run
+        # compile qlink's modules from source while the peer's packages have theirs from pip.
+        if env.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+            notes.append(
+                "PYTHONDONTWRITEBYTECODE was set here and is left out of the commands' "
+                "environment, as in a user's default one: .pyc files are written and used"
+            )
         ids = cwd / "ids.csv"
         ids.write_text(_identities(DEVICES))
         for setup in (
