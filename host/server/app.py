@@ -360,6 +360,11 @@ def _serve(settings: Settings) -> None:
         if not stop.is_set():
             atomic_write(settings.server_json, json.dumps(info).encode())
             log.info("event=server_ready api_port=%d broker_port=%d", api_port, broker.port)
+            log.info(
+                "event=console url=https://%s:%d/console/ (users: qlink user create)",
+                settings.public_host,
+                api_port,
+            )
 
     ssl_args: dict[str, Any] = {
         "ssl_certfile": str(ca.cert_path("server")),

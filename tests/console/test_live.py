@@ -26,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from host.server.console import live
-from host.server.console.live import Listener, LiveFeed, LiveRequestInvalid, live_query
+from host.server.console import live, pages_live
+from host.server.console.live import Listener, LiveFeed, LiveRequestInvalid
+from host.server.console.pages_live import live_query
 from host.server.schemas import STATES
 from host.server.store import Store
 from host.server.viewmodels import DeviceChange, RolloutChange
@@ -508,7 +509,7 @@ async def test_the_stream_is_framed_as_server_sent_events_with_keepalives() -> N
     f = Fakes()
     feed = f.feed(keepalive_s=0.05)
     request = FakeRequest()
-    answer = await live.live_endpoint(request, feed, "acme", device=A)  # type: ignore[arg-type]
+    answer = await pages_live.live_endpoint(request, feed, "acme", device=A)  # type: ignore[arg-type]
     assert answer.media_type == "text/event-stream"
     assert answer.headers["cache-control"] == "no-store"
     assert answer.headers["x-accel-buffering"] == "no"
@@ -532,7 +533,7 @@ async def test_an_idle_stream_waits_for_its_queue_and_its_client_without_polling
     f = Fakes()
     feed = f.feed(keepalive_s=30)
     request = FakeRequest()
-    answer = await live.live_endpoint(request, feed, "acme", device=A)  # type: ignore[arg-type]
+    answer = await pages_live.live_endpoint(request, feed, "acme", device=A)  # type: ignore[arg-type]
     body = answer.body_iterator
     assert await read_stream(body, "retry") == f"retry: {live.RETRY_MS}\n\n"
     reader = asyncio.create_task(read_stream(body, "never", timeout=10))
@@ -548,7 +549,7 @@ async def test_below_asgi_2_4_the_stream_leaves_receive_to_starlette() -> None:
     f = Fakes()
     feed = f.feed(keepalive_s=30)
     request = FakeRequest("2.3")  # Starlette's StreamingResponse awaits the disconnect itself
-    answer = await live.live_endpoint(request, feed, "acme")  # type: ignore[arg-type]
+    answer = await pages_live.live_endpoint(request, feed, "acme")  # type: ignore[arg-type]
     body = answer.body_iterator
     await read_stream(body, "retry")
     reader = asyncio.create_task(read_stream(body, "never", timeout=10))
@@ -564,7 +565,7 @@ async def test_below_asgi_2_4_the_stream_leaves_receive_to_starlette() -> None:
 async def test_a_cancelled_stream_forgets_its_listener() -> None:
     f = Fakes()
     feed = f.feed()
-    answer = await live.live_endpoint(FakeRequest(), feed, "acme")  # type: ignore[arg-type]
+    answer = await pages_live.live_endpoint(FakeRequest(), feed, "acme")  # type: ignore[arg-type]
     body = answer.body_iterator
     await read_stream(body, "retry")
     reader = asyncio.create_task(read_stream(body, "never", timeout=60))
@@ -685,7 +686,9 @@ async def test_a_real_server_streams_events_and_forgets_a_client_that_left(store
     feed = store_feed(s)
 
     async def endpoint(request: Request) -> Response:
-        return await live.live_endpoint(request, feed, "acme", request.query_params.get("device"))
+        return await pages_live.live_endpoint(
+            request, feed, "acme", request.query_params.get("device")
+        )
 
     app = Starlette(routes=[Route("/console/live", endpoint)])
     sock = free_port()

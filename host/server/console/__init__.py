@@ -16,7 +16,10 @@ How a page is written (every page module follows these conventions):
   `X-CSRF-Token` header) is missing or wrong or the `Origin` names another site. Nothing may
   change before that call returns.
 - Application calls go through `await call(fn, *args)` (off the event loop; `NotFound` → the 404
-  page, `Invalid`/`Conflict`/... → `Refusal` with their sentence) and always pass
+  page, `Invalid`/`Conflict`/a bad import file → 400, an unreachable broker or a database away
+  → 503, each a `Refusal` with its sentence). A form's action uses `await attempt(request,
+  back, fn, ...)` instead: a 400 raises `Back`, whose `response` goes back to the form with the
+  sentence flashed. Either way they always pass
   `user.tenant` (a user sees only its tenant) and `user.actor` (audited as `user:<name>` with the
   client address).
 - `application(request)` (console/web.py) is the server's `Application`; `ConsoleUser` has
@@ -75,7 +78,7 @@ __all__ = [
 PAGE_MODULES: list[str] = [
     "auth",
     "pages_dashboard",
-    "live",
+    "pages_live",
     "pages_devices",
     "pages_tenants",
     "pages_batches",

@@ -1,5 +1,6 @@
-"""The console's live feed (docs/console.md "Live updates"): `GET /console/live`, server-sent
-events for the dashboard, the device list, a device's page and a rollout's page.
+"""The console's live feed (docs/console.md "Live updates"): the server-sent events for the
+dashboard, the device list, a device's page and a rollout's page (the stream itself:
+host/server/console/pages_live.py).
 
 One `LiveFeed` per server process. While at least one console listens, one task reads what
 changed in the store once a second, in a worker thread, once for every listener; each change is
@@ -10,11 +11,6 @@ The dashboard's counts are one grouped read of every tenant's (`Views.summaries`
 after a tick saw a device change and at most every `SUMMARY_EVERY_S`, whatever the number of
 tenants and consoles; a console that joins is sent the next read (made soon for it), never the
 last one, which may be older than the page it just rendered.
-
-Why an idle stream costs nothing: it waits on its queue (and a keepalive timer of 15 s), not on
-a clock. Its client's leaving is the ASGI `http.disconnect`: Starlette's StreamingResponse
-awaits it beside the stream and cancels the stream (ASGI spec below 2.4, which uvicorn speaks);
-from 2.4 on Starlette leaves that to a failed write, so the stream awaits `receive()` itself.
 
 Why the cursor is re-read with an overlap: `changed_at` is stamped when a transaction writes a
 row, not when it commits, so a row can become visible after rows with later stamps were already
@@ -38,20 +34,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
-from host.server.deviceid import BadDeviceId, parse_device_id
 from host.server.schemas import STATES
 
 if TYPE_CHECKING:
-    from host.server.application import Application
+    pass
 
 log = logging.getLogger("qlink.console.live")
 
@@ -494,118 +486,3 @@ def feed_of(state: Any, make: Callable[[], LiveFeed]) -> LiveFeed:
         feed = make()
         state.console_live_feed = feed
     return feed
-
-
-async def live_endpoint(
-    request: Request,
-    feed: LiveFeed,
-    tenant: str | None,
-    device: str | None = None,
-    rollout: int | None = None,
-) -> StreamingResponse:
-    """`GET /console/live`: the stream of `feed`'s events for `tenant` (None: every tenant),
-    one device's or one rollout's, or the fleet's (the dashboard and the device list)."""
-    listener = feed.subscribe(tenant, device, rollout)
-    return StreamingResponse(
-        _stream(request, feed, listener),
-        media_type="text/event-stream",
-        headers=HEADERS,
-    )
-
-
-def _spec_version(request: Request) -> tuple[int, ...]:
-    version = str(request.scope.get("asgi", {}).get("spec_version", "2.0"))
-    try:
-        return tuple(int(part) for part in version.split("."))
-    except ValueError:
-        return (2, 0)
-
-
-async def _watch_disconnect(request: Request, feed: LiveFeed, listener: Listener) -> None:
-    """End the stream when its client leaves (ASGI 2.4 and later: Starlette does not look)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    feed.unsubscribe(listener)
-    listener.end()
-
-
-async def _stream(request: Request, feed: LiveFeed, listener: Listener) -> AsyncIterator[bytes]:
-    """The frames of one listener until its client goes or the feed drops it."""
-    watcher = None
-    if _spec_version(request) >= (2, 4):
-        watcher = asyncio.get_running_loop().create_task(
-            _watch_disconnect(request, feed, listener), name="console-live-disconnect"
-        )
-    try:
-        yield f"retry: {RETRY_MS}\n\n".encode()
-        while True:
-            try:
-                async with asyncio.timeout(feed.keepalive_s):
-                    item = await listener.queue.get()
-            except TimeoutError:
-                yield b": keepalive\n\n"
-                continue
-            chunk = [item]
-            while not listener.queue.empty():  # send what is waiting in one write
-                chunk.append(listener.queue.get_nowait())
-            frames = b"".join(c for c in chunk if c is not None)
-            if frames:
-                yield frames
-            if None in chunk:
-                return
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        feed.unsubscribe(listener)
-
-
-def application_feed(app: Application) -> LiveFeed:
-    """The feed over the application's reads (host/server/store/views.py)."""
-    return LiveFeed(
-        app.changes_since,
-        app.rollout_changes_since,
-        app.store.views.summaries,
-        rollout_status=app.rollouts.status,
-    )
-
-
-def live_query(device: str | None, rollout: str | None) -> tuple[str | None, int | None]:
-    """The `device` and `rollout` of a `/console/live` query, checked."""
-    if device is not None and rollout is not None:
-        raise LiveRequestInvalid("ask for one device or one rollout, not both")
-    if device is not None:
-        try:
-            device = parse_device_id(device, "device")
-        except BadDeviceId as e:
-            raise LiveRequestInvalid(str(e)) from None
-    if rollout is None:
-        return device, None
-    if not rollout.isdigit() or not 0 < int(rollout) < 2**63:
-        raise LiveRequestInvalid(f"rollout must be a rollout number, not {rollout[:20]!r}")
-    return None, int(rollout)
-
-
-async def console_live(request: Request) -> Response:
-    """`GET /console/live[?device=ID|?rollout=ID]` for a signed-in user: its tenant's events;
-    another tenant's device or rollout answers 404, as if it did not exist."""
-    # The console frame is imported here: the feed above does not need it.
-    from host.server import roles
-    from host.server.console.web import Refusal, application, call, require_user
-
-    user = await require_user(request, roles.READ)
-    try:
-        device, rollout = live_query(
-            request.query_params.get("device"), request.query_params.get("rollout")
-        )
-    except LiveRequestInvalid as e:
-        raise Refusal(400, str(e)) from None
-    app = application(request)
-    if device is not None:
-        await call(app.require_device, device, user.tenant)
-    if rollout is not None:
-        await call(app.rollouts.status, rollout, user.tenant)
-    feed = feed_of(request.app.state, lambda: application_feed(app))
-    return await live_endpoint(request, feed, user.tenant, device, rollout)
-
-
-routes = [Route("/live", console_live, methods=["GET"])]

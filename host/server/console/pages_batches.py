@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -27,9 +27,11 @@ from starlette.routing import Route
 from host.server import roles
 from host.server.application import Application
 from host.server.console.web import (
+    Back,
     ConsoleUser,
     Refusal,
     application,
+    attempt,
     call,
     form_with_csrf,
     redirect,
@@ -37,45 +39,12 @@ from host.server.console.web import (
     require_user,
 )
 from host.server.identities import FORMATS, ImportFormatError
-from host.server.policy import PolicyError
 from host.server.schemas import STATES
 from host.server.store import ImportRejected
 
-T = TypeVar("T")
 NDJSON = "application/x-ndjson"
 # What a file's name says about its format; any other name: detected from the content.
 _SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-async def act(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-    """`call`, and a broker that cannot be reached or a file that is no import file answered
-    with their own sentence."""
-    try:
-        return await call(_plain_errors, fn, *args, **kw)
-    except PolicyError as e:
-        raise Refusal(503, f"{e}; nothing changed, retry") from None
-
-
-def _plain_errors(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-    try:
-        return fn(*args, **kw)
-    except ImportFormatError as e:
-        raise Refusal(400, f"{e}; nothing imported") from None
-
-
-async def attempt(request: Request, back: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-    """`act`; a refusal of the request itself (400) goes back to `back` with its sentence."""
-    try:
-        return await act(fn, *args, **kw)
-    except Refusal as e:
-        if e.status != 400:
-            raise
-        raise _Back(redirect(request, back, flash=e.sentence, kind="error")) from None
-
-
-class _Back(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
 
 
 def _url(name: str) -> str:
@@ -120,7 +89,7 @@ async def create_batch(request: Request) -> Response:
             user.actor,
             target=target,
         )
-    except _Back as back:
+    except Back as back:
         return back.response
     return redirect(request, _url(made.name), flash=f"Batch {made.name} created.")
 
@@ -149,7 +118,7 @@ async def set_state(request: Request) -> Response:
             user.tenant,
             user.actor,
         )
-    except _Back as back:
+    except Back as back:
         return back.response
     word = "activated" if b.active else "deactivated"
     return redirect(request, _url(b.name), flash=f"Batch {b.name} {word}.")
@@ -175,7 +144,7 @@ async def move(request: Request) -> Response:
             tenant=user.tenant,
             actor=user.actor,
         )
-    except _Back as back:
+    except Back as back:
         return back.response
     return redirect(
         request,
@@ -195,7 +164,7 @@ async def revoke(request: Request) -> Response:
     if form.get("confirm") != "yes":
         batch = await call(app.batch, name, user.tenant)
         return render(request, "batch_revoke.html", batch=batch)
-    out = await act(app.revoke_batch, name, tenant=user.tenant, actor=user.actor)
+    out = await call(app.revoke_batch, name, tenant=user.tenant, actor=user.actor)
     return redirect(
         request,
         _url(out.batch),

@@ -13,10 +13,11 @@ from starlette.routing import Route
 
 from host.server import roles
 from host.server.application import Application
-from host.server.console.pages_batches import _Back, attempt
 from host.server.console.web import (
+    Back,
     Refusal,
     application,
+    attempt,
     call,
     form_with_csrf,
     redirect,
@@ -86,7 +87,7 @@ async def create_rollout(request: Request) -> Response:
             tenant=user.tenant,
             actor=user.actor,
         )
-    except _Back as back:
+    except Back as back:
         return back.response
     return redirect(
         request,
@@ -126,7 +127,7 @@ async def _change(request: Request, action: str, verb: str) -> Response:
     url = f"/console/ota/rollouts/{rid}"
     try:
         out = await attempt(request, url, fn, rid, user.tenant, user.actor)
-    except _Back as back:
+    except Back as back:
         return back.response
     return redirect(request, url, flash=f"Rollout {out.id} is {out.state}.")
 

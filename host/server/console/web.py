@@ -220,15 +220,43 @@ def _same_token(sent: str, token: str) -> bool:
 
 
 async def call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-    """Run an application call off the event loop; its errors become console refusals."""
+    """Run an application call off the event loop; its errors become console refusals: the
+    store's, a file that is no import file, and a broker that cannot be reached (or a server
+    that is not running) with their own sentence."""
+    from host.server.application import ServerNotRunning
+    from host.server.identities import ImportFormatError
+    from host.server.policy import PolicyError
+
     try:
         return await run_in_threadpool(fn, *args, **kw)
     except NotFound as e:
         raise Refusal(404, str(e)) from None
     except (Conflict, Invalid, ImportRejected) as e:
         raise Refusal(400, str(e)) from None
-    except DatabaseUnavailable as e:
+    except ImportFormatError as e:
+        raise Refusal(400, f"{e}; nothing imported") from None
+    except (DatabaseUnavailable, ServerNotRunning) as e:
         raise Refusal(503, str(e)) from None
+    except PolicyError as e:
+        raise Refusal(503, f"{e}; nothing changed, retry") from None
+
+
+class Back(Exception):
+    """An action refused for what the user sent: answer with `response` (a redirect back to the
+    form, the sentence flashed)."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def attempt(request: Request, back: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """`call`; a refusal of the request itself (400) raises `Back` to `back` with its sentence."""
+    try:
+        return await call(fn, *args, **kw)
+    except Refusal as e:
+        if e.status != 400:
+            raise
+        raise Back(redirect(request, back, flash=e.sentence, kind="error")) from None
 
 
 def refusal_response(request: Request, exc: Refusal) -> Response:

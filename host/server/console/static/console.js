@@ -33,7 +33,9 @@
     var source = new EventSource("/console/live" + (query ? "?" + query : ""));
     Object.keys(handlers).forEach(function (name) {
       source.addEventListener(name, function (ev) {
-        try { handlers[name](JSON.parse(ev.data)); } catch (e) { /* a bad event is skipped */ }
+        // A bad event is skipped, the stream goes on; the error is logged, where the browser
+        // tests see it.
+        try { handlers[name](JSON.parse(ev.data)); } catch (e) { console.error("live " + name, e); }
       });
     });
     return source;

@@ -1,5 +1,5 @@
 // The dashboard's live counts (docs/console.md "Live updates"): it follows the tenant's
-// `summary` events ({total, by_state, online, disabled}, at most one a second) and writes each
+// `summary` events ({total, by_state, online, disabled}, at most one every 2 s) and writes each
 // count into its card. Without this script the page shows the counts it was rendered with.
 (function () {
   "use strict";
