@@ -46,7 +46,7 @@ USED_NOT_IMPORTED = {
     "python-multipart": ("host/server/console/web.py", "await request.form("),
 }
 TESTS = REPO / "tests"
-TEST_HELPERS = {p.stem for p in TESTS.glob("*/*.py") if not p.name.startswith("test_")}
+TEST_HELPERS = {p.stem for p in TESTS.glob("*/*.py")}
 
 
 # -- dependencies ------------------------------------------------------------------------------
