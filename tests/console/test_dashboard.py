@@ -169,19 +169,20 @@ def test_each_alert_list_shows_its_cause_total_and_links(
     assert alert_totals(page) == {"expiring": 1, "failed_updates": 2, "puf": 1, "halted": 1}
 
     certs = section(page, "h-expiring")
-    assert f'<a href="/console/devices/{expiring}">{expiring}</a>' in certs
+    assert f'<a href="/console/devices/{expiring}" title="{expiring}">{expiring[:12]}…</a>' in certs
     assert later not in certs
     assert time.strftime("%Y-%m-%d %H:%M", time.gmtime(now + 2 * 86400)) in certs
 
     failed = section(page, "h-failed")
-    rows = re.findall(r"<tr><td class=\"mono\"><a href=\"/console/devices/(\w+)\">", failed)
+    rows = re.findall(r"<tr><td class=\"mono\"><a href=\"/console/devices/(\w+)\" title", failed)
     assert rows == [drifting, later]  # newest first
     assert failed.count(f'<a href="/console/ota/rollouts/{rid}">rollout {rid}</a>') == 2
     assert "rolled_back" in failed and "refused" in failed
     assert "health check failed on trial" in failed and expiring not in failed
 
     puf = section(page, "h-puf")
-    assert f'<a href="/console/devices/{drifting}">{drifting}</a>' in puf and "71 %" in puf
+    assert f'<a href="/console/devices/{drifting}" title="{drifting}">{drifting[:12]}…</a>' in puf
+    assert "71 %" in puf
 
     halted = section(page, "h-halted")
     assert f'<a href="/console/ota/rollouts/{rid}">rollout {rid}</a>' in halted

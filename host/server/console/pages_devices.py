@@ -27,6 +27,7 @@ from starlette.routing import Route
 from host.server import roles
 from host.server.application import Application
 from host.server.console.web import (
+    SHORT_ID,
     Refusal,
     application,
     call,
@@ -43,7 +44,6 @@ PAGE = 50  # devices on a page of the list
 AUDIT_LIMIT = 50  # audit rows on a device's page
 STATE_CHOICES = (*STATES, "disabled")  # "disabled" is the flag, as Views.device_page reads it
 SERIES = ("mem_free", "uptime_ms")  # telemetry fields the chart can draw, the default first
-SHORT_ID = 12  # hex characters of an ID shown in the list (the full ID is its title and link)
 _HEX = re.compile(r"[0-9a-fA-F]{1,64}")
 _MAX_FILTER = 128  # characters of a batch name or firmware version read from a query
 

@@ -84,6 +84,14 @@ def utc(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
 
 
+SHORT_ID = 12  # hex characters of a device ID a table shows (the full ID is the link's title)
+
+
+def short_id(device_id: str) -> str:
+    """A device ID as a table shows it: its first characters, then an ellipsis."""
+    return device_id[:SHORT_ID] + "…" if len(device_id) > SHORT_ID else device_id
+
+
 @jinja2.pass_context
 def _csrf_field(ctx: jinja2.runtime.Context) -> Markup:
     token = ctx.get("csrf") or ""
@@ -98,6 +106,7 @@ env = jinja2.Environment(
     lstrip_blocks=True,
 )
 env.filters["utc"] = utc
+env.filters["short_id"] = short_id
 env.globals["csrf_field"] = _csrf_field
 env.globals["roles"] = roles
 

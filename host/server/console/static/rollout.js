@@ -23,7 +23,8 @@
     cell.className = "mono";
     var a = document.createElement("a");
     a.href = "/console/devices/" + encodeURIComponent(d.id);
-    a.textContent = d.id;
+    a.textContent = d.id.slice(0, 12) + "\u2026";  // as the page shows IDs (web.short_id)
+    a.title = d.id;
     cell.appendChild(a);
     tr.appendChild(cell);
     var st = document.createElement("td");
