@@ -112,6 +112,12 @@ def test_a_password_under_12_characters_is_refused(password: str) -> None:
     assert auth.hash_password("x" * 12, CHEAP).startswith("$argon2id$")
 
 
+def test_a_password_over_1024_characters_is_refused_before_hashing() -> None:
+    with pytest.raises(auth.PasswordRefused, match="at most 1024 characters"):
+        auth.hash_password("x" * 1025, CHEAP)
+    assert auth.hash_password("x" * 1024, CHEAP).startswith("$argon2id$")
+
+
 def test_wrong_password_and_unknown_name_answer_the_same_sentence(console: Console) -> None:
     name = console.user("viewer")
     with console.client() as c:
@@ -444,3 +450,33 @@ def test_the_session_user_acts_as_user_name_with_its_address(frame: Any) -> None
     assert [(e.action, e.actor, e.source) for e in events if e.action == "user.logout"] == [
         ("user.logout", f"user:{name}", "203.0.113.9")
     ]
+
+
+def test_a_flood_of_logins_waits_its_turn_and_the_excess_is_refused(console: Console) -> None:
+    # Each check holds 64 MiB: a process runs CHECKS_AT_ONCE of them and lets CHECKS_WAITING
+    # wait; a flood beyond that is answered 503 at once, and the server stays usable.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from host.server.console.auth import CHECKS_AT_ONCE, CHECKS_WAITING
+
+    flood = CHECKS_WAITING + 16
+    clients = [console.client() for _ in range(flood)]
+    forms = [_login_form(c) for c in clients]
+
+    def attempt(i: int) -> httpx.Response:
+        data = {"csrf": forms[i], "name": f"nobody-{i}", "password": "not a password at all"}
+        return clients[i].post("/console/login", data=data)
+
+    try:
+        with ThreadPoolExecutor(flood) as pool:
+            answers = list(pool.map(attempt, range(flood)))
+    finally:
+        for c in clients:
+            c.close()
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) == {200, 503}, codes
+    assert codes.count(200) >= CHECKS_AT_ONCE
+    assert all("too many sign-ins" in r.text for r in answers if r.status_code == 503)
+    name = console.user("viewer")
+    with console.client() as c:
+        assert _login(c, name, PASSWORD).status_code == 303

@@ -3,9 +3,11 @@ form's double-submit CSRF cookie (docs/console.md "Users and sessions")."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import secrets
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,11 @@ from host.server.store.users import UserRecord, Users
 
 MAX_FAILURES = 5  # failed logins in a row before the lockout
 MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # characters: a longer one is refused before it is hashed
+# Password checks at once in a process: each holds 64 MiB and ~100 ms of a core, so a flood of
+# logins waits its turn instead of taking the memory; past CHECKS_WAITING it is refused (503).
+CHECKS_AT_ONCE = 2
+CHECKS_WAITING = 32
 WRONG = "wrong user name or password"
 
 
@@ -58,6 +65,28 @@ def check_password_rule(password: str) -> None:
         raise PasswordRefused(
             f"a password needs at least {MIN_PASSWORD} characters; this one has {len(password)}"
         )
+    if len(password) > MAX_PASSWORD:
+        raise PasswordRefused(f"a password has at most {MAX_PASSWORD} characters")
+
+
+class _Checks:
+    """The process's turn-taking for password checks (made on the server's event loop)."""
+
+    def __init__(self) -> None:
+        self.turns = asyncio.Semaphore(CHECKS_AT_ONCE)
+        self.waiting = 0
+
+
+_CHECKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Checks] = weakref.WeakKeyDictionary()
+
+
+def _checks() -> _Checks:
+    """The running loop's (a semaphore belongs to one loop; a server process runs one)."""
+    loop = asyncio.get_running_loop()
+    checks = _CHECKS.get(loop)
+    if checks is None:
+        checks = _CHECKS[loop] = _Checks()
+    return checks
 
 
 def hash_password(password: str, h: PasswordHasher | None = None) -> str:
@@ -201,15 +230,25 @@ async def login_post(request: Request) -> Response:
     password = form.get("password")
     if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
         return _login_page(request, "enter your user name and password", status=400)
+    if len(name) > 64 or len(password) > MAX_PASSWORD:
+        return _login_page(request, WRONG, name=name[:64])
     settings = application(request).settings
-    result = await run_in_threadpool(
-        login,
-        _users(request),
-        name,
-        password,
-        client_address(request),
-        lockout_s=settings.console_lockout_s,
-    )
+    checks = _checks()
+    if checks.waiting >= CHECKS_WAITING:
+        raise Refusal(503, "too many sign-ins at once; try again in a few seconds")
+    checks.waiting += 1
+    try:
+        async with checks.turns:
+            result = await run_in_threadpool(
+                login,
+                _users(request),
+                name,
+                password,
+                client_address(request),
+                lockout_s=settings.console_lockout_s,
+            )
+    finally:
+        checks.waiting -= 1
     if result.cookie is None:
         # 200, not 401: a browser logs every 4xx page as an error, and a mistyped password is
         # no fault of the page. The sentence is in the page's role="alert" element.
