@@ -195,6 +195,8 @@ def run(work: Path, messages: int) -> int:
         step("device table (qlink devices)")
         print(server.cli("devices").stdout)
 
+        _console(step, server, ident["device_id"])
+
         _update(step, server, work, board, ident["device_id"], second)
         step(f"done in {time.monotonic() - step.t0:.1f}s; stopping boards and server")
         return 0
@@ -207,6 +209,39 @@ def run(work: Path, messages: int) -> int:
         board.power_off()
         second.power_off()
         server.stop()
+
+
+def _console(step: Any, server: ServerProcess, device_id: str) -> None:
+    """A console user signs in over HTTPS and reads the board's page (docs/console.md)."""
+    import secrets
+    import ssl
+    import subprocess
+
+    import httpx
+
+    step("web console: a viewer signs in and reads board-1's page")
+    password = secrets.token_urlsafe(18)
+    create = ["user", "create", "demo-viewer", "--role", "viewer", "--tenant", "default"]
+    where = ["--password-stdin", "--data-dir", str(server.data_dir)]
+    subprocess.run(
+        [sys.executable, "-m", "host.cli", *create, *where],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    tls = ssl.create_default_context(cafile=str(server.root_pem_path))
+    with httpx.Client(base_url=server.api_url, verify=tls, timeout=30) as c:
+        c.get("/console/login").raise_for_status()
+        form = {"csrf": c.cookies.get("qlink_login_csrf", ""), "name": "demo-viewer"}
+        signed_in = c.post("/console/login", data={**form, "password": password})
+        if signed_in.status_code != 303:
+            raise RuntimeError(f"console sign-in answered {signed_in.status_code}")
+        page = c.get(f"/console/devices/{device_id}")
+        page.raise_for_status()
+    shown = [word for word in ("onboarded", "online") if f">{word}<" in page.text]
+    print(f"       {server.api_url}/console/devices/{device_id[:16]}...: {', '.join(shown)}")
 
 
 def main() -> None:
