@@ -94,17 +94,16 @@ def user_create(
     _check_names(user_name=name, tenant=tenant)
     application = _app_in(data_dir, tenant)
     try:
-        users = application.store.users
-        if users.get(name) is not None:  # before the password is typed
+        if application.user(name) is not None:  # before the password is typed
             raise CliError(f"a user named {name} exists; choose another name")
-        if not application.store.tenants.exists(tenant):
+        if not application.has_tenant(tenant):
             from host.server.store.tenants import unknown
 
             raise unknown(tenant)
         password = _read_password(password_stdin)
         from host.server.console.auth import hash_password
 
-        user = users.create(name, tenant, role, hash_password(password), actor=_actor())
+        user = application.create_user(name, tenant, role, hash_password(password), _actor())
     finally:
         application.close()
     if as_json:
@@ -118,7 +117,7 @@ def user_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
     """List console users, their tenant and role, and whether they are locked out."""
     application = _app(data_dir)
     try:
-        rows = application.store.users.list()
+        rows = application.users()
     finally:
         application.close()
     now = time.time()
@@ -148,7 +147,7 @@ def user_unlock(
     """Clear a user's lockout (5 failed logins in a row) and its failed-login count."""
     application = _app(data_dir)
     try:
-        user = application.store.users.unlock(name, actor=_actor())
+        user = application.unlock_user(name, _actor())
     finally:
         application.close()
     if as_json:
@@ -166,7 +165,7 @@ def user_delete(
     """Delete a console user and end every session of it at once."""
     application = _app(data_dir)
     try:
-        n = application.store.users.delete(name, actor=_actor())
+        n = application.delete_user(name, _actor())
     finally:
         application.close()
     if as_json:

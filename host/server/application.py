@@ -58,9 +58,15 @@ if TYPE_CHECKING:
     from host.server.policy import Policies, PolicyDriver
     from host.server.releases import ReleaseService
     from host.server.rollouts import RolloutService
+    from host.server.store.users import UserRecord
     from host.server.successors import SuccessorService
     from host.server.targets import TargetService, TargetSpec
-    from host.server.viewmodels import Dashboard, DeviceChange, DeviceListRow, RolloutChange
+    from host.server.viewmodels import (
+        Dashboard,
+        DeviceChange,
+        DeviceListRow,
+        RolloutChange,
+    )
 
 
 log = logging.getLogger("qlink.app")
@@ -385,6 +391,28 @@ class Application:
             onboardings_per_minute=views.onboardings_per_minute(tenant, now),
             alerts=views.alerts(tenant, now, puf_drift_pct=self.settings.puf_drift_pct),
         )
+
+    # -- console users (docs/console.md); the console and `qlink user` hash the password ----
+    def user(self, name: str) -> UserRecord | None:
+        return self.store.users.get(name)
+
+    def users(self) -> list[UserRecord]:
+        return self.store.users.list()
+
+    def has_tenant(self, name: str) -> bool:
+        return self.store.tenants.exists(name)
+
+    def create_user(
+        self, name: str, tenant: str, role: str, password_hash: str, actor: Actor = LOCAL
+    ) -> UserRecord:
+        return self.store.users.create(name, tenant, role, password_hash, actor=actor)
+
+    def unlock_user(self, name: str, actor: Actor = LOCAL) -> UserRecord:
+        return self.store.users.unlock(name, actor=actor)
+
+    def delete_user(self, name: str, actor: Actor = LOCAL) -> int:
+        """Delete a user and end every session of it; the number of sessions ended."""
+        return self.store.users.delete(name, actor=actor)
 
     def changes_since(self, cursor: float, limit: int = 500) -> list[DeviceChange]:
         """Every tenant's changed devices: the live feed matches each to its listeners."""
