@@ -7,7 +7,8 @@ REPL and raw-paste; this relay adds what a board's USB console has and a process
 * **Ctrl-C interrupts running code.** The process's own pty is raw (no ISIG, so the REPL gets
   every byte), so a Ctrl-C from the client while the board is busy (main.py running, or a raw
   REPL exec) becomes SIGINT, and input that follows is held until the REPL shows its prompt (a
-  board drops nothing typed after Ctrl-C either).
+  board drops nothing typed after Ctrl-C either). A process the SIGINT kills or hangs (see
+  `_INTERRUPT_GRACE_S`) comes back at the REPL after the `KeyboardInterrupt` line a board prints.
 * **Soft reset survives the process.** The Unix port exits where a board reboots (Ctrl-D at the
   friendly prompt or at an empty raw REPL, `sys.exit()`): the relay prints
   `MPY: soft reboot`, starts the process again on the same port (warm: no fresh SRAM state) and,
@@ -51,6 +52,14 @@ HARD_RESET = "hard_reset"  # warm (SRAM kept powered): boot.py, main.py, then th
 # its handler is not installed kills it): the board then comes back warm at the REPL, boot.py
 # only, never main.py, which a Ctrl-C was meant to stop.
 INTERRUPTED = "interrupted"
+# The Unix port raises KeyboardInterrupt from inside its signal handler (MICROPY_ASYNC_KBD_INTR),
+# wherever the process is: a SIGINT that lands inside the garbage collector leaves its heap
+# locked (the process dies: "heap is locked", "FATAL: uncaught NLR") or its lock held (it hangs).
+# A board's Ctrl-C is a pending exception, raised between bytecodes, and never does either; so
+# an interrupted process that ends without printing KeyboardInterrupt gets the line a board
+# prints, and one that shows no prompt within this long is cut off and restarted the same way.
+_INTERRUPT_GRACE_S = 5.0
+_KBD_LINE = b"KeyboardInterrupt: \r\n"
 # Exit status of the process that means "reset me" (boards/unix/board.py Board.reset).
 EXIT_RESET = 3
 # board.reset() under the relay (boards/unix/board.py): `micropython -i` turns a SystemExit from
@@ -89,6 +98,8 @@ class PtyRelay:
         self._holding = False
         self._hide_until_prompt = False  # re-entering the raw REPL after a soft reset
         self._interrupted = False  # a Ctrl-C became SIGINT and the prompt has not shown yet
+        self._interrupted_at = 0.0  # when (monotonic)
+        self._kbd_seen = False  # the process printed KeyboardInterrupt since
         self._tail = b""
         self._partial = b""
         self._lines: list[str] = []
@@ -204,6 +215,7 @@ class PtyRelay:
             except (OSError, ValueError):
                 time.sleep(0.05)  # an fd closed under us by power_off; take the new set
                 continue
+            self._check_interrupt()
             if self._wake_r in ready:
                 with contextlib.suppress(OSError):
                     os.read(self._wake_r, 256)
@@ -241,6 +253,8 @@ class PtyRelay:
             if not self._powered:
                 return
             if self._interrupted:
+                if not self._kbd_seen:
+                    self._output(_KBD_LINE)  # see _INTERRUPT_GRACE_S
                 self._start(INTERRUPTED)
                 return
             if status in (EXIT_RESET, -RESET_SIGNAL):
@@ -261,6 +275,8 @@ class PtyRelay:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._proc.pid, signal.SIGINT)
                 self._interrupted = True  # until the prompt shows
+                self._interrupted_at = time.monotonic()
+                self._kbd_seen = False
                 self._holding = True  # what follows waits for the prompt
                 continue
             if self._raw and b == _CTRL_D:
@@ -275,7 +291,21 @@ class PtyRelay:
         with contextlib.suppress(OSError):
             os.write(self._proc_master, data)
 
+    def _check_interrupt(self) -> None:
+        """A process that took a Ctrl-C and shows no prompt in time is hung (see
+        _INTERRUPT_GRACE_S): kill it; the exit path restarts it at the REPL."""
+        with self._lock:
+            proc = self._proc
+            late = self._interrupted and time.monotonic() - self._interrupted_at > (
+                _INTERRUPT_GRACE_S
+            )
+        if late and proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
     def _output(self, data: bytes) -> None:
+        if self._interrupted and b"KeyboardInterrupt" in self._tail + data:
+            self._kbd_seen = True
         self._tail = (self._tail + data)[-_TAIL:]
         idle = False
         if self._tail.endswith(_RAW_BANNER):

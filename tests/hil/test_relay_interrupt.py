@@ -1,5 +1,6 @@
-"""A board interrupted with Ctrl-C ends at its REPL, even when the Unix port process dies of
-the SIGINT instead of catching it (it can, when the signal lands outside its handler)."""
+"""A board interrupted with Ctrl-C ends at its REPL and says KeyboardInterrupt, even when the
+Unix port process dies of the SIGINT instead of catching it (it can, when the signal lands
+outside its handler, or inside its garbage collector) or hangs on it."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import serial
 
 from hil import ptyrelay
 
-# A stand-in board process: with main it prints a line a second and dies of SIGINT (default
-# action, as the Unix port at a bad moment); boot-only, it shows a prompt and echoes a line.
+# A stand-in board process: with main it prints a line every 0.2 s and dies of SIGINT (default
+# action, as the Unix port at a bad moment) or, with "hang", ignores it (as one whose collector
+# lock the signal left held); boot-only, it shows a prompt and echoes a line.
 _BOARD = r"""
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_DFL)
-if sys.argv[1] == "main":
+signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == "hang" else signal.SIG_DFL)
+if sys.argv[1] != "boot":
     while True:
         os.write(1, b"I agent: running\r\n")
         time.sleep(0.2)
@@ -30,12 +33,15 @@ time.sleep(30)
 """
 
 
-def test_ctrl_c_that_kills_the_process_still_ends_at_the_repl(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fate", ["main", "hang"], ids=["dies of it", "hangs on it"])
+def test_ctrl_c_that_kills_or_hangs_the_process_still_ends_at_the_repl(
+    tmp_path: Path, fate: str
+) -> None:
     causes: list[str] = []
 
     def spawn(slave: int, cause: str) -> subprocess.Popen[bytes]:
         causes.append(cause)
-        mode = "boot" if cause == ptyrelay.INTERRUPTED else "main"
+        mode = "boot" if cause == ptyrelay.INTERRUPTED else fate
         return subprocess.Popen(
             [sys.executable, "-c", _BOARD, mode],
             stdin=slave,
@@ -59,6 +65,8 @@ def test_ctrl_c_that_kills_the_process_still_ends_at_the_repl(tmp_path: Path) ->
             while b"got hello" not in got and time.monotonic() < deadline:
                 got += ser.read(256)
         assert b"got hello\r\n>>> " in got, got[-200:]
+        assert b"KeyboardInterrupt: \r\n>>> got hello" in got  # what a board prints, then the REPL
+        assert "KeyboardInterrupt: " in relay.lines()
         # Back at the REPL without main.py: the agent never ran again after the Ctrl-C.
         assert causes == [ptyrelay.POWER_ON, ptyrelay.INTERRUPTED]
         assert b"I agent: running" not in got.split(b">>> ", 1)[-1]
