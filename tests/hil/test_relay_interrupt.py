@@ -15,12 +15,18 @@ import serial
 from hil import ptyrelay
 
 # A stand-in board process: with main it prints a line every 0.2 s and dies of SIGINT (default
-# action, as the Unix port at a bad moment) or, with "hang", ignores it (as one whose collector
-# lock the signal left held); boot-only, it shows a prompt and echoes a line.
+# action, as the Unix port at a bad moment); with "hang" it stops silent inside the handler (as
+# one whose collector lock the signal left held); with "handle" it prints that it caught the
+# interrupt and runs on, as a program that catches KeyboardInterrupt may; boot-only, it shows a
+# prompt and echoes a line.
 _BOARD = r"""
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == "hang" else signal.SIG_DFL)
-if sys.argv[1] != "boot":
+mode = sys.argv[1]
+def caught(*_):
+    os.write(1, b"KeyboardInterrupt caught, running on\r\n")
+handlers = {"hang": lambda *_: time.sleep(3600), "handle": caught}
+signal.signal(signal.SIGINT, handlers.get(mode, signal.SIG_DFL))
+if mode != "boot":
     while True:
         os.write(1, b"I agent: running\r\n")
         time.sleep(0.2)
@@ -70,5 +76,33 @@ def test_ctrl_c_that_kills_or_hangs_the_process_still_ends_at_the_repl(
         # Back at the REPL without main.py: the agent never ran again after the Ctrl-C.
         assert causes == [ptyrelay.POWER_ON, ptyrelay.INTERRUPTED]
         assert b"I agent: running" not in got.split(b">>> ", 1)[-1]
+    finally:
+        relay.close()
+
+
+def test_a_program_that_handles_the_interrupt_and_runs_on_is_left_running(tmp_path: Path) -> None:
+    causes: list[str] = []
+
+    def spawn(slave: int, cause: str) -> subprocess.Popen[bytes]:
+        causes.append(cause)
+        return subprocess.Popen(
+            [sys.executable, "-c", _BOARD, "handle"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+
+    relay = ptyrelay.PtyRelay(spawn, tmp_path / "console.log", "fake")
+    try:
+        relay.power_on()
+        assert relay.wait_for("I agent: running", 20)
+        pid = relay.pid
+        with serial.Serial(relay.port, 115200, timeout=0.2) as ser:
+            ser.write(b"\x03")
+            assert relay.wait_for("caught, running on", 20)
+            time.sleep(ptyrelay._INTERRUPT_GRACE_S + 2)  # past the hang cut-off
+        assert relay.running and relay.pid == pid and causes == [ptyrelay.POWER_ON]
+        assert relay.lines()[-1] == "I agent: running"
     finally:
         relay.close()
