@@ -39,11 +39,9 @@ time.sleep(30)
 """
 
 
-@pytest.mark.parametrize("fate", ["main", "hang"], ids=["dies of it", "hangs on it"])
-def test_ctrl_c_that_kills_or_hangs_the_process_still_ends_at_the_repl(
-    tmp_path: Path, fate: str
-) -> None:
-    causes: list[str] = []
+def _relay(tmp_path: Path, fate: str, causes: list[str]) -> ptyrelay.PtyRelay:
+    """A relay over the stand-in in mode `fate` (boot-only after an interrupt); `causes`
+    collects each start's cause."""
 
     def spawn(slave: int, cause: str) -> subprocess.Popen[bytes]:
         causes.append(cause)
@@ -56,7 +54,15 @@ def test_ctrl_c_that_kills_or_hangs_the_process_still_ends_at_the_repl(
             start_new_session=True,
         )
 
-    relay = ptyrelay.PtyRelay(spawn, tmp_path / "console.log", "fake")
+    return ptyrelay.PtyRelay(spawn, tmp_path / "console.log", "fake")
+
+
+@pytest.mark.parametrize("fate", ["main", "hang"], ids=["dies of it", "hangs on it"])
+def test_ctrl_c_that_kills_or_hangs_the_process_still_ends_at_the_repl(
+    tmp_path: Path, fate: str
+) -> None:
+    causes: list[str] = []
+    relay = _relay(tmp_path, fate, causes)
     try:
         relay.power_on()
         with serial.Serial(relay.port, 115200, timeout=0.2) as ser:
@@ -82,18 +88,7 @@ def test_ctrl_c_that_kills_or_hangs_the_process_still_ends_at_the_repl(
 
 def test_a_program_that_handles_the_interrupt_and_runs_on_is_left_running(tmp_path: Path) -> None:
     causes: list[str] = []
-
-    def spawn(slave: int, cause: str) -> subprocess.Popen[bytes]:
-        causes.append(cause)
-        return subprocess.Popen(
-            [sys.executable, "-c", _BOARD, "handle"],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-        )
-
-    relay = ptyrelay.PtyRelay(spawn, tmp_path / "console.log", "fake")
+    relay = _relay(tmp_path, "handle", causes)
     try:
         relay.power_on()
         assert relay.wait_for("I agent: running", 20)
