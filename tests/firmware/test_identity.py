@@ -316,8 +316,8 @@ def test_health_reports_margin_corrections_and_failures():
         # in as many pairs or a few fewer (both cells of a pair rarely flip together); at that
         # noise the decoder's smallest information LLR stays saturated or close to it.
         assert 30 < h["corrected_bits"] < 160
-        # Pairs with both cells flipped: about Poisson(2.6) at p = 0.04 over 1024 pairs (7 seen
-        # in 60 boots); 16 or more has odds of about 2e-8, so the bound is not a coin toss.
+        # The difference is the pairs with both cells flipped, a rare count: mean 2.6 and at most
+        # 7 over 60 boots. As Poisson(2.6), 16 or more has odds of about 2e-8.
         assert h["corrected_bits"] - 15 <= h["code_errors"] <= h["corrected_bits"]
         assert 10 <= h["margin"] <= 31
         assert h["health_failures"] == 0
