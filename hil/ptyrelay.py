@@ -57,8 +57,8 @@ INTERRUPTED = "interrupted"
 # locked (the process dies: "heap is locked", "FATAL: uncaught NLR") or its lock held (it hangs).
 # A board's Ctrl-C is a pending exception, raised between bytecodes, and never does either; so
 # an interrupted process that ends without printing KeyboardInterrupt gets the line a board
-# prints, and one that prints nothing at all for this long after the Ctrl-C (a process that
-# printed KeyboardInterrupt or goes on printing is alive) is cut off and restarted the same way.
+# prints, and one that prints nothing at all for this long after the Ctrl-C (one that goes on
+# printing is alive) is cut off and restarted the same way.
 _INTERRUPT_GRACE_S = 5.0
 _KBD_LINE = b"KeyboardInterrupt: \r\n"
 # Exit status of the process that means "reset me" (boards/unix/board.py Board.reset).
@@ -99,7 +99,7 @@ class PtyRelay:
         self._holding = False
         self._hide_until_prompt = False  # re-entering the raw REPL after a soft reset
         self._interrupted = False  # a Ctrl-C became SIGINT and the prompt has not shown yet
-        self._interrupted_at = 0.0  # when, or when it last printed since (monotonic)
+        self._quiet_since = 0.0  # the Ctrl-C, or the process's last output after it (monotonic)
         self._kbd_seen = False  # the process printed KeyboardInterrupt since
         self._tail = b""
         self._partial = b""
@@ -276,7 +276,7 @@ class PtyRelay:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._proc.pid, signal.SIGINT)
                 self._interrupted = True  # until the prompt shows
-                self._interrupted_at = time.monotonic()
+                self._quiet_since = time.monotonic()
                 self._kbd_seen = False
                 self._holding = True  # what follows waits for the prompt
                 continue
@@ -297,15 +297,15 @@ class PtyRelay:
         _INTERRUPT_GRACE_S): kill it; the exit path restarts it at the REPL."""
         with self._lock:
             proc = self._proc
-            silent = time.monotonic() - self._interrupted_at > _INTERRUPT_GRACE_S
-            late = self._interrupted and not self._kbd_seen and silent
+            silent = time.monotonic() - self._quiet_since > _INTERRUPT_GRACE_S
+            late = self._interrupted and silent
         if late and proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def _output(self, data: bytes) -> None:
         if self._interrupted:
-            self._interrupted_at = time.monotonic()
+            self._quiet_since = time.monotonic()
             if b"KeyboardInterrupt" in self._tail + data:
                 self._kbd_seen = True
         self._tail = (self._tail + data)[-_TAIL:]

@@ -17,13 +17,13 @@ from hil import ptyrelay
 # A stand-in board process: with main it prints a line every 0.2 s and dies of SIGINT (default
 # action, as the Unix port at a bad moment); with "hang" it stops silent inside the handler (as
 # one whose collector lock the signal left held); with "handle" it prints that it caught the
-# interrupt and runs on, as a program that catches KeyboardInterrupt may; boot-only, it shows a
-# prompt and echoes a line.
+# interrupt and runs on printing, as a program that catches KeyboardInterrupt may; boot-only,
+# it shows a prompt and echoes a line.
 _BOARD = r"""
 import os, signal, sys, time
 mode = sys.argv[1]
 def caught(*_):
-    os.write(1, b"KeyboardInterrupt caught, running on\r\n")
+    os.write(1, b"interrupt caught, running on\r\n")
 handlers = {"hang": lambda *_: time.sleep(3600), "handle": caught}
 signal.signal(signal.SIGINT, handlers.get(mode, signal.SIG_DFL))
 if mode != "boot":
