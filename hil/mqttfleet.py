@@ -78,7 +78,7 @@ from hil.mqttwire import (
     publish_packet,
     subscribe_packet,
 )
-from hil.simdevice import ApiResponse, OnboardFailed, SimDevice
+from hil.simdevice import ApiResponse, OnboardFailed, SimDevice, root_context
 
 
 # -- one device -------------------------------------------------------------------------------
@@ -508,8 +508,7 @@ class MqttFleet:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks the chain and the host name
-        ctx.load_verify_locations(cadata=base64.b64decode(b["broker"]["ca_b64"]))
+        ctx = root_context(base64.b64decode(b["broker"]["ca_b64"]))
         ctx.load_cert_chain(str(path))
         return ctx
 

@@ -55,12 +55,15 @@ class ApiResponse:
 def _shared_root_context(root_der: bytes) -> ssl.SSLContext:
     """One context per pinned root for the HTTPS calls (loading the root costs CPU that a fleet
     of simulated devices would otherwise spend on every request)."""
-    return _root_context(root_der)
+    return root_context(root_der)
 
 
-def _root_context(root_der: bytes) -> ssl.SSLContext:
+def root_context(root_der: bytes) -> ssl.SSLContext:
+    """A client context that trusts `root_der` alone. The root goes in as PEM: after the last
+    DER certificate, Python's `ssl` takes any error left on the thread's OpenSSL queue as its
+    own, and a PKCS#11 library's start in the same process leaves some there."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
-    ctx.load_verify_locations(cadata=root_der)
+    ctx.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(root_der))
     return ctx
 
 
@@ -472,7 +475,7 @@ class SimDevice:
                     serialization.NoEncryption(),
                 )
             )
-        ctx = _root_context(base64.b64decode(b["broker"]["ca_b64"]))
+        ctx = root_context(base64.b64decode(b["broker"]["ca_b64"]))
         ctx.load_cert_chain(str(work / "cert.pem"), str(key_path))
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,

@@ -130,7 +130,9 @@ class TargetSpec:
 def tls_context(ca_der: bytes) -> ssl.SSLContext:
     """Verifies a target's certificate chain to `ca_der` and its host name."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cadata=ca_der)
+    # As PEM: after the last DER certificate, Python's `ssl` takes any error left on the
+    # thread's OpenSSL queue as its own (a PKCS#11 library's start leaves some there).
+    ctx.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(ca_der))
     return ctx
 
 

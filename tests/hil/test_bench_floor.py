@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench._floor import FloorServer, canned_answers
-from hil.simdevice import HttpsConnection, SimDevice
+from hil.simdevice import HttpsConnection, SimDevice, root_context
 from host.server.ca import CertificateAuthority
 
 HELLO = {"challenge_id": "c1", "challenge": "ab" * 32, "expires_in": 60}
@@ -53,4 +53,4 @@ def test_floor_answers_devices_and_works_once_per_proof(tmp_path: Path) -> None:
 
 
 def _client(ca: CertificateAuthority) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=ca.root_der())
+    return root_context(ca.root_der())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,43 @@ def test_issuing_key_in_token_signs_certificates_and_crl(
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     again = CertificateAuthority.load_or_create(ca_dir, hsm=token)
     assert again.issuing_cert == ca.issuing_cert
+
+
+# SoftHSM's start-up leaves OpenSSL errors on the thread's error queue (it looks for engines
+# it does not find), and the DER root loader of Python's `ssl` reads that queue after its last
+# certificate. A fresh process each: the token's library starts once a process, and a root that
+# loads clears the queue.
+_ROOT_AFTER_TOKEN = """
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from host.server.ca import CertificateAuthority
+from host.server.hsm import Pkcs11Config
+from host.server.targets import tls_context
+from hil.simdevice import root_context
+ca = CertificateAuthority.load_or_create(Path(sys.argv[2]), hsm=Pkcs11Config(*sys.argv[3:]))
+make = {"target": tls_context, "device": root_context}[sys.argv[1]]
+make(ca.root_cert.public_bytes(serialization.Encoding.DER))
+print("loaded")
+"""
+
+
+@pytest.mark.parametrize("context", ["target", "device"])
+def test_a_tls_root_loads_after_the_token_starts(
+    token: Pkcs11Config, tmp_path: Path, context: str
+) -> None:
+    """The server's context for a target and the rig's device context load a DER root in the
+    thread that opened the token."""
+    hsm = [token.module, token.token, token.pin]
+    run = subprocess.run(
+        [sys.executable, "-c", _ROOT_AFTER_TOKEN, context, str(tmp_path / "ca"), *hsm],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["loaded"]
 
 
 def test_wrong_pin_is_one_sentence(token: Pkcs11Config, tmp_path: Path) -> None:
