@@ -1,8 +1,9 @@
 """The console's live feed (host/server/console/live.py, docs/console.md "Live updates"): each
 change reaches the listeners whose tenant and filter match it and no other, once, even when it
-commits late; slow and gone listeners are dropped without stalling the others; the task runs
-only while someone listens; the stream is well-formed server-sent events, also through a real
-server."""
+commits late; a listener that falls behind is told to read its page again instead of missing
+changes, one that does not read and gone ones are dropped, without stalling the others; the task
+runs only while someone listens; the stream is well-formed server-sent events, also through a
+real server."""
 
 from __future__ import annotations
 
@@ -79,10 +80,14 @@ def parse_sse(text: str) -> tuple[list[Event], list[str]]:
 
 
 def frames(listener: Listener) -> list[Event]:
-    """What is waiting in a listener's queue, parsed (None, the end, as an event "end")."""
+    """What is waiting in a listener's queue, taken as its stream takes it, parsed (None, the
+    end, as an event "end")."""
     out: list[Event] = []
+    items = []
     while not listener.queue.empty():
-        item = listener.queue.get_nowait()
+        items.append(listener.queue.get_nowait())
+    listener.taken(items)
+    for item in items:
         if item is None:
             out.append(Event("end", None, None))
         else:
@@ -278,21 +283,29 @@ async def test_a_burst_larger_than_a_page_is_read_in_pages(monkeypatch) -> None:
     feed.unsubscribe(x)
 
 
-async def test_a_page_at_one_instant_makes_its_watchers_reload(monkeypatch) -> None:
+async def test_a_page_at_one_instant_makes_its_watchers_read_again(monkeypatch) -> None:
     monkeypatch.setattr(live, "PAGE", 10)
     f = Fakes()
     feed = f.feed()
     fleet = feed.subscribe("acme")
+    watcher = feed.subscribe("acme", device=A)
     rollout = feed.subscribe("acme", rollout=7)
     await ticks(feed)
     frames(fleet)
     now = time.time()
     for n in range(12):  # one transaction stamped 12 rows alike: more than a page
         f.change(f"{n:064x}", at=now)
-    await until(lambda: fleet.closed)
-    assert frames(fleet)[-1].event == "end"
-    assert not rollout.closed  # a rollout page shows no device rows of the fleet
-    feed.unsubscribe(rollout)
+    await until(lambda: fleet.behind and watcher.behind)
+    got = frames(fleet)
+    assert [e.event for e in got if e.event != "summary"][-1] == "resync"
+    assert of("resync", frames(watcher)) == [Event("resync", {}, None)]
+    assert not fleet.closed and not watcher.closed  # the streams stay open
+    assert not rollout.behind and frames(rollout) == []  # a rollout page shows no device rows
+    f.change(A, at=now + 1)  # once the resync is taken, changes flow again
+    await until(lambda: not watcher.queue.empty())
+    assert [e.data["id"] for e in of("device", frames(watcher))] == [A]
+    for x in (fleet, watcher, rollout):
+        feed.unsubscribe(x)
 
 
 # -- listeners come and go ---------------------------------------------------------------------
@@ -318,7 +331,9 @@ async def test_the_task_runs_only_while_someone_listens() -> None:
     feed.unsubscribe(c)
 
 
-async def test_a_full_queue_drops_only_the_slow_listener(monkeypatch) -> None:
+async def test_a_listener_that_falls_behind_gets_one_resync_and_the_others_everything(
+    monkeypatch,
+) -> None:
     monkeypatch.setattr(live, "QUEUE_SIZE", 4)
     f = Fakes()
     feed = f.feed()
@@ -333,10 +348,59 @@ async def test_a_full_queue_drops_only_the_slow_listener(monkeypatch) -> None:
         await ticks(feed, 1)
         got += frames(fast)
     assert [e.data["id"] for e in of("device", got)] == [f"{n:064x}" for n in range(12)]
-    assert slow.closed
-    assert frames(slow) == [Event("end", None, None)]  # its stream ends; the page reloads
+    assert of("resync", got) == []
+    # The slow one: the changes its queue took, then one resync in its last place; nothing
+    # after it until its stream takes it, and it is not dropped.
+    assert slow.queue.full() and slow.behind and not slow.closed
+    waiting = frames(slow)
+    assert [e.event for e in waiting][-1] == "resync"
+    assert [e.data["id"] for e in of("device", waiting)] == [f"{n:064x}" for n in range(3)]
+    f.change(A, at=now + 1)
+    await until(lambda: not slow.queue.empty())
+    assert [e.data["id"] for e in of("device", frames(slow))] == [A]
+    assert feed.listeners == 2
+    for x in (slow, fast):
+        feed.unsubscribe(x)
+
+
+async def test_a_listener_that_does_not_read_is_dropped_when_its_queue_is_full(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(live, "QUEUE_SIZE", 4)
+    monkeypatch.setattr(live, "SUMMARY_EVERY_S", 0.0)
+    f = Fakes()
+    f.counts["acme"] = {"total": 0, "by_state": {}, "online": 0, "disabled": 0}
+    feed = f.feed()
+    stuck = feed.subscribe("acme")
+    fast = feed.subscribe("acme")
+    now = time.time()
+    for n in range(8):  # device frames, the resync, then counts it has no room for
+        f.counts["acme"] = {**f.counts["acme"], "total": n + 1}
+        f.change(f"{n:064x}", at=now + n * 0.001)
+        await ticks(feed, 1)
+        frames(fast)
+    await until(lambda: stuck.closed)
+    assert frames(stuck) == [Event("end", None, None)]  # its stream ends; the page reconnects
     assert feed.listeners == 1 and not fast.closed
     feed.unsubscribe(fast)
+
+
+async def test_a_listener_that_joins_after_a_bulk_change_gets_one_resync(monkeypatch) -> None:
+    monkeypatch.setattr(live, "QUEUE_SIZE", 4)
+    f = Fakes()
+    feed = f.feed()
+    early = feed.subscribe("acme", device=C)  # keeps the task, and its overlap window, running
+    now = time.time()
+    for n in range(6):  # an import: more changes in the overlap window than a queue takes
+        f.change(f"{n:064x}", at=now + n * 0.001)
+    await ticks(feed, 2)
+    late = feed.subscribe("acme")
+    assert [e.event for e in frames(late)] == ["resync"]  # its page reads itself once
+    assert not late.closed and not late.behind
+    few = feed.subscribe("acme", device=f"{5:064x}")  # what fits is replayed as it was
+    assert [e.data["id"] for e in of("device", frames(few))] == [f"{5:064x}"]
+    for x in (early, late, few):
+        feed.unsubscribe(x)
 
 
 # -- summaries and rollouts -------------------------------------------------------------------

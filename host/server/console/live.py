@@ -18,11 +18,15 @@ read. Each tick re-reads the last `OVERLAP_S` seconds before the cursor and drop
 already delivered, by (ID, stamp). A row that commits more than `OVERLAP_S` after its stamp is
 missed; no write in the store holds a transaction open that long.
 
-Why a slow console is dropped rather than waited for: queues are bounded, and a console whose
-queue is full is sent nothing more: its stream ends, its EventSource reconnects and the page
-reloads what it shows, while the other consoles go on without waiting. The same happens to every
-device-watching console when more changes share one instant than a page of the poll holds (the
-feed cannot page through them with a time cursor alone).
+Why a console that falls behind is told to read again instead of being sent everything: queues
+are bounded. When a console's queue has room for one more frame only (a bulk change, a join
+while the overlap window holds more changes than a queue takes, or a page of changes at one
+instant that the poll had to skip), it is sent one `resync` event instead of the device frames
+it cannot take, and no device frame until its stream has taken that event; the page then reads
+what it shows again (one request), so no change is lost and the stream stays open. A console
+whose queue is full when anything else arrives (it does not read at all) is dropped: its stream
+ends, and its EventSource reconnects and reads its page again, while the other consoles go on
+without waiting.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an id
 RETRY_MS = 3000  # the EventSource's reconnection delay, sent at the start of each stream
 SUMMARY_FIELDS = ("total", "by_state", "online", "disabled")
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+# What a console that fell behind gets instead of the device frames it cannot take: read again
+# what the page shows (no `id`: the stream's last event ID stays that of the last change sent).
+RESYNC = b"event: resync\ndata: {}\n\n"
 
 
 class DeviceChange(Protocol):
@@ -144,10 +151,18 @@ class Listener:
     # A new listener gets the current summary or rollout status once, whether or not it changed:
     # it may have changed between the page's rendering and the stream's start.
     fresh: bool = True
+    # Sent a `resync` its stream has not taken yet: device frames are skipped until it has (the
+    # page's read after the resync shows them).
+    behind: bool = False
+
+    def taken(self, items: list[bytes | None]) -> None:
+        """What its stream took from the queue: after the resync, device frames flow again."""
+        if self.behind and RESYNC in items:
+            self.behind = False
 
     def end(self) -> None:
         """Make its stream end now, whatever is still waiting (the feed forgets it first)."""
-        while not self.queue.empty():  # what it did not read is reloaded anyway
+        while not self.queue.empty():  # what it did not read, its page reads again anyway
             self.queue.get_nowait()
         self.queue.put_nowait(None)
 
@@ -199,7 +214,9 @@ class _Read:
 
     devices: list[DeviceChange] = field(default_factory=list)
     rollouts: list[RolloutChange] = field(default_factory=list)
-    lost: bool = False  # rows were skipped: device-watching listeners must reload
+    # Instants whose rows were not all read (a page of them shared one stamp): the consoles that
+    # watch devices read their pages again, once an instant.
+    lost: set[float] = field(default_factory=set)
 
 
 class LiveFeed:
@@ -228,6 +245,7 @@ class LiveFeed:
         self._task: asyncio.Task[None] | None = None
         self._cursor = self._rollout_cursor = 0.0
         self._seen: dict[tuple[str, float], None] = {}
+        self._lost: dict[float, None] = {}  # instants a resync was sent for (the overlap's)
         self._seen_rollouts: dict[tuple[int, float], None] = {}
         # Device frames of the overlap window, replayed to a listener that joins: the change may
         # have landed between its page's rendering and its stream's start.
@@ -265,12 +283,19 @@ class LiveFeed:
             # change this process has not polled yet). The next read, soon, is sent to it.
             self._fleet[tenant].add(listener)
         self._count += 1
-        for _at, dev_tenant, dev_id, frame in self._recent:
-            if listener.sees(dev_tenant) and (listener.fleet or listener.device == dev_id):
-                self._put(listener, frame)
+        replay = [
+            frame
+            for _at, dev_tenant, dev_id, frame in self._recent
+            if listener.sees(dev_tenant) and (listener.fleet or listener.device == dev_id)
+        ]
+        if len(replay) >= QUEUE_SIZE:  # more than it can take: its page reads itself again
+            self._resync(listener)
+        for frame in replay:
+            self._put_device(listener, frame)
         if self._task is None or self._task.done():
             self._cursor = self._rollout_cursor = time.time() - OVERLAP_S
             self._seen.clear()
+            self._lost.clear()
             self._seen_rollouts.clear()
             self._recent.clear()
             self._counts, self._counts_at, self._counts_dirty = None, -math.inf, False
@@ -306,8 +331,22 @@ class LiveFeed:
         except asyncio.QueueFull:
             self._drop(listener, "slow")
 
+    def _put_device(self, listener: Listener, frame: bytes) -> None:
+        """A device frame, or the resync instead when it would take the queue's last place."""
+        if listener.behind or listener.closed:
+            return
+        if listener.queue.qsize() >= QUEUE_SIZE - 1:
+            self._resync(listener)
+        else:
+            self._put(listener, frame)
+
+    def _resync(self, listener: Listener) -> None:
+        if not listener.behind:
+            listener.behind = True
+            self._put(listener, RESYNC)
+
     def _drop(self, listener: Listener, why: str) -> None:
-        """End `listener`'s stream: its page reconnects and reloads."""
+        """End `listener`'s stream: its page reconnects and reads itself again."""
         log.info("event=live_listener_dropped why=%s tenant=%s", why, listener.tenant)
         self.unsubscribe(listener)
         listener.end()
@@ -367,18 +406,20 @@ class LiveFeed:
             top = max(c.changed_at for c in page)
             if len(page) >= PAGE and top == min(c.changed_at for c in page):
                 # A whole page at one instant: the poll cannot page inside it with a time
-                # cursor, so the rest of that instant is skipped and its watchers reload.
-                read.lost = True
+                # cursor, so the rest of that instant is skipped and its watchers read again.
+                read.lost.add(top)
             since = top
         read.rollouts = list(self._poll_rollouts(rollout_since))
         return read
 
     def _deliver_devices(self, read: _Read) -> None:
-        if read.lost:
+        new_lost = read.lost.difference(self._lost)  # each tick reads the overlap again
+        if new_lost:
             log.warning("event=live_changes_skipped why=more changes at one instant than a page")
+            self._lost.update(dict.fromkeys(new_lost))
             for group in [*self._fleet.values(), *self._by_device.values()]:
                 for listener in list(group):
-                    self._drop(listener, "skipped")
+                    self._resync(listener)
         for c in sorted(read.devices, key=lambda c: c.changed_at):
             key = (c.id, c.changed_at)
             self._cursor = max(self._cursor, c.changed_at)
@@ -390,9 +431,10 @@ class LiveFeed:
             frame = self._frame("device", device_event(c))
             self._recent.append((c.changed_at, c.tenant, c.id, frame))
             for listener in targets:
-                self._put(listener, frame)
+                self._put_device(listener, frame)
         floor = self._cursor - OVERLAP_S
         self._seen = {k: None for k in self._seen if k[1] >= floor}
+        self._lost = {at: None for at in self._lost if at >= floor}
         while self._recent and self._recent[0][0] < floor:
             self._recent.popleft()
 

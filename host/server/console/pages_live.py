@@ -86,6 +86,7 @@ async def _stream(request: Request, feed: LiveFeed, listener: Listener) -> Async
             chunk = [item]
             while not listener.queue.empty():  # send what is waiting in one write
                 chunk.append(listener.queue.get_nowait())
+            listener.taken(chunk)
             frames = b"".join(c for c in chunk if c is not None)
             if frames:
                 yield frames

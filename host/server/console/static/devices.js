@@ -37,8 +37,11 @@
     setField(scope, "last_seen", [utc(d.last_seen)]);
   }
 
-  function open(query, handler) {
-    if (window.qlink && window.qlink.live) return window.qlink.live(query, { device: handler });
+  // `resync`: the stream could not send every change (docs/console.md "Live updates").
+  function open(query, handler, resync) {
+    if (window.qlink && window.qlink.live) {
+      return window.qlink.live(query, { device: handler, resync: resync });
+    }
     if (!window.EventSource) return null;
     var source = new EventSource("/console/live" + (query ? "?" + query : ""));
     source.addEventListener("device", function (ev) {
@@ -55,6 +58,8 @@
       for (var i = 0; i < rows.length; i++) {
         if (rows[i].getAttribute("data-device") === d.id) update(rows[i], d, false);
       }
+    }, function () {
+      window.qlink.refreshFields('table[data-live="devices"] tr[data-device]', "data-device");
     });
     return;
   }
@@ -130,9 +135,27 @@
     }
   }
 
+  // After a resync: the facts, and the telemetry the store kept, as the server renders them now.
+  function resync() {
+    window.qlink.refreshFields("[data-device-page]", "data-device-page", function (fresh) {
+      var freshSvg = fresh.querySelector('svg[data-chart="telemetry"]');
+      if (svg && freshSvg) {
+        try { points = JSON.parse(freshSvg.getAttribute("data-points") || "[]"); } catch (e) { return; }
+        redraw();
+      }
+      var freshRows = fresh.querySelector('table[data-table="telemetry"] tbody');
+      if (table && freshRows) {
+        table.textContent = "";
+        freshRows.childNodes.forEach(function (n) { table.appendChild(document.importNode(n, true)); });
+        var last = table.rows[table.rows.length - 1];  // its seq: the next frame may repeat it
+        if (last && last.cells.length > 1) lastSeq = Number(last.cells[1].textContent);
+      }
+    });
+  }
+
   open("device=" + encodeURIComponent(id), function (d) {
     if (d.id !== id) return;
     update(page, d, true);
     appendTelemetry(d);
-  });
+  }, resync);
 })();
