@@ -103,10 +103,14 @@ def seed(server: ServerProcess, *, scale: int = 1, onboard: int = 16) -> Demo:
         for f in [pool.submit(j) for j in jobs]:
             f.result()
 
-    # Real onboarding (hello + proof over HTTPS) of the pilot batch and some of line A.
+    # Real onboarding (hello + proof over HTTPS) of the pilot batch and some of line A. The
+    # pilot's devices send an OTA key, as OTA-capable agents do, all but every eighth: the
+    # rollout below refuses those as no_ota_key.
     onboarded = sims["pilot"][:onboard] + sims["line-a-2026w14"][:onboard]
-    for sim in onboarded:
-        sim.onboard()
+    pilot_ids = {sim.device_id for sim in sims["pilot"][:onboard]}
+    for i, sim in enumerate(onboarded):
+        with_key = sim.device_id in pilot_ids and i % 8 != 7
+        sim.onboard(ota_key=_ota_key() if with_key else None)
     store = Store(server.data_dir / "registry.sqlite", migrate=False)
     try:
         now = time.time()
@@ -136,7 +140,8 @@ def seed(server: ServerProcess, *, scale: int = 1, onboard: int = 16) -> Demo:
     _cli(server, "device", "disable", pilot[-4].device_id)
     for sim in pilot[:2]:
         _cli(server, "device", "command", sim.device_id, "ping")
-    rollout = _release_and_rollout(server)
+    release, rollout = _release_and_rollout(server)
+    _rollout_progress(server, release, rollout)
     return Demo(
         operator=operator,
         viewer=viewer,
@@ -148,7 +153,55 @@ def seed(server: ServerProcess, *, scale: int = 1, onboard: int = 16) -> Demo:
     )
 
 
-def _release_and_rollout(server: ServerProcess) -> int | None:
+def _ota_key() -> bytes:
+    """A fresh OTA public key, as an agent derives one (its private half is not needed here)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+
+
+# What the offered devices of the demo rollout have reported, in order: most updated, some on
+# the way, one rolled back (the rollout allows 2 failures, so it stays active).
+_PROGRESS = (
+    ("committed", None),
+    ("committed", None),
+    ("trial", None),
+    ("committed", None),
+    ("rolled_back", "trial_failed"),
+    ("downloading", None),
+    ("committed", None),
+    ("staged", None),
+)
+
+
+def _rollout_progress(server: ServerProcess, release: str, rollout: int) -> None:
+    """The devices' `ota` events, applied as the server's event intake applies them, one
+    step after another (the demo's devices are not connected to the broker); the offered
+    devices past _PROGRESS stay offered."""
+    from host.server.store import Store
+    from host.server.store.audit import Actor
+
+    path = ("downloading", "staged", "trial")
+    store = Store(server.data_dir / "registry.sqlite", migrate=False)
+    try:
+        offered = [d.device_id for d in store.rollouts.devices(rollout) if d.state == "offered"]
+        for device_id, (state, reason) in zip(offered, _PROGRESS, strict=False):
+            actor = Actor(f"device:{device_id}", "broker")
+            steps = path[: path.index(state) + 1] if state in path else path
+            for step in steps:
+                store.rollouts.advance(release, device_id, step, None, actor, rollout_id=rollout)
+            if state not in path:
+                store.rollouts.advance(release, device_id, state, reason, actor, rollout_id=rollout)
+    finally:
+        store.close()
+
+
+def _release_and_rollout(server: ServerProcess) -> tuple[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "unix-0.2.0.qota"
         _cli(
@@ -157,10 +210,9 @@ def _release_and_rollout(server: ServerProcess) -> int | None:
             *("--min-version", "0.0.0", "--out", str(out)),
         )
         release = json.loads(_cli(server, "ota", "publish", str(out), "--json"))["id"]
-    doc = json.loads(
-        _cli(server, "ota", "rollout", "create", str(release), "--batch", "pilot", "--json")
-    )
-    return int(doc["id"])
+    create = ("ota", "rollout", "create", str(release), "--batch", "pilot")
+    doc = json.loads(_cli(server, *create, "--max-failures", "2", "--json"))
+    return str(release), int(doc["id"])
 
 
 def pages(demo: Demo) -> list[tuple[str, str]]:

@@ -397,13 +397,16 @@ class SimDevice:
             conn,
         )
 
-    def sign(self, challenge: bytes, host: str | None = None) -> bytes:
+    def sign(self, challenge: bytes, host: str | None = None, ota_key: bytes = b"") -> bytes:
+        """The proof's signature (docs/protocol.md); an OTA key sent in the proof ends the
+        signed input."""
         message = (
             DOMAIN_LABEL
             + challenge
             + self.device_id.encode()
             + b"\x00"
             + (self.host if host is None else host).encode()
+            + ota_key
         )
         r, s = decode_dss_signature(self.key.sign(message, ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -417,29 +420,36 @@ class SimDevice:
         csr_key: ec.EllipticCurvePrivateKey | None = None,
         csr_subject: str | None = None,
         csr_der: bytes | None = None,
+        ota_key: bytes | None = None,
     ) -> dict[str, Any]:
-        """The proof for a hello answer; each keyword replaces one honest part with another."""
+        """The proof for a hello answer; each keyword replaces one honest part with another.
+        `ota_key` (an uncompressed P-256 point) is sent and signed, as an OTA-capable agent's."""
         challenge = bytes.fromhex(hello.body["challenge"])
-        sig = signature if signature is not None else self.sign(challenge, sign_host)
+        sig = (
+            signature if signature is not None else self.sign(challenge, sign_host, ota_key or b"")
+        )
         if csr_der is None:
             csr_der = make_csr(csr_key or self.key, csr_subject or self.device_id)
-        return {
+        body = {
             "challenge_id": hello.body["challenge_id"],
             "signature": sig.hex(),
             "csr_b64": base64.b64encode(csr_der).decode(),
         }
+        if ota_key is not None:
+            body["ota_key"] = ota_key.hex()
+        return body
 
     def proof(self, body: dict[str, Any], conn: HttpsConnection | None = None) -> ApiResponse:
         return self.post("/v1/onboard/proof", body, conn)
 
-    def onboard(self) -> ApiResponse:
+    def onboard(self, ota_key: bytes | None = None) -> ApiResponse:
         """hello + proof, honestly, over one TLS connection; raises if hello is refused."""
         conn = self.connection()
         try:
             h = self.hello(conn=conn)
             if h.status != 200:
                 raise OnboardFailed(h)
-            return self.proof(self.proof_body(h), conn)
+            return self.proof(self.proof_body(h, ota_key=ota_key), conn)
         finally:
             conn.close()
 
