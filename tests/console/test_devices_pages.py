@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from devicefixtures import add_telemetry, new_batch, onboarded, registered
 
-from host.server.console.web import utc
+from host.server.console.web import axis_time, utc
 
 ROW = re.compile(r'<tr data-device="([0-9a-f]{64})">')
 NEXT = re.compile(r'<a href="(/console/devices\?[^"]*)" rel="next">Next</a>')
@@ -212,11 +212,24 @@ def test_telemetry_chart_draws_the_stored_messages(console: Any, console_as: Any
     assert xs == sorted(xs) and ys == sorted(ys, reverse=True)  # time right, memory up
     assert svg.count("<circle") == 5
     assert ">54000<" in svg and ">50000<" in svg  # the axis labels
+    # The time axis (its title says UTC): the far end gives only the clock on the same day.
+    first, last = time.gmtime(t0), time.gmtime(t0 + 240)
+    assert f'data-axis="t-min">{time.strftime("%Y-%m-%d %H:%M:%S", first)}<' in svg
+    assert f'data-axis="t-max">{time.strftime("%H:%M:%S", last)}<' in svg
     table = r.text.split('data-table="telemetry"')[1].split("</table>")[0]
     assert table.count("<tr>") == 1 + 5 and "54000" in table
     # The other series is one choice away.
     r = console_as("viewer").get(f"/console/devices/{d.device_id}", params={"series": "uptime_ms"})
     assert 'data-series="uptime_ms"' in r.text
+
+
+def test_a_chart_axis_names_the_day_again_only_when_it_changes() -> None:
+    noon = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 43200
+    assert axis_time(noon) == time.strftime("%Y-%m-%d 12:00:00", time.gmtime(noon))
+    assert axis_time(noon + 3600, noon) == "13:00:00"
+    assert axis_time(noon + 86400, noon) == time.strftime(
+        "%Y-%m-%d 12:00:00", time.gmtime(noon + 86400)
+    )
 
 
 def test_puf_health_history_and_sparkline(console: Any, console_as: Any) -> None:

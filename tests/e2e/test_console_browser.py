@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,6 +162,10 @@ def test_operator_story_in_the_browser(
         assert time.monotonic() < deadline, "no telemetry reached the device page"
         page.wait_for_timeout(250)
     assert page.locator('svg[data-chart="telemetry"] [data-dots] circle').count() >= 2
+    # The script redrew the time axis as the server draws it (the far end: the clock alone,
+    # unless the messages span midnight UTC).
+    t_max = page.locator('svg[data-chart="telemetry"] [data-axis="t-max"]').text_content()
+    assert re.fullmatch(r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d", t_max or ""), t_max
     expect(facts.locator('[data-field="last_seen"]')).not_to_have_text("-")
     assert _stayed(page) and _stayed(watch)
 

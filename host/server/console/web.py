@@ -84,6 +84,15 @@ def utc(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
 
 
+def axis_time(value: float, since: float | None = None) -> str:
+    """A chart axis's time, whose title says UTC: "2026-12-03 17:40:12", or only "17:40:12" when
+    `since` (the axis's other end) is the same day, so both ends fit a phone's width."""
+    day, clock = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)).split(" ")
+    if since is not None and time.strftime("%Y-%m-%d", time.gmtime(since)) == day:
+        return clock
+    return f"{day} {clock}"
+
+
 SHORT_ID = 12  # hex characters of a device ID a table shows (the full ID is the link's title)
 
 
@@ -106,6 +115,7 @@ env = jinja2.Environment(
     lstrip_blocks=True,
 )
 env.filters["utc"] = utc
+env.filters["axis_time"] = axis_time
 env.filters["short_id"] = short_id
 env.globals["csrf_field"] = _csrf_field
 env.globals["roles"] = roles

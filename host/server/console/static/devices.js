@@ -10,6 +10,14 @@
     return new Date(t * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
   }
 
+  // A chart axis's time, as the server draws it (web.axis_time): the axis title says UTC,
+  // and the far end gives only the clock when both ends are the same day.
+  function axisTime(t, since) {
+    var s = utc(t).replace(" UTC", "");
+    if (since !== undefined && utc(since).slice(0, 10) === s.slice(0, 10)) return s.slice(11);
+    return s;
+  }
+
   function badge(cls, text) {
     var span = document.createElement("span");
     span.className = "badge badge-" + cls;
@@ -103,8 +111,8 @@
     });
     text("y-max", String(Math.round(vMax)));
     text("y-min", String(Math.round(vMin)));
-    text("t-min", utc(tMin));
-    text("t-max", utc(tMax));
+    text("t-min", axisTime(tMin));
+    text("t-max", axisTime(tMax, tMin));
   }
 
   function appendTelemetry(d) {
