@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.serverproc import ServerProcess
-from hil.simdevice import SimDevice
+from hil.simdevice import SimDevice, pubkey_bytes
 
 CHROMIUM = os.environ.get("QLINK_CHROMIUM", "/usr/bin/chromium")
 OUT = Path("build/screenshots")
@@ -155,14 +155,9 @@ def seed(server: ServerProcess, *, scale: int = 1, onboard: int = 16) -> Demo:
 
 def _ota_key() -> bytes:
     """A fresh OTA public key, as an agent derives one (its private half is not needed here)."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    return (
-        ec.generate_private_key(ec.SECP256R1())
-        .public_key()
-        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    )
+    return pubkey_bytes(ec.generate_private_key(ec.SECP256R1()).public_key())
 
 
 # What the offered devices of the demo rollout have reported, in order: most updated, some on
