@@ -11,20 +11,17 @@ filled in from them (bench/quote.py); a quoted figure that no result holds fails
 from __future__ import annotations
 
 import importlib
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-from bench import quote
+from bench._results import requote, save
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 
 
 # Modules of bench/ that are not benchmarks.
-_TOOLS = {"quote"}
+_TOOLS = {"compare", "quote"}
 
 
 def _modules(wanted: list[str]) -> list[str]:
@@ -50,24 +47,15 @@ def _table(name: str, result: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    RESULTS.mkdir(exist_ok=True)
     for name in _modules(argv):
         started = time.time()
         module = importlib.import_module(f"bench.{name}")
         print(f"running {name} ...", flush=True)
         result = module.run()
-        result.update(
-            machine=platform.machine(), when=int(started), seconds=round(time.time() - started, 1)
-        )
-        out = RESULTS / f"{name}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        out = save(name, result, started)
         _table(name, result)
         print(f"  written: {out.relative_to(HERE.parent)}")
-    changed, problems = quote.refresh()
-    print("\nquoted figures: " + (", ".join(changed) + " refreshed" if changed else "unchanged"))
-    for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return requote()
 
 
 if __name__ == "__main__":

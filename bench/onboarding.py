@@ -4,9 +4,15 @@ onboard concurrently against the real server + broker. In the same run:
   signing), its CPU on one core and its rate measured with every core doing only that;
 - the floor: the same devices against a server that does only TLS, TCP, HTTP framing and that
   crypto (bench/_floor.py), the most any server can reach with these devices on these cores.
+  Both servers are up together and the fleet onboards in waves alternating with the floor's,
+  each side first in turn, so that the two rates see the same drift of the machine's speed.
+  Both sides' waves hold as many devices (the floor's fleet is as large as the real one): a
+  wave's last answers leave cores idle for about one answer's time, the same share of a wave of
+  the same size at any speed. A wave's time starts once its device processes are up.
 
 Environment: QLINK_BENCH_DEVICES (default 10000: the fleet whose wall time is reported),
-QLINK_BENCH_CONCURRENCY (default 32), QLINK_BENCH_WORKERS (default: one API worker per core, the
+QLINK_BENCH_FLOOR_DEVICES (default: as many), QLINK_BENCH_CONCURRENCY (default 32),
+QLINK_BENCH_WORKERS (default: one API worker per core, the
 configuration docs/operator.md gives for throughput) on the embedded SQLite registry.
 The figures also hold a cProfile of the onboarding logic in-process (notes: top entries).
 """
@@ -23,8 +29,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
+from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 from cryptography import x509
@@ -210,9 +217,9 @@ def profile_app(n: int = 200, top: int = 8) -> tuple[float, list[str]]:
 _DEVICE_PROCESSES = 4  # the simulated fleet's processes: threads of one would queue on its GIL
 
 
-def _onboard_slice(devices: list[SimDevice], threads: int, out: Connection) -> None:
-    """In a device process: onboard `devices` with `threads` at a time; send back
-    (latencies, errors)."""
+def _onboard_slice(devices: list[SimDevice], threads: int, start: Barrier, out: Connection) -> None:
+    """In a device process: once every process is up (`start`), onboard `devices` with
+    `threads` at a time; send back (latencies, errors)."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -229,36 +236,46 @@ def _onboard_slice(devices: list[SimDevice], threads: int, out: Connection) -> N
             (latencies.append(dt_s) if ok else errors.append(str(r)[:200]))
 
     with ThreadPoolExecutor(threads) as pool:
+        start.wait()
         list(pool.map(one, devices))
     out.send((latencies, errors))
     out.close()
 
 
-def _onboard_all(devices: list[SimDevice], concurrency: int) -> tuple[list[float], list[str]]:
+def _onboard_all(
+    devices: list[SimDevice], concurrency: int
+) -> tuple[list[float], list[str], float]:
     """Onboard the fleet from several forked processes, `concurrency` devices at a time in all
-    (the devices' keys were made before the fork: nothing is pickled)."""
+    (the devices' keys were made before the fork: nothing is pickled): (latencies, errors, and
+    the wall time from the moment every process was up to the last answer; the forks of a
+    large parent are not the server's time)."""
     ctx = multiprocessing.get_context("fork")
     n = min(_DEVICE_PROCESSES, concurrency, len(devices))
+    start = ctx.Barrier(n + 1)
     procs, pipes = [], []
     for i in range(n):
         recv, send = ctx.Pipe(duplex=False)
         threads = concurrency // n + (1 if i < concurrency % n else 0)
-        p = ctx.Process(target=_onboard_slice, args=(devices[i::n], threads, send))
+        p = ctx.Process(target=_onboard_slice, args=(devices[i::n], threads, start, send))
         p.start()
         send.close()
         procs.append(p)
         pipes.append(recv)
+    start.wait()
+    wall0 = time.perf_counter()
     latencies: list[float] = []
     errors: list[str] = []
     for recv in pipes:
         lat, err = recv.recv()
         latencies += lat
         errors += err
+    wall = time.perf_counter() - wall0
     for p in procs:
         p.join()
-    return latencies, errors
+    return latencies, errors, wall
 
 
+_ROUNDS = 5  # waves per side, alternating (see the module's docstring)
 _SOLO = 50  # devices onboarded one at a time, before the fleet: the latency of a quiet server
 
 
@@ -286,11 +303,39 @@ def _real_answers(device: SimDevice) -> dict[bytes, bytes]:
     return canned_answers(hello.body, proof.body)
 
 
-def floor(
-    data_dir: Path, answers: dict[bytes, bytes], n: int, concurrency: int, workers: int
-) -> tuple[float, float, float]:
-    """The fleet against a server that does only the transport and the crypto (bench/_floor.py):
-    (onboardings/s, its CPU ms and the devices' CPU ms per onboarding)."""
+@dataclass
+class Waves:
+    """One side's waves of a fleet (the real server's or the floor's), summed."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    server_cpu_s: float = 0.0
+    devices_cpu_s: float = 0.0
+
+    def add(
+        self, devices: list[SimDevice], concurrency: int, server_cpu: Callable[[], float]
+    ) -> None:
+        """Onboard `devices` as one wave; its wall time and CPU (the server's, by
+        `server_cpu`, and the device processes') go into the sums."""
+        cpu0, ccpu0 = server_cpu(), _children_cpu_s()
+        latencies, errors, wall = _onboard_all(devices, concurrency)
+        self.wall_s += wall
+        self.devices_cpu_s += _children_cpu_s() - ccpu0
+        self.server_cpu_s += server_cpu() - cpu0
+        self.latencies += latencies
+        self.errors += errors
+
+    @property
+    def per_s(self) -> float:
+        return len(self.latencies) / self.wall_s
+
+    def ms_each(self, seconds: float) -> float:
+        return seconds / max(len(self.latencies), 1) * 1000
+
+
+def start_floor(data_dir: Path, answers: dict[bytes, bytes], workers: int) -> FloorServer:
+    """The stand-in server (bench/_floor.py) with the real server's certificate and crypto."""
     from host.server.ca import CertificateAuthority
 
     ca = CertificateAuthority.load(data_dir / "ca")
@@ -303,23 +348,11 @@ def floor(
     def work() -> Callable[[], None]:
         return _Crypto(data_dir).server_checks
 
-    server = FloorServer(context, answers, work, workers).start()
-    try:
-        url = f"https://localhost:{server.port}"
-        root = ca.root_der()
-        devices = [SimDevice(url, root, timeout_s=60) for _ in range(n)]
-        devices[0].onboard()  # the workers are up
-        pids = server.pids()
-        cpu0, ccpu0, wall0 = sum(map(_cpu_s, pids)), _children_cpu_s(), time.perf_counter()
-        latencies, errors = _onboard_all(devices, concurrency)
-        wall = time.perf_counter() - wall0
-        ccpu, cpu = _children_cpu_s() - ccpu0, sum(map(_cpu_s, pids)) - cpu0
-    finally:
-        server.stop()
-    if errors:
-        raise RuntimeError(f"the floor's fleet failed: {errors[:3]}")
-    done = len(latencies)
-    return done / wall, cpu / done * 1000, ccpu / done * 1000
+    return FloorServer(context, answers, work, workers).start()
+
+
+def _waves(items: list[SimDevice], rounds: int) -> list[list[SimDevice]]:
+    return [items[i::rounds] for i in range(rounds)]
 
 
 def _children_cpu_s() -> float:
@@ -332,7 +365,7 @@ def run() -> dict:
     concurrency = int(os.environ.get("QLINK_BENCH_CONCURRENCY", "32"))
     cores = os.cpu_count() or 1
     workers = int(os.environ.get("QLINK_BENCH_WORKERS", str(cores)))
-    floor_n = int(os.environ.get("QLINK_BENCH_FLOOR_DEVICES", str(min(n, 4000))))
+    floor_n = int(os.environ.get("QLINK_BENCH_FLOOR_DEVICES", str(n)))
     with tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         data = Path(tmp)
         proc = ServerProcess(data, extra_args=["--workers", str(workers)]).start()
@@ -350,27 +383,42 @@ def run() -> dict:
             bpid = _broker_pid(data)
             answers = _real_answers(solo.pop())
             solo_ms = _one_at_a_time(solo)
-            # The ceiling before and after the fleet: the machine's speed drifts.
-            ceil_before, ceil_rate_before = ceiling(data), ceiling_rate(data, cores)
-            cpu0 = _server_cpu_s(pid, bpid)
-            bcpu0 = _cpu_s(bpid) if bpid else 0.0
-            ccpu0 = _children_cpu_s()
-            wall0 = time.perf_counter()
-            latencies, errors = _onboard_all(devices, concurrency)
-            wall = time.perf_counter() - wall0
-            ccpu = _children_cpu_s() - ccpu0
-            cpu = _server_cpu_s(pid, bpid) - cpu0
-            bcpu = (_cpu_s(bpid) if bpid else 0.0) - bcpu0
-            ceil_after, ceil_rate_after = ceiling(data), ceiling_rate(data, cores)
+            floor_server = start_floor(data, answers, workers)
+            try:
+                floor_url = f"https://localhost:{floor_server.port}"
+                floor_devices = [SimDevice(floor_url, root, timeout_s=60) for _ in range(floor_n)]
+                floor_devices[0].onboard()  # its workers are up
+                floor_pids = floor_server.pids()
+                # The ceiling before and after the fleet: the machine's speed drifts.
+                ceil_before, ceil_rate_before = ceiling(data), ceiling_rate(data, cores)
+                bcpu0 = _cpu_s(bpid) if bpid else 0.0
+                real, low = Waves(), Waves()
+                # The fleet and the floor's in alternating waves, each first in turn: both see
+                # the same drift of the machine's speed.
+                waves = zip(_waves(devices, _ROUNDS), _waves(floor_devices, _ROUNDS), strict=True)
+                for i, (ours, theirs) in enumerate(waves):
+                    steps = [
+                        (real, ours, lambda: _server_cpu_s(pid, bpid)),
+                        (low, theirs, lambda: sum(map(_cpu_s, floor_pids))),
+                    ]
+                    for side, wave, cpu in steps if i % 2 == 0 else steps[::-1]:
+                        side.add(wave, concurrency, cpu)
+                bcpu = (_cpu_s(bpid) if bpid else 0.0) - bcpu0
+                ceil_after, ceil_rate_after = ceiling(data), ceiling_rate(data, cores)
+            finally:
+                floor_server.stop()
             ceil_s = (ceil_before + ceil_after) / 2
             ceil_rate = (ceil_rate_before + ceil_rate_after) / 2
         finally:
             proc.stop()
-        floor_rate, floor_cpu, floor_dcpu = floor(data, answers, floor_n, concurrency, workers)
+    if low.errors:
+        raise RuntimeError(f"the floor's fleet failed: {low.errors[:3]}")
     app_ms, profile = profile_app()
+    latencies, errors = real.latencies, real.errors
     ok = len(latencies)
     q = statistics.quantiles(latencies, n=100) if ok > 1 else [0.0] * 99
-    rate = ok / wall
+    rate = real.per_s
+    floor_rate = low.per_s
     return {
         "figures": {
             "onboarding": {
@@ -379,9 +427,9 @@ def run() -> dict:
                 "p50_ms": round(q[49] * 1000, 1),
                 "p95_ms": round(q[94] * 1000, 1),
                 "p99_ms": round(q[98] * 1000, 1),
-                "server_cpu_ms": round(cpu / max(ok, 1) * 1000, 2),
-                "broker_cpu_ms": round(bcpu / max(ok, 1) * 1000, 2),
-                "devices_cpu_ms": round(ccpu / max(ok, 1) * 1000, 2),
+                "server_cpu_ms": round(real.ms_each(real.server_cpu_s), 2),
+                "broker_cpu_ms": round(real.ms_each(bcpu), 2),
+                "devices_cpu_ms": round(real.ms_each(real.devices_cpu_s), 2),
             },
             "one_device": {"p50_ms": round(statistics.median(solo_ms), 1)},
             "ceiling": {
@@ -396,8 +444,8 @@ def run() -> dict:
             },
             "floor": {
                 "per_s": round(floor_rate, 1),
-                "server_cpu_ms": round(floor_cpu, 2),
-                "devices_cpu_ms": round(floor_dcpu, 2),
+                "server_cpu_ms": round(low.ms_each(low.server_cpu_s), 2),
+                "devices_cpu_ms": round(low.ms_each(low.devices_cpu_s), 2),
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
                 "reached_pct": round(100 * rate / floor_rate, 1),
             },
@@ -406,7 +454,7 @@ def run() -> dict:
                 "devices": n,
                 "ok": ok,
                 "failed": len(errors),
-                "wall_s": round(wall, 2),
+                "wall_s": round(real.wall_s, 2),
                 "import_s": round(import_s, 2),
             },
         },
@@ -420,6 +468,8 @@ def run() -> dict:
             "the proof's crypto (verify, CSR verify, certificate signing), same certificate, same "
             "workers (bench/_floor.py): its ratio_pct is the most this benchmark can show with "
             "these devices on these cores; reached_pct: the real server's rate as a share of it",
+            f"the fleet and the floor's devices onboard in {_ROUNDS} waves each, alternating (each "
+            "side first in turn), with both servers up: rates and CPU are sums over a side's waves",
             "app_profiled: the onboarding logic alone (no HTTP, TLS, broker) under cProfile",
             f"one_device: hello + proof of one device on a quiet server ({_SOLO} in a row), "
             "TLS handshake included",

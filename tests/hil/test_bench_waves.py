@@ -1,0 +1,44 @@
+"""The onboarding benchmark's waves (bench/onboarding.py): every device onboards in exactly one
+wave of its side, and a side's rate and CPU are sums over its waves, so that the real server and
+the floor are compared over the same stretches of the machine's time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import bench.onboarding as onboarding
+from bench.compare import main as compare_main
+
+
+def test_waves_split_a_fleet_once_and_evenly() -> None:
+    fleet: list[Any] = list(range(23))
+    waves = onboarding._waves(fleet, 5)
+    assert sorted(d for w in waves for d in w) == fleet
+    assert {len(w) for w in waves} == {4, 5}
+
+
+def test_a_side_sums_its_waves(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"server": 0.0, "children": 0.0}
+
+    def onboard_all(devices: list[Any], concurrency: int) -> tuple[list[float], list[str], float]:
+        clock["server"] += 0.002 * len(devices)  # 2 ms of server CPU each
+        clock["children"] += 0.001 * len(devices)
+        return [0.05] * (len(devices) - 1), ["refused"], 0.01 * len(devices)
+
+    monkeypatch.setattr(onboarding, "_onboard_all", onboard_all)
+    monkeypatch.setattr(onboarding, "_children_cpu_s", lambda: clock["children"])
+    side = onboarding.Waves()
+    for wave in onboarding._waves(list(range(100)), 4):
+        side.add(wave, 32, lambda: clock["server"])
+    assert len(side.latencies) == 96 and side.errors == ["refused"] * 4
+    assert side.wall_s == pytest.approx(1.0)
+    assert side.per_s == pytest.approx(96.0)
+    assert side.ms_each(side.server_cpu_s) == pytest.approx(200 / 96)
+    assert side.ms_each(side.devices_cpu_s) == pytest.approx(100 / 96)
+
+
+def test_compare_asks_for_a_revision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare_main([]) == 2
+    assert "python -m bench.compare REV" in capsys.readouterr().out
