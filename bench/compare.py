@@ -93,12 +93,17 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
     n = int(os.environ.get("QLINK_BENCH_COMPARE_DEVICES", "4000"))
     concurrency = int(os.environ.get("QLINK_BENCH_CONCURRENCY", "32"))
     workers = int(os.environ.get("QLINK_BENCH_WORKERS", str(os.cpu_count() or 1)))
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
-        check=True,
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    )
+    if found.returncode != 0:
+        raise SystemExit(
+            f"no commit {rev!r} in {ROOT}: give a revision of its history "
+            "(a shallow clone has little: git fetch --unshallow)"
+        )
+    commit = found.stdout.strip()
     sides: dict[str, tuple[list[list[SimDevice]], Waves, Callable[[], float]]] = {}
     with _tree_at(rev) as old, tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         procs: list[ServerProcess] = []

@@ -42,3 +42,8 @@ def test_a_side_sums_its_waves(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_compare_asks_for_a_revision(capsys: pytest.CaptureFixture[str]) -> None:
     assert compare_main([]) == 2
     assert "python -m bench.compare REV" in capsys.readouterr().out
+
+
+def test_compare_names_a_revision_it_cannot_find() -> None:
+    with pytest.raises(SystemExit, match="no commit 'no-such-revision'"):
+        compare_main(["no-such-revision"])
