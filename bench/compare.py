@@ -3,8 +3,9 @@ the current one, in one run, both next to the floor; writes bench/results/compar
 
 The two servers run from their own trees (REV is checked out in a temporary git worktree) on the
 same machine, each with its own data directory, broker and fleet. The floor is bench/_floor.py
-replaying the current server's answers. The three sides onboard in waves, and the side that goes
-first rotates, so that all three see the same drift of the machine's speed. A claim that a change
+replaying the current server's answers. Each side first onboards a warm-up that is not counted
+(bench/onboarding.py); then the three sides onboard in waves, and the side that goes first
+rotates, so that all three see the same drift of the machine's speed. A claim that a change
 kept or improved the onboarding rate (before/after) is read from here. It is not part of
 `make bench`: it needs the repository's history.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from bench._results import requote, save
 from bench.onboarding import (
+    _WARM_UP,
     Waves,
     _broker_pid,
     _cpu_s,
@@ -34,6 +36,7 @@ from bench.onboarding import (
     _server_cpu_s,
     _waves,
     start_floor,
+    warm_up,
 )
 from hil.serverproc import ServerProcess
 from hil.simdevice import SimDevice
@@ -73,11 +76,14 @@ def _cli(proc: ServerProcess, tree: Path, *args: str) -> None:
 
 
 def _start(tree: Path, data: Path, workers: int, n: int) -> tuple[ServerProcess, list[SimDevice]]:
-    """`tree`'s server with a fleet of `n` devices imported (and one more, for the floor)."""
+    """`tree`'s server with a fleet of `n` devices imported, and more: one for the floor's
+    answers, then the warm-up's."""
     proc = ServerProcess(
         data, extra_args=["--workers", str(workers)], env={"PYTHONPATH": str(tree)}
     ).start()
-    devices = [SimDevice(proc.api_url, proc.root_der(), timeout_s=60) for _ in range(n + 1)]
+    devices = [
+        SimDevice(proc.api_url, proc.root_der(), timeout_s=60) for _ in range(n + 1 + _WARM_UP)
+    ]
     csv = data / "fleet.csv"
     csv.write_text("\n".join(d.csv_line() for d in devices) + "\n")
     _cli(proc, tree, "batch", "create", "bench")
@@ -105,6 +111,7 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
         )
     commit = found.stdout.strip()
     sides: dict[str, tuple[list[list[SimDevice]], Waves, Callable[[], float]]] = {}
+    warm: dict[str, list[SimDevice]] = {}
     with _tree_at(rev) as old, tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         procs: list[ServerProcess] = []
         floor = None
@@ -116,8 +123,10 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
                 if name == "after":  # the floor replays the current server's answers
                     floor = start_floor(Path(tmp) / name, _real_answers(last), workers)
                     url = f"https://localhost:{floor.port}"
-                    low = [SimDevice(url, proc.root_der(), timeout_s=60) for _ in range(n)]
-                    low[0].onboard()  # its workers are up
+                    low = [
+                        SimDevice(url, proc.root_der(), timeout_s=60) for _ in range(n + _WARM_UP)
+                    ]
+                    warm["floor"], low = low[n:], low[:n]
                     sides["floor"] = (
                         _waves(low, _ROUNDS),
                         Waves(),
@@ -126,8 +135,11 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
                 server_cpu = partial(
                     _server_cpu_s, int(proc.info["pid"]), _broker_pid(proc.data_dir)
                 )
+                warm[name], devices = devices[n:], devices[:n]
                 sides[name] = (_waves(devices, _ROUNDS), Waves(), server_cpu)
             order = ["before", "after", "floor"]
+            for name in order:
+                warm_up(warm[name], concurrency)
             for i in range(_ROUNDS):
                 for name in order[i % 3 :] + order[: i % 3]:
                     waves, side, cpu = sides[name]

@@ -47,3 +47,11 @@ def test_compare_asks_for_a_revision(capsys: pytest.CaptureFixture[str]) -> None
 def test_compare_names_a_revision_it_cannot_find() -> None:
     with pytest.raises(SystemExit, match="no commit 'no-such-revision'"):
         compare_main(["no-such-revision"])
+
+
+def test_a_warm_up_that_fails_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        onboarding, "_onboard_all", lambda devices, concurrency: ([], ["refused"], 0.1)
+    )
+    with pytest.raises(RuntimeError, match="the warm-up failed"):
+        onboarding.warm_up([], 32)
