@@ -91,15 +91,17 @@ def test_a_bad_name_leaves_an_existing_store_unchanged(qlink, tmp_path: Path) ->
     qlink("tenant", "create", "acme")
     assert qlink("batch", "create", "f1", "--tenant", "acme")[0] == 0
     files = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
-    assert qlink("batch", "create", "f2", "--tenant", "..")[0] == 1
-    assert qlink("token", "create", "x*", "--tenant", "acme")[0] == 1
+    # Names long enough that the store's binary pages (timestamps, IDs) cannot hold them by
+    # chance, as a two-letter name sometimes did.
+    assert qlink("batch", "create", "batch-never-made", "--tenant", "..")[0] == 1
+    assert qlink("token", "create", "token-never-made*", "--tenant", "acme")[0] == 1
     _, out, _ = qlink("batch", "list", "--json")
     assert [b["name"] for b in json.loads(out)] == ["f1"]
     assert json.loads(qlink("token", "list", "--json")[1]) == []
     audit = [a["action"] for a in json.loads(qlink("audit", "--json")[1])]
     assert audit == ["batch.create", "tenant.create"]
     db = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("registry.sqlite*"))
-    assert b"f2" not in db and b"x*" not in db
+    assert b"batch-never-made" not in db and b"token-never-made" not in db
     assert set(files) <= {p for p in (tmp_path / "data").rglob("*") if p.is_file()}
 
 
