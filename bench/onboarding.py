@@ -2,8 +2,9 @@
 onboard concurrently against the real server + broker. In the same run:
 - the ceiling: one onboarding's crypto (TLS handshake, proof and CSR verification, certificate
   signing), its CPU on one core and its rate measured with every core doing only that;
-- the floor: the same devices against a server that does only TLS, TCP, HTTP framing and that
-  crypto (bench/_floor.py), the most any server can reach with these devices on these cores.
+- the floor: devices of the same kind against a server that does only TLS, TCP, HTTP framing
+  and that crypto (bench/_floor.py), the most any server can reach with these devices on these
+  cores.
   Both servers are up together and the fleet onboards in waves alternating with the floor's,
   each side first in turn, so that the two rates see the same drift of the machine's speed.
   Both sides' waves hold as many devices (the floor's fleet is as large as the real one): a
@@ -216,6 +217,7 @@ def profile_app(n: int = 200, top: int = 8) -> tuple[float, list[str]]:
 
 
 _DEVICE_PROCESSES = 4  # the simulated fleet's processes: threads of one would queue on its GIL
+_START_S = 120.0  # s; the longest a wave waits for its device processes to be up
 
 
 def _onboard_slice(devices: list[SimDevice], threads: int, start: Barrier, out: Connection) -> None:
@@ -237,7 +239,7 @@ def _onboard_slice(devices: list[SimDevice], threads: int, start: Barrier, out: 
             (latencies.append(dt_s) if ok else errors.append(str(r)[:200]))
 
     with ThreadPoolExecutor(threads) as pool:
-        start.wait()
+        start.wait(_START_S)
         list(pool.map(one, devices))
     out.send((latencies, errors))
     out.close()
@@ -262,7 +264,7 @@ def _onboard_all(
         send.close()
         procs.append(p)
         pipes.append(recv)
-    start.wait()
+    start.wait(_START_S)  # a device process that died before it: BrokenBarrierError, not a hang
     wall0 = time.perf_counter()
     latencies: list[float] = []
     errors: list[str] = []
