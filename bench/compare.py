@@ -29,12 +29,11 @@ from pathlib import Path
 from bench._results import requote, save
 from bench.onboarding import (
     _WARM_UP,
-    Waves,
     _broker_pid,
-    _cpu_s,
     _real_answers,
     _server_cpu_s,
-    _waves,
+    interleaved,
+    pids_cpu_s,
     start_floor,
     warm_up,
 )
@@ -91,10 +90,6 @@ def _start(tree: Path, data: Path, workers: int, n: int) -> tuple[ServerProcess,
     return proc, devices
 
 
-def _pids_cpu_s(pids: list[int]) -> float:
-    return sum(map(_cpu_s, pids))
-
-
 def run(rev: str) -> dict:  # type: ignore[type-arg]
     n = int(os.environ.get("QLINK_BENCH_COMPARE_DEVICES", "4000"))
     concurrency = int(os.environ.get("QLINK_BENCH_CONCURRENCY", "32"))
@@ -110,7 +105,7 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
             "(a shallow clone has little: git fetch --unshallow)"
         )
     commit = found.stdout.strip()
-    sides: dict[str, tuple[list[list[SimDevice]], Waves, Callable[[], float]]] = {}
+    sides: dict[str, tuple[list[SimDevice], Callable[[], float]]] = {}
     warm: dict[str, list[SimDevice]] = {}
     with _tree_at(rev) as old, tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         procs: list[ServerProcess] = []
@@ -127,32 +122,26 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
                         SimDevice(url, proc.root_der(), timeout_s=60) for _ in range(n + _WARM_UP)
                     ]
                     warm["floor"], low = low[n:], low[:n]
-                    sides["floor"] = (
-                        _waves(low, _ROUNDS),
-                        Waves(),
-                        partial(_pids_cpu_s, floor.pids()),
-                    )
+                    sides["floor"] = (low, partial(pids_cpu_s, floor.pids()))
                 server_cpu = partial(
                     _server_cpu_s, int(proc.info["pid"]), _broker_pid(proc.data_dir)
                 )
                 warm[name], devices = devices[n:], devices[:n]
-                sides[name] = (_waves(devices, _ROUNDS), Waves(), server_cpu)
+                sides[name] = (devices, server_cpu)
             order = ["before", "after", "floor"]
             for name in order:
                 warm_up(warm[name], concurrency)
-            for i in range(_ROUNDS):
-                for name in order[i % 3 :] + order[: i % 3]:
-                    waves, side, cpu = sides[name]
-                    side.add(waves[i], concurrency, cpu)
+            waves = interleaved([sides[name] for name in order], _ROUNDS, concurrency)
+            summed = dict(zip(order, waves, strict=True))
         finally:
             for proc in procs:
                 proc.stop()
             if floor is not None:
                 floor.stop()
-    failed = {name: side.errors[:3] for name, (_w, side, _c) in sides.items() if side.errors}
+    failed = {name: side.errors[:3] for name, side in summed.items() if side.errors}
     if failed:
         raise RuntimeError(f"onboardings failed: {failed}")
-    floor_rate = sides["floor"][1].per_s
+    floor_rate = summed["floor"].per_s
     figures = {
         name: {
             "per_s": round(side.per_s, 1),
@@ -160,7 +149,7 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
             "devices_cpu_ms": round(side.ms_each(side.devices_cpu_s), 2),
             **({} if name == "floor" else {"reached_pct": round(100 * side.per_s / floor_rate, 1)}),
         }
-        for name, (_w, side, _c) in sides.items()
+        for name, side in summed.items()
     }
     return {
         "figures": figures,

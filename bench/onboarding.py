@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
@@ -369,6 +370,24 @@ def _waves(items: list[SimDevice], rounds: int) -> list[list[SimDevice]]:
     return [items[i::rounds] for i in range(rounds)]
 
 
+def pids_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes so far."""
+    return sum(map(_cpu_s, pids))
+
+
+def interleaved(
+    sides: list[tuple[list[SimDevice], Callable[[], float]]], rounds: int, concurrency: int
+) -> list[Waves]:
+    """Each side's devices (with its server's CPU clock) onboarded in `rounds` waves, one side
+    after the other in each round and the side that goes first rotating, so that every side
+    sees the same drift of the machine's speed; the sums per side, in `sides`' order."""
+    split = [(_waves(devices, rounds), cpu, Waves()) for devices, cpu in sides]
+    for i in range(rounds):
+        for waves, cpu, side in split[i % len(split) :] + split[: i % len(split)]:
+            side.add(waves[i], concurrency, cpu)
+    return [side for _waves_, _cpu, side in split]
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -406,21 +425,17 @@ def run() -> dict:
                 warm_up(devices[n:], concurrency)
                 warm_up(floor_devices[floor_n:], concurrency)
                 devices, floor_devices = devices[:n], floor_devices[:floor_n]
-                floor_pids = floor_server.pids()
                 # The ceiling before and after the fleet: the machine's speed drifts.
                 ceil_before, ceil_rate_before = ceiling(data), ceiling_rate(data, cores)
                 bcpu0 = _cpu_s(bpid) if bpid else 0.0
-                real, low = Waves(), Waves()
-                # The fleet and the floor's in alternating waves, each first in turn: both see
-                # the same drift of the machine's speed.
-                waves = zip(_waves(devices, _ROUNDS), _waves(floor_devices, _ROUNDS), strict=True)
-                for i, (ours, theirs) in enumerate(waves):
-                    steps = [
-                        (real, ours, lambda: _server_cpu_s(pid, bpid)),
-                        (low, theirs, lambda: sum(map(_cpu_s, floor_pids))),
-                    ]
-                    for side, wave, cpu in steps if i % 2 == 0 else steps[::-1]:
-                        side.add(wave, concurrency, cpu)
+                real, low = interleaved(
+                    [
+                        (devices, partial(_server_cpu_s, pid, bpid)),
+                        (floor_devices, partial(pids_cpu_s, floor_server.pids())),
+                    ],
+                    _ROUNDS,
+                    concurrency,
+                )
                 bcpu = (_cpu_s(bpid) if bpid else 0.0) - bcpu0
                 ceil_after, ceil_rate_after = ceiling(data), ceiling_rate(data, cores)
             finally:

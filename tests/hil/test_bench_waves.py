@@ -55,3 +55,19 @@ def test_a_warm_up_that_fails_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> 
     )
     with pytest.raises(RuntimeError, match="the warm-up failed"):
         onboarding.warm_up([], 32)
+
+
+def test_interleaved_rotates_the_side_that_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def onboard_all(devices: list[Any], concurrency: int) -> tuple[list[float], list[str], float]:
+        calls.append(devices[0][0])
+        return [0.05] * len(devices), [], 0.1
+
+    monkeypatch.setattr(onboarding, "_onboard_all", onboard_all)
+    fleets = {side: [(side, i) for i in range(12)] for side in "abc"}
+    sums = onboarding.interleaved([(fleets[s], lambda: 0.0) for s in "abc"], 6, 32)
+    firsts = [calls[i] for i in range(0, 18, 3)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]
+    assert [len(w.latencies) for w in sums] == [12, 12, 12]
+    assert sums[0].wall_s == pytest.approx(0.6)
