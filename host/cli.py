@@ -263,6 +263,14 @@ def _err(*text: Any, **kw: Any) -> None:
     _console(True).print(*text, **kw)
 
 
+def _text(value: object) -> str:
+    """`value` as text inside a message that uses rich markup: a path, a URL or a user's input
+    may hold brackets, which must print as they are."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 @contextlib.contextmanager
 def _progress_bar(label: str, enabled: bool) -> "Iterator[Callable[[int, int], None]]":
     """A bar on stderr for a step over many rows, gone once the step ends; yields the
@@ -529,7 +537,7 @@ def batch_import(
             )
     except ImportRejected as e:
         for row in e.errors:
-            _err(f"[red]{file}:{row.line}: {row.reason}[/]")
+            _err(f"[red]{_text(file)}:{row.line}: {_text(row.reason)}[/]")
         raise CliError(
             f"{len(e.errors)} bad row(s) in {file}; nothing was imported. Fix them and run again"
         ) from e
@@ -572,7 +580,7 @@ def batch_export(
         from host.server.files import atomic_write
 
         atomic_write(out_file, doc.encode(), 0o600)
-        _err(f"batch {name} written to {out_file}")
+        _err(f"batch {name} written to {_text(out_file)}")
 
 
 def _set_active(name: str, active: bool, tenant: str | None, data_dir: Path, as_json: bool) -> None:
@@ -706,7 +714,8 @@ def batch_transfer(
     tenant: Tenant = None,
     ttl: CodeTtl = 7 * 86400,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object a line: device_id, code, expires_at.")
+        bool,
+        typer.Option("--json", help="One JSON array of {device_id, code, expires_at}."),
     ] = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
@@ -722,8 +731,7 @@ def batch_transfer(
     finally:
         service.close()
     if as_json:
-        for c in codes:
-            sys.stdout.write(json.dumps(_plain(c)) + "\n")
+        _print_json([_plain(c) for c in codes])
     else:
         from rich.table import Column, Table
 
@@ -1228,6 +1236,10 @@ def login(
         Path | None,
         typer.Option("--ca", help="Root CA PEM the server's TLS chains to (qlink ca root)."),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object: url, name, role, tenant, credentials."),
+    ] = False,
 ) -> None:
     """Check a token against a server and remember both for `--remote` commands."""
     from host.client import AdminClient
@@ -1236,8 +1248,21 @@ def login(
     client = AdminClient(url, token, ca_pem)
     who = client.get("/v1/admin/whoami")
     path = client.save()
-    _out(f"logged in to {url} as {who['name']} ({who['role']} in tenant {who['tenant']})")
-    _err(f"credentials saved to {path} (mode 0600)")
+    if as_json:
+        _print_json(
+            {
+                "url": url,
+                "name": who["name"],
+                "role": who["role"],
+                "tenant": who["tenant"],
+                "credentials": str(path),
+            }
+        )
+    else:
+        _out(
+            f"logged in to {_text(url)} as {who['name']} ({who['role']} in tenant {who['tenant']})"
+        )
+    _err(f"credentials saved to {_text(path)} (mode 0600)")
 
 
 @app.command()
@@ -1266,6 +1291,16 @@ def audit(
 State = Literal["registered", "onboarded", "revoked", "disabled"]
 
 
+def _server_drift_pct(settings: Settings) -> int:
+    """The drift threshold of the server running on the data directory (its server.json),
+    else the default: what the server itself flags and re-enrols by."""
+    try:
+        pct = json.loads(settings.server_json.read_text())["puf_drift_pct"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return settings.puf_drift_pct
+    return pct if isinstance(pct, int) and 1 <= pct <= 100 else settings.puf_drift_pct
+
+
 @app.command()
 def devices(
     as_json: Annotated[
@@ -1284,17 +1319,23 @@ def devices(
     drifting: Annotated[
         bool,
         typer.Option(
-            "--drifting", help="Only devices whose PUF used the drift share of its budget."
+            "--drifting",
+            help="Only devices whose PUF used the drift share of its budget: --drift-pct, else "
+            "the running server's --puf-drift, else 50.",
         ),
     ] = False,
+    drift_pct: Annotated[
+        int | None,
+        typer.Option(min=1, max=100, help="The drift share for --drifting, in percent."),
+    ] = None,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """List devices: ID, batch, state, certificate expiry, last seen, last telemetry seq."""
     service = _app(data_dir)
-    if drifting:
-        rows = service.drifting(tenant)
-    else:
-        rows = service.devices(tenant, batch, state=state, limit=limit, offset=offset)
+    if drift_pct is not None and not drifting:
+        raise typer.BadParameter("--drift-pct goes with --drifting", param_hint="--drift-pct")
+    pct = (drift_pct or _server_drift_pct(service.settings)) if drifting else None
+    rows = service.devices(tenant, batch, state=state, limit=limit, offset=offset, drifting_pct=pct)
     if as_json:
         _print_json([_plain(d) for d in rows])
         return
@@ -1333,7 +1374,7 @@ def ca_root(
     data = (ca.root_der_path if der else ca.root_pem_path).read_bytes()
     if out_file is not None:
         out_file.write_bytes(data)
-        _err(f"root CA written to {out_file}")
+        _err(f"root CA written to {_text(out_file)}")
     elif der:
         if sys.stdout.isatty():
             raise CliError("DER is binary; add --out FILE or redirect the output")
@@ -1411,7 +1452,7 @@ def ca_azure_dps_group(
             }
         )
         return
-    _err(f"enrollment group {group_id} written to {out_file}")
+    _err(f"enrollment group {group_id} written to {_text(out_file)}")
 
 
 def main() -> None:
@@ -1421,7 +1462,8 @@ def main() -> None:
     try:
         app()
     except ServerError as e:
-        _err(f"[red]error: {e}[/]", highlight=False)
+        # The message may hold brackets of its own (qlink[puf], a user's input): text, not markup.
+        _err(f"[red]error: {_text(e)}[/]", highlight=False)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -356,6 +356,8 @@ def _serve(settings: Settings) -> None:
             "broker_port": broker.port,
             "broker_admin_port": broker.admin_port,
             "pid": os.getpid(),
+            # What `qlink devices --drifting` lists by, unless it is given its own threshold.
+            "puf_drift_pct": settings.puf_drift_pct,
         }
         if not stop.is_set():
             atomic_write(settings.server_json, json.dumps(info).encode())

@@ -291,8 +291,12 @@ class Application:
         state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        drifting_pct: int | None = None,
     ) -> list[DeviceRecord]:
-        return self.store.devices.list(tenant, batch, state=state, limit=limit, offset=offset)
+        """`drifting_pct`: only devices whose PUF used at least that percent of its budget."""
+        return self.store.devices.list(
+            tenant, batch, state=state, limit=limit, offset=offset, drifting_pct=drifting_pct
+        )
 
     def device(self, device_id: str, tenant: str | None = None) -> DeviceRecord | None:
         from host.server.deviceid import is_device_id
@@ -632,11 +636,7 @@ class Application:
 
     def drifting(self, tenant: str | None = None) -> list[DeviceRecord]:
         """Devices whose latest PUF report used at least the drift threshold of the budget."""
-        return [
-            d
-            for d in self.store.devices.list(tenant)
-            if d.puf_used_pct is not None and d.puf_used_pct >= self.settings.puf_drift_pct
-        ]
+        return self.devices(tenant, drifting_pct=self.settings.puf_drift_pct)
 
     def renew(
         self, device_id: str, *, tenant: str | None = None, actor: Actor = LOCAL

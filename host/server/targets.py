@@ -61,12 +61,13 @@ def parse_ca(data: bytes) -> bytes:
 
 
 def read_password(data: bytes) -> str:
-    """A password file's text without its final line break."""
+    """A password file's first line, without its line break (what follows, such as a note of
+    when it was rotated, is not part of it)."""
     try:
         text = data.decode()
     except UnicodeDecodeError:
         raise Invalid("the admin password file must be UTF-8 text") from None
-    return text.removesuffix("\n").removesuffix("\r")
+    return text.split("\n", 1)[0].removesuffix("\r")
 
 
 def _port(what: str, port: int) -> int:

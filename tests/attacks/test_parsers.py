@@ -99,9 +99,12 @@ def test_deeply_nested_operator_body(attack: Attack, server: ServerProcess, admi
 def test_deeply_nested_import_data(
     attack: Attack, server: ServerProcess, admin: Any, fleet: Fleet, fmt: str
 ) -> None:
+    # A JSON document is the body's own syntax (400); a JSON Lines or QDID line is one bad row
+    # of the import, reported by its line like any other (422).
+    status, code = (400, "bad_request") if fmt == "json" else (422, "import_rejected")
     attack.expect(
         f"import data ({fmt}) nested {DEEP} deep",
-        "400 bad_request, nothing imported; no traceback in the server log",
+        f"{status} {code} naming the nesting, nothing imported; no traceback in the server log",
     )
     deep = _deep_array(DEEP)
     data = {"json": deep, "jsonl": deep + "\n", "qdid": "QDID " + deep + "\n"}[fmt]
@@ -110,7 +113,11 @@ def test_deeply_nested_import_data(
     r = admin.post(f"/v1/admin/batches/{fleet.batch}/import", json={"format": fmt, "data": data})
     trace = _log_clean(server, mark)
     attack.observe(f"HTTP {r.status_code} {r.text[:80]}; log: {trace or 'clean'}")
-    assert r.status_code in (400, 422) and r.status_code < 500, r.text
+    body = r.json()
+    assert (r.status_code, body["error"]) == (status, code), r.text
+    assert "nested deeper than 32 levels" in body["detail"]
+    if fmt != "json":  # the bad rows, as for any other refused import
+        assert "line 1:" in body["detail"] and [row["line"] for row in body["rows"]] == [1]
     assert trace is None
     assert fleet.dump() == before
 

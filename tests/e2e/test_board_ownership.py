@@ -145,3 +145,7 @@ def test_an_ageing_die_is_reenrolled_by_policy_and_keeps_its_record(policed: Own
     )
     actors = {a["actor"] for a in audit if a["action"] == "device.command"}
     assert "policy:puf-drift" in actors
+    # The CLI lists by the running server's threshold (30 %), not its own default (50 %).
+    assert 30 <= devices[old_id]["puf_used_pct"] < 100
+    drifting = policed.json("devices", "--drifting", "--tenant", "oldco")
+    assert old_id in [d["device_id"] for d in drifting]

@@ -369,6 +369,8 @@ def test_every_list_and_result_command_has_json(qlink) -> None:
         ("devices",),
         ("audit",),
         ("rig", "list"),
+        ("login",),
+        ("batch", "transfer"),
     ):
         code, out, _ = qlink(*command, "--help")
         assert code == 0 and "--json" in out, command
@@ -418,6 +420,32 @@ def test_devices_filters_by_batch_state_and_pages(qlink, tmp_path: Path) -> None
     assert listed(qlink, "--limit", "0") == []
     code, out, _ = qlink("devices", "--state", "disabled")
     assert code == 0 and "onboarded (disabled)" in out
+
+
+def test_devices_drifting_uses_the_running_servers_threshold(qlink, tmp_path: Path) -> None:
+    qlink("batch", "create", "f1")
+    qlink("batch", "create", "f2")
+    f1 = sorted(import_ids(qlink, tmp_path, "f1", 3))
+    f2 = sorted(import_ids(qlink, tmp_path, "f2", 1))
+    for device_id, used in zip((*f1, *f2), (20, 35, 60, 90), strict=True):
+        set_device(tmp_path, device_id, puf_used_pct=used)
+    set_device(tmp_path, f1[2], state="onboarded")
+    assert listed(qlink, "--drifting") == [f1[2], *f2]  # no server: the default, 50 %
+    # A server started with --puf-drift 30 says so in its server.json.
+    server_json = tmp_path / "data" / "server.json"
+    server_json.write_text(json.dumps({"api_port": 1, "pid": 1, "puf_drift_pct": 30}))
+    assert listed(qlink, "--drifting") == [f1[1], f1[2], *f2]
+    assert listed(qlink, "--drifting", "--drift-pct", "70") == f2
+    # It combines with the other filters and pages.
+    assert listed(qlink, "--drifting", "--batch", "f1") == f1[1:]
+    assert listed(qlink, "--drifting", "--state", "onboarded") == [f1[2]]
+    assert listed(qlink, "--drifting", "--limit", "1", "--offset", "1") == [f1[2]]
+    server_json.write_text("{not json")  # a torn or foreign file: the default again
+    assert listed(qlink, "--drifting") == [f1[2], *f2]
+    code, out, err = qlink("devices", "--drift-pct", "30")
+    assert code == 2 and out == "" and "--drift-pct goes with --drifting" in err
+    code, _, err = qlink("devices", "--drifting", "--drift-pct", "0")
+    assert code == 2 and "--drift-pct" in err
 
 
 def test_devices_refuses_an_unknown_state_or_a_negative_page(qlink) -> None:
@@ -551,3 +579,11 @@ def test_a_device_change_without_a_running_server_says_so_and_changes_nothing(
         assert "the server is not running; start it (qlink server)" in err
         assert "Traceback" not in err
     assert (qlink("devices", "--json")[1], qlink("audit", "--json")[1]) == before
+
+
+@pytest.mark.parametrize("name", ["[red]x[/red]", "a[/b]", "qlink[puf]"])
+def test_an_error_prints_brackets_as_they_are(qlink, name: str) -> None:
+    # An error quotes the user's input: rich markup in it must be neither applied nor fatal.
+    code, out, err = qlink("batch", "create", name)
+    assert code == 1 and out == ""
+    assert "is not" in err and repr(name) in err and "Traceback" not in err

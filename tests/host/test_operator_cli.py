@@ -179,6 +179,17 @@ def test_login_and_remote_token_create(qlink, tmp_path: Path) -> None:
         assert "viewer in tenant acme" in err
         audit = json.loads(srv.cli("audit", "--json").stdout)
         assert audit[0]["action"] == "token.create" and audit[0]["actor"] == "operator:root"
+        code, out, err = qlink(
+            "login", srv.api_url, "--token", token.strip(), "--ca", str(srv.root_pem_path), "--json"
+        )
+        assert code == 0, err
+        assert json.loads(out) == {
+            "url": srv.api_url,
+            "name": "root",
+            "role": "admin",
+            "tenant": "acme",
+            "credentials": str(saved),
+        }
         code, _, err = qlink(
             "login", srv.api_url, "--token", "qlk_bad", "--ca", str(srv.root_pem_path)
         )

@@ -432,3 +432,27 @@ def test_the_platform_admin_adds_targets_and_an_operator_moves_a_batch_by_api(
     assert (r.status_code, r.json()["target"], r.json()["devices"]) == (200, "managed", 0)
     r = api.request("POST", "/v1/admin/batches/f1/policy", "acme-operator", {"to": "managed"})
     assert (r.status_code, r.json()["target"]) == (200, "managed")  # there already: nothing to do
+
+
+@pytest.mark.parametrize(
+    ("data", "password"),
+    [
+        (b"s3cret\n", "s3cret"),
+        (b"s3cret", "s3cret"),
+        (b"s3cret\r\n", "s3cret"),
+        (b"s3cret\n# rotated 2026-11\n", "s3cret"),  # a note on the next line is not in it
+        (b"two words\n\n", "two words"),
+        (b"\ns3cret\n", ""),  # an empty first line: refused by the spec's check, not guessed
+    ],
+)
+def test_the_password_file_gives_its_first_line(data: bytes, password: str) -> None:
+    from host.server.targets import read_password
+
+    assert read_password(data) == password
+
+
+def test_a_password_file_that_is_not_text_is_a_sentence() -> None:
+    from host.server.targets import read_password
+
+    with pytest.raises(Invalid, match="must be UTF-8 text"):
+        read_password(b"\xff\xfe")

@@ -113,11 +113,16 @@ class Devices:
         state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        drifting_pct: int | None = None,
     ) -> list[DeviceRecord]:
         """By batch name, then device ID. `state` is registered, onboarded, revoked or
-        disabled (the flag: a disabled device keeps its state)."""
+        disabled (the flag: a disabled device keeps its state); `drifting_pct`: only devices
+        whose latest PUF report used at least that percent of the correction budget."""
         where: list[str] = []
         params: dict[str, Any] = {"tenant": tenant, "batch": batch, "state": state}
+        if drifting_pct is not None:
+            where.append("d.puf_used_pct >= :pct")
+            params["pct"] = drifting_pct
         if tenant is not None:
             where.append("b.tenant = :tenant")
         if batch is not None:
