@@ -23,8 +23,6 @@ from typing import Any
 from hil.emulated import BoardError, EmulatedBoard
 from hil.serverproc import ServerProcess, ServerStartError
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 class Steps:
     """Numbered, timed steps printed as the demo goes."""
@@ -246,7 +244,12 @@ def _console(step: Any, server: ServerProcess, device_id: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "demo-data", help="working folder")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("demo-data"),  # in the folder it runs in (make demo: the checkout's root)
+        help="working folder (default: ./demo-data)",
+    )
     parser.add_argument("--messages", type=int, default=3, help="telemetry messages to show")
     args = parser.parse_args()
     sys.exit(run(args.work, args.messages))

@@ -57,7 +57,16 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
     """Intra-die BER, Hamming weight, inter-die distance, bias, min-entropy, key failure."""
-    import numpy as np
+    try:
+        import matplotlib  # noqa: F401  (the plot's; checked here so that both say the same)
+        import numpy as np
+    except ImportError as e:
+        err.print(
+            f"qlink puf report needs numpy and matplotlib ({e.name} is missing): "
+            "pip install 'qlink[puf]', or make setup in a checkout",
+            markup=False,
+        )
+        raise typer.Exit(1) from None
 
     from hil import puf
     from host.puf import debias, polar

@@ -156,8 +156,14 @@ def run(
 
 
 def _default_scenarios() -> list[Path]:
-    found = sorted((REPO / "tests" / "e2e").glob("test_rig_*.py"))
-    return [p for p in found if p.name != "test_rig_soak.py"]  # the soak is `make soak`
+    """The rig scenarios of the checkout this package runs from, else of the checkout in the
+    current directory (the package installed from a wheel, run from a checkout)."""
+    for root in (REPO, Path.cwd()):
+        found = sorted((root / "tests" / "e2e").glob("test_rig_*.py"))
+        found = [p for p in found if p.name != "test_rig_soak.py"]  # the soak is `make soak`
+        if found:
+            return found
+    return []
 
 
 def _rows(xml: Path, board: str = "emulated") -> list[dict[str, object]]:

@@ -237,7 +237,22 @@ def test_run_without_scenario_files_says_where_they_are(
     from hil import rigcli
 
     monkeypatch.setattr(rigcli, "REPO", tmp_path)  # as installed: no tests/ beside the package
+    monkeypatch.chdir(tmp_path)  # and not run from a checkout
     result = CliRunner().invoke(rigcli.app, ["run"])
     assert result.exit_code == 1
     assert "no scenario files" in result.output and "--tests FILE" in result.output
     assert "Traceback" not in result.output
+
+
+def test_run_as_installed_finds_the_scenarios_of_the_checkout_it_runs_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from hil import rigcli
+
+    checkout = tmp_path / "checkout"
+    (checkout / "tests" / "e2e").mkdir(parents=True)
+    for name in ("test_rig_b.py", "test_rig_a.py", "test_rig_soak.py", "test_other.py"):
+        (checkout / "tests" / "e2e" / name).write_text("")
+    monkeypatch.setattr(rigcli, "REPO", tmp_path / "site-packages")
+    monkeypatch.chdir(checkout)
+    assert [p.name for p in rigcli._default_scenarios()] == ["test_rig_a.py", "test_rig_b.py"]

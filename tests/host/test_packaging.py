@@ -556,6 +556,19 @@ def test_package_json_lists_exactly_the_firmware_files_at_their_device_paths() -
     assert doc.get("deps", []) == []  # MicroPython's own modules only (DESIGN.md)
 
 
+@pytest.mark.parametrize("board", ["rp2040", "esp32", "unix"])
+def test_each_board_has_a_package_json_of_its_hal(board: str) -> None:
+    # The firmware imports `board` (and the unix board `silicon`): a board installed by mip
+    # needs its HAL beside the firmware, at the root.
+    folder = REPO / "boards" / board
+    doc = json.loads((folder / "package.json").read_text())
+    files = sorted(p.name for p in folder.glob("*.py"))
+    assert "board.py" in files
+    assert sorted(dev for dev, _ in doc["urls"]) == files
+    assert all(url == dev for dev, url in doc["urls"])
+    assert doc["version"] == _firmware_version() and doc.get("deps", []) == []
+
+
 class _DirectoryTransport:
     """The transport calls mpremote's mip makes, on a directory standing for a board's
     filesystem root."""
@@ -615,6 +628,14 @@ def test_mpremote_mip_installs_the_github_package_onto_the_board_root(
     assert installed == expected
     for name in expected:
         assert (board / name).read_bytes() == (FIRMWARE / name).read_bytes()
+    # = mpremote mip install --target / github:qlink-dev/qlink/boards/rp2040: the HAL that
+    # main.py, boot.py and enrol.py import.
+    hal = f"{GITHUB}/boards/rp2040"
+    mip._install_package(_DirectoryTransport(board), hal, "", "/", None, True)
+    assert raw + "boards/rp2040/package.json" in asked
+    assert (board / "board.py").read_bytes() == (REPO / "boards/rp2040/board.py").read_bytes()
+    after = sorted(p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file())
+    assert after == sorted([*expected, "board.py"])
 
 
 @pytest.fixture
@@ -645,6 +666,16 @@ def test_mpremote_mip_installs_the_local_package_json_onto_a_board(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in (p.relative_to(FIRMWARE).as_posix() for p in _python_files("firmware")):
         assert (bare_board.fs / name).read_bytes() == (FIRMWARE / name).read_bytes(), name
+    proc = subprocess.run(
+        [*cmd, str(BOARDS / "unix" / "package.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("board.py", "silicon.py"):
+        assert (bare_board.fs / name).read_bytes() == (BOARDS / "unix" / name).read_bytes()
 
 
 class _Options:

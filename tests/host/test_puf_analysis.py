@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,15 @@ def test_report_from_a_file_of_real_reads(tmp_path: Path) -> None:
     assert json.loads(res.output)["intra_ber"] == 0.0625
     bad = CliRunner().invoke(app, ["report", "--from", str(tmp_path / "missing.npy")])
     assert bad.exit_code == 2 and "cannot read" in bad.output
+
+
+@pytest.mark.parametrize("missing", ["numpy", "matplotlib"])
+def test_qlink_puf_report_without_the_puf_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    png = tmp_path / "r.png"
+    res = CliRunner().invoke(app, ["report", "-m", "2", "-n", "2", "--png", str(png)])
+    assert res.exit_code == 1 and res.stdout == ""
+    assert f"({missing} is missing)" in res.stderr and "pip install 'qlink[puf]'" in res.stderr
+    assert "Traceback" not in res.stderr and not png.exists()
