@@ -43,8 +43,10 @@ def test_signal_stops_server_and_broker(tmp_path: Path, sig: signal.Signals) -> 
             "broker_port",
             "broker_admin_port",
             "pid",
+            "puf_drift_pct",
         }
         assert info["api_url"] == f"https://localhost:{info['api_port']}"
+        assert info["puf_drift_pct"] == 50  # the default, for `qlink devices --drifting`
         assert _accepts(info["api_port"]) and _accepts(info["broker_port"])
         broker = _broker_pid(tmp_path)
         assert broker is not None
