@@ -1331,9 +1331,9 @@ def devices(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """List devices: ID, batch, state, certificate expiry, last seen, last telemetry seq."""
-    service = _app(data_dir)
     if drift_pct is not None and not drifting:
         raise typer.BadParameter("--drift-pct goes with --drifting", param_hint="--drift-pct")
+    service = _app(data_dir)
     pct = (drift_pct or _server_drift_pct(service.settings)) if drifting else None
     rows = service.devices(tenant, batch, state=state, limit=limit, offset=offset, drifting_pct=pct)
     if as_json:
