@@ -10,6 +10,7 @@ measured bias; profile 4's and profile 2's figures stay beside them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +31,31 @@ def _group() -> None:
     """SRAM-PUF statistics and key-failure figures (`qlink puf report`)."""
 
 
+def _conditions_problem(
+    temperature: float, supply: float, age: float, bias: float | None
+) -> str | None:
+    """What is wrong with the stress conditions asked for, if anything."""
+    given = {"--temperature": temperature, "--supply": supply, "--age": age, "--bias": bias}
+    for name, value in given.items():
+        if value is not None and not math.isfinite(value):
+            return f"{name} must be a finite number, not {value}"
+    if not -55 <= temperature <= 150:
+        return f"--temperature must be -55 to 150 degrees C, not {temperature:g}"
+    if not 0 < supply <= 6:
+        return f"--supply must be above 0 and at most 6 V, not {supply:g}"
+    if not 0 <= age <= 100:
+        return f"--age must be 0 to 100 years, not {age:g}"
+    return None
+
+
+def _png_problem(png: Path) -> str | None:
+    if png.suffix.lower() != ".png":
+        return f"--png must name a .png file, not {str(png)!r}"
+    if png.is_dir():
+        return f"--png names a folder: {png}"
+    return None
+
+
 @app.command("report")
 def report(
     dies: Annotated[int, typer.Option("--dies", "-m", min=2, help="emulated dies")] = 8,
@@ -47,16 +73,24 @@ def report(
             "figures)",
         ),
     ] = None,
-    temperature: Annotated[float, typer.Option(help="die temperature, degrees C")] = 25.0,
-    supply: Annotated[float, typer.Option(help="supply voltage, V")] = 3.3,
-    age: Annotated[float, typer.Option(help="years of ageing")] = 0.0,
+    temperature: Annotated[
+        float, typer.Option(help="die temperature, degrees C (-55 to 150)")
+    ] = 25.0,
+    supply: Annotated[float, typer.Option(help="supply voltage, V (above 0, at most 6)")] = 3.3,
+    age: Annotated[float, typer.Option(help="years of ageing (0 to 100)")] = 0.0,
     reads_file: Annotated[
         Path | None, typer.Option("--from", help=".npy of real reads (dies, reads, bytes)")
     ] = None,
-    png: Annotated[Path, typer.Option(help="where to write the plot")] = Path("puf-report.png"),
+    png: Annotated[Path, typer.Option(help="where to write the plot, a .png file")] = Path(
+        "puf-report.png"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
     """Intra-die BER, Hamming weight, inter-die distance, bias, min-entropy, key failure."""
+    problem = _conditions_problem(temperature, supply, age, bias) or _png_problem(png)
+    if problem:
+        err.print(problem, markup=False)
+        raise typer.Exit(2)
     try:
         import matplotlib  # noqa: F401  (the plot's; checked here so that both say the same)
         import numpy as np
@@ -77,8 +111,19 @@ def report(
     if reads_file is not None:
         try:
             data = np.load(reads_file)
-        except (OSError, ValueError) as e:
-            err.print(f"cannot read {reads_file}: {e}; give a .npy of shape (dies, reads, bytes)")
+            if (
+                not isinstance(data, np.ndarray)
+                or data.ndim != 3
+                or data.dtype.kind not in "biu"
+                or (data.size and (data.min() < 0 or data.max() > 255))
+            ):
+                raise ValueError("it does not hold bytes (unsigned 8-bit reads)")
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
+            why = str(e) or type(e).__name__
+            err.print(
+                f"cannot read {reads_file}: {why}; give a .npy of shape (dies, reads, bytes)",
+                markup=False,
+            )
             raise typer.Exit(2) from e
         source = str(reads_file)
     else:
@@ -99,7 +144,7 @@ def report(
     try:
         rep = analyse(np.asarray(data, dtype=np.uint8), bias)
     except MeasurementError as e:
-        err.print(f"{e}; the report needs >= 2 dies with >= 2 reads each")
+        err.print(f"{e}; the report needs >= 2 dies with >= 2 reads each", markup=False)
         raise typer.Exit(2) from e
     failure_curve(png, measured_ber=rep.intra_ber)
     at = rep.figures_bias
@@ -173,4 +218,4 @@ def report(
         for k, v in rows:
             t.add_row(k, v)
         out.print(t)
-        out.print(f"plot: {png}")
+        out.print(f"plot: {png}", markup=False)

@@ -879,7 +879,7 @@ def device_renew(
 @device_app.command("health")
 def device_health(
     device_id: str,
-    limit: Annotated[int, typer.Option(help="Newest N reports.")] = 20,
+    limit: Annotated[int, typer.Option(min=0, help="Newest N reports.")] = 20,
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
@@ -908,7 +908,7 @@ def device_health(
 @device_app.command("commands")
 def device_commands(
     device_id: str,
-    limit: Annotated[int, typer.Option(help="Newest N commands.")] = 50,
+    limit: Annotated[int, typer.Option(min=0, help="Newest N commands.")] = 50,
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
@@ -1164,7 +1164,9 @@ def target_list(as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None
 def token_create(
     name: Annotated[str, typer.Argument(help="Operator name (shown in the audit log).")],
     role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "operator",
-    tenant: Annotated[str, typer.Option(help="Tenant the token acts in.")] = "default",
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant the token acts in (default: default).")
+    ] = None,
     remote: Annotated[
         bool, typer.Option(help="Ask the server you logged in to (qlink login), in your tenant.")
     ] = False,
@@ -1178,6 +1180,13 @@ def token_create(
     NAME and TENANT are 1 to 64 characters: letters, digits, '.', '_' and '-', starting and
     ending with a letter or digit.
     """
+    if remote and tenant is not None:
+        raise typer.BadParameter(
+            "with --remote the token is made in your own tenant (the one you logged in to); "
+            "drop --tenant",
+            param_hint="--tenant",
+        )
+    tenant = tenant or "default"
     _check_names(operator_name=name, tenant=tenant)
     if remote:
         from host.client import AdminClient
@@ -1270,7 +1279,9 @@ def audit(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     action: Annotated[str | None, typer.Option(help="Only this action: device.revoke")] = None,
     target: Annotated[str | None, typer.Option(help="Only this target, e.g. batch:f1.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many events, newest first.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=0, help="At most this many events, newest first.")
+    ] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="JSON array instead of a table.")] = False,
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
@@ -1455,16 +1466,43 @@ def ca_azure_dps_group(
     _err(f"enrollment group {group_id} written to {_text(out_file)}")
 
 
+def _not_utf8(args: list[str]) -> str | None:
+    """The first argument that is not UTF-8 (Python holds its bad bytes as surrogates, which no
+    store, name or header can take), shown as bytes."""
+    for arg in args:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            return repr(arg.encode(errors="surrogateescape"))
+    return None
+
+
 def main() -> None:
     # The first pydantic model a command builds (a read model's JSON) would scan every
     # installed distribution for pydantic plug-ins (~20 ms); the CLI uses none.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    bad = _not_utf8(sys.argv[1:])
+    if bad is not None:
+        _err(f"[red]error: the argument {_text(bad)} is not UTF-8 text[/]", highlight=False)
+        raise SystemExit(2)
     try:
         app()
     except ServerError as e:
         # The message may hold brackets of its own (qlink[puf], a user's input): text, not markup.
         _err(f"[red]error: {_text(e)}[/]", highlight=False)
         raise SystemExit(1) from None
+    except OSError as e:
+        # A path the user gave that cannot be read or written (a folder, a file where a folder
+        # should be, a missing folder, no permission): the path and the system's reason.
+        why = e.strerror or str(e)
+        if isinstance(e, FileExistsError) and e.filename and Path(e.filename).is_file():
+            why = "a file is where a folder must be"  # a folder to make under it
+        where = f"{e.filename}: " if e.filename else ""
+        _err(f"[red]error: {_text(where)}{_text(why)}[/]", highlight=False)
+        raise SystemExit(1) from None
+    except OverflowError:
+        _err("[red]error: a number given is too large (at most 2^63 - 1)[/]", highlight=False)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -27,6 +27,7 @@ from host.cli import (  # noqa: E402
     _out,
     _plain,
     _print_json,
+    _text,
     _when,
 )
 
@@ -107,8 +108,8 @@ def ota_build(
         _print_json(doc)
         return
     _out(
-        f"release [bold]{doc['release']}[/] built: {written} ({doc['files']} files, "
-        f"{doc['size']} bytes); publish it: qlink ota publish {written}"
+        f"release [bold]{_text(doc['release'])}[/] built: {_text(written)} ({doc['files']} "
+        f"files, {doc['size']} bytes); publish it: qlink ota publish {_text(written)}"
     )
 
 

@@ -212,10 +212,14 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
+        log.error("event=listen_failed host=%s port=%d error=%r", host, port, e.strerror)
+        if isinstance(e, socket.gaierror):  # a name that does not resolve, or no IPv4 one
+            raise ServerError(
+                f"cannot listen on {host}: {e.strerror}; --bind takes an address of this machine"
+            ) from None
         why = _BIND_ERRORS.get(e.errno or 0)
         if why is None:
             raise
-        log.error("event=listen_failed host=%s port=%d error=%r", host, port, e.strerror)
         raise ServerError(why.format(host=host, port=port)) from None
     sock.listen(1024)
     sock.set_inheritable(True)

@@ -250,13 +250,15 @@ class CertificateAuthority:
     @classmethod
     def load(cls, ca_dir: Path, hsm: Pkcs11Config | None = None) -> CertificateAuthority:
         """Load an existing CA; CaError if there is none."""
-        root = _load_signer(ca_dir, "root")
+        root = _load_signer(ca_dir, "root", keep=True)
         if hsm is None and (ca_dir / "issuing.pkcs11").exists():
             raise CaError(
                 f"the issuing CA key of {ca_dir} is in a PKCS#11 token; "
                 "set QLINK_PKCS11_MODULE, QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN"
             )
-        issuing = _load_signer(ca_dir, "issuing") if hsm is None else _hsm_signer(ca_dir, hsm)
+        issuing = (
+            _load_signer(ca_dir, "issuing", keep=True) if hsm is None else _hsm_signer(ca_dir, hsm)
+        )
         if root is None or issuing is None or not _issued_by(issuing.cert, root.cert):
             raise CaError(
                 f"no complete CA in {ca_dir}; start the server once (qlink server) to create it"
@@ -279,7 +281,7 @@ class CertificateAuthority:
                 f"the issuing CA key of {ca_dir} is in a PKCS#11 token ({marker.read_text()}); "
                 "set QLINK_PKCS11_MODULE, QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN"
             )
-        root = _load_signer(ca_dir, "root")
+        root = _load_signer(ca_dir, "root", keep=True)
         if root is None:
             root = _create_root(ca_dir)
         root_der = root.cert.public_bytes(serialization.Encoding.DER)
@@ -287,14 +289,17 @@ class CertificateAuthority:
         if not der_path.exists() or der_path.read_bytes() != root_der:
             atomic_write(der_path, root_der)
         if hsm is not None:
-            atomic_write(marker, f"module={hsm.module} token={hsm.token}".encode())
-            issuing = _hsm_signer(ca_dir, hsm)
+            issuing = _hsm_signer(ca_dir, hsm)  # opens the token: a bad module fails here
             if issuing is None or not _issued_by(issuing.cert, root.cert):
                 issuing = _create_issuing(ca_dir, root, Pkcs11Key.open(hsm))
+            # Only once the token served: a failed first try must leave the files as they were.
+            atomic_write(marker, f"module={hsm.module} token={hsm.token}".encode())
         else:
-            issuing = _load_signer(ca_dir, "issuing")
-            if issuing is None or not _issued_by(issuing.cert, root.cert):
+            issuing = _load_signer(ca_dir, "issuing", keep=True)
+            if issuing is None:
                 issuing = _create_issuing(ca_dir, root)
+            elif not _issued_by(issuing.cert, root.cert):
+                raise _damaged(ca_dir, "issuing", "issuing.pem is not issued by root.pem")
         ca = cls(ca_dir, root, issuing)
         bundle = _pem(issuing.cert, root.cert)
         if not ca.bundle_path.exists() or ca.bundle_path.read_bytes() != bundle:
@@ -451,18 +456,42 @@ class CertificateAuthority:
         return self.publish_crl(revoked)
 
 
-def _load_signer(ca_dir: Path, name: str) -> _Signer | None:
+def _load_signer(ca_dir: Path, name: str, *, keep: bool = False) -> _Signer | None:
+    """`name`.pem with its `name`.key, or None. With `keep` (the root and the issuing CA, what
+    devices and the broker trust), only when neither file exists: a pair that is half there,
+    does not parse or does not match is a CaError, since replacing it would cut off every
+    device. Other leaves are issued again when they do not load."""
     cert_path, key_path = ca_dir / f"{name}.pem", ca_dir / f"{name}.key"
+    if not cert_path.exists() and not key_path.exists():
+        return None
+    problem = ""
     if not cert_path.exists() or not key_path.exists():
-        return None
-    try:
-        cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except ValueError:
-        return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
-        return None
-    return _Signer(cert, key)
+        problem = f"{(key_path if cert_path.exists() else cert_path).name} is missing"
+    else:
+        try:
+            cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+        except (ValueError, IndexError):
+            problem = f"{cert_path.name} is not a PEM certificate"
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            problem = problem or f"{key_path.name} is not an unencrypted PEM private key"
+        if not problem and (
+            not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key()
+        ):
+            problem = f"{key_path.name} is not the key of {cert_path.name}"
+    if not problem:
+        return _Signer(cert, key)  # type: ignore[arg-type]
+    if keep:
+        raise _damaged(ca_dir, name, problem)
+    return None
+
+
+def _damaged(ca_dir: Path, name: str, problem: str) -> CaError:
+    return CaError(
+        f"the {name} CA in {ca_dir} is damaged ({problem}); restore {name}.pem and {name}.key "
+        "from a backup: a new one would cut off every device that trusts the current one"
+    )
 
 
 def _create_root(ca_dir: Path) -> _Signer:

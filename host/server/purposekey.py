@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from host.server.ca import CertificateAuthority
+from host.server.ca import CaError, CertificateAuthority
 from host.server.files import atomic_write
 from host.server.hsm import Pkcs11Config, Pkcs11Key
 
@@ -98,12 +98,21 @@ def usable(cert: x509.Certificate, root: x509.Certificate, eku: x509.ObjectIdent
 
 
 def _load_key(key_path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """The key, or None when there is no file yet. A file that is not a P-256 key is a CaError:
+    a new key would be one that devices have not learned (the command signer's)."""
     try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError):
+        data = key_path.read_bytes()
+    except FileNotFoundError:
         return None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        key = None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        return None
+        raise CaError(
+            f"{key_path} is not an unencrypted PEM P-256 private key; restore it from a backup, "
+            "or remove it (and its .pem) to make a new one that devices must learn again"
+        )
     return key
 
 

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from host.server import ServerError
 
 if TYPE_CHECKING:
     from host.server.hsm import Pkcs11Config
 
 ENV_DATA_DIR = "QLINK_DATA_DIR"
 ENV_DATABASE_URL = "QLINK_DATABASE_URL"
+
+
+class SettingsError(ServerError, ValueError):
+    """A setting out of its range: the sentence names it and what it may be."""
+
+
+# A host name devices verify in TLS (RFC 1123 labels) or an IP address.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_MAX_DAYS = 36_525  # a hundred years: longer than any device or CA lives
+
+
+def is_host(name: str) -> bool:
+    import ipaddress  # here: every CLI command reads settings, few need this
+
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    labels = name.removesuffix(".").split(".")
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
 def default_data_dir() -> Path:
@@ -70,28 +95,41 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{f.name} must be a finite number, not {value}")
         for name in ("api_port", "broker_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
-                raise ValueError(f"{name} must be between 0 and 65535, not {port}")
+                raise SettingsError(f"{name} must be between 0 and 65535, not {port}")
+        for name in ("public_host", "bind_host"):
+            if not is_host(getattr(self, name)):
+                raise SettingsError(
+                    f"{name} must be a host name (letters, digits and '-' between dots) or an "
+                    f"IP address, not {getattr(self, name)!r}"
+                )
         if self.challenge_ttl_s < 1:
-            raise ValueError("challenge TTL must be at least 1 second")
-        if self.cert_validity_days * 86400 < 60:
-            raise ValueError("certificate validity must be at least one minute (1/1440 day)")
+            raise SettingsError("challenge TTL must be at least 1 second")
+        if not 60 <= self.cert_validity_days * 86400 <= _MAX_DAYS * 86400:
+            raise SettingsError(
+                "certificate validity must be at least one minute (1/1440 day) and at most "
+                f"{_MAX_DAYS} days"
+            )
         if not 0 <= self.renewal_window_days < self.cert_validity_days:
-            raise ValueError("renewal window must be 0 or more days, less than the validity")
+            raise SettingsError("renewal window must be 0 or more days, less than the validity")
         if not 1 <= self.renew_at_pct <= 99:
-            raise ValueError("renew-at share must be between 1 and 99 percent")
+            raise SettingsError("renew-at share must be between 1 and 99 percent")
         if not 1 <= self.puf_drift_pct <= 100:
-            raise ValueError("PUF drift threshold must be between 1 and 100 percent")
+            raise SettingsError("PUF drift threshold must be between 1 and 100 percent")
         if self.workers < 1:
-            raise ValueError("workers must be at least 1")
+            raise SettingsError("workers must be at least 1")
         if self.max_challenges_per_device < 1:
-            raise ValueError("max challenges per device must be at least 1")
+            raise SettingsError("max challenges per device must be at least 1")
         if self.hello_per_source_per_min < 0 or self.hello_per_device_per_min < 0:
-            raise ValueError("hello rate limits must be 0 (off) or more")
+            raise SettingsError("hello rate limits must be 0 (off) or more")
         if self.console_lockout_s < 0:
-            raise ValueError("console lockout must be 0 or more seconds")
+            raise SettingsError("console lockout must be 0 or more seconds")
 
     @property
     def ca_dir(self) -> Path:
@@ -113,7 +151,7 @@ class Settings:
 
         pin = os.environ.get("QLINK_PKCS11_PIN", "")
         if not pin or not self.pkcs11_token:
-            raise ValueError("a PKCS#11 module needs QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN")
+            raise SettingsError("a PKCS#11 module needs QLINK_PKCS11_TOKEN and QLINK_PKCS11_PIN")
         return Pkcs11Config(self.pkcs11_module, self.pkcs11_token, pin)
 
     @property

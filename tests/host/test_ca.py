@@ -217,3 +217,62 @@ def test_device_certificate_requires_ec_key(ca: CertificateAuthority) -> None:
     )
     with pytest.raises(CaError, match="P-256"):
         ca.issue_device(csr, "x", 1)
+
+
+# -- a damaged CA is an error, never a new CA --------------------------------------------------
+def _files(ca_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(ca_dir.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "problem"),
+    [
+        ("root.key", b"", "root.key is not an unencrypted PEM private key"),
+        ("root.pem", b"garbage", "root.pem is not a PEM certificate"),
+        ("root.key", None, "root.key is missing"),
+        ("issuing.key", b"-----BEGIN", "issuing.key is not an unencrypted PEM private key"),
+        ("issuing.pem", None, "issuing.pem is missing"),
+    ],
+)
+def test_a_damaged_root_or_issuing_ca_is_an_error_and_nothing_is_replaced(
+    tmp_path: Path, name: str, damage: bytes | None, problem: str
+) -> None:
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_create(ca_dir)
+    if damage is None:
+        (ca_dir / name).unlink()
+    else:
+        (ca_dir / name).write_bytes(damage)
+    before = _files(ca_dir)
+    which = name.split(".")[0]
+    for attempt in (CertificateAuthority.load_or_create, CertificateAuthority.load):
+        with pytest.raises(CaError) as info:
+            attempt(ca_dir)
+        assert f"the {which} CA in {ca_dir} is damaged ({problem})" in str(info.value)
+        assert "restore" in str(info.value)
+        assert _files(ca_dir) == before  # no new root, no new issuing CA
+
+
+def test_an_issuing_ca_of_another_root_is_an_error(tmp_path: Path) -> None:
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    CertificateAuthority.load_or_create(mine)
+    CertificateAuthority.load_or_create(other)
+    for part in ("issuing.pem", "issuing.key"):
+        (mine / part).write_bytes((other / part).read_bytes())
+    before = _files(mine)
+    with pytest.raises(CaError, match=r"issuing\.pem is not issued by root\.pem"):
+        CertificateAuthority.load_or_create(mine)
+    assert _files(mine) == before
+
+
+def test_a_token_that_does_not_open_leaves_the_ca_as_it_was(tmp_path: Path) -> None:
+    from host.server.hsm import HsmError, Pkcs11Config
+
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_create(ca_dir)
+    before = _files(ca_dir)
+    bad = Pkcs11Config(module=str(tmp_path / "nonexistent.so"), token="t", pin="1")
+    with pytest.raises(HsmError, match="cannot open PKCS#11 token"):
+        CertificateAuthority.load_or_create(ca_dir, hsm=bad)
+    assert _files(ca_dir) == before  # no issuing.pkcs11 marker: the files still serve
+    CertificateAuthority.load(ca_dir)

@@ -587,3 +587,100 @@ def test_an_error_prints_brackets_as_they_are(qlink, name: str) -> None:
     code, out, err = qlink("batch", "create", name)
     assert code == 1 and out == ""
     assert "is not" in err and repr(name) in err and "Traceback" not in err
+
+
+def test_token_revoke_of_an_operator_that_never_was_is_an_error(qlink) -> None:
+    qlink("tenant", "create", "acme")
+    qlink("token", "create", "alice", "--tenant", "acme")
+    before = qlink("audit", "--json")[1]
+    # No such name; the right name in the default tenant; a tenant that does not exist.
+    for args in (("nobody", "--tenant", "acme"), ("alice",), ("alice", "--tenant", "nosuch")):
+        code, out, err = qlink("token", "revoke", *args)
+        assert code == 1 and out == "", (args, out)
+        assert "has no operator" in err and "qlink token list" in err
+    assert qlink("audit", "--json")[1] == before  # nothing revoked, nothing recorded
+    code, out, _ = qlink("token", "revoke", "alice", "--tenant", "acme", "--json")
+    assert code == 0 and json.loads(out)["revoked"] == 1
+    code, out, _ = qlink("token", "revoke", "alice", "--tenant", "acme", "--json")
+    assert code == 0 and json.loads(out)["revoked"] == 0  # a repeat: already revoked
+
+
+def test_token_create_remote_refuses_a_tenant_it_would_not_use(qlink, tmp_path: Path) -> None:
+    # The server makes a remote token in the logged-in operator's tenant: a --tenant would be
+    # silently ignored, so it is refused before anything is asked.
+    code, out, err = qlink("token", "create", "x2", "--remote", "--tenant", "acme")
+    assert code == 2 and out == "" and "drop --tenant" in err
+    assert not (tmp_path / "config" / "login.json").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [("audit",), ("device", "health"), ("device", "commands"), ("devices",)]
+)
+def test_a_negative_or_huge_limit_is_refused(
+    qlink, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    qlink("batch", "create", "f1")
+    [device_id] = import_ids(qlink, tmp_path, "f1", 1)
+    args = (*command, device_id) if command[0] == "device" else command
+    code, out, err = qlink(*args, "--limit", "-1")
+    assert code == 2 and out == "" and "--limit" in err
+    code, out, err = qlink(*args, "--limit", "99999999999999999999")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "a number given is too large" in err
+
+
+def test_a_path_that_cannot_be_written_is_a_sentence(qlink, tmp_path: Path) -> None:
+    qlink("batch", "create", "f1")
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    a_file = tmp_path / "a file"
+    a_file.write_text("x")
+    for args, why in (
+        (("ca", "root", "--out", str(folder)), "Is a directory"),
+        (("batch", "export", "f1", "--out", str(a_file / "f1.json")), "a file is where a folder"),
+        (("batch", "create", "f2", "--data-dir", str(a_file)), "a file is where a folder"),
+    ):
+        code, out, err = qlink(*args)
+        assert code == 1 and out == "", args
+        assert "Traceback" not in err and why in err and str(tmp_path) in err, err
+    assert a_file.read_text() == "x" and list(folder.iterdir()) == []
+
+
+def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(qlink) -> None:
+    qlink("batch", "create", "f1")
+    before = qlink("audit", "--json")[1]
+    bad = b"b\xff".decode(errors="surrogateescape")  # how Python hands over such bytes
+    for args in (("batch", "create", bad), ("devices", "--tenant", bad)):
+        code, out, err = qlink(*args)
+        assert code == 2 and out == ""
+        assert "the argument b'b\\xff' is not UTF-8 text" in err and "Traceback" not in err
+    assert qlink("audit", "--json")[1] == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--cert-days", "inf"), "cert_validity_days must be a finite number, not inf"),
+        (("--cert-days", "nan"), "cert_validity_days must be a finite number, not nan"),
+        (("--cert-days", "1e308"), "at most 36525 days"),
+        (("--console-lockout-s", "nan"), "console_lockout_s must be a finite number, not nan"),
+        (("--hostname", "bad_host!x"), "public_host must be a host name"),
+        (("--hostname", "a..b"), "public_host must be a host name"),
+        (("--bind", "-x"), "bind_host must be a host name"),
+    ],
+)
+def test_server_refuses_settings_out_of_range_before_it_starts(
+    qlink, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    data = tmp_path / "srv"
+    code, out, err = qlink("server", "--data-dir", str(data), "--port", "0", *args)
+    assert code == 1 and out == "" and message in err and "Traceback" not in err
+    assert not data.exists()
+
+
+def test_a_bind_address_that_does_not_resolve_is_a_sentence() -> None:
+    from host.server import ServerError
+    from host.server.app import _listen
+
+    with pytest.raises(ServerError, match=r"cannot listen on 999\.1\.1\.1: .*--bind takes"):
+        _listen("999.1.1.1", 0)

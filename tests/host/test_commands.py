@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from hil.simdevice import ApiResponse, SimDevice
 from host.server.application import Application
+from host.server.ca import CaError
 from host.server.commands import COMMAND_EKU, LABEL, CommandSigner, Online, parse_event
 from host.server.events import EventIntake
 from host.server.policy import MemoryPolicy
@@ -111,10 +112,16 @@ def test_a_signer_certificate_is_renewed_over_the_same_key(rig: Rig) -> None:
     assert second.cert.public_key() == first.cert.public_key()
 
 
-def test_a_signer_whose_certificate_lost_its_key_is_made_again(rig: Rig) -> None:
+def test_a_damaged_signer_key_is_an_error_and_a_removed_one_is_made_again(rig: Rig) -> None:
     ca = rig.app.ca
     first = CommandSigner.load_or_create(ca)
-    (ca.dir / "command.key").write_bytes(b"not a key")
+    key = ca.dir / "command.key"
+    key.write_bytes(b"not a key")
+    # Devices learned the signer's key: a silent new one would have them refuse every command.
+    with pytest.raises(CaError, match=r"command\.key is not an unencrypted PEM P-256 private key"):
+        CommandSigner.load_or_create(ca)
+    assert key.read_bytes() == b"not a key" and (ca.dir / "command.pem").exists()
+    key.unlink()  # what the message offers: a new key, which devices learn again
     second = CommandSigner.load_or_create(ca)
     assert second.cert_der != first.cert_der
     second.cert.verify_directly_issued_by(ca.root_cert)

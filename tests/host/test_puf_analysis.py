@@ -166,3 +166,58 @@ def test_qlink_puf_report_without_the_puf_extra_says_what_to_install(
     assert res.exit_code == 1 and res.stdout == ""
     assert f"({missing} is missing)" in res.stderr and "pip install 'qlink[puf]'" in res.stderr
     assert "Traceback" not in res.stderr and not png.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "nan"], "--temperature must be a finite number, not nan"),
+        (["--age", "inf"], "--age must be a finite number, not inf"),
+        (["--bias", "nan"], "--bias must be a finite number, not nan"),
+        (["--age", "-100"], "--age must be 0 to 100 years, not -100"),
+        (["--supply", "0"], "--supply must be above 0 and at most 6 V, not 0"),
+        (["--temperature", "-1e9"], "--temperature must be -55 to 150 degrees C, not -1e+09"),
+        (["--png", "plot.xyz"], "--png must name a .png file, not 'plot.xyz'"),
+        (["--png", "plot"], "--png must name a .png file, not 'plot'"),
+    ],
+)
+def test_qlink_puf_report_refuses_conditions_it_cannot_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["report", "-m", "2", "-n", "2", *args])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []  # no plot, no .png added to a name
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "No data left in file"),
+        ("strings", "does not hold bytes"),
+        ("wide", "does not hold bytes"),
+        ("flat", "does not hold bytes"),
+        (b"device,reads\n1,2\n", "pickled"),
+    ],
+)
+def test_qlink_puf_report_from_a_file_that_is_not_reads_is_a_sentence(
+    tmp_path: Path, content: bytes | str, why: str
+) -> None:
+    import numpy as np
+
+    reads = tmp_path / "reads.npy"
+    arrays = {
+        "strings": np.array([[["a", "b"]] * 2] * 2),
+        "wide": np.full((2, 2, 4), 300, dtype=np.int32),
+        "flat": np.zeros(16, dtype=np.uint8),
+    }
+    if isinstance(content, str):
+        np.save(reads, arrays[content])
+    else:
+        reads.write_bytes(content)
+    png = tmp_path / "r.png"
+    res = CliRunner().invoke(app, ["report", "--from", str(reads), "--png", str(png)])
+    assert res.exit_code == 2 and res.stdout == "", res.output
+    assert f"cannot read {reads}" in res.stderr and why in res.stderr
+    assert "Traceback" not in res.stderr and not png.exists()

@@ -10,7 +10,7 @@ from host.server.schemas import ROLES, OperatorOut
 from host.server.store import audit, tenants
 from host.server.store.audit import LOCAL, Actor
 from host.server.store.database import Database
-from host.server.store.errors import Invalid
+from host.server.store.errors import Invalid, NotFound
 from host.server.store.names import check_name
 
 TOKEN_PREFIX = "qlk_"  # noqa: S105 (a marker, not a secret)
@@ -82,7 +82,9 @@ class Tokens:
         ]
 
     def revoke(self, name: str, tenant: str, actor: Actor = LOCAL) -> int:
-        """Revoke every live token of operator `name` in `tenant`; how many."""
+        """Revoke every live token of operator `name` in `tenant`; how many (0: all were
+        revoked already). NotFound if the tenant never had an operator of that name: a typo
+        must not look like a revocation."""
         with self._db.transaction() as tx:
             n = tx.execute(
                 "UPDATE operators SET revoked_at = :now"
@@ -91,4 +93,11 @@ class Tokens:
             )
             if n:
                 audit.record(tx, actor, tenant, "token.revoke", f"operator:{name}", tokens=n)
+            elif not tx.one(
+                "SELECT 1 AS x FROM operators WHERE name = :name AND tenant = :tenant",
+                {"name": name, "tenant": tenant},
+            ):
+                raise NotFound(
+                    f"tenant {tenant!r} has no operator {name!r}; qlink token list shows them"
+                )
         return n
