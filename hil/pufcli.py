@@ -24,6 +24,7 @@ from rich.table import Table
 app = typer.Typer(help="SRAM-PUF statistics and key-failure figures.", no_args_is_help=True)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+PNG = Path("puf-report.png")  # the plot, in the folder the command runs in
 
 
 @app.callback()
@@ -81,9 +82,7 @@ def report(
     reads_file: Annotated[
         Path | None, typer.Option("--from", help=".npy of real reads (dies, reads, bytes)")
     ] = None,
-    png: Annotated[Path, typer.Option(help="where to write the plot, a .png file")] = Path(
-        "puf-report.png"
-    ),
+    png: Annotated[Path, typer.Option(help="where to write the plot (.png)")] = PNG,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
     """Intra-die BER, Hamming weight, inter-die distance, bias, min-entropy, key failure."""
