@@ -332,15 +332,42 @@ def _app(data_dir: Path, *, create: bool = False) -> "Application":
     create`, `batch create`, `token create`) may create it; any other refuses a directory
     without qlink data, which it leaves exactly as it was (an operator who mistyped the path
     learns it at once)."""
-    settings = Settings(data_dir=data_dir)
-    if not create:
-        from host.server.datadir import NoQlinkData, data_dir_has_qlink_data
+    from host.server.datadir import NoQlinkData, data_dir_has_qlink_data
 
-        if not data_dir_has_qlink_data(settings.data_dir, settings.database_url):
+    settings = Settings(data_dir=data_dir)
+    if not data_dir_has_qlink_data(settings.data_dir, settings.database_url):
+        if not create:
             raise NoQlinkData(settings.data_dir)
+        # A command that fails after making the store (a refused role, an unknown target) must
+        # not leave a new qlink directory behind: main() takes back what this run made.
+        where = settings.data_dir
+        existed = where.is_dir()
+        _MADE.append((where, existed, frozenset(os.listdir(where)) if existed else frozenset()))
     from host.server.application import Application
 
     return Application.for_operator(settings)
+
+
+# Data directories this run found without qlink data and made a store in: (path, whether the
+# folder existed, its entries before).
+_MADE: list[tuple[Path, bool, frozenset[str]]] = []
+
+
+def _take_back_made() -> None:
+    """Remove what this run added to a data directory that held no qlink data before."""
+    import shutil
+
+    for where, existed, before in _MADE:
+        with contextlib.suppress(OSError):
+            for name in set(os.listdir(where)) - before:
+                entry = where / name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            if not existed:
+                where.rmdir()
+    _MADE.clear()
 
 
 def _app_in(data_dir: Path, tenant: str) -> "Application":
@@ -1251,9 +1278,9 @@ def login(
     ] = False,
 ) -> None:
     """Check a token against a server and remember both for `--remote` commands."""
-    from host.client import AdminClient
+    from host.client import AdminClient, read_ca
 
-    ca_pem = ca_file.read_text() if ca_file is not None else None
+    ca_pem = read_ca(ca_file) if ca_file is not None else None
     client = AdminClient(url, token, ca_pem)
     who = client.get("/v1/admin/whoami")
     path = client.save()
@@ -1485,8 +1512,17 @@ def main() -> None:
     if bad is not None:
         _err(f"[red]error: the argument {_text(bad)} is not UTF-8 text[/]", highlight=False)
         raise SystemExit(2)
+    _MADE.clear()  # one run's (main() may run more than once in a process: the tests)
     try:
-        app()
+        try:
+            app()
+        except SystemExit as e:
+            if e.code not in (0, None):
+                _take_back_made()
+            raise
+        except BaseException:
+            _take_back_made()
+            raise
     except ServerError as e:
         # The message may hold brackets of its own (qlink[puf], a user's input): text, not markup.
         _err(f"[red]error: {_text(e)}[/]", highlight=False)

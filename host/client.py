@@ -26,10 +26,38 @@ def config_dir() -> Path:
     return Path(os.environ.get(ENV_CONFIG_DIR, default))
 
 
+def read_ca(path: Path) -> str:
+    """A root CA PEM file's text, checked to hold a certificate."""
+    try:
+        text = path.read_bytes().decode("ascii")
+    except OSError as e:
+        raise ClientError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        text = ""  # DER or anything binary
+    problem = f"{path} is not a PEM certificate (qlink ca root writes one)"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ClientError(problem)
+    _context(text, problem)
+    return text
+
+
+def _context(ca_pem: str, problem: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cadata=ca_pem)
+    except (ssl.SSLError, ValueError):
+        raise ClientError(problem) from None
+
+
 class AdminClient:
     def __init__(self, url: str, token: str, ca_pem: str | None = None) -> None:
         if not url.startswith("https://"):
             raise ClientError("the server URL must start with https://")
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as e:
+            raise ClientError(f"the server URL {url!r} is not valid: {e}") from None
+        if not token.isascii() or not token.isprintable():
+            raise ClientError("the token must be printable ASCII (it starts with qlk_)")
         self.url = url.rstrip("/")
         self.token = token
         self.ca_pem = ca_pem
@@ -39,9 +67,23 @@ class AdminClient:
         path = config_dir() / "login.json"
         try:
             doc = json.loads(path.read_text())
-            return cls(doc["url"], doc["token"], doc.get("ca_pem"))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             raise ClientError(f"not logged in ({path} missing); run: qlink login URL") from None
+        damaged = ClientError(f"{path} is damaged; run qlink login URL again")
+        if not isinstance(doc, dict):
+            raise damaged
+        url, token, ca_pem = doc.get("url"), doc.get("token"), doc.get("ca_pem")
+        if not isinstance(url, str) or not isinstance(token, str):
+            raise damaged
+        if ca_pem is not None and not isinstance(ca_pem, str):
+            raise damaged
+        try:
+            client = cls(url, token, ca_pem)
+            if client.ca_pem is not None:
+                _context(client.ca_pem, "its root CA is not a PEM certificate")
+        except ClientError as e:
+            raise ClientError(f"{path} is damaged ({e}); run qlink login URL again") from None
+        return client
 
     def save(self) -> Path:
         path = config_dir() / "login.json"
@@ -53,7 +95,7 @@ class AdminClient:
     def _client(self) -> httpx.Client:
         verify: ssl.SSLContext | bool = True
         if self.ca_pem is not None:
-            verify = ssl.create_default_context(cadata=self.ca_pem)
+            verify = _context(self.ca_pem, "the root CA is not a PEM certificate")
         return httpx.Client(
             base_url=self.url,
             verify=verify,

@@ -684,3 +684,76 @@ def test_a_bind_address_that_does_not_resolve_is_a_sentence() -> None:
 
     with pytest.raises(ServerError, match=r"cannot listen on 999\.1\.1\.1: .*--bind takes"):
         _listen("999.1.1.1", 0)
+
+
+def test_a_refused_first_command_leaves_no_qlink_directory_behind(qlink, tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    code, _, err = qlink("batch", "create", "bx", "--target", "nope", "--data-dir", str(new))
+    assert code == 1 and "target 'nope' does not exist" in err
+    assert not new.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("mine")
+    code, _, err = qlink("token", "create", "op", "--role", "superuser", "--data-dir", str(empty))
+    assert code == 1 and "role must be one of" in err
+    assert [p.name for p in empty.iterdir()] == ["notes.txt"]
+    # The same command that succeeds keeps its store.
+    code, _, _ = qlink("batch", "create", "ok", "--data-dir", str(new))
+    assert code == 0 and (new / "registry.sqlite").is_file()
+
+
+@pytest.mark.parametrize(
+    ("ca", "url", "token", "message"),
+    [
+        ("missing", "https://127.0.0.1:1", "qlk_x", "cannot read"),
+        ("folder", "https://127.0.0.1:1", "qlk_x", "cannot read"),
+        ("der", "https://127.0.0.1:1", "qlk_x", "is not a PEM certificate"),
+        ("garbage", "https://127.0.0.1:1", "qlk_x", "is not a PEM certificate"),
+        (None, "https://[::1", "qlk_x", "is not valid"),
+        (None, "http://127.0.0.1:1", "qlk_x", "must start with https://"),
+        (None, "https://127.0.0.1:1", "qlk_é", "the token must be printable ASCII"),
+    ],
+)
+def test_login_with_a_bad_ca_url_or_token_is_a_sentence(
+    qlink,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    ca: str | None,
+    url: str,
+    token: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("QLINK_CONFIG_DIR", str(tmp_path / "config"))
+    paths = {
+        "missing": tmp_path / "nope.pem",
+        "folder": tmp_path,
+        "der": tmp_path / "root.der",
+        "garbage": tmp_path / "garbage.pem",
+    }
+    paths["der"].write_bytes(b"\x30\x82\x01\x00" + bytes(200))
+    paths["garbage"].write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    args = ["login", url, "--token", token] + (["--ca", str(paths[ca])] if ca else [])
+    code, out, err = qlink(*args)
+    assert code == 1 and out == "" and message in err and "Traceback" not in err
+    assert not (tmp_path / "config" / "login.json").exists()
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        "[]",
+        "null",
+        '"x"',
+        '{"url": 5, "token": "t"}',
+        '{"url": "https://h", "token": "t", "ca_pem": "garbage"}',
+    ],
+)
+def test_a_damaged_saved_login_is_a_sentence(
+    qlink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, saved: str
+) -> None:
+    monkeypatch.setenv("QLINK_CONFIG_DIR", str(tmp_path / "config"))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "login.json").write_text(saved)
+    code, out, err = qlink("token", "create", "op9", "--remote")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "login.json is damaged" in err and "run qlink login URL again" in err
