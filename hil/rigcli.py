@@ -64,9 +64,19 @@ def flash(
     from hil import build
     from hil.targets import PortError, SerialTarget, TargetError, port_problem
 
+    # What to install is checked before the board is touched.
+    try:
+        doc = json.loads(config.read_bytes())
+        ca_der = ca.read_bytes()
+    except OSError as e:
+        _fail("flash", f"cannot read {e.filename}: {e.strerror}")
+    except ValueError:  # not JSON, or not UTF-8
+        _fail("flash", f"{config} is not JSON text; give the board's config.json")
+    if not isinstance(doc, dict):
+        _fail("flash", f"{config} must hold a JSON object (the board's config.json)")
     try:
         target = SerialTarget(port, board=board)
-        digests = target.deploy(json.loads(config.read_text()), ca.read_bytes())
+        digests = target.deploy(doc, ca_der)
         target.hard_reset()
     except PortError as e:
         _fail("flash", port_problem(e.port) or str(e))

@@ -151,6 +151,28 @@ def test_flash_to_a_port_that_does_not_exist_says_so_and_exits_1(tmp_path: Path)
     assert result.stderr == f"flash failed: {_NO_PORT}\n"
 
 
+@pytest.mark.parametrize(
+    ("config_bytes", "ca_name", "why"),
+    [
+        (b"{not json", "ca.der", "config.json is not JSON text; give the board's config.json"),
+        (b"\xff\xfe", "ca.der", "config.json is not JSON text"),
+        (b"[1, 2]", "ca.der", "config.json must hold a JSON object"),
+        (b"{}", "missing.der", "cannot read"),
+    ],
+)
+def test_flash_checks_what_it_installs_before_the_board(
+    tmp_path: Path, config_bytes: bytes, ca_name: str, why: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_bytes(config_bytes)
+    (tmp_path / "ca.der").write_bytes(b"0")
+    args = ["flash", "--board", "unix", "--port", _MISSING, "--config", str(config)]
+    result = runner.invoke(app, [*args, "--ca", str(tmp_path / ca_name)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("flash failed: ") and why in result.stderr
+    assert _NO_PORT not in result.stderr  # refused before the port was tried
+
+
 def test_reading_the_console_of_a_port_that_does_not_exist_is_a_port_error() -> None:
     with pytest.raises(PortError) as e:
         SerialTarget(_MISSING).wait_for("never", timeout=1)

@@ -757,3 +757,16 @@ def test_a_damaged_saved_login_is_a_sentence(
     code, out, err = qlink("token", "create", "op9", "--remote")
     assert code == 1 and out == "" and "Traceback" not in err
     assert "login.json is damaged" in err and "run qlink login URL again" in err
+
+
+def test_a_batch_command_in_a_tenant_that_does_not_exist_names_the_tenant(qlink) -> None:
+    qlink("batch", "create", "b1")
+    qlink("tenant", "create", "acme")
+    for command in (("batch", "export", "b1"), ("batch", "disable", "b1")):
+        code, out, err = qlink(*command, "--tenant", "nosuch")
+        assert code == 1 and out == ""
+        assert "tenant 'nosuch' does not exist; create it first: qlink tenant create nosuch" in err
+        code, _, err = qlink(*command, "--tenant", "acme")
+        assert code == 1
+        assert "batch 'b1' does not exist in tenant 'acme'" in err
+        assert "qlink batch create b1 --tenant acme" in err

@@ -43,11 +43,17 @@ def find(tx: Tx, name: str, tenant: str | None) -> dict[str, Any]:
     if tenant is not None:
         sql += " AND b.tenant = :tenant"
     found = tx.all(sql, {"name": name, "tenant": tenant})
+    if not found and tenant is not None:
+        tenants.require(tx, tenant)  # a tenant that is not there is the thing to fix
+        raise NotFound(
+            f"batch {name!r} does not exist in tenant {tenant!r}; create it first: "
+            f"qlink batch create {name} --tenant {tenant}"
+        )
     if not found:
         raise NotFound(f"batch {name!r} does not exist; create it first: qlink batch create {name}")
     if len(found) > 1:
-        tenants = ", ".join(sorted(b["tenant"] for b in found))
-        raise Invalid(f"batch {name!r} exists in tenants {tenants}; add --tenant")
+        owners = ", ".join(sorted(b["tenant"] for b in found))
+        raise Invalid(f"batch {name!r} exists in tenants {owners}; add --tenant")
     return found[0]
 
 
