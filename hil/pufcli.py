@@ -54,6 +54,8 @@ def _png_problem(png: Path) -> str | None:
         return f"--png must name a .png file, not {str(png)!r}"
     if png.is_dir():
         return f"--png names a folder: {png}"
+    if not png.parent.is_dir():
+        return f"--png: the folder {png.parent} does not exist"
     return None
 
 

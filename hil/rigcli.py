@@ -126,6 +126,8 @@ def run(
 ) -> None:
     """Run the rig scenarios; write <report>.json and <report>.md."""
     xml = report.with_suffix(".xml")
+    if not report.parent.is_dir():  # found now, not after the scenarios ran
+        _fail("run", f"the report's folder {report.parent} does not exist")
     files = [str(p) for p in tests] if tests else [str(p) for p in _default_scenarios()]
     if not files:
         _fail(

@@ -858,7 +858,10 @@ Ttl = Annotated[
 Wait = Annotated[
     float,
     typer.Option(
-        "--wait", help="Wait up to this many seconds for the outcome (exit 1 if not done)."
+        "--wait",
+        min=0,
+        max=30 * 86400,  # a command lives at most 30 days
+        help="Wait up to this many seconds for the outcome (exit 1 if not done).",
     ),
 ]
 
@@ -1031,7 +1034,10 @@ def device_reenrol(device_id: str, as_json: Json = False, data_dir: DataDir = _D
 def device_decommission(
     device_id: str,
     wait: Annotated[
-        float, typer.Option("--wait", help="Seconds to wait for the device's erase (0 to 300).")
+        float,
+        typer.Option(
+            "--wait", min=0, max=300, help="Seconds to wait for the device's erase (0 to 300)."
+        ),
     ] = 10,
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,

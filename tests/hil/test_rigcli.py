@@ -278,3 +278,17 @@ def test_run_as_installed_finds_the_scenarios_of_the_checkout_it_runs_from(
     monkeypatch.setattr(rigcli, "REPO", tmp_path / "site-packages")
     monkeypatch.chdir(checkout)
     assert [p.name for p in rigcli._default_scenarios()] == ["test_rig_a.py", "test_rig_b.py"]
+
+
+def test_run_with_a_report_in_a_folder_that_does_not_exist_fails_before_running(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from hil import rigcli
+
+    report = tmp_path / "missing" / "rep"
+    result = CliRunner().invoke(rigcli.app, ["run", "--report", str(report)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"the report's folder {report.parent} does not exist" in result.output
+    assert not report.parent.exists()

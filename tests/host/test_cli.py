@@ -770,3 +770,16 @@ def test_a_batch_command_in_a_tenant_that_does_not_exist_names_the_tenant(qlink)
         assert code == 1
         assert "batch 'b1' does not exist in tenant 'acme'" in err
         assert "qlink batch create b1 --tenant acme" in err
+
+
+@pytest.mark.parametrize("command", [("device", "renew"), ("device", "decommission")])
+@pytest.mark.parametrize("wait", ["inf", "-1", "99999999"])
+def test_a_wait_out_of_range_is_refused_before_anything_is_sent(
+    qlink, tmp_path: Path, command: tuple[str, ...], wait: str
+) -> None:
+    qlink("batch", "create", "f1")
+    [device_id] = import_ids(qlink, tmp_path, "f1", 1)
+    before = qlink("audit", "--json")[1]
+    code, out, err = qlink(*command, device_id, "--wait", wait)
+    assert code == 2 and out == "" and "--wait" in err
+    assert qlink("audit", "--json")[1] == before

@@ -179,6 +179,7 @@ def test_qlink_puf_report_without_the_puf_extra_says_what_to_install(
         (["--temperature", "-1e9"], "--temperature must be -55 to 150 degrees C, not -1e+09"),
         (["--png", "plot.xyz"], "--png must name a .png file, not 'plot.xyz'"),
         (["--png", "plot"], "--png must name a .png file, not 'plot'"),
+        (["--png", "no-such-folder/plot.png"], "--png: the folder no-such-folder does not exist"),
     ],
 )
 def test_qlink_puf_report_refuses_conditions_it_cannot_model(
