@@ -269,7 +269,9 @@ class CertificateAuthority:
     def load_or_create(
         cls, ca_dir: Path, public_host: str = "localhost", hsm: Pkcs11Config | None = None
     ) -> CertificateAuthority:
-        """Load the CA, creating whatever is missing, inconsistent or not valid for the host.
+        """Load the CA, creating the root and issuing CA where there are none and the service
+        leaves where they are missing, stale or not valid for the host. A root or issuing CA
+        that is there but damaged is a CaError (devices trust it: it is never replaced).
 
         With `hsm`, the issuing CA's key lives in that PKCS#11 token (created there if missing)
         and no issuing.key file exists."""
