@@ -252,7 +252,8 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=3, help="telemetry messages to show")
     args = parser.parse_args()
-    sys.exit(run(args.work, args.messages))
+    # Absolute: the boards run in folders of their own and are handed paths under it.
+    sys.exit(run(args.work.resolve(), args.messages))
 
 
 if __name__ == "__main__":
