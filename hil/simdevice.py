@@ -508,7 +508,13 @@ class SimDevice:
         client.connect(b["broker"]["host"], int(b["broker"]["port"]), keepalive=30)
         client.loop_start()
         if not connected.wait(self.timeout_s) or result[0].is_failure:
+            # Stopped and closed here: a refused client's TLS socket left to the garbage
+            # collector is a ResourceWarning in whatever runs next.
+            client.disconnect()
             client.loop_stop()
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
             raise ConnectionError(
                 f"broker refused device {self.device_id[:12]}: {result or 'timeout'}"
             )

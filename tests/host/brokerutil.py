@@ -82,8 +82,18 @@ class Device:
         c.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload))
         c.connect("127.0.0.1", port)
         c.loop_start()
-        assert done.wait(5), "no CONNACK"
-        assert not codes[0].is_failure, codes
+        try:
+            assert done.wait(5), "no CONNACK"
+            assert not codes[0].is_failure, codes
+        except AssertionError:
+            # A refused client must not live on: its loop would retry, and its TLS socket be
+            # left for the garbage collector (a ResourceWarning in whichever test runs then).
+            c.disconnect()
+            c.loop_stop()
+            sock = c.socket()
+            if sock is not None:
+                sock.close()
+            raise
         self.client = c
         return c
 
