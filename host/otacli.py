@@ -25,6 +25,7 @@ from host.cli import (  # noqa: E402
     _actor,
     _app,
     _out,
+    _outside_data,
     _plain,
     _print_json,
     _text,
@@ -78,6 +79,7 @@ def ota_build(
     check_board(board)
     tree_dir = None if tree == "-" else Path(tree)
     out_file = out if out is not None else Path(f"qlink-{board}-{version}.qota")
+    _outside_data(out_file, data_dir)
     from host.server.releases import ReleaseSigner, verify_bundle
 
     service = _app(data_dir)
@@ -124,6 +126,14 @@ def ota_publish(
     encrypted and kept. A release ID (BOARD-VERSION) is published once.
     """
     service = _app(data_dir)
+    if not (service.settings.ca_dir / "root.pem").exists():
+        service.close()
+        # A bundle is checked against this server's root: a root made now could not pass it.
+        raise CliError(
+            f"{service.settings.data_dir} has no CA yet, so no bundle can be checked against "
+            "it; start the server once (qlink server), then build the bundle with this data "
+            "directory (qlink ota build --data-dir ...)"
+        )
     try:
         rel = service.releases.publish(bundle, _actor())
     finally:

@@ -175,6 +175,17 @@ def test_without_a_terminal_it_asks_for_password_stdin(
         ),
         (["carol", "--role", "viewer", "--tenant", "acme"], "\n", "at least 12 characters"),
         (
+            ["carol", "--role", "viewer", "--tenant", "acme"],
+            " " * 12 + "\n",
+            "a password must not be only spaces",
+        ),
+        (
+            ["carol", "--role", "viewer", "--tenant", "acme"],
+            # stdin bytes that are not UTF-8, as Python hands them over
+            b"\xff\xfe correct horse battery\n".decode(errors="surrogateescape"),
+            "a password must be UTF-8 text",
+        ),
+        (
             ["carol", "--role", "root", "--tenant", "acme"],
             GOOD + "\n",
             "--role must be one of viewer, operator, admin",

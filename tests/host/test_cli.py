@@ -783,3 +783,19 @@ def test_a_wait_out_of_range_is_refused_before_anything_is_sent(
     code, out, err = qlink(*command, device_id, "--wait", wait)
     assert code == 2 and out == "" and "--wait" in err
     assert qlink("audit", "--json")[1] == before
+
+
+def test_out_inside_the_data_directory_is_refused(qlink, tmp_path: Path) -> None:
+    qlink("batch", "create", "f1")
+    data = tmp_path / "data"
+    registry = data / "registry.sqlite"
+    before = registry.read_bytes()
+    for args in (
+        ("batch", "export", "f1", "--out", str(registry)),
+        ("ca", "root", "--out", str(data / "ca" / "root.pem")),
+        ("ca", "azure-dps-group", "g1", "--out", str(data / "ca" / "issuing.pem")),
+    ):
+        code, out, err = qlink(*args)
+        assert code == 1 and out == "" and "is inside the data directory" in err, args
+    assert registry.read_bytes() == before
+    assert qlink("devices", "--json")[0] == 0  # the registry still opens

@@ -700,6 +700,14 @@ def test_cli_build_publish_list_with_json(
     )
     assert code == 1 and "there is no qlink data" in err
     assert not (tmp_path / "none").exists()
+    # A registry without a CA: the bundle cannot be checked, and no CA is made for it.
+    bare = tmp_path / "bare"
+    assert run_qlink(monkeypatch, capsys, "batch", "create", "b", "--data-dir", str(bare))[0] == 0
+    code, stdout, err = run_qlink(
+        monkeypatch, capsys, "ota", "publish", str(out), "--data-dir", str(bare)
+    )
+    assert code == 1 and stdout == "" and "has no CA yet" in err
+    assert not (bare / "ca").exists()
 
 
 def test_operator_api_lists_and_publishes_releases(tmp_path: Path) -> None:

@@ -61,10 +61,16 @@ def _dummy_hash(h: PasswordHasher) -> str:
 
 
 def check_password_rule(password: str) -> None:
+    try:
+        password.encode()
+    except UnicodeEncodeError:  # bytes that were not UTF-8, held as surrogates
+        raise PasswordRefused("a password must be UTF-8 text") from None
     if len(password) < MIN_PASSWORD:
         raise PasswordRefused(
             f"a password needs at least {MIN_PASSWORD} characters; this one has {len(password)}"
         )
+    if not password.strip():
+        raise PasswordRefused("a password must not be only spaces")
     if len(password) > MAX_PASSWORD:
         raise PasswordRefused(f"a password has at most {MAX_PASSWORD} characters")
 
