@@ -855,7 +855,7 @@ def _send_command(
 ) -> None:
     service = _app(data_dir)
     try:
-        cmd = service.send_command(device_id, kind, args, ttl_s=ttl_s, actor=_actor())
+        cmd = service.send_operator_command(device_id, kind, args, ttl_s=ttl_s, actor=_actor())
         if wait_s > 0:
             cmd = _wait_command(service, cmd, wait_s)
     finally:
@@ -885,8 +885,8 @@ def device_command(
     kind: Annotated[
         str,
         typer.Argument(
-            help="ping, renew, transfer, reenrol or decommission (docs/protocol.md, Command "
-            "channel); the last three have commands of their own."
+            help="ping or renew (docs/protocol.md, Command channel); transfer, reenrol, "
+            "decommission, broker and ota are sent by their own commands."
         ),
     ],
     arg: Annotated[

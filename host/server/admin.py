@@ -360,7 +360,7 @@ async def send_command(request: Request, op: Op, device_id: str, body: CommandCr
     """Sign a command for the device and send it (202: queued; its state follows on GET)."""
     _need(op, roles.DEVICE_COMMAND)
     return await _call(
-        _app(request).send_command,
+        _app(request).send_operator_command,
         device_id,
         body.kind,
         dict(body.args),

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from host.server import ServerError
 from host.server.schemas import (
@@ -553,6 +553,33 @@ class Application:
         """The device's commands, newest first."""
         dev = self.require_device(device_id, tenant)
         return self.store.commands.list(dev.device_id, limit=limit)
+
+    # Kinds an operator sends only through their own use case, which does what the command
+    # alone does not (a claim code, the revocation, the target's records, the rollout).
+    _OWN_USE_CASE: ClassVar[dict[str, str]] = {
+        "transfer": "qlink device transfer (POST .../transfer), which issues the claim code",
+        "reenrol": "qlink device reenrol (POST .../reenrol), which checks no move is open",
+        "decommission": "qlink device decommission (POST .../decommission), which revokes it",
+        "broker": "qlink batch policy NAME --to TARGET, which moves the batch's records",
+        "ota": "qlink ota rollout create (POST /v1/admin/rollouts), which tracks the rollout",
+    }
+
+    def send_operator_command(
+        self,
+        device_id: str,
+        kind: str,
+        args: dict[str, object] | None = None,
+        *,
+        ttl_s: float = 3600,
+        tenant: str | None = None,
+        actor: Actor = LOCAL,
+    ) -> CommandOut:
+        """`send_command` for an operator's own command (`qlink device command`, POST
+        .../commands): kinds that have a use case of their own are refused, naming it."""
+        own = self._OWN_USE_CASE.get(kind)
+        if own is not None:
+            raise Invalid(f"a {kind} command is sent by {own}, not on its own")
+        return self.send_command(device_id, kind, args, ttl_s=ttl_s, tenant=tenant, actor=actor)
 
     def send_command(
         self,

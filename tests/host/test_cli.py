@@ -799,3 +799,29 @@ def test_out_inside_the_data_directory_is_refused(qlink, tmp_path: Path) -> None
         assert code == 1 and out == "" and "is inside the data directory" in err, args
     assert registry.read_bytes() == before
     assert qlink("devices", "--json")[0] == 0  # the registry still opens
+
+
+@pytest.mark.parametrize(
+    ("kind", "own"),
+    [
+        ("decommission", "qlink device decommission"),
+        ("reenrol", "qlink device reenrol"),
+        ("transfer", "qlink device transfer"),
+        ("broker", "qlink batch policy"),
+        ("ota", "qlink ota rollout create"),
+    ],
+)
+def test_a_raw_command_of_a_kind_with_its_own_use_case_is_refused(
+    qlink, tmp_path: Path, kind: str, own: str
+) -> None:
+    # On its own, a decommission would erase the device without revoking it, a transfer would
+    # have no claim behind it: these go through the command that does the rest.
+    qlink("batch", "create", "f1")
+    [device_id] = import_ids(qlink, tmp_path, "f1", 1)
+    set_device(tmp_path, device_id, state="onboarded")
+    before = qlink("audit", "--json")[1]
+    code, out, err = qlink("device", "command", device_id, kind, "--arg", "epoch=7")
+    assert code == 1 and out == ""
+    assert f"a {kind} command is sent by {own}" in " ".join(err.split())
+    assert qlink("audit", "--json")[1] == before
+    assert json.loads(qlink("device", "commands", device_id, "--json")[1]) == []

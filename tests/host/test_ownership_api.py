@@ -280,3 +280,17 @@ def test_a_successor_body_over_the_device_limit_is_413(api: Api) -> None:
         )
     )
     assert (r.status_code, r.json()["error"]) == (413, "too_large")
+
+
+@pytest.mark.parametrize("kind", ["transfer", "reenrol", "decommission", "broker"])
+def test_the_raw_command_endpoint_refuses_kinds_with_their_own_use_case(
+    api: Api, kind: str
+) -> None:
+    d = api.onboarded("acme-operator", "line")
+    path = f"/v1/admin/devices/{d.device_id}/commands"
+    r = api.call("POST", path, "acme-operator", {"kind": kind, "args": {"epoch": 1}})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert f"a {kind} command is sent by " in r.json()["detail"]
+    assert api.call("GET", path, "acme-viewer").json() == []  # nothing stored or sent
+    r = api.call("POST", path, "acme-operator", {"kind": "ping"})
+    assert r.status_code == 202 and r.json()["kind"] == "ping"
