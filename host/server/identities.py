@@ -211,6 +211,20 @@ def _fields(line: int, value: object) -> tuple[int, object, object]:
     return line, value.get("device_id"), value.get("public_key")
 
 
+def _top_level_devices(text: str, devices: list[Any]) -> int:
+    """Where the document's own `devices` array starts in `text` (its rows are read from there
+    to know their lines). The export writes it last, so the last `"devices": [` is tried first;
+    one nested in another field is passed over, since its rows are not the document's."""
+    for match in reversed(list(_DEVICES_KEY.finditer(text))):
+        start = match.end() - 1
+        try:
+            if [value for _line, value in _json_elements(text, start)] == devices:
+                return start
+        except ImportFormatError:
+            continue
+    raise ImportFormatError('cannot find the "devices" array')
+
+
 def parse_json(
     text: str, progress: Progress | None = None
 ) -> tuple[list[ImportRow], list[RowError]]:
@@ -228,10 +242,7 @@ def parse_json(
             'the file has no device rows; expected an array of {"device_id", "public_key"} objects'
         )
     elif isinstance(doc, dict) and isinstance(doc.get("devices"), list):
-        found = list(_DEVICES_KEY.finditer(text))  # the export writes "devices" last
-        if not found:
-            raise ImportFormatError('cannot find the "devices" array')
-        start = found[-1].end() - 1
+        start = _top_level_devices(text, doc["devices"])
         total = len(doc["devices"])
         empty = "the batch export has no devices; export a batch that has some"
     else:

@@ -114,6 +114,20 @@ def test_a_json_export_with_one_device_imports_it(registry: Store) -> None:
     assert stored(registry) == {device_id}
 
 
+@pytest.mark.parametrize("nested_first", [False, True])
+def test_an_export_imports_its_own_devices_not_an_array_nested_in_another_field(
+    registry: Store, nested_first: bool
+) -> None:
+    (mine, mine_pub), (other, other_pub) = identity(), identity()
+    own = [{"device_id": mine, "public_key": mine_pub}]
+    nested = {"devices": [{"device_id": other, "public_key": other_pub}]}
+    doc = {"format": "qlink-batch-v1", "devices": own, "extra": nested}
+    if nested_first:
+        doc = {"format": "qlink-batch-v1", "extra": nested, "devices": own}
+    assert registry.batches.import_devices("b", json.dumps(doc, indent=1)) == 1
+    assert stored(registry) == {mine}
+
+
 @pytest.mark.parametrize(
     ("fmt", "text", "message"),
     [
