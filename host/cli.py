@@ -542,6 +542,9 @@ def batch_create(
     _out(f"batch [bold]{name}[/] created (tenant {tenant})")
 
 
+_IMPORT_MAX = 256 * 2**20  # bytes of one import file: read before anything is checked
+
+
 @batch_app.command("import")
 def batch_import(
     name: Annotated[str, typer.Argument(help="Batch to import into (must exist).")],
@@ -564,7 +567,18 @@ def batch_import(
     from host.server.store import ImportRejected
 
     try:
-        text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        if str(file) == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            raw = stdin.read(_IMPORT_MAX + 1) if stdin else sys.stdin.read().encode()
+        else:
+            with file.open("rb") as f:
+                raw = f.read(_IMPORT_MAX + 1)
+        if len(raw) > _IMPORT_MAX:
+            raise CliError(
+                f"{file} is larger than an import takes ({_IMPORT_MAX // 2**20} MiB, about a "
+                "million devices); split it into several imports"
+            )
+        text = raw.decode()
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise CliError(f"cannot read {file}: {why}; check the path") from e

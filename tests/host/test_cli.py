@@ -825,3 +825,34 @@ def test_a_raw_command_of_a_kind_with_its_own_use_case_is_refused(
     assert f"a {kind} command is sent by {own}" in " ".join(err.split())
     assert qlink("audit", "--json")[1] == before
     assert json.loads(qlink("device", "commands", device_id, "--json")[1]) == []
+
+
+def test_an_import_larger_than_the_cap_is_refused_unread(
+    qlink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import host.cli
+
+    qlink("batch", "create", "f1")
+    monkeypatch.setattr(host.cli, "_IMPORT_MAX", 1000)
+    big = tmp_path / "big.csv"
+    big.write_text((identity_line() + "\n") * 10)  # ~1,960 bytes
+    code, out, err = qlink("batch", "import", "f1", str(big))
+    assert code == 1 and out == "" and "is larger than an import takes" in err
+    assert qlink("devices", "--json")[1].strip() == "[]"
+    code, _, err = qlink("batch", "import", "f1", "/dev/zero")  # endless: read only to the cap
+    assert code == 1 and "is larger than an import takes" in err
+
+
+def test_an_import_from_stdin_that_is_not_utf8_says_so(
+    qlink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    qlink("batch", "create", "f1")
+
+    class Stdin(io.StringIO):
+        buffer = io.BytesIO(b"\xff\xfe,abc\n")
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    code, out, err = qlink("batch", "import", "f1", "-")
+    assert code == 1 and out == "" and "cannot read -: not UTF-8 text" in err
