@@ -36,6 +36,8 @@ def is_host(name: str) -> bool:
     except ValueError:
         pass
     labels = name.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # dotted numbers that are no IP address (999.1.1.1, 1.2.3.4.5)
     return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 

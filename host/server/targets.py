@@ -14,7 +14,6 @@ target that exists.
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import ssl
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from host.server.files import PathOutside, atomic_write, path_in
 from host.server.mqtt import Login
 from host.server.schemas import TargetRecord
-from host.server.settings import Settings
+from host.server.settings import Settings, is_host
 from host.server.store import Actor, Conflict, Invalid, Store
 from host.server.store.audit import LOCAL
 from host.server.store.names import check_name
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from host.server.policy.external import ExternalMosquitto
 
 SECRETS_DIR = "targets"
-_HOST = re.compile(r"^[A-Za-z0-9:\[]([A-Za-z0-9.:\-]{0,251}[A-Za-z0-9\]])?$")
 _PASSWORD_MAX = 256
 _USER_MAX = 128
 
@@ -97,7 +95,7 @@ class TargetSpec:
                 f"kind must be {KIND_MOSQUITTO} (an external Mosquitto) or {KIND_AWS} "
                 f"(AWS IoT), not {self.kind[:32]!r}"
             )
-        if not _HOST.fullmatch(self.host or ""):
+        if not is_host(self.host or ""):  # a name or address alone: the port is its own field
             raise Invalid(
                 "host must be the DNS name or IP address devices connect to, not "
                 f"{self.host[:64]!r}"

@@ -218,6 +218,10 @@ def spec(**kw: Any) -> TargetSpec:
         ({"kind": "azure"}, "kind must be mosquitto (an external Mosquitto) or aws"),
         ({"host": "bad host"}, "host must be the DNS name or IP address devices connect to"),
         ({"host": ""}, "host must be the DNS name"),
+        ({"host": "broker.example:1883"}, "host must be the DNS name"),  # the port is --port
+        ({"host": "[::1]"}, "host must be the DNS name"),
+        ({"host": "999.1.1.1"}, "host must be the DNS name"),
+        ({"host": "1.2.3.4.5"}, "host must be the DNS name"),
         ({"port": 0}, "port must be 1 to 65535, not 0"),
         ({"admin_port": 70000}, "admin port must be 1 to 65535, not 70000"),
         ({"ca": b"not a certificate"}, "the CA must be one X.509 certificate, PEM or DER"),
