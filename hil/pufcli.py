@@ -22,8 +22,8 @@ from rich.table import Table
 # numpy, matplotlib and the analysis are imported by `report` itself: `qlink --help` and
 # `qlink puf --help` must not pay their ~0.8 s.
 app = typer.Typer(help="SRAM-PUF statistics and key-failure figures.", no_args_is_help=True)
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 PNG = Path("puf-report.png")  # the plot, in the folder the command runs in
 
 

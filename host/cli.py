@@ -252,7 +252,8 @@ def _console(stderr: bool) -> "Console":
     # and a process that runs several commands (tests, scripts) may change it in between.
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=True)
+    # No emoji codes: a message such as "bad.csv:100: ..." must not print a symbol for ":100:".
+    return Console(stderr=stderr, soft_wrap=True, emoji=False)
 
 
 def _out(*text: Any) -> None:
@@ -543,6 +544,7 @@ def batch_create(
 
 
 _IMPORT_MAX = 256 * 2**20  # bytes of one import file: read before anything is checked
+_ROWS_SHOWN = 100  # bad rows listed one by one; a file of garbage says how many more
 
 
 @batch_app.command("import")
@@ -589,8 +591,10 @@ def batch_import(
                 name, text, tenant=tenant, fmt=fmt, actor=_actor(), progress=step
             )
     except ImportRejected as e:
-        for row in e.errors:
+        for row in e.errors[:_ROWS_SHOWN]:
             _err(f"[red]{_text(file)}:{row.line}: {_text(row.reason)}[/]")
+        if len(e.errors) > _ROWS_SHOWN:
+            _err(f"[red]... and {len(e.errors) - _ROWS_SHOWN} more bad row(s)[/]")
         raise CliError(
             f"{len(e.errors)} bad row(s) in {file}; nothing was imported. Fix them and run again"
         ) from e

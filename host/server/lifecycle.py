@@ -56,6 +56,8 @@ class Lifecycle:
         """Refuse the device's broker connections (its live one dropped) and its onboarding
         until it is enabled again."""
         dev = self._device(device_id, tenant)
+        if dev.state == STATE_REVOKED:  # as `enable` refuses it: the flag would mean nothing
+            raise Conflict(f"device {dev.device_id} is revoked; a revoked device stays revoked")
         if dev.disabled:
             return dev
         self._policies.deny(dev, revoke=False)

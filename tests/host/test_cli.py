@@ -856,3 +856,17 @@ def test_an_import_from_stdin_that_is_not_utf8_says_so(
     monkeypatch.setattr(sys, "stdin", Stdin())
     code, out, err = qlink("batch", "import", "f1", "-")
     assert code == 1 and out == "" and "cannot read -: not UTF-8 text" in err
+
+
+def test_an_import_of_many_bad_rows_lists_the_first_hundred_and_counts_the_rest(
+    qlink, tmp_path: Path
+) -> None:
+    qlink("batch", "create", "f1")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("".join(f"not-an-id-{i},x\n" for i in range(150)))
+    code, out, err = qlink("batch", "import", "f1", str(bad))
+    assert code == 1 and out == ""
+    listed = [line for line in err.splitlines() if line.startswith(f"{bad}:")]
+    assert len(listed) == 100 and listed[0].startswith(f"{bad}:1:")
+    assert listed[-1].startswith(f"{bad}:100: ")  # text, not rich's emoji for ":100:"
+    assert "... and 50 more bad row(s)" in err and "150 bad row(s)" in err

@@ -62,8 +62,12 @@ def test_a_revoked_device_stays_revoked(app: tuple) -> None:
     a.revoke(d.device_id, actor=ALICE)
     with pytest.raises(Conflict, match="stays revoked"):
         a.enable(d.device_id, actor=ALICE)
+    before = events(a, d)
+    with pytest.raises(Conflict, match="stays revoked"):  # nor is a flag set that means nothing
+        a.disable(d.device_id, actor=ALICE)
     dev = a.device(d.device_id)
-    assert dev is not None and dev.state == "revoked"
+    assert dev is not None and dev.state == "revoked" and not dev.disabled
+    assert events(a, d) == before
 
 
 def test_disable_and_enable_are_idempotent(app: tuple) -> None:
