@@ -870,3 +870,16 @@ def test_an_import_of_many_bad_rows_lists_the_first_hundred_and_counts_the_rest(
     assert len(listed) == 100 and listed[0].startswith(f"{bad}:1:")
     assert listed[-1].startswith(f"{bad}:100: ")  # text, not rich's emoji for ":100:"
     assert "... and 50 more bad row(s)" in err and "150 bad row(s)" in err
+
+
+def test_a_console_capture_reports_the_line_numbers_the_file_has(qlink, tmp_path: Path) -> None:
+    # mpremote's captures end lines in CR CR LF: read as text, each became two lines.
+    qlink("batch", "create", "f1")
+    device_id, pub = identity_line().split(",")
+    good = "QDID " + json.dumps({"device_id": device_id, "public_key": pub})
+    bad = "QDID " + json.dumps({"device_id": "00", "public_key": pub})
+    capture = tmp_path / "capture.txt"
+    capture.write_bytes(f">>> import enrol\r\r\n{good}\r\r\n{bad}\r\r\n".encode())
+    code, out, err = qlink("batch", "import", "f1", str(capture))
+    assert code == 1 and out == ""
+    assert f"{capture}:3: device ID must be 64 hex characters" in err
