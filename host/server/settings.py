@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -28,8 +29,6 @@ _MAX_DAYS = 36_525  # a hundred years: longer than any device or CA lives
 
 
 def is_host(name: str) -> bool:
-    import ipaddress  # here: every CLI command reads settings, few need this
-
     try:
         ipaddress.ip_address(name)
         return True
