@@ -46,7 +46,8 @@ from host.server.deviceapi import DeviceApi, openapi_paths
 from host.server.events import EventIntake
 from host.server.files import atomic_write
 from host.server.intakes import TargetIntakes
-from host.server.limits import RequestLimits
+from host.server.limits import App, Receive, RequestLimits, Scope, Send, send_json
+from host.server.oneflush import OneFlushHttp
 from host.server.otaapi import OtaApi
 from host.server.otaapi import openapi_paths as ota_openapi_paths
 from host.server.policy import Policies, PolicyDriver
@@ -82,6 +83,40 @@ def error_response(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
+class QlinkApi(FastAPI):
+    """The FastAPI app with `front` (the device API and OTA downloads) answering in front of
+    the framework: Starlette's middleware stack (error pages, the body limits of RequestLimits)
+    and routing cost a device request more than its answer. `front` passes every other request
+    to `framework`, the app as FastAPI serves it. An exception in `front` before its answer
+    began is the same JSON 500 the framework gives (its handler is not in that path)."""
+
+    front: App | None = None
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_FRAMEWORK] = True  # its errors are its own (ServerErrorMiddleware answers them)
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self  # what Starlette sets: the front finds app.state through it
+        try:
+            await self.front(scope, receive, send)
+        except Exception as e:
+            if scope.get(_FRAMEWORK):
+                raise
+            log.error("event=internal_error type=%s", type(e).__name__, exc_info=e)
+            try:
+                await send_json(send, 500, _INTERNAL)
+            except Exception:
+                raise e from None  # the answer had begun: the server closes the connection
+
+
+_FRAMEWORK = "qlink.framework"
+_INTERNAL = {"error": "internal", "detail": "the server failed; retry later or see its log"}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -110,7 +145,7 @@ def create_app(
                 application.policies.drivers.pop("mosquitto", None)
             application.close()
 
-    app = FastAPI(
+    app = QlinkApi(
         title="qlink",
         version=version("qlink"),
         lifespan=lifespan,
@@ -128,12 +163,14 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         pages={"/console": too_large_page(settings.max_body_bytes)},  # a page, not JSON
     )
-    # Outermost of ours: device requests are answered before the framework's routing.
-    app.add_middleware(
-        DeviceApi, max_body=settings.max_device_body_bytes, body_timeout_s=settings.body_timeout_s
+    # Device requests and OTA downloads are answered in front of the framework (QlinkApi).
+    app.front = OtaApi(
+        DeviceApi(
+            app.framework,
+            max_body=settings.max_device_body_bytes,
+            body_timeout_s=settings.body_timeout_s,
+        )
     )
-    # OTA downloads (GET, no body): answered first, at a plain file server's cost.
-    app.add_middleware(OtaApi)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -165,7 +202,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _internal_error(_r: Request, exc: Exception) -> JSONResponse:
         log.error("event=internal_error type=%s", type(exc).__name__, exc_info=exc)
-        return error_response(500, "internal", "the server failed; retry later or see its log")
+        return JSONResponse(_INTERNAL, status_code=500)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -377,7 +414,9 @@ def _serve(settings: Settings) -> None:
         "ssl_keyfile": str(ca.key_path("server")),
         "log_config": None,
         "access_log": False,
-        "http": "httptools",  # a C parser; h11 is Python: 5-20 % fewer onboardings/s (bench)
+        # httptools (a C parser; h11 is Python: 5-20 % fewer onboardings/s), each answer sent
+        # in one write (host/server/oneflush.py)
+        "http": OneFlushHttp,
         # No proxy in front by default: a client's X-Forwarded-For must not become the source
         # the audit log records.
         "proxy_headers": False,

