@@ -21,9 +21,13 @@ The figures also hold a cProfile of the onboarding logic in-process (notes: top 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import multiprocessing
 import os
 import resource
+import secrets
 import ssl
 import statistics
 import tempfile
@@ -38,10 +42,10 @@ from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench._floor import FloorServer, canned_answers
+from bench._floor import HELLO_PATH, FloorServer, Work, canned_answers, proof_work
 from hil.serverproc import ServerProcess
 from hil.simdevice import OnboardFailed, SimDevice, make_csr
 
@@ -104,12 +108,12 @@ class _Crypto:
         self.handshake()
         self.server_checks()
 
-    def server_checks(self) -> None:
+    def server_checks(self) -> x509.Certificate:
         """The crypto of the server's proof checks: what no server can skip."""
         self.public_key.verify(self.sig, self.msg, ec.ECDSA(hashes.SHA256()))
         csr = x509.load_der_x509_csr(self.csr_der)
         assert csr.is_signature_valid
-        self.ca.issue_device(csr, "x" * 64, 365)
+        return self.ca.issue_device(csr, "x" * 64, 365)
 
     def handshake(self) -> None:
         s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
@@ -349,8 +353,97 @@ class Waves:
         return seconds / max(len(self.latencies), 1) * 1000
 
 
-def start_floor(data_dir: Path, answers: dict[bytes, bytes], workers: int) -> FloorServer:
-    """The stand-in server (bench/_floor.py) with the real server's certificate and crypto."""
+class _StoreWork:
+    """The floor's work plus the store's part of an onboarding, made as the real server makes
+    it (host/server/onboarding.py, the same store methods on a SQLite registry of its own): at
+    hello the device's row (is it registered?) and the new challenge (its insert and the trim
+    of the device's older ones, one transaction), answered with the challenge; at proof the
+    challenge with its device (one join), then the certificate recorded, the challenge consumed
+    and the audit event written (one transaction). Bodies are parsed with json; no rule is
+    checked, no signature of the device's verified but the floor's own, nothing logged."""
+
+    def __init__(self, crypto: _Crypto, registry: Path) -> None:
+        from host.server.store import Store
+
+        self.crypto = crypto
+        self.store = Store(registry, migrate=False)
+
+    def __call__(self, path: bytes, body: bytes) -> bytes | None:
+        from host.server.store import Actor
+
+        msg = json.loads(body)
+        now = time.time()
+        if path == HELLO_PATH:
+            dev = self.store.devices.get(msg["device_id"])
+            if dev is None:
+                raise RuntimeError(f"device {msg['device_id']} is not in the floor's registry")
+            cid, challenge = secrets.token_hex(16), secrets.token_bytes(32)
+            expires = math.ceil(now + _CHALLENGE_TTL_S)
+            self.store.challenges.add(
+                cid,
+                dev.device_id,
+                challenge,
+                expires,
+                keep=_KEEP,
+                purge_before=now - 3600,
+                purge_unused_before=now - 300,
+            )
+            answer = {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
+            return json.dumps(answer).encode()
+        found = self.store.challenges.with_device(msg["challenge_id"])
+        if found is None:
+            raise RuntimeError("a proof for a challenge the floor did not give")
+        ch, dev = found
+        cert = self.crypto.server_checks()
+        self.store.challenges.complete(
+            ch.id,
+            dev,
+            cert.public_bytes(serialization.Encoding.DER),
+            cert.serial_number,
+            cert.not_valid_after_utc.timestamp(),
+            now,
+            proof_hash=hashlib.sha256(body).hexdigest(),
+            actor=Actor(f"device:{dev.device_id}", "127.0.0.1"),
+        )
+        return None
+
+
+_CHALLENGE_TTL_S = 60  # the server's default challenge life (host/server/settings.py)
+_KEEP = 4  # its default max_challenges_per_device
+
+
+def floor_registry(data_dir: Path) -> Path:
+    """A registry for the floor with the store (`_StoreWork`): the database of a data
+    directory of its own with an empty batch "floor"; `register` fills it."""
+    from host.server.application import Application
+    from host.server.settings import Settings
+
+    settings = Settings(data_dir=data_dir)
+    app = Application.for_operator(settings)
+    try:
+        app.create_batch("floor")
+    finally:
+        app.close()
+    assert isinstance(settings.database, Path)  # a data directory's SQLite file
+    return settings.database
+
+
+def register(registry: Path, devices: list[SimDevice]) -> None:
+    """Import `devices` into the floor's registry, as `qlink batch import` would."""
+    from host.server.store import Store
+
+    store = Store(registry, migrate=False)
+    try:
+        store.batches.import_devices("floor", [d.csv_line() for d in devices])
+    finally:
+        store.close()
+
+
+def start_floor(
+    data_dir: Path, answers: dict[bytes, bytes], workers: int, registry: Path | None = None
+) -> FloorServer:
+    """The stand-in server (bench/_floor.py) with the real server's certificate and crypto;
+    with `registry` (`floor_registry`), the store's part of each onboarding too (`_StoreWork`)."""
     from host.server.ca import CertificateAuthority
 
     ca = CertificateAuthority.load(data_dir / "ca")
@@ -360,8 +453,11 @@ def start_floor(data_dir: Path, answers: dict[bytes, bytes], workers: int) -> Fl
         ctx.load_cert_chain(ca.cert_path("server"), ca.key_path("server"))
         return ctx
 
-    def work() -> Callable[[], None]:
-        return _Crypto(data_dir).server_checks
+    def work() -> Work:
+        crypto = _Crypto(data_dir)
+        if registry is None:
+            return proof_work(crypto.server_checks)
+        return _StoreWork(crypto, registry)
 
     return FloorServer(context, answers, work, workers).start()
 
@@ -417,21 +513,31 @@ def run() -> dict:
             answers = _real_answers(solo.pop())
             solo_ms = _one_at_a_time(solo)
             floor_server = start_floor(data, answers, workers)
+            registry = floor_registry(data / "floor-store")
+            store_server = start_floor(data, answers, workers, registry)
             try:
                 floor_url = f"https://localhost:{floor_server.port}"
                 floor_devices = [
                     SimDevice(floor_url, root, timeout_s=60) for _ in range(floor_n + _WARM_UP)
                 ]
+                store_url = f"https://localhost:{store_server.port}"
+                store_devices = [
+                    SimDevice(store_url, root, timeout_s=60) for _ in range(floor_n + _WARM_UP)
+                ]
+                register(registry, store_devices)
                 warm_up(devices[n:], concurrency)
                 warm_up(floor_devices[floor_n:], concurrency)
-                devices, floor_devices = devices[:n], floor_devices[:floor_n]
+                warm_up(store_devices[floor_n:], concurrency)
+                devices = devices[:n]
+                floor_devices, store_devices = floor_devices[:floor_n], store_devices[:floor_n]
                 # The ceiling before and after the fleet: the machine's speed drifts.
                 ceil_before, ceil_rate_before = ceiling(data), ceiling_rate(data, cores)
                 bcpu0 = _cpu_s(bpid) if bpid else 0.0
-                real, low = interleaved(
+                real, low, stored = interleaved(
                     [
                         (devices, partial(_server_cpu_s, pid, bpid)),
                         (floor_devices, partial(pids_cpu_s, floor_server.pids())),
+                        (store_devices, partial(pids_cpu_s, store_server.pids())),
                     ],
                     _ROUNDS,
                     concurrency,
@@ -440,12 +546,14 @@ def run() -> dict:
                 ceil_after, ceil_rate_after = ceiling(data), ceiling_rate(data, cores)
             finally:
                 floor_server.stop()
+                store_server.stop()
             ceil_s = (ceil_before + ceil_after) / 2
             ceil_rate = (ceil_rate_before + ceil_rate_after) / 2
         finally:
             proc.stop()
-    if low.errors:
-        raise RuntimeError(f"the floor's fleet failed: {low.errors[:3]}")
+    for side, name in ((low, "the floor's"), (stored, "the floor with the store's")):
+        if side.errors:
+            raise RuntimeError(f"{name} fleet failed: {side.errors[:3]}")
     app_ms, profile = profile_app()
     latencies, errors = real.latencies, real.errors
     ok = len(latencies)
@@ -482,6 +590,13 @@ def run() -> dict:
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
                 "reached_pct": round(100 * rate / floor_rate, 1),
             },
+            "floor_store": {
+                "per_s": round(stored.per_s, 1),
+                "server_cpu_ms": round(stored.ms_each(stored.server_cpu_s), 2),
+                "devices_cpu_ms": round(stored.ms_each(stored.devices_cpu_s), 2),
+                "floor_pct": round(100 * stored.per_s / floor_rate, 1),
+                "reached_pct": round(100 * rate / stored.per_s, 1),
+            },
             "app_profiled": {"ms": round(app_ms, 2)},
             "fleet": {
                 "devices": n,
@@ -501,8 +616,15 @@ def run() -> dict:
             "the proof's crypto (verify, CSR verify, certificate signing), same certificate, same "
             "workers (bench/_floor.py): its ratio_pct is the most this benchmark can show with "
             "these devices on these cores; reached_pct: the real server's rate as a share of it",
-            f"the fleet and the floor's devices onboard in {_ROUNDS} waves each, alternating (each "
-            "side first in turn), with both servers up: rates and CPU are sums over a side's waves",
+            f"floor_store: {floor_n} devices against the floor plus the store's part of each "
+            "onboarding, as the real server makes it (bench/onboarding.py _StoreWork: the "
+            "registration check and the challenge's transaction at hello, the challenge with its "
+            "device and the transaction recording the certificate with its audit event at proof; "
+            "SQLite, as many workers): the most a server that keeps the same records can reach; "
+            "floor_pct: its rate as a share of the floor's; reached_pct: the real server's rate "
+            "as a share of it",
+            f"the fleet and the floors' devices onboard in {_ROUNDS} waves each, alternating (each "
+            "side first in turn), with every server up: rates and CPU are sums over a side's waves",
             "app_profiled: the onboarding logic alone (no HTTP, TLS, broker) under cProfile",
             f"one_device: hello + proof of one device on a quiet server ({_SOLO} in a row), "
             "TLS handshake included",

@@ -231,7 +231,7 @@ def _floor_server(proc: ServerProcess, path: str, payload: bytes) -> FloorServer
 
     head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(payload)
     answers = {path.encode(): head + payload}
-    return FloorServer(context, answers, lambda: lambda: None, workers=1).start()
+    return FloorServer(context, answers, lambda: lambda _path, _body: None, workers=1).start()
 
 
 def _median(rounds: list[dict[str, float]], key: str) -> float:

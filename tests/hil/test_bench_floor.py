@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import multiprocessing
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
-from bench._floor import FloorServer, canned_answers
+import pytest
+
+from bench._floor import FloorServer, Work, canned_answers, proof_work
 from hil.simdevice import HttpsConnection, SimDevice, root_context
 from host.server.ca import CertificateAuthority
 
@@ -26,12 +27,12 @@ def test_floor_answers_devices_and_works_once_per_proof(tmp_path: Path) -> None:
         ctx.load_cert_chain(ca.cert_path("server"), ca.key_path("server"))
         return ctx
 
-    def work() -> Callable[[], None]:
+    def work() -> Work:
         def one() -> None:
             with proofs.get_lock():
                 proofs.value += 1
 
-        return one
+        return proof_work(one)
 
     server = FloorServer(context, canned_answers(HELLO, PROOF), work, workers=2).start()
     try:
@@ -54,3 +55,38 @@ def test_floor_answers_devices_and_works_once_per_proof(tmp_path: Path) -> None:
 
 def _client(ca: CertificateAuthority) -> ssl.SSLContext:
     return root_context(ca.root_der())
+
+
+def test_the_floor_with_the_store_keeps_what_the_server_keeps(tmp_path: Path) -> None:
+    """bench/onboarding.py's floor with the store: each device gets a challenge of its own,
+    and its proof leaves the records a real onboarding leaves (the device onboarded with a
+    certificate, the challenge used, an audit event), in the floor's own registry."""
+    from bench.onboarding import floor_registry, register, start_floor
+    from host.server.store import Store
+
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    registry = floor_registry(tmp_path / "floor-store")
+    server = start_floor(tmp_path, canned_answers(HELLO, PROOF), 2, registry)
+    try:
+        url = f"https://localhost:{server.port}"
+        devices = [SimDevice(url, ca.root_der()) for _ in range(3)]
+        register(registry, devices)
+        for d in devices:
+            answer = d.onboard()
+            assert (answer.status, answer.body) == (200, PROOF)
+        stranger = SimDevice(url, ca.root_der()).onboard
+        with pytest.raises(OSError):  # not in the registry: the floor breaks the connection
+            stranger()
+    finally:
+        server.stop()
+    store = Store(registry)
+    try:
+        for d in devices:
+            dev = store.devices.get(d.device_id)
+            assert dev is not None and dev.state == "onboarded" and dev.cert_der
+        used = store.db.all("SELECT used_at FROM challenges")
+        assert len(used) == 3 and all(r["used_at"] for r in used)
+        events = store.db.all("SELECT action FROM audit WHERE action = 'device.onboard'")
+        assert len(events) == 3
+    finally:
+        store.close()
