@@ -595,6 +595,14 @@ def run() -> dict:
                 "server_cpu_ms": round(stored.ms_each(stored.server_cpu_s), 2),
                 "devices_cpu_ms": round(stored.ms_each(stored.devices_cpu_s), 2),
                 "floor_pct": round(100 * stored.per_s / floor_rate, 1),
+                # The server CPU the store's part adds to the floor, and what the real server
+                # spends beyond the floor with the store (rules, JSON, logs, framework).
+                "store_cpu_ms": round(
+                    stored.ms_each(stored.server_cpu_s) - low.ms_each(low.server_cpu_s), 2
+                ),
+                "rest_cpu_ms": round(
+                    real.ms_each(real.server_cpu_s) - stored.ms_each(stored.server_cpu_s), 2
+                ),
                 "reached_pct": round(100 * rate / stored.per_s, 1),
             },
             "app_profiled": {"ms": round(app_ms, 2)},
