@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import secrets
 import ssl
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,33 @@ def parse_ca(data: bytes) -> bytes:
             f"the CA must be one certificate (the root devices trust for this broker); "
             f"this holds {len(certs)}"
         )
+    _check_ca(certs[0])
     return certs[0].public_bytes(serialization.Encoding.DER)
+
+
+def _check_ca(cert: x509.Certificate) -> None:
+    """A CA devices can verify the broker with today: in its validity period, and a CA (or a
+    self-signed certificate, trusted as it is); checked with or without `--no-check`."""
+    now = datetime.now(UTC)
+    if cert.not_valid_after_utc < now:
+        raise Invalid(
+            f"the CA certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "devices would refuse the broker: give the CA that signs its certificate now"
+        )
+    if cert.not_valid_before_utc > now:
+        raise Invalid(
+            f"the CA certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            "UTC; devices would refuse the broker until then (check this machine's clock)"
+        )
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca and cert.issuer != cert.subject:
+        raise Invalid(
+            "the certificate given as the CA is not one (no basicConstraints CA:TRUE, and it "
+            "is issued by another): give the root that signs the broker's certificate"
+        )
 
 
 def read_password(data: bytes) -> str:

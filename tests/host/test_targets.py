@@ -35,22 +35,31 @@ from host.server.targets import TargetSpec
 ALL_TABLES = ("targets", "batches", "moves", "commands", "audit")
 
 
-def ca_pem(cn: str = "Test Root CA") -> bytes:
+def ca_pem(
+    cn: str = "Test Root CA",
+    *,
+    days: tuple[float, float] = (0, 30),
+    ca: bool | None = True,
+    issuer: str | None = None,
+) -> bytes:
+    """A certificate valid from `days[0]` to `days[1]` days from now; `ca`: its
+    basicConstraints (None: none); `issuer`: another name than its own."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    by = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]) if issuer else name
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(by)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .not_valid_before(now + dt.timedelta(days=days[0]))
+        .not_valid_after(now + dt.timedelta(days=days[1]))
     )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def tables(store: Store) -> dict[str, list[dict[str, Any]]]:
@@ -226,6 +235,10 @@ def spec(**kw: Any) -> TargetSpec:
         ({"admin_port": 70000}, "admin port must be 1 to 65535, not 70000"),
         ({"ca": b"not a certificate"}, "the CA must be one X.509 certificate, PEM or DER"),
         ({"ca": ca_pem() + ca_pem()}, "this holds 2"),
+        ({"ca": ca_pem(days=(-60, -1))}, "the CA certificate expired on"),
+        ({"ca": ca_pem(days=(2, 30))}, "the CA certificate is not valid before"),
+        ({"ca": ca_pem(ca=False, issuer="Other CA")}, "the certificate given as the CA is not"),
+        ({"ca": ca_pem(ca=None, issuer="Other CA")}, "the certificate given as the CA is not"),
         ({"admin_user": None}, "an external Mosquitto needs its dynamic-security admin user"),
         ({"admin_user": " admin"}, "no leading or trailing space"),
         ({"admin_password": None}, "needs the admin user's password"),
@@ -239,6 +252,12 @@ def test_a_bad_target_is_one_sentence(change: dict[str, Any], message: str) -> N
     assert message in str(info.value)
     assert "s3cret-pw" not in str(info.value)
     assert "s3cret-pw" not in repr(spec(**change))
+
+
+def test_a_self_signed_certificate_is_trusted_as_it_is() -> None:
+    # A broker with a self-signed certificate: the device pins that certificate itself.
+    assert spec(ca=ca_pem("broker.example", ca=None)).check()
+    assert spec(ca=ca_pem("broker.example", ca=False)).check()
 
 
 def test_a_der_ca_is_taken_as_it_is() -> None:
@@ -272,6 +291,25 @@ def test_a_bad_target_by_cli_creates_nothing(qlink: Any, tmp_path: Path) -> None
         assert (code, out) == (1, ""), err
         assert message in err and "s3cret-pw" not in err
     assert not (tmp_path / "data").exists()
+
+
+def test_no_check_still_refuses_a_ca_devices_would_refuse(qlink: Any, tmp_path: Path) -> None:
+    # --no-check skips the login to the broker, not the look at the CA the devices will pin.
+    expired, leaf = tmp_path / "expired.pem", tmp_path / "leaf.pem"
+    expired.write_bytes(ca_pem(days=(-60, -1)))
+    leaf.write_bytes(ca_pem("mqtt.example", ca=False, issuer="Some CA"))
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-pw\n")
+    assert qlink("batch", "create", "keep")[0] == 0
+    for ca, message in ((expired, "the CA certificate expired on"), (leaf, "is not one")):
+        args = ["--kind", "mosquitto", "--host", "mqtt.example", "--ca", str(ca)]
+        args += ["--admin-user", "admin", "--admin-password-file", str(pw), "--no-check"]
+        code, out, err = qlink("target", "add", "eu", *args)
+        assert (code, out) == (1, ""), err
+        assert message in err
+    code, out, _ = qlink("target", "list", "--json")
+    assert code == 0 and [t["name"] for t in json.loads(out)] == ["managed"]
+    assert not (tmp_path / "data" / "targets").exists()
 
 
 def test_an_aws_target_by_cli_is_listed_with_its_endpoint(qlink: Any, tmp_path: Path) -> None:
