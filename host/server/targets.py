@@ -16,8 +16,8 @@ from __future__ import annotations
 import base64
 import secrets
 import ssl
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
