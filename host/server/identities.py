@@ -1,5 +1,6 @@
 """Device identity files checked row by row: every bad row is named with its line number and
-reason, so an operator fixes a whole file in one pass. A file with no device rows at all is an
+reason (and, in a JSON array with several rows on a line, its place in the array), so an
+operator fixes a whole file in one pass. A file with no device rows at all is an
 error, not "0 imported": it is almost always the wrong file.
 
 csv:   one `device_id,public_key_hex` per line; blank lines and `#` comments are skipped, and
@@ -52,6 +53,19 @@ class ImportRow:
     line: int
     device_id: str
     public_key: bytes
+    element: int = 0  # its place in a JSON array (1 first), 0 in a format of one row a line
+
+    def refused(self, why: str) -> RowError:
+        return _row_error(self.line, self.element, why)
+
+
+def _row_error(line: int, element: int, why: str) -> RowError:
+    """A row's error; a JSON array's row is named by its place too (one line may hold many)."""
+    return RowError(line, f"device {element}: {why}" if element else why)
+
+
+def _named(line: int, element: int) -> str:
+    return f"device {element} (line {line})" if element else f"line {line}"
 
 
 class ImportFormatError(ServerError):
@@ -76,33 +90,40 @@ _NOT_OBJECT = object()  # a JSON row that is not an object
 
 
 def _check(
-    line: int, device_id: object, key_hex: object, seen: dict[str, int]
+    line: int,
+    device_id: object,
+    key_hex: object,
+    seen: dict[str, str],
+    element: int = 0,
 ) -> ImportRow | RowError:
+    def bad(why: str) -> RowError:
+        return _row_error(line, element, why)
+
     if device_id is _NOT_OBJECT:
-        return RowError(line, 'row must be an object {"device_id", "public_key"}')
+        return bad('row must be an object {"device_id", "public_key"}')
     try:
         device_id = parse_device_id(device_id)
     except BadDeviceId as e:
-        return RowError(line, str(e))
+        return bad(str(e))
     if not isinstance(key_hex, str) or len(key_hex) != 130:
-        return RowError(line, "public key must be 130 hex characters")
+        return bad("public key must be 130 hex characters")
     key_hex = key_hex.strip().lower()
     if not set(key_hex) <= _HEX:
-        return RowError(line, "public key must be 130 hex characters")
+        return bad("public key must be 130 hex characters")
     pub = bytes.fromhex(key_hex)
     why = public_key_error(pub)
     if why:
-        return RowError(line, why)
+        return bad(why)
     if device_id_of(pub) != device_id:
-        return RowError(line, "device ID must equal SHA-256 of the public key")
+        return bad("device ID must equal SHA-256 of the public key")
     if device_id in seen:
-        return RowError(line, f"duplicate of line {seen[device_id]}")
-    seen[device_id] = line
-    return ImportRow(line, device_id, pub)
+        return bad(f"duplicate of {seen[device_id]}")
+    seen[device_id] = _named(line, element)
+    return ImportRow(line, device_id, pub, element)
 
 
 def _collect(
-    items: Iterable[tuple[int, object, object] | RowError],
+    items: Iterable[tuple[int, object, object] | tuple[int, object, object, int] | RowError],
     total: int,
     progress: Progress | None,
     empty: str,
@@ -111,13 +132,13 @@ def _collect(
     sentence of the ImportFormatError raised when there was no item at all."""
     rows: list[ImportRow] = []
     errors: list[RowError] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}  # device ID -> where it was first
     done = 0
     for done, item in enumerate(items, start=1):
         if isinstance(item, RowError):
             errors.append(item)
         else:
-            result = _check(*item, seen)
+            result = _check(*item[:3], seen, *item[3:])
             (rows if isinstance(result, ImportRow) else errors).append(result)  # type: ignore[arg-type]
         if progress is not None and done % 1000 == 0:
             progress(done, total)
@@ -211,6 +232,11 @@ def _fields(line: int, value: object) -> tuple[int, object, object]:
     return line, value.get("device_id"), value.get("public_key")
 
 
+def _element(element: int, line: int, value: object) -> tuple[int, object, object, int]:
+    """A JSON array's row: its fields and its place in the array (0: not named by it)."""
+    return (*_fields(line, value), element)
+
+
 def _top_level_devices(text: str, devices: list[Any]) -> int:
     """Where the document's own `devices` array starts in `text` (its rows are read from there
     to know their lines). The export writes it last, so the last `"devices": [` is tried first;
@@ -249,7 +275,13 @@ def parse_json(
         raise ImportFormatError(
             'JSON must be an array of {"device_id", "public_key"} objects or a batch export'
         )
-    items = (_fields(line, value) for line, value in _json_elements(text, start))
+    elements = list(_json_elements(text, start))
+    # Rows are named by their line; only when a line holds several are they numbered too.
+    shared = len({line for line, _value in elements}) < len(elements)
+    items = (
+        _element(n if shared else 0, line, value)
+        for n, (line, value) in enumerate(elements, start=1)
+    )
     return _collect(items, total, progress, empty)
 
 

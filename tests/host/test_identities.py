@@ -114,6 +114,47 @@ def test_a_json_export_with_one_device_imports_it(registry: Store) -> None:
     assert stored(registry) == {device_id}
 
 
+def test_rows_of_a_one_line_json_array_are_named_by_their_place_too(registry: Store) -> None:
+    good, other = identity(), identity()
+    rows = [
+        {"device_id": good[0], "public_key": good[1]},
+        {"device_id": "zz", "public_key": other[1]},
+        {"device_id": good[0], "public_key": good[1]},
+        ["not", "an", "object"],
+    ]
+    with pytest.raises(ImportRejected) as info:
+        registry.batches.import_devices("b", json.dumps(rows))
+    assert [(e.line, e.reason) for e in info.value.errors] == [
+        (1, "device 2: device ID must be 64 hex characters"),
+        (1, "device 3: duplicate of device 1 (line 1)"),
+        (1, 'device 4: row must be an object {"device_id", "public_key"}'),
+    ]
+    # One row a line: the line alone names it, as in every other format.
+    with pytest.raises(ImportRejected) as info:
+        registry.batches.import_devices("b", "[\n" + ",\n".join(map(json.dumps, rows)) + "\n]")
+    assert [(e.line, e.reason) for e in info.value.errors] == [
+        (3, "device ID must be 64 hex characters"),
+        (4, "duplicate of line 2"),
+        (5, 'row must be an object {"device_id", "public_key"}'),
+    ]
+    assert stored(registry) == set()
+
+
+def test_a_row_registered_elsewhere_is_named_by_its_place_in_a_one_line_array(
+    registry: Store,
+) -> None:
+    first, second = identity(), identity()
+    registry.batches.create("other")
+    registry.batches.import_devices("other", f"{second[0]},{second[1]}\n")
+    rows = [{"device_id": d, "public_key": k} for d, k in (first, second)]
+    with pytest.raises(ImportRejected) as info:
+        registry.batches.import_devices("b", json.dumps(rows))
+    assert [(e.line, e.reason) for e in info.value.errors] == [
+        (1, "device 2: device is already registered in another batch")
+    ]
+    assert stored(registry) == {second[0]}
+
+
 @pytest.mark.parametrize("nested_first", [False, True])
 def test_an_export_imports_its_own_devices_not_an_array_nested_in_another_field(
     registry: Store, nested_first: bool

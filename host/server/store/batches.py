@@ -232,7 +232,7 @@ class Batches:
             find(tx, batch, tenant)  # an unknown batch is named before the file's faults
         # Imported here: the checks need cryptography, which a command that only reads the
         # store does not load.
-        from host.server.identities import RowError, parse_any, parse_import
+        from host.server.identities import parse_any, parse_import
 
         if isinstance(lines, str):
             rows, errors = parse_any(lines, fmt, progress)
@@ -248,9 +248,9 @@ class Batches:
                 if have is None:
                     new.append(r)
                 elif have[1] != b["id"]:
-                    errors.append(RowError(r.line, "device is already registered in another batch"))
+                    errors.append(r.refused("device is already registered in another batch"))
                 elif have[0] != r.public_key:  # same ID, other key: only if SHA-256 broke
-                    errors.append(RowError(r.line, "device is registered with another key"))
+                    errors.append(r.refused("device is registered with another key"))
             if errors:
                 errors.sort(key=lambda e: e.line)
                 raise ImportRejected(errors)
