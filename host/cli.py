@@ -290,13 +290,15 @@ def _progress_bar(label: str, enabled: bool) -> "Iterator[Callable[[int, int], N
     `progress(done, total)` callback the use cases take."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    console = _console(True)
     bar = Progress(
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
-        console=_console(True),
+        console=console,
         transient=True,
-        disable=not enabled,
+        # Not on a file or a pipe: there a bar is no progress, only a stray blank line.
+        disable=not enabled or not console.is_terminal,
     )
     with bar:
         task = bar.add_task(label, total=None)
