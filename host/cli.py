@@ -264,16 +264,23 @@ def _err(*text: Any, **kw: Any) -> None:
     _console(True).print(*text, **kw)
 
 
-def _outside_data(out: Path | None, data_dir: Path) -> None:
-    """Refuse an --out inside the data directory: it could overwrite the registry or a key."""
+def _check_out(out: Path | None, data_dir: Path) -> None:
+    """Refuse an --out that is a folder, in a folder that does not exist (a typo is not made a
+    folder), or inside the data directory (it could overwrite the registry or a key)."""
     if out is None:
         return
     where = Settings(data_dir=data_dir).data_dir
     if out.resolve().is_relative_to(where):
         raise CliError(
-            f"--out {out} is inside the data directory {where}, where it could overwrite what "
-            "the server keeps; write it elsewhere"
+            f"--out {out} is inside the data directory {where}, where it could overwrite "
+            "what the server keeps; write it elsewhere"
         )
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give the file to write in it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CliError(f"--out {out}: {out.parent} is a file, not a folder")
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: the folder {out.parent} does not exist; create it first")
 
 
 def _text(value: object) -> str:
@@ -632,7 +639,7 @@ def batch_export(
     data_dir: DataDir = _DEFAULT_DIR,
 ) -> None:
     """Export a batch and its devices as JSON (a backup; `batch import` takes it back)."""
-    _outside_data(out_file, data_dir)
+    _check_out(out_file, data_dir)
     doc = json.dumps(_plain(_app(data_dir).export_batch(name, tenant)), indent=1) + "\n"
     if out_file is None:
         sys.stdout.write(doc)
@@ -1444,7 +1451,7 @@ def ca_root(
     """Print or save the root CA certificate (created with the CA if there is none yet)."""
     from host.server.ca import CertificateAuthority
 
-    _outside_data(out_file, data_dir)
+    _check_out(out_file, data_dir)
 
     if pem and der:
         raise CliError("choose one of --pem and --der")
@@ -1508,7 +1515,7 @@ def ca_azure_dps_group(
     from host.server.policy.azure import API_VERSION, enrollment_group
 
     _check_names(enrollment_group_ID=group_id)
-    _outside_data(out_file, data_dir)
+    _check_out(out_file, data_dir)
     settings = Settings(data_dir=data_dir)
     ca = CertificateAuthority.load(settings.ca_dir, settings.hsm)
     doc = enrollment_group(group_id, ca.issuing_der(), "disabled" if disabled else "enabled")

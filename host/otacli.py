@@ -25,7 +25,7 @@ from host.cli import (  # noqa: E402
     _actor,
     _app,
     _out,
-    _outside_data,
+    _check_out,
     _plain,
     _print_json,
     _text,
@@ -79,7 +79,7 @@ def ota_build(
     check_board(board)
     tree_dir = None if tree == "-" else Path(tree)
     out_file = out if out is not None else Path(f"qlink-{board}-{version}.qota")
-    _outside_data(out_file, data_dir)
+    _check_out(out_file, data_dir)
     from host.server.releases import ReleaseSigner, verify_bundle
 
     service = _app(data_dir)

@@ -636,14 +636,43 @@ def test_a_path_that_cannot_be_written_is_a_sentence(qlink, tmp_path: Path) -> N
     a_file = tmp_path / "a file"
     a_file.write_text("x")
     for args, why in (
-        (("ca", "root", "--out", str(folder)), "Is a directory"),
-        (("batch", "export", "f1", "--out", str(a_file / "f1.json")), "a file is where a folder"),
+        (("ca", "root", "--out", str(folder)), "is a folder; give the file to write in it"),
+        (("batch", "export", "f1", "--out", str(a_file / "f1.json")), "is a file, not a folder"),
         (("batch", "create", "f2", "--data-dir", str(a_file)), "a file is where a folder"),
     ):
         code, out, err = qlink(*args)
         assert code == 1 and out == "", args
         assert "Traceback" not in err and why in err and str(tmp_path) in err, err
     assert a_file.read_text() == "x" and list(folder.iterdir()) == []
+
+
+def test_every_out_refuses_a_folder_and_a_missing_folder_and_writes_nothing(
+    qlink, tmp_path: Path
+) -> None:
+    qlink("batch", "create", "f1")
+    tree = tmp_path / "tree"
+    (tree / "f").mkdir(parents=True)
+    (tree / "f" / "app.py").write_text("print('hello')\n")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    commands = (
+        ("batch", "export", "f1"),
+        ("ca", "root"),
+        ("ca", "azure-dps-group", "g1"),
+        ("ota", "build", str(tree / "f"), "--version", "1.0.0", "--board", "unix"),
+    )
+    for command in commands:
+        for out, why in (
+            (folder, f"--out {folder} is a folder; give the file to write in it"),
+            (
+                folder / "typo" / "x.out",
+                f"the folder {folder / 'typo'} does not exist; create it first",
+            ),
+        ):
+            code, printed, err = qlink(*command, "--out", str(out))
+            assert (code, printed) == (1, ""), (command, err)
+            assert why in err, (command, err)
+    assert list(folder.iterdir()) == []
 
 
 def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(qlink) -> None:
