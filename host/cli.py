@@ -732,7 +732,9 @@ def batch_policy(
     """
     from host.server.policy import PolicyError
 
-    if (to is None) != status:
+    if to is not None and status:
+        raise CliError("give --to TARGET or --status, not both: --status moves nothing")
+    if to is None and not status:
         raise CliError("give --to TARGET to move the batch, or --status to see its progress")
     service = _app(data_dir)
     try:

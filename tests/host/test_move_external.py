@@ -335,6 +335,8 @@ def test_bad_moves_say_what_is_wrong_and_change_nothing(world: World, qlink: Any
     assert code == 1 and "batch 'nosuch' does not exist; see: qlink batch list" in err
     code, _, err = qlink("batch", "policy", "stay")
     assert code == 1 and "give --to TARGET to move the batch, or --status" in err
+    code, _, err = qlink("batch", "policy", "stay", "--to", "ext", "--status")
+    assert code == 1 and "give --to TARGET or --status, not both" in err
     assert _snapshot(world) == before
 
 
