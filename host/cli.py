@@ -349,6 +349,26 @@ Tenant = Annotated[
 ]
 
 
+def _device_arg(value: str) -> str:
+    """A device ID argument checked by its form before anything is opened."""
+    from host.server.deviceid import BadDeviceId, parse_device_id
+
+    try:
+        return parse_device_id(value)
+    except BadDeviceId:
+        raise typer.BadParameter(
+            f"{value[:80]!r} is not a device ID (64 hex characters); see: qlink devices"
+        ) from None
+
+
+DeviceArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="DEVICE_ID", help="The device's ID (64 hex characters).", callback=_device_arg
+    ),
+]
+
+
 def _app(data_dir: Path, *, create: bool = False) -> "Application":
     """The application over `data_dir`. Only a command that makes the first records (`tenant
     create`, `batch create`, `token create`) may create it; any other refuses a directory
@@ -832,19 +852,25 @@ def _device_change(device_id: str, change: str, data_dir: Path, as_json: bool = 
 
 
 @device_app.command("revoke")
-def device_revoke(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_revoke(
+    device_id: DeviceArg, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR
+) -> None:
     """Revoke a device for good: its certificate goes on the CRL, its broker denies it."""
     _device_change(device_id, "revoke", data_dir, as_json)
 
 
 @device_app.command("disable")
-def device_disable(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_disable(
+    device_id: DeviceArg, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR
+) -> None:
     """Refuse the device's broker connections and onboarding until it is enabled again."""
     _device_change(device_id, "disable", data_dir, as_json)
 
 
 @device_app.command("enable")
-def device_enable(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_enable(
+    device_id: DeviceArg, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR
+) -> None:
     """Undo `device disable`."""
     _device_change(device_id, "enable", data_dir, as_json)
 
@@ -910,7 +936,7 @@ Wait = Annotated[
 
 @device_app.command("command")
 def device_command(
-    device_id: str,
+    device_id: DeviceArg,
     kind: Annotated[
         str,
         typer.Argument(
@@ -938,7 +964,7 @@ def device_command(
 
 @device_app.command("renew")
 def device_renew(
-    device_id: str,
+    device_id: DeviceArg,
     ttl: Ttl = 3600,
     wait: Wait = 0,
     as_json: Json = False,
@@ -950,7 +976,7 @@ def device_renew(
 
 @device_app.command("health")
 def device_health(
-    device_id: str,
+    device_id: DeviceArg,
     limit: Annotated[int, typer.Option(min=0, help="Newest N reports.")] = 20,
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
@@ -979,7 +1005,7 @@ def device_health(
 
 @device_app.command("commands")
 def device_commands(
-    device_id: str,
+    device_id: DeviceArg,
     limit: Annotated[int, typer.Option(min=0, help="Newest N commands.")] = 50,
     as_json: Json = False,
     data_dir: DataDir = _DEFAULT_DIR,
@@ -1005,7 +1031,7 @@ def device_commands(
 
 @device_app.command("transfer")
 def device_transfer(
-    device_id: str,
+    device_id: DeviceArg,
     ttl: CodeTtl = 7 * 86400,
     as_json: Annotated[
         bool, typer.Option("--json", help="The code with its device and expiry as JSON.")
@@ -1061,7 +1087,9 @@ def device_claim(
 
 
 @device_app.command("reenrol")
-def device_reenrol(device_id: str, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR) -> None:
+def device_reenrol(
+    device_id: DeviceArg, as_json: Json = False, data_dir: DataDir = _DEFAULT_DIR
+) -> None:
     """Command the device to re-enrol at its next cold boot (fresh helper data, a new ID in
     the same batch, linked to this record)."""
     service = _app(data_dir)
@@ -1074,7 +1102,7 @@ def device_reenrol(device_id: str, as_json: Json = False, data_dir: DataDir = _D
 
 @device_app.command("decommission")
 def device_decommission(
-    device_id: str,
+    device_id: DeviceArg,
     wait: Annotated[
         float,
         typer.Option(

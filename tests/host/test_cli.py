@@ -675,6 +675,36 @@ def test_every_out_refuses_a_folder_and_a_missing_folder_and_writes_nothing(
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("revoke",),
+        ("disable",),
+        ("enable",),
+        ("command", "{id}", "ping"),
+        ("renew",),
+        ("health",),
+        ("commands",),
+        ("transfer",),
+        ("reenrol",),
+        ("decommission",),
+    ],
+)
+def test_a_device_argument_that_is_no_device_id_is_a_usage_error(
+    qlink, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    qlink("batch", "create", "f1")
+    before = qlink("audit", "--json")[1]
+    for bad in ("ab cd", "a" * 63 + " ", "g" * 64, "a[b]"):
+        args = [a.replace("{id}", bad) for a in command]
+        if "{id}" not in command:
+            args.insert(1, bad)
+        code, out, err = qlink("device", *args)
+        assert (code, out) == (2, ""), (args, err)
+        assert "is not a device ID (64 hex characters)" in " ".join(err.split()), (args, err)
+    assert qlink("audit", "--json")[1] == before
+
+
 def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(qlink) -> None:
     qlink("batch", "create", "f1")
     before = qlink("audit", "--json")[1]
