@@ -42,7 +42,7 @@ def canned_answers(hello: dict[str, Any], proof: dict[str, Any]) -> dict[bytes, 
 
 # What a floor does for each request besides answering: called with its path and body, it may
 # return a JSON body that replaces the canned answer (the store's floor hands out challenges).
-Work = Callable[[bytes, bytes], "bytes | None"]
+Work = Callable[[bytes, bytes], bytes | None]
 
 
 def proof_work(on_proof: Callable[[], object]) -> Work:

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bench._floor import HELLO_PATH, FloorServer, Work, canned_answers, proof_work
 from hil.serverproc import ServerProcess
 from hil.simdevice import OnboardFailed, SimDevice, make_csr
+from host.server.store import Actor
 
 
 def _cpu_s(pid: int) -> float:
@@ -369,8 +370,6 @@ class _StoreWork:
         self.store = Store(registry, migrate=False)
 
     def __call__(self, path: bytes, body: bytes) -> bytes | None:
-        from host.server.store import Actor
-
         msg = json.loads(body)
         now = time.time()
         if path == HELLO_PATH:
