@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bench._floor import HELLO_PATH, FloorServer, Work, canned_answers, proof_work
 from hil.serverproc import ServerProcess
 from hil.simdevice import OnboardFailed, SimDevice, make_csr
+from host.server.onboarding import _CHALLENGE_KEEP_S, _UNUSED_KEEP_S
 from host.server.store import Actor
 
 
@@ -364,10 +365,13 @@ class _StoreWork:
     checked, no signature of the device's verified but the floor's own, nothing logged."""
 
     def __init__(self, crypto: _Crypto, registry: Path) -> None:
+        from host.server.settings import Settings
         from host.server.store import Store
 
         self.crypto = crypto
         self.store = Store(registry, migrate=False)
+        # The server's defaults, from the one place that holds them.
+        self.settings = Settings(data_dir=registry.parent)
 
     def __call__(self, path: bytes, body: bytes) -> bytes | None:
         msg = json.loads(body)
@@ -377,15 +381,15 @@ class _StoreWork:
             if dev is None:
                 raise RuntimeError(f"device {msg['device_id']} is not in the floor's registry")
             cid, challenge = secrets.token_hex(16), secrets.token_bytes(32)
-            expires = math.ceil(now + _CHALLENGE_TTL_S)
+            expires = math.ceil(now + self.settings.challenge_ttl_s)
             self.store.challenges.add(
                 cid,
                 dev.device_id,
                 challenge,
                 expires,
-                keep=_KEEP,
-                purge_before=now - 3600,
-                purge_unused_before=now - 300,
+                keep=self.settings.max_challenges_per_device,
+                purge_before=now - _CHALLENGE_KEEP_S,
+                purge_unused_before=now - _UNUSED_KEEP_S,
             )
             answer = {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
             return json.dumps(answer).encode()
@@ -405,10 +409,6 @@ class _StoreWork:
             actor=Actor(f"device:{dev.device_id}", "127.0.0.1"),
         )
         return None
-
-
-_CHALLENGE_TTL_S = 60  # the server's default challenge life (host/server/settings.py)
-_KEEP = 4  # its default max_challenges_per_device
 
 
 def floor_registry(data_dir: Path) -> Path:
