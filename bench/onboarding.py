@@ -4,10 +4,14 @@ onboard concurrently against the real server + broker. In the same run:
   signing), its CPU on one core and its rate measured with every core doing only that;
 - the floor: devices of the same kind against a server that does only TLS, TCP, HTTP framing
   and that crypto (bench/_floor.py), the most any server can reach with these devices on these
-  cores.
-  Both servers are up together and the fleet onboards in waves alternating with the floor's,
-  each side first in turn, so that the two rates see the same drift of the machine's speed.
-  Both sides' waves hold as many devices (the floor's fleet is as large as the real one): a
+  cores;
+- the floor with the store, and the floor with the logic: the same stand-in making the store's
+  part of each onboarding (`_StoreWork`), and answering with the server's own device logic
+  (`_AppWork`: everything but the HTTP framework); the steps between them and the real server
+  are what the store, the logic and the framework each cost.
+  Every server is up together and the fleet onboards in waves alternating with the floors',
+  each side first in turn, so that every rate sees the same drift of the machine's speed.
+  Every side's waves hold as many devices (each floor's fleet is as large as the real one): a
   wave's last answers leave cores idle for about one answer's time, the same share of a wave of
   the same size at any speed. A wave's time starts once its device processes are up, and each
   side first onboards a warm-up of its own that is not counted.
@@ -411,6 +415,57 @@ class _StoreWork:
         return None
 
 
+@dataclass(frozen=True)
+class Broker:
+    """The real server's broker, which the server's own logic in a floor answers with and
+    whose policy driver it opens (bench/onboarding.py `_AppWork`)."""
+
+    port: int
+    admin_port: int
+
+
+class _AppWork:
+    """The floor's TLS, framing and answer, with the server's own device logic behind it: each
+    request goes to host/server/deviceapi.py `answer` (JSON, the rules, the CA, the store, the
+    policy driver's onboarding check, one log line) of an application built as an API worker
+    builds it, on the registry of a data directory of its own with the real server's CA. What
+    it lacks of the real server is the HTTP framework (uvicorn, the ASGI app) and its body
+    reading; the difference between the two is that framework's cost."""
+
+    def __init__(self, registry: Path, broker: Broker) -> None:
+        import logging
+
+        from host.server.application import Application
+        from host.server.settings import Settings
+
+        # The server's log lines, written and flushed as its stderr handler does (the file
+        # stays open for the process's life).
+        handler = logging.StreamHandler((registry.parent / "floor-app.log").open("a"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        settings = Settings(data_dir=registry.parent)
+        self.app = Application.for_server(
+            settings, broker_port=broker.port, admin_port=broker.admin_port
+        )
+
+    def __call__(self, path: bytes, body: bytes) -> bytes | None:
+        from host.server.deviceapi import answer
+
+        route = "hello" if path == HELLO_PATH else "proof"
+        step = answer(self.app, route, body, "127.0.0.1")
+        try:
+            step.send(None)  # runs to its end unless a broker call must go to a thread
+        except StopIteration as done:
+            status, result, _extra = done.value
+        else:
+            step.close()
+            raise RuntimeError("a device the broker must hear of: not a fresh fleet")
+        if status != 200:
+            raise RuntimeError(f"the server's logic refused a device: {status} {result}")
+        return json.dumps(result).encode()
+
+
 def floor_registry(data_dir: Path) -> Path:
     """A registry for the floor with the store (`_StoreWork`): the database of a data
     directory of its own with an empty batch "floor"; `register` fills it."""
@@ -439,13 +494,23 @@ def register(registry: Path, devices: list[SimDevice]) -> None:
 
 
 def start_floor(
-    data_dir: Path, answers: dict[bytes, bytes], workers: int, registry: Path | None = None
+    data_dir: Path,
+    answers: dict[bytes, bytes],
+    workers: int,
+    registry: Path | None = None,
+    broker: Broker | None = None,
 ) -> FloorServer:
     """The stand-in server (bench/_floor.py) with the real server's certificate and crypto;
-    with `registry` (`floor_registry`), the store's part of each onboarding too (`_StoreWork`)."""
+    with `registry` (`floor_registry`), the store's part of each onboarding too (`_StoreWork`);
+    with `broker` as well, the server's whole device logic (`_AppWork`, the real server's CA
+    copied into the registry's data directory)."""
+    import shutil
+
     from host.server.ca import CertificateAuthority
 
     ca = CertificateAuthority.load(data_dir / "ca")
+    if registry is not None and broker is not None:
+        shutil.copytree(data_dir / "ca", registry.parent / "ca", dirs_exist_ok=True)
 
     def context() -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # as uvicorn builds it
@@ -453,6 +518,8 @@ def start_floor(
         return ctx
 
     def work() -> Work:
+        if registry is not None and broker is not None:
+            return _AppWork(registry, broker)
         crypto = _Crypto(data_dir)
         if registry is None:
             return proof_work(crypto.server_checks)
@@ -514,6 +581,9 @@ def run() -> dict:
             floor_server = start_floor(data, answers, workers)
             registry = floor_registry(data / "floor-store")
             store_server = start_floor(data, answers, workers, registry)
+            app_registry = floor_registry(data / "floor-app")
+            broker = Broker(int(proc.info["broker_port"]), int(proc.info["broker_admin_port"]))
+            app_server = start_floor(data, answers, workers, app_registry, broker)
             try:
                 floor_url = f"https://localhost:{floor_server.port}"
                 floor_devices = [
@@ -524,19 +594,27 @@ def run() -> dict:
                     SimDevice(store_url, root, timeout_s=60) for _ in range(floor_n + _WARM_UP)
                 ]
                 register(registry, store_devices)
+                app_url = f"https://localhost:{app_server.port}"
+                app_devices = [
+                    SimDevice(app_url, root, timeout_s=60) for _ in range(floor_n + _WARM_UP)
+                ]
+                register(app_registry, app_devices)
                 warm_up(devices[n:], concurrency)
                 warm_up(floor_devices[floor_n:], concurrency)
                 warm_up(store_devices[floor_n:], concurrency)
+                warm_up(app_devices[floor_n:], concurrency)
                 devices = devices[:n]
                 floor_devices, store_devices = floor_devices[:floor_n], store_devices[:floor_n]
+                app_devices = app_devices[:floor_n]
                 # The ceiling before and after the fleet: the machine's speed drifts.
                 ceil_before, ceil_rate_before = ceiling(data), ceiling_rate(data, cores)
                 bcpu0 = _cpu_s(bpid) if bpid else 0.0
-                real, low, stored = interleaved(
+                real, low, stored, logic = interleaved(
                     [
                         (devices, partial(_server_cpu_s, pid, bpid)),
                         (floor_devices, partial(pids_cpu_s, floor_server.pids())),
                         (store_devices, partial(pids_cpu_s, store_server.pids())),
+                        (app_devices, partial(pids_cpu_s, app_server.pids())),
                     ],
                     _ROUNDS,
                     concurrency,
@@ -546,11 +624,16 @@ def run() -> dict:
             finally:
                 floor_server.stop()
                 store_server.stop()
+                app_server.stop()
             ceil_s = (ceil_before + ceil_after) / 2
             ceil_rate = (ceil_rate_before + ceil_rate_after) / 2
         finally:
             proc.stop()
-    for side, name in ((low, "the floor's"), (stored, "the floor with the store's")):
+    for side, name in (
+        (low, "the floor's"),
+        (stored, "the floor with the store's"),
+        (logic, "the floor with the server's logic's"),
+    ):
         if side.errors:
             raise RuntimeError(f"{name} fleet failed: {side.errors[:3]}")
     app_ms, profile = profile_app()
@@ -604,6 +687,21 @@ def run() -> dict:
                 ),
                 "reached_pct": round(100 * rate / stored.per_s, 1),
             },
+            "floor_app": {
+                "per_s": round(logic.per_s, 1),
+                "server_cpu_ms": round(logic.ms_each(logic.server_cpu_s), 2),
+                "devices_cpu_ms": round(logic.ms_each(logic.devices_cpu_s), 2),
+                "floor_pct": round(100 * logic.per_s / floor_rate, 1),
+                # What the server's device logic adds to the store's part (its rules, JSON,
+                # CA, logging), and what the HTTP framework adds to that logic.
+                "logic_cpu_ms": round(
+                    logic.ms_each(logic.server_cpu_s) - stored.ms_each(stored.server_cpu_s), 2
+                ),
+                "framework_cpu_ms": round(
+                    real.ms_each(real.server_cpu_s) - logic.ms_each(logic.server_cpu_s), 2
+                ),
+                "reached_pct": round(100 * rate / logic.per_s, 1),
+            },
             "app_profiled": {"ms": round(app_ms, 2)},
             "fleet": {
                 "devices": n,
@@ -630,6 +728,13 @@ def run() -> dict:
             "SQLite, as many workers): the most a server that keeps the same records can reach; "
             "floor_pct: its rate as a share of the floor's; reached_pct: the real server's rate "
             "as a share of it",
+            f"floor_app: {floor_n} devices against the floor answering with the server's own "
+            "device logic (bench/onboarding.py _AppWork: host/server/deviceapi.py answer, on an "
+            "application built as an API worker builds it, with a registry of its own; its log "
+            "lines to a file), as many workers: all the real server does but its HTTP framework "
+            "(uvicorn, the ASGI app); floor_pct: its rate as a share of the floor's; "
+            "logic_cpu_ms: its server CPU beyond the floor with the store's; framework_cpu_ms: "
+            "the real server's beyond it; reached_pct: the real server's rate as a share of it",
             f"the fleet and the floors' devices onboard in {_ROUNDS} waves each, alternating (each "
             "side first in turn), with every server up: rates and CPU are sums over a side's waves",
             "app_profiled: the onboarding logic alone (no HTTP, TLS, broker) under cProfile",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench._floor import FloorServer, Work, canned_answers, proof_work
+from hil.serverproc import ServerProcess
 from hil.simdevice import HttpsConnection, SimDevice, root_context
 from host.server.ca import CertificateAuthority
 
@@ -90,3 +91,54 @@ def test_the_floor_with_the_store_keeps_what_the_server_keeps(tmp_path: Path) ->
         assert len(events) == 3
     finally:
         store.close()
+
+
+def test_the_floor_with_the_servers_logic_onboards_as_the_server_does(
+    tmp_path: Path, qlink_server: ServerProcess
+) -> None:
+    """bench/onboarding.py's floor with the server's logic: the answers are the server's own
+    (a challenge per device, the device's certificate from the server's CA, its broker), the
+    records and the log lines are the server's, and a device the logic refuses gets nothing."""
+    import base64
+
+    from cryptography import x509
+
+    from bench.onboarding import Broker, floor_registry, register, start_floor
+    from host.server.store import Store
+
+    registry = floor_registry(tmp_path / "floor-app")
+    broker = Broker(qlink_server.broker_port, int(qlink_server.info["broker_admin_port"]))
+    server = start_floor(qlink_server.data_dir, canned_answers(HELLO, PROOF), 2, registry, broker)
+    root = x509.load_der_x509_certificate(qlink_server.root_der())
+    try:
+        url = f"https://localhost:{server.port}"
+        devices = [SimDevice(url, qlink_server.root_der()) for _ in range(3)]
+        register(registry, devices)
+        serials = set()
+        for d in devices:
+            answer = d.onboard()
+            assert answer.status == 200 and answer.body["device_id"] == d.device_id
+            assert answer.body["broker"]["port"] == qlink_server.broker_port
+            cert = x509.load_der_x509_certificate(base64.b64decode(answer.body["certificate_b64"]))
+            issuing = x509.load_der_x509_certificate(base64.b64decode(answer.body["chain_b64"][0]))
+            cert.verify_directly_issued_by(issuing)
+            issuing.verify_directly_issued_by(root)
+            serials.add(cert.serial_number)
+        assert len(serials) == 3
+        stranger = SimDevice(url, qlink_server.root_der()).onboard
+        with pytest.raises(OSError):  # refused by the logic: the floor breaks the connection
+            stranger()
+    finally:
+        server.stop()
+    store = Store(registry)
+    try:
+        for d in devices:
+            dev = store.devices.get(d.device_id)
+            assert dev is not None and dev.state == "onboarded" and dev.cert_der
+        events = store.db.all("SELECT action FROM audit WHERE action = 'device.onboard'")
+        assert len(events) == 3
+    finally:
+        store.close()
+    logged = (registry.parent / "floor-app.log").read_text()
+    assert logged.count("event=proof") == 3 and logged.count("outcome=ok") == 6
+    assert "outcome=not_registered" in logged
