@@ -642,6 +642,20 @@ def run() -> dict:
     q = statistics.quantiles(latencies, n=100) if ok > 1 else [0.0] * 99
     rate = real.per_s
     floor_rate = low.per_s
+
+    def cpu_ms(side: Waves) -> float:
+        return side.ms_each(side.server_cpu_s)
+
+    def beside(side: Waves) -> dict[str, float]:
+        """A floor's rate and CPU, its rate's share of the floor's, the real server's of its."""
+        return {
+            "per_s": round(side.per_s, 1),
+            "server_cpu_ms": round(cpu_ms(side), 2),
+            "devices_cpu_ms": round(side.ms_each(side.devices_cpu_s), 2),
+            "floor_pct": round(100 * side.per_s / floor_rate, 1),
+            "reached_pct": round(100 * rate / side.per_s, 1),
+        }
+
     return {
         "figures": {
             "onboarding": {
@@ -672,35 +686,19 @@ def run() -> dict:
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
                 "reached_pct": round(100 * rate / floor_rate, 1),
             },
+            # What the store's part adds to the floor, and what the real server spends beyond
+            # the floor with the store (rules, JSON, logs, framework) ...
             "floor_store": {
-                "per_s": round(stored.per_s, 1),
-                "server_cpu_ms": round(stored.ms_each(stored.server_cpu_s), 2),
-                "devices_cpu_ms": round(stored.ms_each(stored.devices_cpu_s), 2),
-                "floor_pct": round(100 * stored.per_s / floor_rate, 1),
-                # The server CPU the store's part adds to the floor, and what the real server
-                # spends beyond the floor with the store (rules, JSON, logs, framework).
-                "store_cpu_ms": round(
-                    stored.ms_each(stored.server_cpu_s) - low.ms_each(low.server_cpu_s), 2
-                ),
-                "rest_cpu_ms": round(
-                    real.ms_each(real.server_cpu_s) - stored.ms_each(stored.server_cpu_s), 2
-                ),
-                "reached_pct": round(100 * rate / stored.per_s, 1),
+                **beside(stored),
+                "store_cpu_ms": round(cpu_ms(stored) - cpu_ms(low), 2),
+                "rest_cpu_ms": round(cpu_ms(real) - cpu_ms(stored), 2),
             },
+            # ... that rest split: what the server's device logic adds to the store's part
+            # (its rules, JSON, CA, logging), and what the HTTP framework adds to that logic.
             "floor_app": {
-                "per_s": round(logic.per_s, 1),
-                "server_cpu_ms": round(logic.ms_each(logic.server_cpu_s), 2),
-                "devices_cpu_ms": round(logic.ms_each(logic.devices_cpu_s), 2),
-                "floor_pct": round(100 * logic.per_s / floor_rate, 1),
-                # What the server's device logic adds to the store's part (its rules, JSON,
-                # CA, logging), and what the HTTP framework adds to that logic.
-                "logic_cpu_ms": round(
-                    logic.ms_each(logic.server_cpu_s) - stored.ms_each(stored.server_cpu_s), 2
-                ),
-                "framework_cpu_ms": round(
-                    real.ms_each(real.server_cpu_s) - logic.ms_each(logic.server_cpu_s), 2
-                ),
-                "reached_pct": round(100 * rate / logic.per_s, 1),
+                **beside(logic),
+                "logic_cpu_ms": round(cpu_ms(logic) - cpu_ms(stored), 2),
+                "framework_cpu_ms": round(cpu_ms(real) - cpu_ms(logic), 2),
             },
             "app_profiled": {"ms": round(app_ms, 2)},
             "fleet": {

@@ -63,7 +63,6 @@ def test_the_floor_with_the_store_keeps_what_the_server_keeps(tmp_path: Path) ->
     and its proof leaves the records a real onboarding leaves (the device onboarded with a
     certificate, the challenge used, an audit event), in the floor's own registry."""
     from bench.onboarding import floor_registry, register, start_floor
-    from host.server.store import Store
 
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     registry = floor_registry(tmp_path / "floor-store")
@@ -80,17 +79,7 @@ def test_the_floor_with_the_store_keeps_what_the_server_keeps(tmp_path: Path) ->
             stranger()
     finally:
         server.stop()
-    store = Store(registry)
-    try:
-        for d in devices:
-            dev = store.devices.get(d.device_id)
-            assert dev is not None and dev.state == "onboarded" and dev.cert_der
-        used = store.db.all("SELECT used_at FROM challenges")
-        assert len(used) == 3 and all(r["used_at"] for r in used)
-        events = store.db.all("SELECT action FROM audit WHERE action = 'device.onboard'")
-        assert len(events) == 3
-    finally:
-        store.close()
+    _assert_onboarded(registry, devices)
 
 
 def test_the_floor_with_the_servers_logic_onboards_as_the_server_does(
@@ -104,7 +93,6 @@ def test_the_floor_with_the_servers_logic_onboards_as_the_server_does(
     from cryptography import x509
 
     from bench.onboarding import Broker, floor_registry, register, start_floor
-    from host.server.store import Store
 
     registry = floor_registry(tmp_path / "floor-app")
     broker = Broker(qlink_server.broker_port, int(qlink_server.info["broker_admin_port"]))
@@ -130,15 +118,25 @@ def test_the_floor_with_the_servers_logic_onboards_as_the_server_does(
             stranger()
     finally:
         server.stop()
+    _assert_onboarded(registry, devices)
+    logged = (registry.parent / "floor-app.log").read_text()
+    assert logged.count("event=proof") == 3 and logged.count("outcome=ok") == 6
+    assert "outcome=not_registered" in logged
+
+
+def _assert_onboarded(registry: Path, devices: list[SimDevice]) -> None:
+    """The records a real onboarding leaves, for each of `devices`: onboarded with a
+    certificate, its challenge used, an audit event."""
+    from host.server.store import Store
+
     store = Store(registry)
     try:
         for d in devices:
             dev = store.devices.get(d.device_id)
             assert dev is not None and dev.state == "onboarded" and dev.cert_der
+        used = store.db.all("SELECT used_at FROM challenges")
+        assert len(used) == len(devices) and all(r["used_at"] for r in used)
         events = store.db.all("SELECT action FROM audit WHERE action = 'device.onboard'")
-        assert len(events) == 3
+        assert len(events) == len(devices)
     finally:
         store.close()
-    logged = (registry.parent / "floor-app.log").read_text()
-    assert logged.count("event=proof") == 3 and logged.count("outcome=ok") == 6
-    assert "outcome=not_registered" in logged
