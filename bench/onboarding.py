@@ -359,6 +359,19 @@ class Waves:
         return seconds / max(len(self.latencies), 1) * 1000
 
 
+_GOAL_SHARE = 0.8  # of the floor's rate: the server's goal (docs/operator.md)
+
+
+def server_cpu_budget_ms(floor: Waves, share: float) -> float:
+    """The most server CPU per onboarding (ms) with which a server can reach `share` of the
+    floor's rate, and only at best: its devices spending no more than the floor's and the cores
+    kept as busy as the floor keeps them. Bound by CPU, a rate is busy cores over the CPU of
+    one onboarding (server's and devices'), so the budget is the floor's CPU per onboarding over
+    `share`, less the devices' part of it."""
+    server, devices = floor.ms_each(floor.server_cpu_s), floor.ms_each(floor.devices_cpu_s)
+    return (server + devices) / share - devices
+
+
 class _StoreWork:
     """The floor's work plus the store's part of an onboarding, made as the real server makes
     it (host/server/onboarding.py, the same store methods on a SQLite registry of its own): at
@@ -646,6 +659,8 @@ def run() -> dict:
     def cpu_ms(side: Waves) -> float:
         return side.ms_each(side.server_cpu_s)
 
+    budget_ms = server_cpu_budget_ms(low, _GOAL_SHARE)
+
     def beside(side: Waves) -> dict[str, float]:
         """A floor's rate and CPU, its rate's share of the floor's, the real server's of its."""
         return {
@@ -654,6 +669,7 @@ def run() -> dict:
             "devices_cpu_ms": round(side.ms_each(side.devices_cpu_s), 2),
             "floor_pct": round(100 * side.per_s / floor_rate, 1),
             "reached_pct": round(100 * rate / side.per_s, 1),
+            "over_budget_ms": round(cpu_ms(side) - budget_ms, 2),
         }
 
     return {
@@ -667,6 +683,7 @@ def run() -> dict:
                 "server_cpu_ms": round(real.ms_each(real.server_cpu_s), 2),
                 "broker_cpu_ms": round(real.ms_each(bcpu), 2),
                 "devices_cpu_ms": round(real.ms_each(real.devices_cpu_s), 2),
+                "over_budget_ms": round(cpu_ms(real) - budget_ms, 2),
             },
             "one_device": {"p50_ms": round(statistics.median(solo_ms), 1)},
             "ceiling": {
@@ -685,6 +702,7 @@ def run() -> dict:
                 "devices_cpu_ms": round(low.ms_each(low.devices_cpu_s), 2),
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
                 "reached_pct": round(100 * rate / floor_rate, 1),
+                "server_cpu_budget_ms": round(budget_ms, 2),
             },
             # What the store's part adds to the floor, and what the real server spends beyond
             # the floor with the store (rules, JSON, logs, framework) ...
@@ -733,6 +751,11 @@ def run() -> dict:
             "(uvicorn, the ASGI app); floor_pct: its rate as a share of the floor's; "
             "logic_cpu_ms: its server CPU beyond the floor with the store's; framework_cpu_ms: "
             "the real server's beyond it; reached_pct: the real server's rate as a share of it",
+            f"floor/server_cpu_budget_ms: the most server CPU per onboarding with which a server "
+            f"can reach {_GOAL_SHARE:.0%} of the floor's rate, at best (its devices spending the "
+            "floor's devices' CPU, the cores as busy as under the floor): the floor's server and "
+            f"devices CPU per onboarding / {_GOAL_SHARE:g}, less the devices'; over_budget_ms: a "
+            "side's server CPU per onboarding beyond it",
             f"the fleet and the floors' devices onboard in {_ROUNDS} waves each, alternating (each "
             "side first in turn), with every server up: rates and CPU are sums over a side's waves",
             "app_profiled: the onboarding logic alone (no HTTP, TLS, broker) under cProfile",

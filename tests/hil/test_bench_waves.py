@@ -71,3 +71,17 @@ def test_interleaved_rotates_the_side_that_goes_first(monkeypatch: pytest.Monkey
     assert firsts == ["a", "b", "c", "a", "b", "c"]
     assert [len(w.latencies) for w in sums] == [12, 12, 12]
     assert sums[0].wall_s == pytest.approx(0.6)
+
+
+def test_the_budget_for_a_share_of_the_floor_is_what_reaches_that_share() -> None:
+    # A floor of 100 onboardings: 0.6 ms of server CPU and 1.0 ms of devices' CPU each.
+    floor = onboarding.Waves(latencies=[0.01] * 100, wall_s=0.08, server_cpu_s=0.06)
+    floor.devices_cpu_s = 0.1
+    budget = onboarding.server_cpu_budget_ms(floor, 0.8)
+    assert budget == pytest.approx(1.0)
+    # Bound by CPU on the same busy cores, a rate is inversely the CPU of one onboarding: a
+    # server spending the budget (its devices as the floor's) reaches 80 % of the floor's
+    # rate; a tenth of a millisecond more, less.
+    assert (0.6 + 1.0) / (budget + 1.0) == pytest.approx(0.8)
+    assert (0.6 + 1.0) / (budget + 0.1 + 1.0) < 0.8
+    assert onboarding.server_cpu_budget_ms(floor, 1.0) == pytest.approx(0.6)
