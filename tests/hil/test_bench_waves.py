@@ -75,8 +75,7 @@ def test_interleaved_rotates_the_side_that_goes_first(monkeypatch: pytest.Monkey
 
 def test_the_budget_for_a_share_of_the_floor_is_what_reaches_that_share() -> None:
     # A floor of 100 onboardings: 0.6 ms of server CPU and 1.0 ms of devices' CPU each.
-    floor = onboarding.Waves(latencies=[0.01] * 100, wall_s=0.08, server_cpu_s=0.06)
-    floor.devices_cpu_s = 0.1
+    floor = onboarding.Waves([0.01] * 100, wall_s=0.08, server_cpu_s=0.06, devices_cpu_s=0.1)
     budget = onboarding.server_cpu_budget_ms(floor, 0.8)
     assert budget == pytest.approx(1.0)
     # Bound by CPU on the same busy cores, a rate is inversely the CPU of one onboarding: a
