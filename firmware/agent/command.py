@@ -5,13 +5,18 @@
 # is not trusted: nothing in the body is read before the signature holds. The checks run in the
 # page's order: altered, foreign, expired, replayed, malformed; each refusal names its reason.
 # An accepted seq is written to data/ before the command runs, so a power cut never lets it run
-# twice. Everything here is public (signed bodies, the signer's key): plain compares suffice.
+# twice; the kinds that write a record of their own (ota's job, transfer and reenrol's step), which
+# the same command taken again leaves as it is, write it first: a power cut or a heap that fails
+# between the two leaves the command to the server's resend (the seq was not recorded), never
+# lost; any other kind the heap fails in is reported failed (out_of_memory), not left accepted.
+# Everything here is public (signed bodies, the signer's key): plain compares suffice.
 # Kinds: ping (done at once), renew (main.py closes the session and renews), transfer and
 # reenrol (agent.successor records the step; a transfer makes main.py close the session and run
 # it), decommission (agent.decommission erases and stops the agent), broker (agent.relocate keeps
 # the broker settings; main.py closes the session and moves), ota (agent.ota writes the job;
 # main.py closes the session and runs the update step); others fail with unknown_kind.
 # Loaded when a command arrives and dropped after (main.py), with the kinds' modules.
+import gc
 import json
 import hashlib
 from micropython import const
@@ -23,6 +28,8 @@ _SIG = const(64)  # bytes, r || s
 _MAX_BODY = const(320)  # bytes
 _MAX_SEQ = const(0xFFFFFFFF)  # data/cmd_seq.bin holds 4 bytes
 _MAX_KIND = const(32)  # chars of a kind written to the log
+# Kinds whose own record is written before the seq (see above).
+_RECORD_FIRST = ("ota", "transfer", "reenrol")
 _REJECTED_FMT = '{"event": "command_rejected", "seq": %s, "reason": "%s"}'
 
 
@@ -121,35 +128,52 @@ def run_all(st, signer, device_id, data_dir, now):
         except Rejected as e:
             st.event(_REJECTED_FMT % ("null" if e.seq is None else e.seq, e.reason))
             continue
-        if kind != "ota":
+        if kind not in _RECORD_FIRST:
             store.set_cmd_seq(data_dir, seq)  # before it acts: a power cut never runs it twice
         st.ack(seq, "accepted")
-        if kind == "ping":
-            st.ack(seq, "done")  # the round trip is the point
-        elif kind == "renew":
-            st.renew_seq = seq
-        elif kind == "transfer" or kind == "reenrol":
-            from agent import successor
+        try:
+            if _act(st, seq, kind, args, device_id, data_dir):
+                return
+        except MemoryError:
+            if kind in _RECORD_FIRST:
+                raise  # its seq is not recorded: the server's resend takes it again (main.py)
+            # Its seq is recorded, so it cannot run again: the server hears that it failed,
+            # rather than "accepted" for good. The session's buffers stay; the command's go.
+            gc.collect()
+            log("E", "command", "seq=%d kind=%s failed: out of memory", seq, kind[:_MAX_KIND])
+            st.ack(seq, "failed", "out_of_memory")
 
-            successor.accept(st, seq, kind, args, data_dir)
-        elif kind == "broker":
-            from agent import relocate
 
-            relocate.accept(st, seq, device_id, data_dir)
-        elif kind == "ota":
-            # The job is written (agent.ota, docs/ota.md step 1); main.py leaves the session and
-            # runs the step where sessions start.
-            # The job is on flash before the seq: a power cut between the two leaves a job that
-            # the next start resumes and a seq not recorded, so the server's resend is taken
-            # again and continues that job; the other order would lose the offer.
-            from agent import ota
+def _act(st, seq, kind, args, device_id, data_dir):
+    # One accepted command (its `accepted` queued). True: nothing may run after it.
+    if kind == "ping":
+        st.ack(seq, "done")  # the round trip is the point
+    elif kind == "renew":
+        st.renew_seq = seq
+    elif kind == "transfer" or kind == "reenrol":
+        from agent import successor
 
-            ota.accept(st, seq, args)
-            store.set_cmd_seq(data_dir, seq)
-        elif kind == "decommission":
-            from agent import decommission
+        successor.accept(st, seq, kind, args, data_dir)
+        store.set_cmd_seq(data_dir, seq)
+    elif kind == "broker":
+        from agent import relocate
 
-            decommission.run(st, seq, data_dir)
-            return
-        else:
-            st.ack(seq, "failed", "unknown_kind")
+        relocate.accept(st, seq, device_id, data_dir)
+    elif kind == "ota":
+        # The job is written (agent.ota, docs/ota.md step 1); main.py leaves the session and
+        # runs the step where sessions start.
+        # The job is on flash before the seq: a power cut between the two leaves a job that
+        # the next start resumes and a seq not recorded, so the server's resend is taken
+        # again and continues that job; the other order would lose the offer.
+        from agent import ota
+
+        ota.accept(st, seq, args)
+        store.set_cmd_seq(data_dir, seq)
+    elif kind == "decommission":
+        from agent import decommission
+
+        decommission.run(st, seq, data_dir)
+        return True
+    else:
+        st.ack(seq, "failed", "unknown_kind")
+    return False

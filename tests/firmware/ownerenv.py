@@ -193,6 +193,7 @@ class OwnerEnv(Env):
         self.sessions = []  # (device_id or None, Broker) per TLS session opened
         self.hello_id = None
         self.cut_at = 0  # the flash change (1..) a power cut comes before; 0: none
+        self.oom_at = 0  # the flash change (1..) the heap fails at (MemoryError); 0: none
         self.changes = []
         self.removed = {}  # path of a helper file -> its content at removal
         self.stuck = ()  # names of files whose removal fails
@@ -235,6 +236,8 @@ class OwnerEnv(Env):
         self.changes.append(what)
         if len(self.changes) == self.cut_at:
             raise PowerCut(what)
+        if len(self.changes) == self.oom_at:
+            raise MemoryError("memory allocation failed, allocating 1024 bytes")
 
     def write(self, path, data):
         self.change("write " + path)

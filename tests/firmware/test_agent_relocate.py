@@ -63,7 +63,7 @@ class _Flash:
 class MoveEnv(Env):
     # old, new: the sessions each broker answers, in order (a Broker, an exception the TLS
     # connect raises, or an int: seconds an attempt hangs before it fails). cut_at: the flash
-    # change (1..) a power cut comes before; 0: none.
+    # change (1..) a power cut comes before; 0: none. oom_at: the one the heap fails at.
     def __init__(self, old, new, cut_at=0):
         super().__init__([])
         self.brokers = {OLD: list(old), NEW: list(new)}
@@ -71,6 +71,7 @@ class MoveEnv(Env):
         self.topics = ALL_TOPICS
         self.policy = POLICY
         self.cut_at = cut_at
+        self.oom_at = 0
         self.changes = []
 
     def __enter__(self):
@@ -93,6 +94,8 @@ class MoveEnv(Env):
         self.changes.append(what + " " + path[path.rfind("/") + 1 :])
         if len(self.changes) == self.cut_at:
             raise PowerCut(self.changes[-1])
+        if len(self.changes) == self.oom_at:
+            raise MemoryError("memory allocation failed, allocating 1024 bytes")
 
     def write(self, path, data):
         self.change("write", path)
@@ -461,6 +464,26 @@ def test_settings_that_cannot_be_read_to_keep_fail_no_broker_and_nothing_is_aske
     boot_with(env, start({"max_messages": 3}))
     assert events(sock) == [online(0), ack(1, "accepted"), ack(1, "failed", "no_broker")]
     assert env.posts == [] and relocate_doc() is None and len(env.opened) == 1
+
+
+def test_a_move_the_heap_cannot_record_fails_out_of_memory_and_the_session_goes_on():
+    # The seq is written before the move's record (a power cut never runs a move twice), so a
+    # heap that fails at the record is reported, not left "accepted" with nothing to follow.
+    sock = commanding()
+    env = MoveEnv([sock], [])
+    env.oom_at = 2  # write cmd_seq.bin, then the heap fails at write relocate.json
+    p = start({"max_messages": 3})
+    meta = read("onboard.json")
+    boot_with(env, p)
+    assert env.changes == ["write cmd_seq.bin", "write relocate.json"]
+    assert events(sock) == [online(0), ack(1, "accepted"), ack(1, "failed", "out_of_memory")]
+    assert len(env.opened) == 1 and env.posts == [] and store.cmd_seq(D) == 1
+    assert relocate_doc() is None and read("onboard.json") == meta
+    logged(
+        env,
+        "E command: seq=1 kind=broker failed: out of memory",
+        "I agent: stopped after 3 messages",
+    )
 
 
 def _record(**over):
