@@ -387,7 +387,19 @@ def _app(data_dir: Path, *, create: bool = False) -> "Application":
         _MADE.append((where, existed, frozenset(os.listdir(where)) if existed else frozenset()))
     from host.server.application import Application
 
-    return Application.for_operator(settings)
+    service = Application.for_operator(settings)
+    _OPENED.append(service)
+    return service
+
+
+# The applications this run opened: main() closes each (a command may close its own first), so
+# that the store's connections end with the run, also when it runs in a longer-lived process.
+_OPENED: list["Application"] = []
+
+
+def _close_opened() -> None:
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 # Data directories this run found without qlink data and made a store in: (path, whether the
@@ -1592,9 +1604,13 @@ def main() -> None:
         _err(f"[red]error: the argument {_text(bad)} is not UTF-8 text[/]", highlight=False)
         raise SystemExit(2)
     _MADE.clear()  # one run's (main() may run more than once in a process: the tests)
+    _OPENED.clear()
     try:
         try:
-            app()
+            try:
+                app()
+            finally:
+                _close_opened()
         except SystemExit as e:
             if e.code not in (0, None):
                 _take_back_made()

@@ -102,6 +102,7 @@ class Application:
         if policies is not None:
             self.__dict__["policies"] = policies
         self._broker = broker
+        self._closed = False
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -266,6 +267,10 @@ class Application:
         return Ownership(self)
 
     def close(self) -> None:
+        """Flush, close the links and the store; once (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if "renewal_crl" in self.__dict__:
             self.renewal_crl.flush()
         if "policies" in self.__dict__:

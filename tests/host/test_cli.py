@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import re
@@ -842,6 +843,20 @@ def test_a_wait_out_of_range_is_refused_before_anything_is_sent(
     code, out, err = qlink(*command, device_id, "--wait", wait)
     assert code == 2 and out == "" and "--wait" in err
     assert qlink("audit", "--json")[1] == before
+
+
+def test_every_run_closes_the_store_it_opened(qlink, tmp_path: Path) -> None:
+    # Closed by the run, not left to the garbage collector (a connection is in a reference
+    # cycle): the last close folds the WAL into the database file, so between two runs the
+    # file is the whole registry, and no run's leftovers change it later.
+    gc.disable()
+    try:
+        for args in (("batch", "create", "f1"), ("batch", "list"), ("devices", "--json")):
+            assert qlink(*args)[0] == 0, args
+            left = sorted(p.name for p in (tmp_path / "data").glob("registry.sqlite*"))
+            assert left == ["registry.sqlite"], args
+    finally:
+        gc.enable()
 
 
 def test_out_inside_the_data_directory_is_refused(qlink, tmp_path: Path) -> None:
