@@ -134,6 +134,8 @@ def run_all(st, signer, device_id, data_dir, now):
         try:
             if _act(st, seq, kind, args, device_id, data_dir):
                 return
+            if kind in _RECORD_FIRST:
+                store.set_cmd_seq(data_dir, seq)  # after its own record: see above
         except MemoryError:
             if kind in _RECORD_FIRST:
                 raise  # its seq is not recorded: the server's resend takes it again (main.py)
@@ -145,7 +147,8 @@ def run_all(st, signer, device_id, data_dir, now):
 
 
 def _act(st, seq, kind, args, device_id, data_dir):
-    # One accepted command (its `accepted` queued). True: nothing may run after it.
+    # One accepted command (its `accepted` queued; its seq recorded, or recorded by run_all
+    # after it for _RECORD_FIRST). True: nothing may run after it.
     if kind == "ping":
         st.ack(seq, "done")  # the round trip is the point
     elif kind == "renew":
@@ -154,7 +157,6 @@ def _act(st, seq, kind, args, device_id, data_dir):
         from agent import successor
 
         successor.accept(st, seq, kind, args, data_dir)
-        store.set_cmd_seq(data_dir, seq)
     elif kind == "broker":
         from agent import relocate
 
@@ -162,13 +164,12 @@ def _act(st, seq, kind, args, device_id, data_dir):
     elif kind == "ota":
         # The job is written (agent.ota, docs/ota.md step 1); main.py leaves the session and
         # runs the step where sessions start.
-        # The job is on flash before the seq: a power cut between the two leaves a job that
-        # the next start resumes and a seq not recorded, so the server's resend is taken
-        # again and continues that job; the other order would lose the offer.
+        # The job is on flash before the seq (run_all): a power cut between the two leaves a
+        # job that the next start resumes and a seq not recorded, so the server's resend is
+        # taken again and continues that job; the other order would lose the offer.
         from agent import ota
 
         ota.accept(st, seq, args)
-        store.set_cmd_seq(data_dir, seq)
     elif kind == "decommission":
         from agent import decommission
 
