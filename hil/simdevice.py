@@ -510,8 +510,7 @@ class SimDevice:
         if not connected.wait(self.timeout_s) or result[0].is_failure:
             # Stopped and closed here: a refused client's TLS socket left to the garbage
             # collector is a ResourceWarning in whatever runs next.
-            client.disconnect()
-            client.loop_stop()
+            stop_client(client)
             sock = client.socket()
             if sock is not None:
                 sock.close()
@@ -519,6 +518,17 @@ class SimDevice:
                 f"broker refused device {self.device_id[:12]}: {result or 'timeout'}"
             )
         return client
+
+
+def stop_client(client: mqtt.Client) -> None:
+    """Disconnect `client` and stop its network thread. paho 2.2's `loop_stop` reads the thread
+    twice, and a thread that ends on its own after the disconnect clears it in between
+    (eclipse-paho/paho.mqtt.python#872): an AttributeError then means it has stopped."""
+    client.disconnect()
+    try:
+        client.loop_stop()
+    except AttributeError:
+        pass
 
 
 def session_present(client: mqtt.Client) -> bool:

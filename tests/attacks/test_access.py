@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hil.fleet import Fleet
 from hil.serverproc import ServerProcess
-from hil.simdevice import publish
+from hil.simdevice import publish, stop_client
 
 
 def _raw_exchange(server: ServerProcess, data: bytes, pause_s: float = 0.0) -> bytes:
@@ -92,8 +92,7 @@ def test_device_cannot_publish_under_another_devices_topic(attack: Attack, fleet
         arrived = got.wait(1.0)
     finally:
         for c in (t_client, v_client):
-            c.disconnect()
-            c.loop_stop()
+            stop_client(c)
     attack.observe(f"{len(received)} message(s) reached the victim")
     assert not arrived
 

@@ -17,7 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from hil.fleet import Fleet
 from hil.serverproc import ServerProcess
-from hil.simdevice import ApiResponse, SimDevice, publish, session_present
+from hil.simdevice import ApiResponse, SimDevice, publish, session_present, stop_client
 from host.server.brokerplugin.control import PRESENCE
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import connect_admin
@@ -45,8 +45,7 @@ def _suback(client: mqtt.Client, topic: str) -> list[ReasonCode]:
 
 def _close(*clients: mqtt.Client) -> None:
     for c in clients:
-        c.disconnect()
-        c.loop_stop()
+        stop_client(c)
 
 
 def test_device_cannot_take_over_another_devices_live_connection(

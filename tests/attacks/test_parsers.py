@@ -17,7 +17,7 @@ from attacksuite import Attack
 
 from hil.fleet import Fleet
 from hil.serverproc import ServerProcess
-from hil.simdevice import publish
+from hil.simdevice import publish, stop_client
 
 DEEP = 5000  # levels: 10 KB, under the device API's 16 KiB limit
 
@@ -137,8 +137,7 @@ def test_deeply_nested_telemetry(attack: Attack, server: ServerProcess, fleet: F
         publish(client, answer.body["topics"]["telemetry"], json.dumps({"seq": 1}).encode())
         time.sleep(0.5)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        stop_client(client)
     trace = _log_clean(server, mark)
     attack.observe(f"log: {trace or 'clean'}")
     assert trace is None

@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hil.simdevice import stop_client
 from host.server.broker import ManagedBroker
 from host.server.brokerplugin import SOURCE, PluginBuildError, plugin_path
 from host.server.brokerplugin.control import (
@@ -173,8 +174,7 @@ class Control:
         return answer.denied
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
 
 @pytest.fixture(scope="module")
