@@ -337,6 +337,7 @@ class Waves:
     wall_s: float = 0.0
     server_cpu_s: float = 0.0
     devices_cpu_s: float = 0.0
+    wave_rates: list[float] = field(default_factory=list)  # onboardings/s of each wave, in order
 
     def add(
         self, devices: list[SimDevice], concurrency: int, server_cpu: Callable[[], float]
@@ -346,6 +347,7 @@ class Waves:
         cpu0, ccpu0 = server_cpu(), _children_cpu_s()
         latencies, errors, wall = _onboard_all(devices, concurrency)
         self.wall_s += wall
+        self.wave_rates.append(len(latencies) / wall)
         self.devices_cpu_s += _children_cpu_s() - ccpu0
         self.server_cpu_s += server_cpu() - cpu0
         self.latencies += latencies
@@ -357,6 +359,12 @@ class Waves:
 
     def ms_each(self, seconds: float) -> float:
         return seconds / max(len(self.latencies), 1) * 1000
+
+
+def round_shares_pct(side: Waves, floor: Waves) -> list[float]:
+    """`side`'s rate as a share of `floor`'s in each round, the two sides' waves of that round
+    side by side (`interleaved`): how far the share moves within one run."""
+    return [100 * a / b for a, b in zip(side.wave_rates, floor.wave_rates, strict=True)]
 
 
 _GOAL_SHARE = 0.8  # of the floor's rate: the server's goal (docs/operator.md)
@@ -702,6 +710,8 @@ def run() -> dict:
                 "devices_cpu_ms": round(low.ms_each(low.devices_cpu_s), 2),
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
                 "reached_pct": round(100 * rate / floor_rate, 1),
+                "reached_pct_low": round(min(round_shares_pct(real, low)), 1),
+                "reached_pct_high": round(max(round_shares_pct(real, low)), 1),
                 "server_cpu_budget_ms": round(budget_ms, 2),
             },
             # What the store's part adds to the floor, and what the real server spends beyond
@@ -758,6 +768,9 @@ def run() -> dict:
             "side's server CPU per onboarding beyond it",
             f"the fleet and the floors' devices onboard in {_ROUNDS} waves each, alternating (each "
             "side first in turn), with every server up: rates and CPU are sums over a side's waves",
+            "floor/reached_pct_low, reached_pct_high: the real server's rate as a share of the "
+            "floor's in each round (its wave and the floor's wave of that round), the lowest and "
+            "the highest: how far the share moves within the run",
             "app_profiled: the onboarding logic alone (no HTTP, TLS, broker) under cProfile",
             f"one_device: hello + proof of one device on a quiet server ({_SOLO} in a row), "
             "TLS handshake included",

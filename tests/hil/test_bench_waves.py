@@ -84,3 +84,19 @@ def test_the_budget_for_a_share_of_the_floor_is_what_reaches_that_share() -> Non
     assert (0.6 + 1.0) / (budget + 1.0) == pytest.approx(0.8)
     assert (0.6 + 1.0) / (budget + 0.1 + 1.0) < 0.8
     assert onboarding.server_cpu_budget_ms(floor, 1.0) == pytest.approx(0.6)
+
+
+def test_the_share_of_each_round_pairs_the_waves_of_that_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    walls = iter([0.1, 0.2, 0.1, 0.25])  # server a, then floor b, in two rounds (b first in 2)
+
+    def onboard_all(devices: list[Any], concurrency: int) -> tuple[list[float], list[str], float]:
+        return [0.05] * len(devices), [], next(walls)
+
+    monkeypatch.setattr(onboarding, "_onboard_all", onboard_all)
+    a, b = onboarding.interleaved([(list(range(20)), lambda: 0.0)] * 2, 2, 32)
+    assert a.wave_rates == pytest.approx([100.0, 40.0])  # 10 devices in 0.1 s, then 0.25 s
+    assert b.wave_rates == pytest.approx([50.0, 100.0])
+    assert onboarding.round_shares_pct(a, b) == pytest.approx([200.0, 40.0])
+    assert a.per_s == pytest.approx(20 / 0.35)  # the run's share is not their mean

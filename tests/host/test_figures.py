@@ -37,6 +37,8 @@ KNOWN = {
         "onboarding:onboarding/per_s",
         "onboarding:ceiling/ratio_pct",
         "onboarding:floor/reached_pct",
+        "onboarding:floor/reached_pct_low",
+        "onboarding:floor/reached_pct_high",
     },
 }
 
