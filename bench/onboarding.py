@@ -668,6 +668,7 @@ def run() -> dict:
         return side.ms_each(side.server_cpu_s)
 
     budget_ms = server_cpu_budget_ms(low, _GOAL_SHARE)
+    shares = round_shares_pct(real, low)
 
     def beside(side: Waves) -> dict[str, float]:
         """A floor's rate and CPU, its rate's share of the floor's, the real server's of its."""
@@ -710,8 +711,8 @@ def run() -> dict:
                 "devices_cpu_ms": round(low.ms_each(low.devices_cpu_s), 2),
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
                 "reached_pct": round(100 * rate / floor_rate, 1),
-                "reached_pct_low": round(min(round_shares_pct(real, low)), 1),
-                "reached_pct_high": round(max(round_shares_pct(real, low)), 1),
+                "reached_pct_low": round(min(shares), 1),
+                "reached_pct_high": round(max(shares), 1),
                 "server_cpu_budget_ms": round(budget_ms, 2),
             },
             # What the store's part adds to the floor, and what the real server spends beyond
