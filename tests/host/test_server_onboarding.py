@@ -3,6 +3,7 @@ boundary, and that a refusal changes nothing in the registry."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 import time
@@ -55,6 +56,14 @@ class Api:
             kw = {"json": body}
         r = self.portal.call(lambda: self.client.post(path, **kw))
         return ApiResponse(r.status_code, r.json())
+
+    def post_together(self, requests: list[tuple[str, dict[str, Any]]]) -> list[ApiResponse]:
+        """The requests sent at once, their answers in the same order."""
+
+        async def send() -> list[httpx.Response]:
+            return await asyncio.gather(*(self.client.post(p, json=b) for p, b in requests))
+
+        return [ApiResponse(r.status_code, r.json()) for r in self.portal.call(send)]
 
     def get(self, path: str) -> httpx.Response:
         return self.portal.call(self.client.get, path)
@@ -247,6 +256,46 @@ def test_other_proof_on_a_used_challenge_is_refused(api: Api) -> None:
     # Signed again (ECDSA is randomised here): another proof, so a replay of the challenge.
     refused(api.proof(d.proof_body(h)), 403, "challenge_used")
     assert api.dump() == before
+
+
+def test_devices_onboarding_at_once_each_end_as_alone(api: Api) -> None:
+    """Hellos and proofs that reach the server together each end as they would alone: every
+    device onboarded with its own certificate, its challenge used and one audit event, and of
+    two proofs racing for one challenge exactly one wins (the other is a replay)."""
+    devices = [api.device() for _ in range(8)]
+    hellos = api.post_together(
+        [
+            ("/v1/onboard/hello", {"device_id": d.device_id, "public_key": d.public_key.hex()})
+            for d in devices
+        ]
+    )
+    assert [h.status for h in hellos] == [200] * 8
+    racer = devices[0]
+    proofs = [d.proof_body(h) for d, h in zip(devices, hellos, strict=True)]
+    rival = racer.proof_body(hellos[0])  # signed again: another proof of the same challenge
+    answers = api.post_together([("/v1/onboard/proof", b) for b in [*proofs, rival]])
+    race = [answers[0], answers[-1]]
+    assert sorted(a.status for a in race) == [200, 403]
+    lost = next(a for a in race if a.status == 403)
+    refused(lost, 403, "challenge_used")
+    assert [a.status for a in answers[1:-1]] == [200] * 7
+    won = next(a for a in race if a.status == 200)
+    for d, a in zip(devices, [won, *answers[1:-1]], strict=True):
+        dev = api.registry.device(d.device_id)
+        assert dev is not None and dev.state == "onboarded"
+        assert dev.cert_der == base64.b64decode(a.body["certificate_b64"])
+    with sqlite3.connect(api.settings.db_path) as db:
+        used = db.execute(
+            "SELECT COUNT(*) FROM challenges WHERE used_at IS NOT NULL AND device_id IN"
+            f" ({','.join('?' * 8)})",
+            [d.device_id for d in devices],
+        ).fetchone()[0]
+        events = db.execute(
+            "SELECT COUNT(*) FROM audit WHERE action = 'device.onboard' AND target IN"
+            f" ({','.join('?' * 8)})",
+            [f"device:{d.device_id}" for d in devices],
+        ).fetchone()[0]
+    assert (used, events) == (8, 8)
 
 
 @pytest.mark.parametrize("path", ["/v1/onboard/hello", "/v1/onboard/proof"])
