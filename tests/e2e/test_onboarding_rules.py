@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hil.simdevice import ApiResponse, SimDevice, publish
+from hil.simdevice import ApiResponse, SimDevice, publish, stop_client
 
 pytestmark = pytest.mark.e2e
 
@@ -54,8 +54,7 @@ def test_happy_path_certificate_topic_and_telemetry(server, fleet) -> None:
                 break
             time.sleep(0.2)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        stop_client(client)
     assert row["state"] == "onboarded"
     assert row["last_telemetry"] == {"seq": 7, "uptime_ms": 1234, "mem_free": 50000, "fw": "0.1.0"}
     assert row["last_seen"] is not None

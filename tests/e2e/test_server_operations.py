@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 
-from hil.simdevice import ApiResponse
+from hil.simdevice import ApiResponse, stop_client
 
 pytestmark = pytest.mark.e2e
 
@@ -73,12 +73,8 @@ def _suback(client: mqtt.Client, topic: str) -> int:
 
 def _close_all(clients: list[mqtt.Client]) -> None:
     # A dropped client waits up to 1 s before its next reconnection: close them side by side.
-    def close(c: mqtt.Client) -> None:
-        c.disconnect()
-        c.loop_stop()
-
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(close, clients))
+        list(pool.map(stop_client, clients))
 
 
 def _on_port(answer: ApiResponse, port: int) -> ApiResponse:

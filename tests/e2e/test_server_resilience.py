@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from hil.serverproc import ServerProcess
-from hil.simdevice import SimDevice
+from hil.simdevice import SimDevice, stop_client
 
 pytestmark = pytest.mark.e2e
 
@@ -148,8 +148,7 @@ def test_kill_9_mid_onboarding_leaves_no_half_registered_device(
             r = d.onboard()
             assert r.status == 200, r.body
         client = devices[0].mqtt_connect(devices[0].onboard(), tmp_path)
-        client.disconnect()
-        client.loop_stop()
+        stop_client(client)
         assert set(_db_rows(proc2).values()) == {("onboarded", True)}
     finally:
         proc2.stop()

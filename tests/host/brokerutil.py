@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hil.simdevice import stop_client
 from host.server.ca import CertificateAuthority
 from host.server.mqtt import connect_admin
 
@@ -88,8 +89,7 @@ class Device:
         except AssertionError:
             # A refused client must not live on: its loop would retry, and its TLS socket be
             # left for the garbage collector (a ResourceWarning in whichever test runs then).
-            c.disconnect()
-            c.loop_stop()
+            stop_client(c)
             sock = c.socket()
             if sock is not None:
                 sock.close()
@@ -112,8 +112,7 @@ class Device:
 
     def close(self) -> None:
         if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+            stop_client(self.client)
             self.client = None
 
 
@@ -143,8 +142,7 @@ class Listener:
                 return seen
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
 
 def reaches_broker(device: Device, port: int, listener: Listener, sentinel: Device) -> bool:
