@@ -508,12 +508,7 @@ class SimDevice:
         client.connect(b["broker"]["host"], int(b["broker"]["port"]), keepalive=30)
         client.loop_start()
         if not connected.wait(self.timeout_s) or result[0].is_failure:
-            # Stopped and closed here: a refused client's TLS socket left to the garbage
-            # collector is a ResourceWarning in whatever runs next.
-            stop_client(client)
-            sock = client.socket()
-            if sock is not None:
-                sock.close()
+            stop_client(client)  # a refused client must not live on, nor its TLS socket
             raise ConnectionError(
                 f"broker refused device {self.device_id[:12]}: {result or 'timeout'}"
             )
@@ -521,14 +516,19 @@ class SimDevice:
 
 
 def stop_client(client: mqtt.Client) -> None:
-    """Disconnect `client` and stop its network thread. paho 2.2's `loop_stop` reads the thread
-    twice, and a thread that ends on its own after the disconnect clears it in between
-    (eclipse-paho/paho.mqtt.python#872): an AttributeError then means it has stopped."""
+    """Disconnect `client`, stop its network thread and close its socket. paho 2.2's `loop_stop`
+    reads the thread twice, and a thread that ends on its own after the disconnect clears it in
+    between (eclipse-paho/paho.mqtt.python#872): an AttributeError then means it has stopped.
+    A refused client's TLS socket can outlive its loop; left to the garbage collector, it is a
+    ResourceWarning in whatever runs next."""
     client.disconnect()
     try:
         client.loop_stop()
     except AttributeError:
         pass
+    sock = client.socket()
+    if sock is not None:
+        sock.close()
 
 
 def session_present(client: mqtt.Client) -> bool:

@@ -90,9 +90,6 @@ class Device:
             # A refused client must not live on: its loop would retry, and its TLS socket be
             # left for the garbage collector (a ResourceWarning in whichever test runs then).
             stop_client(c)
-            sock = c.socket()
-            if sock is not None:
-                sock.close()
             raise
         self.client = c
         return c
