@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,11 +30,13 @@ from pathlib import Path
 from bench._results import requote, save
 from bench.onboarding import (
     _WARM_UP,
+    Waves,
     _broker_pid,
     _real_answers,
     _server_cpu_s,
     interleaved,
     pids_cpu_s,
+    round_shares_pct,
     start_floor,
     warm_up,
 )
@@ -141,15 +144,26 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
     failed = {name: side.errors[:3] for name, side in summed.items() if side.errors}
     if failed:
         raise RuntimeError(f"onboardings failed: {failed}")
-    floor_rate = summed["floor"].per_s
-    figures = {
-        name: {
+    figures: dict[str, dict[str, float]] = {}
+    for name, side in summed.items():
+        figures[name] = {
             "per_s": round(side.per_s, 1),
             "server_cpu_ms": round(side.ms_each(side.server_cpu_s), 2),
             "devices_cpu_ms": round(side.ms_each(side.devices_cpu_s), 2),
-            **({} if name == "floor" else {"reached_pct": round(100 * side.per_s / floor_rate, 1)}),
         }
-        for name, side in summed.items()
+        if name != "floor":
+            share, rounds = _share(side, summed["floor"])
+            figures[name].update(
+                reached_pct=share, reached_pct_low=min(rounds), reached_pct_high=max(rounds)
+            )
+    # The two servers' waves of one round ran within seconds of each other: after's rate as a
+    # share of before's, round by round, is the comparison the machine's drift disturbs least.
+    share, rounds = _share(summed["after"], summed["before"])
+    figures["after_vs_before"] = {
+        "pct": share,
+        "median_pct": round(statistics.median(rounds), 1),
+        "low_pct": min(rounds),
+        "high_pct": max(rounds),
     }
     return {
         "figures": figures,
@@ -157,9 +171,20 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
             f"before: the server at {commit} ({rev}); after: the working tree's",
             f"{n} devices per side, {concurrency} concurrent, {workers} API workers per server, "
             f"SQLite; {_ROUNDS} waves per side, the first side rotating",
-            "reached_pct: the side's rate as a share of the floor's in the same run",
+            "reached_pct: the side's rate as a share of the floor's in the same run; _low, "
+            "_high: the least and most of it round by round (each round's waves side by side)",
+            "after_vs_before/pct: after's rate as a share of before's; median_pct, low_pct, "
+            "high_pct: the same round by round",
         ],
     }
+
+
+def _share(side: Waves, peer: Waves) -> tuple[float, list[float]]:
+    """`side`'s rate as a share of `peer`'s (%): over the run, and round by round (the two
+    sides' waves of a round run one after the other)."""
+    return round(100 * side.per_s / peer.per_s, 1), [
+        round(pct, 1) for pct in round_shares_pct(side, peer)
+    ]
 
 
 def main(argv: list[str]) -> int:
