@@ -30,12 +30,12 @@ from pathlib import Path
 from bench._results import requote, save
 from bench.onboarding import (
     _WARM_UP,
-    Waves,
     _broker_pid,
     _real_answers,
     _server_cpu_s,
     interleaved,
     pids_cpu_s,
+    reached,
     round_shares_pct,
     start_floor,
     warm_up,
@@ -152,18 +152,16 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
             "devices_cpu_ms": round(side.ms_each(side.devices_cpu_s), 2),
         }
         if name != "floor":
-            share, rounds = _share(side, summed["floor"])
-            figures[name].update(
-                reached_pct=share, reached_pct_low=min(rounds), reached_pct_high=max(rounds)
-            )
+            figures[name].update(reached(side, summed["floor"]))
     # The two servers' waves of one round ran within seconds of each other: after's rate as a
     # share of before's, round by round, is the comparison the machine's drift disturbs least.
-    share, rounds = _share(summed["after"], summed["before"])
+    after, before = summed["after"], summed["before"]
+    rounds = round_shares_pct(after, before)
     figures["after_vs_before"] = {
-        "pct": share,
+        "pct": round(100 * after.per_s / before.per_s, 1),
         "median_pct": round(statistics.median(rounds), 1),
-        "low_pct": min(rounds),
-        "high_pct": max(rounds),
+        "low_pct": round(min(rounds), 1),
+        "high_pct": round(max(rounds), 1),
     }
     return {
         "figures": figures,
@@ -177,14 +175,6 @@ def run(rev: str) -> dict:  # type: ignore[type-arg]
             "high_pct: the same round by round",
         ],
     }
-
-
-def _share(side: Waves, peer: Waves) -> tuple[float, list[float]]:
-    """`side`'s rate as a share of `peer`'s (%): over the run, and round by round (the two
-    sides' waves of a round run one after the other)."""
-    return round(100 * side.per_s / peer.per_s, 1), [
-        round(pct, 1) for pct in round_shares_pct(side, peer)
-    ]
 
 
 def main(argv: list[str]) -> int:

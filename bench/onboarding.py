@@ -367,6 +367,17 @@ def round_shares_pct(side: Waves, floor: Waves) -> list[float]:
     return [100 * a / b for a, b in zip(side.wave_rates, floor.wave_rates, strict=True)]
 
 
+def reached(side: Waves, floor: Waves) -> dict[str, float]:
+    """`side`'s rate as a share of `floor`'s (%) over the run, and the least and the most of it
+    round by round (`round_shares_pct`)."""
+    rounds = round_shares_pct(side, floor)
+    return {
+        "reached_pct": round(100 * side.per_s / floor.per_s, 1),
+        "reached_pct_low": round(min(rounds), 1),
+        "reached_pct_high": round(max(rounds), 1),
+    }
+
+
 _GOAL_SHARE = 0.8  # of the floor's rate: the server's goal (docs/operator.md)
 
 
@@ -668,7 +679,6 @@ def run() -> dict:
         return side.ms_each(side.server_cpu_s)
 
     budget_ms = server_cpu_budget_ms(low, _GOAL_SHARE)
-    shares = round_shares_pct(real, low)
 
     def beside(side: Waves) -> dict[str, float]:
         """A floor's rate and CPU, its rate's share of the floor's, the real server's of its."""
@@ -710,9 +720,7 @@ def run() -> dict:
                 "server_cpu_ms": round(low.ms_each(low.server_cpu_s), 2),
                 "devices_cpu_ms": round(low.ms_each(low.devices_cpu_s), 2),
                 "ratio_pct": round(100 * floor_rate / ceil_rate, 1),
-                "reached_pct": round(100 * rate / floor_rate, 1),
-                "reached_pct_low": round(min(shares), 1),
-                "reached_pct_high": round(max(shares), 1),
+                **reached(real, low),
                 "server_cpu_budget_ms": round(budget_ms, 2),
             },
             # What the store's part adds to the floor, and what the real server spends beyond

@@ -102,11 +102,11 @@ def test_the_share_of_each_round_pairs_the_waves_of_that_round(
     assert a.per_s == pytest.approx(20 / 0.35)  # the run's share is not their mean
 
 
-def test_a_comparison_gives_the_share_over_the_run_and_round_by_round() -> None:
-    from bench.compare import _share
-
+def test_a_share_is_given_over_the_run_and_round_by_round() -> None:
     after = onboarding.Waves(latencies=[0.05] * 30, wall_s=0.3, wave_rates=[110.0, 90.0, 100.0])
     before = onboarding.Waves(latencies=[0.05] * 30, wall_s=0.25, wave_rates=[100.0, 100.0, 125.0])
-    share, rounds = _share(after, before)
-    assert share == pytest.approx(83.3)  # 100/s over the run against 120/s
-    assert rounds == [110.0, 90.0, 80.0]
+    assert onboarding.reached(after, before) == {
+        "reached_pct": 83.3,  # 100/s over the run against 120/s
+        "reached_pct_low": 80.0,
+        "reached_pct_high": 110.0,
+    }
