@@ -67,22 +67,28 @@ def _tree_at(rev: str) -> Iterator[Path]:
             )
 
 
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment in which `python -m ...` runs `tree`'s code. PYTHONPATH alone does not:
+    `-m` puts the working directory (the current checkout, where this runs) first on the
+    path, so both servers would run the current code. PYTHONSAFEPATH leaves it off, for the
+    server and for the workers it spawns."""
+    return {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+
+
 def _cli(proc: ServerProcess, tree: Path, *args: str) -> None:
     """A `qlink` command of `tree`'s own code (its CLI knows its own store)."""
     subprocess.run(
         [sys.executable, "-m", "host.cli", *args, "--data-dir", str(proc.data_dir)],
         check=True,
         capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(tree)},
+        env={**os.environ, **tree_env(tree)},
     )
 
 
 def _start(tree: Path, data: Path, workers: int, n: int) -> tuple[ServerProcess, list[SimDevice]]:
     """`tree`'s server with a fleet of `n` devices imported, and more: one for the floor's
     answers, then the warm-up's."""
-    proc = ServerProcess(
-        data, extra_args=["--workers", str(workers)], env={"PYTHONPATH": str(tree)}
-    ).start()
+    proc = ServerProcess(data, extra_args=["--workers", str(workers)], env=tree_env(tree)).start()
     devices = [
         SimDevice(proc.api_url, proc.root_der(), timeout_s=60) for _ in range(n + 1 + _WARM_UP)
     ]

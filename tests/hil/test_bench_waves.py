@@ -4,12 +4,36 @@ the floor are compared over the same stretches of the machine's time."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import bench.onboarding as onboarding
+from bench.compare import ROOT, tree_env
 from bench.compare import main as compare_main
+
+# A stand-in `host.cli` of another tree: it names the package it was imported from, and the
+# one a worker it spawns (as uvicorn's workers are) imports.
+_CLI = """
+import multiprocessing, host
+
+def where(q):
+    import host
+    q.put(host.__file__)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=where, args=(q,))
+    p.start()
+    print(host.__file__)
+    print(q.get(timeout=60))
+    p.join()
+"""
 
 
 def test_waves_split_a_fleet_once_and_evenly() -> None:
@@ -42,6 +66,25 @@ def test_a_side_sums_its_waves(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_compare_asks_for_a_revision(capsys: pytest.CaptureFixture[str]) -> None:
     assert compare_main([]) == 2
     assert "python -m bench.compare REV" in capsys.readouterr().out
+
+
+def test_compare_runs_the_older_trees_code_from_the_checkout(tmp_path: Path) -> None:
+    # bench.compare starts the older server with `python -m` from the current checkout: the
+    # older tree's code must be what runs, in the server and in the workers it spawns.
+    tree = tmp_path / "tree"
+    (tree / "host").mkdir(parents=True)
+    (tree / "host" / "__init__.py").write_text("")
+    (tree / "host" / "cli.py").write_text(_CLI)
+    out = subprocess.run(
+        [sys.executable, "-m", "host.cli"],
+        cwd=ROOT,
+        env={**os.environ, **tree_env(tree)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert out == [str(tree / "host" / "__init__.py")] * 2
 
 
 def test_compare_names_a_revision_it_cannot_find() -> None:
