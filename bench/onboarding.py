@@ -52,7 +52,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bench._floor import HELLO_PATH, FloorServer, Work, canned_answers, proof_work
 from hil.serverproc import ServerProcess
 from hil.simdevice import OnboardFailed, SimDevice, make_csr
-from host.server.onboarding import _CHALLENGE_KEEP_S, _UNUSED_KEEP_S
 from host.server.store import Actor
 
 
@@ -394,13 +393,14 @@ def server_cpu_budget_ms(floor: Waves, share: float) -> float:
 class _StoreWork:
     """The floor's work plus the store's part of an onboarding, made as the real server makes
     it (host/server/onboarding.py, the same store methods on a SQLite registry of its own): at
-    hello the device's row (is it registered?) and the new challenge (its insert and the trim
-    of the device's older ones, one transaction), answered with the challenge; at proof the
-    challenge with its device (one join), then the certificate recorded, the challenge consumed
-    and the audit event written (one transaction). Bodies are parsed with json; no rule is
-    checked, no signature of the device's verified but the floor's own, nothing logged."""
+    hello the device's row (is it registered?), answered with a challenge made as the server
+    makes it (host/server/challenge.py: nothing is written); at proof the device's row, then
+    the challenge recorded as used, the certificate recorded and the audit event written (one
+    transaction). Bodies are parsed with json; no rule is checked, no signature of the device's
+    verified but the floor's own, nothing logged."""
 
     def __init__(self, crypto: _Crypto, registry: Path) -> None:
+        from host.server.challenge import Challenges
         from host.server.settings import Settings
         from host.server.store import Store
 
@@ -408,6 +408,9 @@ class _StoreWork:
         self.store = Store(registry, migrate=False)
         # The server's defaults, from the one place that holds them.
         self.settings = Settings(data_dir=registry.parent)
+        self.challenges = Challenges(secrets.token_bytes(32))
+        # The server finds a proof's device from its CSR; the floor does not parse the CSR.
+        self.given: dict[str, str] = {}
 
     def __call__(self, path: bytes, body: bytes) -> bytes | None:
         msg = json.loads(body)
@@ -416,27 +419,24 @@ class _StoreWork:
             dev = self.store.devices.get(msg["device_id"])
             if dev is None:
                 raise RuntimeError(f"device {msg['device_id']} is not in the floor's registry")
-            cid, challenge = secrets.token_hex(16), secrets.token_bytes(32)
             expires = math.ceil(now + self.settings.challenge_ttl_s)
-            self.store.challenges.add(
-                cid,
-                dev.device_id,
-                challenge,
-                expires,
-                keep=self.settings.max_challenges_per_device,
-                purge_before=now - _CHALLENGE_KEEP_S,
-                purge_unused_before=now - _UNUSED_KEEP_S,
-            )
+            cid, challenge = self.challenges.issue(dev.device_id, expires)
+            self.given[cid] = dev.device_id
             answer = {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
             return json.dumps(answer).encode()
-        found = self.store.challenges.with_device(msg["challenge_id"])
-        if found is None:
+        cid = msg["challenge_id"]
+        device_id = self.given.pop(cid, None)
+        opened = None if device_id is None else self.challenges.open(cid, device_id)
+        dev = None if device_id is None else self.store.devices.get(device_id)
+        if opened is None or dev is None:
             raise RuntimeError("a proof for a challenge the floor did not give")
-        ch, dev = found
+        expires, challenge = opened
         cert = self.crypto.server_checks()
         self.store.challenges.complete(
-            ch.id,
+            cid,
             dev,
+            challenge,
+            expires,
             cert.public_bytes(serialization.Encoding.DER),
             cert.serial_number,
             cert.not_valid_after_utc.timestamp(),

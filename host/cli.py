@@ -503,8 +503,12 @@ def server(
         ),
     ] = 1,
     max_challenges: Annotated[
-        int, typer.Option(help="Outstanding challenges a device may hold; older ones go.")
-    ] = 4,
+        int | None,
+        typer.Option(
+            hidden=True,  # a hello stores nothing now (docs/operator.md, abuse limits)
+            help="No longer has an effect: challenges are not stored until a proof uses them.",
+        ),
+    ] = None,
     hello_per_source: Annotated[
         int,
         typer.Option(help="Hellos a minute from one address, all may come at once (0: no limit)."),
@@ -539,13 +543,18 @@ def server(
             auto_reenrol=auto_reenrol,
             database_url=database_url,
             workers=workers,
-            max_challenges_per_device=max_challenges,
             hello_per_source_per_min=hello_per_source,
             hello_per_device_per_min=hello_per_device,
             console_lockout_s=console_lockout_s,
         )
     except ValueError as e:
         raise CliError(str(e)) from e
+    if max_challenges is not None:
+        typer.echo(
+            "note: --max-challenges has no effect any more: a hello stores nothing, so a "
+            "device's outstanding challenges take no room; the option will be removed",
+            err=True,
+        )
     configure_logging()
     serve(settings)
 

@@ -41,6 +41,7 @@ from host.server.admin import router as admin_router
 from host.server.application import Application
 from host.server.broker import ADMIN_HOST, ManagedBroker, die_with_parent
 from host.server.ca import CertificateAuthority
+from host.server.challenge import load_or_create_key
 from host.server.datadir import lock_data_dir
 from host.server.deviceapi import DeviceApi, openapi_paths
 from host.server.events import EventIntake
@@ -427,6 +428,8 @@ def _serve(settings: Settings) -> None:
     }
     started = False
     try:
+        # The key challenges are made and checked with, before any worker reads it.
+        load_or_create_key(settings.challenge_key_path)
         # Once per start, before any worker serves: the broker's denials from the store.
         denials = Policies(
             {POLICY_NAME: MosquittoDynsec(ca, ADMIN_HOST, broker.admin_port)}, store.devices

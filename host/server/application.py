@@ -225,6 +225,7 @@ class Application:
 
     @cached_property
     def onboarding(self) -> Onboarding:
+        from host.server.challenge import Challenges, load_or_create_key
         from host.server.onboarding import BrokerEndpoint, Onboarding
 
         broker = self._broker or BrokerEndpoint(self.settings.public_host, 0)
@@ -234,6 +235,7 @@ class Application:
             self.ca,
             self.policies,
             broker,
+            Challenges(load_or_create_key(self.settings.challenge_key_path)),
             self.renewal_crl,
             self.command_signer.cert_der,
             self.targets.broker_block,

@@ -12,7 +12,6 @@ import binascii
 import hashlib
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
 from host.server.ca import CertificateAuthority
+from host.server.challenge import Challenges
 from host.server.deviceid import BadDeviceId, parse_device_id
 from host.server.policy import (
     Policies,
@@ -39,14 +39,12 @@ from host.server.policy import (
 from host.server.ratelimit import RateLimiter
 from host.server.schemas import STATE_ONBOARDED, STATE_REGISTERED, DeviceRecord
 from host.server.settings import Settings
-from host.server.store import Actor, ChallengeInfo, Store
+from host.server.store import Actor, Store
 from host.server.store.names import is_name
 
 DOMAIN_LABEL = b"qlink-onboard-v1\x00"
 _MAX_CSR_B64 = 4096  # a P-256 CSR is ~250 bytes DER; anything far larger is not one
 log = logging.getLogger("qlink.onboard")
-_CHALLENGE_KEEP_S = 3600  # used challenges stay this long (a lost answer's retry is precise)
-_UNUSED_KEEP_S = 300  # unused ones this long past expiry ("expired", not "unknown", for a while)
 
 
 class OnboardingRefused(ServerError):
@@ -66,6 +64,43 @@ class OnboardingRefused(ServerError):
 
 def _bad(detail: str) -> OnboardingRefused:
     return OnboardingRefused(400, "bad_request", detail)
+
+
+def _used() -> OnboardingRefused:
+    return OnboardingRefused(
+        403, "challenge_used", "this challenge was used already; start again with hello"
+    )
+
+
+def _csr(der: bytes) -> x509.CertificateSigningRequest:
+    try:
+        return x509.load_der_x509_csr(der)
+    except ValueError:
+        raise OnboardingRefused(400, "bad_csr", "csr_b64 is not a PKCS#10 request") from None
+
+
+def _candidates(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The devices a proof's CSR may be for: the ID of the key it holds, then the ID its
+    subject names (when it names one), each once."""
+    found = []
+    try:
+        key = csr.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            found.append(hashlib.sha256(_uncompressed(key)).hexdigest())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        pass
+    try:
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        names = []
+    for attr in names:
+        try:
+            device_id = parse_device_id(attr.value)
+        except BadDeviceId:
+            continue
+        if device_id not in found:
+            found.append(device_id)
+    return found
 
 
 def signature_holds(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -159,6 +194,8 @@ class Issued:
     source: str
     now: float
     driver: PolicyDriver | None
+    challenge: bytes
+    expires: int
     ota_key: bytes | None = None
 
     @property
@@ -176,11 +213,13 @@ class Onboarding:
         ca: CertificateAuthority,
         policies: Policies,
         broker: BrokerEndpoint,
+        challenges: Challenges,
         publish_crl: Callable[[], None] | None = None,
         command_signer_der: bytes | None = None,
         broker_block: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.settings = settings
+        self.challenges = challenges  # made and checked from the server's key: never stored
         # The `broker` of a device whose batch is on another target than the managed broker
         # (host/server/targets.py), by target name; None: the managed broker's.
         self._broker_block = broker_block
@@ -213,9 +252,9 @@ class Onboarding:
                 429, "rate_limited", f"too many hellos for this device; retry in {wait} s", wait
             )
 
-    def _eligible(self, device_id: str, known: DeviceRecord | None = None) -> DeviceRecord:
-        """The device if it may onboard (`known`: its row, read already), else 403."""
-        dev = known or self.store.devices.get(device_id)
+    def _eligible(self, device_id: str) -> DeviceRecord:
+        """The device if it may onboard, else 403."""
+        dev = self.store.devices.get(device_id)
         if (
             dev is None
             or not dev.batch_active
@@ -252,19 +291,8 @@ class Onboarding:
             raise OnboardingRefused(
                 403, "not_registered", f"device {device_id} is registered with another key"
             )
-        now = time.time()
-        cid = secrets.token_hex(16)
-        challenge = secrets.token_bytes(32)
-        expires = math.ceil(now + self.settings.challenge_ttl_s)
-        self.store.challenges.add(
-            cid,
-            device_id,
-            challenge,
-            expires,
-            keep=self.settings.max_challenges_per_device,
-            purge_before=now - _CHALLENGE_KEEP_S,
-            purge_unused_before=now - _UNUSED_KEEP_S,
-        )
+        expires = math.ceil(time.time() + self.settings.challenge_ttl_s)
+        cid, challenge = self.challenges.issue(device_id, expires)
         return {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
 
     def proof(self, body: dict[str, Any], source: str = "-") -> tuple[str, dict[str, Any]]:
@@ -303,45 +331,58 @@ class Onboarding:
             raise _bad("csr_b64 is not valid base64") from None
         ota_key = _ota_key(body)
 
-        found = self.store.challenges.with_device(cid)
-        if found is None:
-            raise OnboardingRefused(
-                403, "unknown_challenge", "no such challenge; start again with hello"
-            )
-        ch, known = found
+        csr = _csr(csr_der)
+        device_id, expires, challenge = self._open(cid, csr)
         try:
-            return self._check_proof(ch, known, sig_hex, csr_der, source, ota_key)
+            return self._check_proof(
+                cid, device_id, expires, challenge, sig_hex, csr, csr_der, source, ota_key
+            )
         except OnboardingRefused as e:
-            e.device_id = ch.device_id
+            e.device_id = device_id
             raise
+
+    def _open(self, cid: str, csr: x509.CertificateSigningRequest) -> tuple[str, int, bytes]:
+        """The device a challenge ID was given to, its expiry and the challenge; 403 when this
+        server gave it to none. The proof names no device: the candidates are the one whose
+        key the CSR holds (its ID is that key's SHA-256) and the one its subject names, so
+        that a CSR with another key or another subject is refused as such further on."""
+        for device_id in _candidates(csr):
+            opened = self.challenges.open(cid, device_id)
+            if opened is not None:
+                return device_id, *opened
+        raise OnboardingRefused(
+            403, "unknown_challenge", "no such challenge; start again with hello"
+        )
 
     def _check_proof(
         self,
-        ch: ChallengeInfo,
-        known: DeviceRecord,
+        cid: str,
+        device_id: str,
+        expires: int,
+        challenge: bytes,
         sig_hex: str,
+        csr: x509.CertificateSigningRequest,
         csr_der: bytes,
         source: str,
         ota_key: bytes | None = None,
     ) -> Issued | tuple[str, dict[str, Any]]:
-        device_id = ch.device_id
         now = time.time()
-        digest = proof_digest(ch.id, sig_hex, csr_der, ota_key)
-        if ch.used_at is not None and ch.proof_hash == digest:
-            # The same proof again: the device lost the answer. Same certificate, no change.
-            dev = self._eligible(device_id, known)
-            if dev.state == STATE_ONBOARDED and dev.cert_der:
-                return device_id, self._answer(dev, dev.cert_der)
-        if ch.used_at is not None:
-            raise OnboardingRefused(
-                403, "challenge_used", "this challenge was used already; start again with hello"
-            )
-        if now > ch.expires:
+        digest = proof_digest(cid, sig_hex, csr_der, ota_key)
+        if now > expires:
+            # A device that lost its answer may send the same proof again after the challenge
+            # expired: the answer it missed, as long as the used challenge is kept.
+            used = self.store.challenges.used(cid)
+            if used is not None and used.proof_hash == digest:
+                dev = self._eligible(device_id)
+                if dev.state == STATE_ONBOARDED and dev.cert_der:
+                    return device_id, self._answer(dev, dev.cert_der)
+            if used is not None:
+                raise _used()
             raise OnboardingRefused(
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
-        dev = self._eligible(device_id, known)
-        message = proof_message(ch.challenge, device_id, self.settings.public_host, ota_key)
+        dev = self._eligible(device_id)
+        message = proof_message(challenge, device_id, self.settings.public_host, ota_key)
         if not signature_holds(dev.public_key, message, bytes.fromhex(sig_hex)):
             raise OnboardingRefused(
                 403,
@@ -352,7 +393,6 @@ class Onboarding:
             )
 
         try:
-            csr = x509.load_der_x509_csr(csr_der)
             valid = csr.is_signature_valid
             csr_key = csr.public_key()
             attrs = list(csr.subject)
@@ -400,7 +440,9 @@ class Onboarding:
             driver = self.policies.onboarding_call(dev)
         except PolicyUnavailable as e:
             raise OnboardingRefused(503, "policy_unavailable", str(e)) from None
-        return Issued(ch.id, dev, cert, cert_der, digest, source, now, driver, ota_key)
+        return Issued(
+            cid, dev, cert, cert_der, digest, source, now, driver, challenge, expires, ota_key
+        )
 
     def _renewal_due(self, cert: x509.Certificate, end: float, now: float) -> bool:
         """Past `renew_at_pct` of the certificate's life, or within the renewal window of its
@@ -428,6 +470,8 @@ class Onboarding:
         done = self.store.challenges.complete(
             step.cid,
             step.dev,
+            step.challenge,
+            step.expires,
             step.cert_der,
             step.cert.serial_number,
             step.cert.not_valid_after_utc.timestamp(),
@@ -438,9 +482,14 @@ class Onboarding:
             ota_key=step.ota_key,
         )
         if not done:
-            refused = OnboardingRefused(
-                403, "challenge_used", "this challenge was used already; start again with hello"
-            )
+            # Used meanwhile: by this same proof (the device lost its answer, or sent it twice
+            # at once), which gets the certificate recorded then; by another, refused.
+            used = self.store.challenges.used(step.cid)
+            if used is not None and used.proof_hash == step.digest:
+                dev = self.store.devices.get(device_id)
+                if dev is not None and dev.state == STATE_ONBOARDED and dev.cert_der:
+                    return self._answer(dev, dev.cert_der)
+            refused = _used()
             refused.device_id = device_id
             raise refused
         replaced = step.dev.serial

@@ -84,11 +84,10 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024  # operator API (a 10,000-device import is ~2 MB)
     max_device_body_bytes: int = 16 * 1024  # device API (a proof is ~1 KB)
     body_timeout_s: float = 10.0  # a client must send its whole body within this time
-    # Abuse limits of the unauthenticated hello (0 turns one off). A device's outstanding
-    # challenges: the newest stand, older ones are dropped. Hellos a minute per source address
-    # and per device from one source (token buckets: the whole minute's worth may come at
-    # once, so a fleet behind one address that powers up together is not slowed).
-    max_challenges_per_device: int = 4
+    # Abuse limits of the unauthenticated hello (0 turns one off): hellos a minute per source
+    # address and per device from one source (token buckets: the whole minute's worth may come
+    # at once, so a fleet behind one address that powers up together is not slowed). A hello
+    # stores nothing (host/server/challenge.py), so outstanding challenges need no bound.
     hello_per_source_per_min: int = 30_000
     hello_per_device_per_min: int = 12
     # The console locks a user for this long after 5 failed logins in a row (docs/console.md).
@@ -112,6 +111,8 @@ class Settings:
                 )
         if self.challenge_ttl_s < 1:
             raise SettingsError("challenge TTL must be at least 1 second")
+        if self.challenge_ttl_s > 86_400:  # a challenge's expiry is 4 bytes of its ID
+            raise SettingsError("challenge TTL must be at most a day (86400 seconds)")
         if not 60 <= self.cert_validity_days * 86400 <= _MAX_DAYS * 86400:
             raise SettingsError(
                 "certificate validity must be at least one minute (1/1440 day) and at most "
@@ -125,8 +126,6 @@ class Settings:
             raise SettingsError("PUF drift threshold must be between 1 and 100 percent")
         if self.workers < 1:
             raise SettingsError("workers must be at least 1")
-        if self.max_challenges_per_device < 1:
-            raise SettingsError("max challenges per device must be at least 1")
         if self.hello_per_source_per_min < 0 or self.hello_per_device_per_min < 0:
             raise SettingsError("hello rate limits must be 0 (off) or more")
         if self.console_lockout_s < 0:
@@ -139,6 +138,11 @@ class Settings:
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def challenge_key_path(self) -> Path:
+        """The key onboarding challenges are made with (host/server/challenge.py)."""
+        return self.data_dir / "challenge.key"
 
     @property
     def db_path(self) -> Path:

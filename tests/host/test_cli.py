@@ -738,6 +738,30 @@ def test_server_refuses_settings_out_of_range_before_it_starts(
     assert not data.exists()
 
 
+@pytest.mark.parametrize(("ttl", "ok"), [("86400", True), ("86401", False), ("0", False)])
+def test_the_challenge_ttl_is_a_second_to_a_day(
+    qlink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ttl: str, ok: bool
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr("host.server.app.serve", started.append)
+    data = tmp_path / "srv"
+    code, _, err = qlink("server", "--data-dir", str(data), "--challenge-ttl", ttl)
+    assert (code == 0, len(started)) == (ok, int(ok)), err
+    if not ok:
+        assert "challenge TTL must be" in err and "Traceback" not in err
+
+
+def test_max_challenges_is_still_taken_and_says_it_does_nothing(
+    qlink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr("host.server.app.serve", started.append)
+    code, _, err = qlink("server", "--data-dir", str(tmp_path / "srv"), "--max-challenges", "8")
+    assert code == 0 and len(started) == 1
+    assert "--max-challenges has no effect" in err
+    assert "--max-challenges" not in qlink("server", "--help")[1]  # hidden
+
+
 def test_a_bind_address_that_does_not_resolve_is_a_sentence() -> None:
     from host.server import ServerError
     from host.server.app import _listen

@@ -8,6 +8,8 @@ import base64
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio.from_thread
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hil.simdevice import ApiResponse, SimDevice, make_csr
+from host.server import onboarding
 from host.server.app import create_app
 from host.server.application import Application
 from host.server.onboarding import proof_message
@@ -321,16 +324,96 @@ def test_proof_unknown_challenge(api: Api) -> None:
     _expect_refusal(api, d, body, 403, "unknown_challenge")
 
 
-def test_proof_expired_challenge(api: Api) -> None:
+def _later(monkeypatch: pytest.MonkeyPatch, at: float) -> None:
+    """The onboarding rules' clock at `at` (the clock rule is the server's `now > expires`)."""
+    monkeypatch.setattr(onboarding, "time", SimpleNamespace(time=lambda: at))
+
+
+def test_proof_expired_challenge(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     d = api.device()
     h = api.hello(d)
-    # Expire the stored challenge rather than wait: the clock rule is the server's `now > expires`.
+    body = d.proof_body(h)
+    _later(monkeypatch, h.body["expires"] + 1)
+    _expect_refusal(api, d, body, 403, "challenge_expired")
+
+
+def test_a_lost_answer_is_given_again_after_the_challenge_expired(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = api.device()
+    h = api.hello(d)
+    body = d.proof_body(h)
+    first = api.proof(body)
+    assert first.status == 200
+    before = api.dump()
+    _later(monkeypatch, h.body["expires"] + 600)
+    again = api.proof(body)
+    assert again.status == 200 and again.body == first.body
+    refused(api.proof(d.proof_body(h)), 403, "challenge_used")  # signed again: another proof
+    assert api.dump() == before
+
+
+def test_a_hello_writes_nothing(api: Api) -> None:
+    d = api.device()
     with sqlite3.connect(api.settings.db_path) as db:
-        db.execute(
-            "UPDATE challenges SET expires = ? WHERE id = ?",
-            (int(time.time()) - 1, h.body["challenge_id"]),
-        )
-    _expect_refusal(api, d, d.proof_body(h), 403, "challenge_expired")
+        # Changes another connection commits change this connection's data_version.
+        version = db.execute("PRAGMA data_version").fetchone()
+        hellos = [api.hello(d) for _ in range(5)]
+        assert {h.status for h in hellos} == {200}
+        assert len({h.body["challenge_id"] for h in hellos}) == 5
+        assert db.execute("PRAGMA data_version").fetchone() == version
+        # The challenge a proof uses is recorded then, as used.
+        assert api.proof(d.proof_body(hellos[2])).status == 200
+        assert db.execute("PRAGMA data_version").fetchone() != version
+        rows = db.execute(
+            "SELECT id, used_at IS NOT NULL FROM challenges WHERE device_id = ?", (d.device_id,)
+        ).fetchall()
+    assert rows == [(hellos[2].body["challenge_id"], 1)]
+    # Every other challenge the device was given still stands (none was dropped for it).
+    assert api.proof(d.proof_body(hellos[0])).status == 200
+
+
+def test_a_challenge_is_bound_to_the_device_it_was_given_to(api: Api) -> None:
+    a, b = api.device(), api.device()
+    h = api.hello(a)
+    # b answers a's challenge: signed with its own key, its own CSR.
+    _expect_refusal(api, b, b.proof_body(h), 403, "unknown_challenge")
+    assert api.registry.device(a.device_id).state == "registered"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("byte", [0, 3, 5, 15], ids=["expiry", "expiry_low", "nonce", "tag"])
+def test_a_challenge_id_changed_anywhere_is_unknown(api: Api, byte: int) -> None:
+    d = api.device()
+    body = d.proof_body(api.hello(d))
+    cid = bytearray(bytes.fromhex(body["challenge_id"]))
+    cid[byte] ^= 1
+    body["challenge_id"] = cid.hex()
+    _expect_refusal(api, d, body, 403, "unknown_challenge")
+
+
+def test_a_proof_may_reach_another_worker_or_the_server_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Two applications over one data directory, as two API workers or one server before and
+    after a restart: a challenge one gave is answered at the other."""
+    settings = Settings(data_dir=tmp_path / "d", broker_port=18883)
+    first = Application.for_server(settings, broker_port=18883, policy=MemoryPolicy())
+    try:
+        first.create_tenant("acme")
+        first.create_batch("b", "acme")
+        d = SimDevice("https://localhost", b"")
+        first.import_devices("b", [d.csv_line()])
+        h = first.onboarding.hello({"device_id": d.device_id, "public_key": d.public_key.hex()})
+    finally:
+        first.close()
+    key = settings.challenge_key_path
+    assert key.stat().st_mode & 0o777 == 0o600
+    second = Application.for_server(settings, broker_port=18883, policy=MemoryPolicy())
+    try:
+        device_id, answer = second.onboarding.proof(d.proof_body(ApiResponse(200, h)))
+        assert device_id == d.device_id and answer["certificate_b64"]
+    finally:
+        second.close()
 
 
 def test_proof_csr_with_another_key(api: Api) -> None:

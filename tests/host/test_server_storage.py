@@ -86,11 +86,11 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
     with pytest.raises(ImportRejected):
         reg.batches.import_devices("b1", [*lines, "bad"])
     device_id = lines[0].split(",")[0]
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     dev = reg.devices.get(device_id)
     assert dev is not None
-    assert reg.challenges.complete("c" * 32, dev, b"cert", 5, 1.0, 2.0)
-    assert not reg.challenges.complete("c" * 32, dev, b"other", 6, 1.0, 3.0)
+    ch = b"\x01" * 32
+    assert reg.challenges.complete("c" * 32, dev, ch, 2**31 - 1, b"cert", 5, 1.0, 2.0)
+    assert not reg.challenges.complete("c" * 32, dev, ch, 2**31 - 1, b"other", 6, 1.0, 3.0)
     d = reg.devices.get(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
     assert [a.action for a in reg.audit.list("acme")] == [

@@ -184,17 +184,16 @@ def test_database_runs_in_wal_mode(registry: Store) -> None:
 def test_challenge_is_consumed_once(registry: Store) -> None:
     device_id, pub = identity()
     registry.batches.import_devices("b1", [line(device_id, pub)])
-    registry.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31)
     dev = registry.devices.get(device_id)
     assert dev is not None
-    assert registry.challenges.complete("c" * 32, dev, b"cert", 5, 1.0, 2.0)
-    assert not registry.challenges.complete("c" * 32, dev, b"other", 6, 1.0, 3.0)
+    ch = b"\x01" * 32
+    assert registry.challenges.complete("c" * 32, dev, ch, 2**31, b"cert", 5, 1.0, 2.0)
+    assert not registry.challenges.complete("c" * 32, dev, ch, 2**31, b"other", 6, 1.0, 3.0)
     d = registry.devices.get(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
-    found = registry.challenges.with_device("c" * 32)
-    assert found is not None
-    ch, dev = found
-    assert ch.used_at == 2.0 and (ch.device_id, dev.device_id) == (device_id, device_id)
+    used = registry.challenges.used("c" * 32)
+    assert used is not None
+    assert (used.used_at, used.device_id, used.challenge) == (2.0, device_id, ch)
 
 
 def test_telemetry_of_unknown_device_is_not_stored(registry: Store) -> None:

@@ -1,5 +1,5 @@
-"""The store's onboarding path (devices.get, challenges.add / with_device / complete on the
-DBAPI, host/server/store) answers exactly as an ORM read of the same rows through the schema's
+"""The store's onboarding path (devices.get, challenges.complete / used on the DBAPI,
+host/server/store) answers exactly as an ORM read of the same rows through the schema's
 models, keeps its transactions whole and always gives its connection back to the pool; on
 SQLite and, where its binaries are installed, on a private PostgreSQL."""
 
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from host.server.db import make_engine
 from host.server.models import AuditEvent, Batch, Challenge, Device
 from host.server.schemas import DeviceRecord
-from host.server.store import LOCAL, Actor, ChallengeInfo, ConstraintViolation, DuplicateKey, Store
+from host.server.store import LOCAL, Actor, ChallengeInfo, ConstraintViolation, Store
 
 TENANT = "acme"
 _databases = itertools.count()
@@ -56,13 +56,17 @@ def dev(reg: Store, device_id: str) -> DeviceRecord:
     return d
 
 
-def add(reg: Store, cid: str, device_id: str, expires: int = 2**31 - 1) -> None:
-    reg.challenges.add(cid, device_id, b"\x01" * 32, expires)
-
-
-def complete(reg: Store, cid: str, device_id: str, *args: Any, **kw: Any) -> bool:
+def complete(
+    reg: Store,
+    cid: str,
+    device_id: str,
+    *args: Any,
+    challenge: bytes = b"\x01" * 32,
+    expires: int = 2**31 - 1,
+    **kw: Any,
+) -> bool:
     """challenges.complete with the device as a proof would have read it."""
-    return reg.challenges.complete(cid, dev(reg, device_id), *args, **kw)
+    return reg.challenges.complete(cid, dev(reg, device_id), challenge, expires, *args, **kw)
 
 
 def orm(reg: Store) -> Session:
@@ -125,6 +129,14 @@ def challenge_row(reg: Store, cid: str) -> tuple[Any, ...]:
     return (orm_challenge(reg, cid).used_at, orm_challenge(reg, cid).proof_hash)
 
 
+def recorded(reg: Store, cid: str) -> bool:
+    """Whether the challenge is recorded as used (as the ORM reads the table)."""
+    with orm(reg) as s:
+        found = s.get(Challenge, cid) is not None
+    s.get_bind().dispose()  # type: ignore[union-attr]
+    return found
+
+
 def audit_count(reg: Store) -> int:
     with orm(reg) as s:
         n = len(list(s.scalars(select(AuditEvent.id))))
@@ -170,10 +182,8 @@ def test_device_reads_as_the_orm_does(reg: Store) -> None:
     plain = new_device(reg)
     busy = new_device(reg)
     revoked = new_device(reg)
-    reg.challenges.add("r" * 32, revoked, b"\x03" * 32, 2**31 - 1)
     assert complete(reg, "r" * 32, revoked, b"der", 0x5A, 1.8e9, 999.0)
     reg.devices.revoke(dev(reg, revoked), LOCAL)
-    reg.challenges.add("a" * 32, busy, b"\x02" * 32, 2**31 - 1)
     assert complete(reg, "a" * 32, busy, b"\x30\x82cert", 0xABC, 1.9e9, 1000.5)
     assert reg.devices.record_telemetry(busy, {"temp": 21.5, "ok": True}, 1001.25, TENANT)
     disable(reg, busy)  # disabled, with a policy exception
@@ -193,28 +203,36 @@ def test_device_reads_as_the_orm_does(reg: Store) -> None:
     assert reg.devices.get("0" * 64) is None
 
 
-def test_challenges_read_as_the_orm_does(reg: Store) -> None:
+def test_a_used_challenge_reads_as_the_orm_does(reg: Store) -> None:
     device_id = new_device(reg)
-    reg.challenges.add("c" * 32, device_id, b"\x00\x01" * 16, 2**31 - 1)
-    found = reg.challenges.with_device("c" * 32)
-    assert found is not None
-    ch, dev = found
-    assert_same(ch, orm_challenge(reg, "c" * 32))
-    assert_same(dev, orm_device(reg, device_id))
-    assert (ch.challenge, ch.used_at, ch.proof_hash) == (b"\x00\x01" * 16, None, None)
-    assert complete(reg, "c" * 32, device_id, b"cert", 5, 1.5e9, 77.25, proof_hash="h" * 64)
-    found = reg.challenges.with_device("c" * 32)
-    assert found is not None
-    assert_same(found[0], orm_challenge(reg, "c" * 32))
-    assert (found[0].used_at, found[0].proof_hash) == (77.25, "h" * 64)
-    assert_same(found[1], orm_device(reg, device_id))
-    assert reg.challenges.with_device("d" * 32) is None
+    assert reg.challenges.used("c" * 32) is None  # a challenge is recorded once used only
+    assert complete(
+        reg,
+        "c" * 32,
+        device_id,
+        b"cert",
+        5,
+        1.5e9,
+        77.25,
+        challenge=b"\x00\x01" * 16,
+        expires=1_800_000_000,
+        proof_hash="h" * 64,
+    )
+    used = reg.challenges.used("c" * 32)
+    assert used is not None
+    assert_same(used, orm_challenge(reg, "c" * 32))
+    assert (used.device_id, used.challenge, used.expires) == (
+        device_id,
+        b"\x00\x01" * 16,
+        1_800_000_000,
+    )
+    assert (used.used_at, used.proof_hash) == (77.25, "h" * 64)
+    assert reg.challenges.used("d" * 32) is None
 
 
 def test_onboarding_records_device_and_one_audit_event_per_new_serial(reg: Store) -> None:
     device_id = new_device(reg)
     before = audit_count(reg)
-    reg.challenges.add("1" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     ok = complete(reg, "1" * 32, device_id, b"c1", 0x1F, 2e9, 10.0, actor=Actor("x", "y"))
     assert ok is True
     d = orm_device(reg, device_id)
@@ -229,7 +247,6 @@ def test_onboarding_records_device_and_one_audit_event_per_new_serial(reg: Store
     assert (event.actor, event.source, event.target) == ("x", "y", f"device:{device_id}")
     assert event.detail == {"serial": "1f"}
     # The same serial again (a retry): the first onboarding time stays, nothing new is logged.
-    reg.challenges.add("2" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     assert complete(reg, "2" * 32, device_id, b"c2", 0x1F, 2e9, 20.0)
     d = orm_device(reg, device_id)
     assert (d.cert_der, d.onboarded_at) == (b"c2", 10.0)
@@ -241,17 +258,14 @@ def test_policy_cleared_onboarding_clears_the_exception(reg: Store) -> None:
     disable(reg, device_id)
     reg.devices.set_disabled(dev(reg, device_id), False, LOCAL)
     reg.devices.set_policy_exception(device_id, True)  # as a crash between deny and enable
-    reg.challenges.add("1" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     assert complete(reg, "1" * 32, device_id, b"c", 1, 2e9, 1.0)
     assert orm_device(reg, device_id).policy_exception is True
-    reg.challenges.add("2" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     assert complete(reg, "2" * 32, device_id, b"c", 1, 2e9, 2.0, policy_cleared=True)
     assert orm_device(reg, device_id).policy_exception is False
 
 
 def test_used_challenge_changes_nothing(reg: Store) -> None:
     device_id = new_device(reg)
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     assert complete(reg, "c" * 32, device_id, b"first", 5, 2e9, 1.0, proof_hash="h1")
     device, challenge, events = (
         orm_device(reg, device_id),
@@ -266,9 +280,8 @@ def test_used_challenge_changes_nothing(reg: Store) -> None:
 
 
 @pytest.mark.parametrize("change", ["disable", "revoke"])
-def test_device_out_of_onboarding_keeps_its_challenge(reg: Store, change: str) -> None:
+def test_device_out_of_onboarding_leaves_its_challenge_unused(reg: Store, change: str) -> None:
     device_id = new_device(reg)
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     (
         disable(reg, device_id)
         if change == "disable"
@@ -276,7 +289,7 @@ def test_device_out_of_onboarding_keeps_its_challenge(reg: Store, change: str) -
     )
     device, events = orm_device(reg, device_id), audit_count(reg)
     assert complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h") is False
-    assert challenge_row(reg, "c" * 32) == (None, None)  # not consumed
+    assert not recorded(reg, "c" * 32)  # not used
     assert orm_device(reg, device_id) == device
     assert audit_count(reg) == events
     assert open_transactions(reg) == 0
@@ -284,17 +297,16 @@ def test_device_out_of_onboarding_keeps_its_challenge(reg: Store, change: str) -
 
 def test_unknown_device_consumes_nothing(reg: Store) -> None:
     device_id = new_device(reg)
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     gone = dev(reg, device_id).model_copy(update={"device_id": "0" * 64})
-    assert reg.challenges.complete("c" * 32, gone, b"cert", 5, 2e9, 1.0) is False
-    assert challenge_row(reg, "c" * 32) == (None, None)
+    assert reg.challenges.complete("c" * 32, gone, b"\x01" * 32, 2**31, b"c", 5, 2e9, 1.0) is False
+    assert not recorded(reg, "c" * 32)
+    assert open_transactions(reg) == 0
 
 
 def test_failure_inside_onboarding_rolls_everything_back(
     reg: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device_id = new_device(reg)
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
     device, events = orm_device(reg, device_id), audit_count(reg)
     # The audit insert, the last statement, fails in the database (audit.at is NOT NULL).
     monkeypatch.setattr(
@@ -303,7 +315,7 @@ def test_failure_inside_onboarding_rolls_everything_back(
     with pytest.raises(ConstraintViolation):
         complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h")
     monkeypatch.undo()
-    assert challenge_row(reg, "c" * 32) == (None, None)
+    assert not recorded(reg, "c" * 32)
     assert orm_device(reg, device_id) == device
     assert audit_count(reg) == events
     assert reg.db.checked_out == 0
@@ -311,30 +323,33 @@ def test_failure_inside_onboarding_rolls_everything_back(
     assert complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h")
 
 
-def test_duplicate_challenge_raises_and_the_connection_goes_back(reg: Store) -> None:
+def test_a_challenge_used_again_is_refused_and_the_connection_goes_back(reg: Store) -> None:
     device_id = new_device(reg)
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 2**31 - 1)
+    assert complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, challenge=b"\x01" * 32)
     for _ in range(10):  # more than a pool keeps
-        with pytest.raises(DuplicateKey):
-            reg.challenges.add("c" * 32, device_id, b"\x02" * 32, 2**31 - 1)
+        assert (
+            complete(reg, "c" * 32, device_id, b"c2", 6, 2e9, 2.0, challenge=b"\x02" * 32) is False
+        )
         assert reg.db.checked_out == 0
     assert open_transactions(reg) == 0
     assert orm_challenge(reg, "c" * 32).challenge == b"\x01" * 32
-    with pytest.raises(ConstraintViolation):  # foreign keys are enforced (SQLite: the pragma)
-        reg.challenges.add("d" * 32, "0" * 64, b"\x02" * 32, 2**31 - 1)
-    reg.challenges.add("d" * 32, device_id, b"\x03" * 32, 2**31 - 1)
-    assert reg.devices.get(device_id) is not None
-    assert complete(reg, "d" * 32, device_id, b"cert", 5, 2e9, 1.0)
+    assert dev(reg, device_id).cert_der == b"cert"
 
 
-def test_purge_drops_expired_challenges_only(reg: Store) -> None:
-    device_id = new_device(reg)
-    reg.challenges.add("old" + "0" * 29, device_id, b"\x01" * 32, 100)
-    reg.challenges.add("new" + "0" * 29, device_id, b"\x01" * 32, 300)
-    reg.challenges.add("c" * 32, device_id, b"\x01" * 32, 400, purge_before=200.5)
-    assert reg.challenges.with_device("old" + "0" * 29) is None
-    assert reg.challenges.with_device("new" + "0" * 29) is not None
-    assert reg.challenges.with_device("c" * 32) is not None
+def test_used_challenges_are_purged_an_hour_past_their_expiry(reg: Store) -> None:
+    d = new_device(reg)
+    for cid, expires in (("old" + "0" * 29, 100), ("new" + "0" * 29, 300)):
+        assert complete(reg, cid, d, b"der", 0x5B, 1.8e9, 50.0, expires=expires)
+    reg.challenges._last_purge = -1e9  # the purge runs at most once a minute
+    # A proof at 3,800.5 s drops what expired before 200.5 s.
+    assert complete(reg, "c" * 32, d, b"der", 0x5B, 1.8e9, 3800.5, expires=4000)
+    assert not recorded(reg, "old" + "0" * 29)
+    assert recorded(reg, "new" + "0" * 29) and recorded(reg, "c" * 32)
+    # Not again within the minute.
+    assert complete(reg, "e" * 32, d, b"der", 0x5B, 1.8e9, 9999.0, expires=10_000)
+    assert recorded(reg, "new" + "0" * 29)
+    assert reg.challenges.purge(350) == 1
+    assert not recorded(reg, "new" + "0" * 29)
 
 
 def test_sqlite_pool_connections_keep_their_pragmas(tmp_path: Path) -> None:
@@ -360,33 +375,3 @@ def test_postgres_parameters_are_rewritten_once_and_exactly() -> None:
         "SELECT a FROM t WHERE b = %(b)s AND c LIKE '5%%' AND d = %(d_2)s AND e = x::text"
     )
     assert db.sql(sql) is db.sql(sql)  # cached
-
-
-def test_a_device_keeps_only_its_newest_challenges(reg: Store) -> None:
-    """However many hellos a device's public key gets, it holds at most `keep` challenges: the
-    new one always stands, the oldest go; another device's are untouched."""
-    d, other = new_device(reg), new_device(reg)
-    add(reg, "o1", other)
-    for i in range(200):
-        reg.challenges.add(f"c{i:03d}", d, b"\x00" * 32, 2_000_000_000 + i, keep=4)
-    assert ids(reg, d) == ["c196", "c197", "c198", "c199"]
-    reg.challenges.add("same-second", d, b"\x00" * 32, 2_000_000_000, keep=1)
-    assert ids(reg, d) == ["same-second"]
-    assert ids(reg, other) == ["o1"]
-
-
-def ids(reg: Store, device_id: str) -> list[str]:
-    sql = "SELECT id FROM challenges WHERE device_id = :d ORDER BY id"
-    return [r["id"] for r in reg.db.all(sql, {"d": device_id})]
-
-
-def test_purge_drops_unused_expired_challenges_first(reg: Store) -> None:
-    d = new_device(reg)
-    for cid, expires in (("old-unused", 100), ("old-used", 100), ("fresh", 2_000_000_000)):
-        add(reg, cid, d, expires)
-    assert complete(reg, "old-used", d, b"der", 0x5B, 1.8e9, 999.0)
-    reg.challenges._last_purge = -1e9  # the purge runs at most once a minute
-    reg.challenges.add(
-        "new", d, b"\x00" * 32, 2_000_000_001, keep=10, purge_before=50, purge_unused_before=150
-    )
-    assert set(ids(reg, d)) == {"old-used", "fresh", "new"}

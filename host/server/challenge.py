@@ -1,0 +1,93 @@
+"""Onboarding challenges that the server need not store: a hello writes nothing.
+
+A challenge ID names its expiry and a random nonce, and carries a MAC binding both to the
+device; the challenge itself is a MAC of that ID and the device ID. All are under one key that
+every API worker of a server reads from the data directory (`challenge.key`, 0600, made once),
+so a proof may reach any worker, or the same server after a restart, and be checked there.
+Only a used challenge is recorded: the proof's transaction inserts it, which is what makes it
+single use (host/server/store/challenges.py).
+
+The MAC in the ID lets a proof be told apart as unknown (no challenge of this server for this
+device) or expired without a read; the challenge's secrecy does not rest on it but on the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from host.server import ServerError
+from host.server.files import atomic_write
+
+KEY_FILE = "challenge.key"
+_KEY_BYTES = 32
+_ID_LABEL = b"qlink-challenge-id-v1\x00"
+_CHALLENGE_LABEL = b"qlink-challenge-v1\x00"
+_TAG_BYTES = 8  # of the challenge ID's 16: expiry (4), nonce (4), tag (8)
+
+
+class ChallengeKeyError(ServerError):
+    """The challenge key file cannot be read or is not a key."""
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The key in `path`, made (random, mode 0600) if there is none. Two processes making it
+    at once both end with the same key: the file is made complete, then linked in, and a
+    process that finds it taken reads the one that won."""
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    atomic_write(tmp, secrets.token_bytes(_KEY_BYTES), 0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return _read(path)
+
+
+def _read(path: Path) -> bytes:
+    key = path.read_bytes()
+    if len(key) != _KEY_BYTES:
+        raise ChallengeKeyError(
+            f"{path} is not a challenge key ({len(key)} bytes, not {_KEY_BYTES}); "
+            "remove it and restart the server to make a new one"
+        )
+    return key
+
+
+class Challenges:
+    """Makes and checks challenges under one key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _tag(self, head: bytes, device_id: str) -> bytes:
+        mac = hmac.new(self._key, _ID_LABEL + head + device_id.encode("ascii"), hashlib.sha256)
+        return mac.digest()[:_TAG_BYTES]
+
+    def _challenge(self, cid: bytes, device_id: str) -> bytes:
+        data = _CHALLENGE_LABEL + cid + device_id.encode("ascii")
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+    def issue(self, device_id: str, expires: int) -> tuple[str, bytes]:
+        """A new challenge for `device_id` that expires at `expires` (Unix seconds): its ID
+        (32 hex characters) and the challenge (32 bytes)."""
+        head = expires.to_bytes(4, "big") + secrets.token_bytes(4)
+        cid = head + self._tag(head, device_id)
+        return cid.hex(), self._challenge(cid, device_id)
+
+    def open(self, cid_hex: str, device_id: str) -> tuple[int, bytes] | None:
+        """(expiry, challenge) of a challenge ID this server gave `device_id`, else None.
+        `cid_hex` is 32 hex characters (the proof's checks come first)."""
+        cid = bytes.fromhex(cid_hex)
+        head, tag = cid[:-_TAG_BYTES], cid[-_TAG_BYTES:]
+        if not hmac.compare_digest(tag, self._tag(head, device_id)):
+            return None
+        return int.from_bytes(head[:4], "big"), self._challenge(cid, device_id)
