@@ -758,8 +758,8 @@ def run() -> dict:
             "these devices on these cores; reached_pct: the real server's rate as a share of it",
             f"floor_store: {floor_n} devices against the floor plus the store's part of each "
             "onboarding, as the real server makes it (bench/onboarding.py _StoreWork: the "
-            "registration check and the challenge's transaction at hello, the challenge with its "
-            "device and the transaction recording the certificate with its audit event at proof; "
+            "registration check at hello (which writes nothing), the device and the transaction "
+            "recording the certificate, the used challenge and the audit event at proof; "
             "SQLite, as many workers): the most a server that keeps the same records can reach; "
             "floor_pct: its rate as a share of the floor's; reached_pct: the real server's rate "
             "as a share of it",
