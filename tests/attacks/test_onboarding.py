@@ -63,6 +63,20 @@ def _replayed(fleet: Fleet, d: SimDevice) -> ApiResponse:
     return d.proof(d.proof_body(h))  # signed again: another proof for a used challenge
 
 
+def _another_devices_challenge(fleet: Fleet, d: SimDevice) -> ApiResponse:
+    h = fleet.take().hello()
+    return d.proof(d.proof_body(h))  # signed with its own key, its own CSR
+
+
+def _extended_challenge(_fleet: Fleet, d: SimDevice) -> ApiResponse:
+    h = d.hello()
+    body = d.proof_body(h)
+    cid = bytes.fromhex(h.body["challenge_id"])  # the expiry is its first 4 bytes
+    later = int.from_bytes(cid[:4], "big") + 86_400
+    body["challenge_id"] = (later.to_bytes(4, "big") + cid[4:]).hex()
+    return d.proof(body)
+
+
 def _unregistered(fleet: Fleet, _d: SimDevice) -> ApiResponse:
     return fleet.stranger().hello()
 
@@ -93,6 +107,20 @@ CASES: list[tuple[str, str, Cheat, int, str]] = [
         "bad_signature",
     ),
     ("replayed challenge", "a second proof refused", _replayed, 403, "challenge_used"),
+    (
+        "another device's challenge answered",
+        "proof refused",
+        _another_devices_challenge,
+        403,
+        "unknown_challenge",
+    ),
+    (
+        "challenge ID with a later expiry",
+        "proof refused",
+        _extended_challenge,
+        403,
+        "unknown_challenge",
+    ),
     (
         "CSR with another key",
         "proof refused",
