@@ -38,18 +38,24 @@ def load_or_create_key(path: Path) -> bytes:
     at once both end with the same key: the file is made complete, then linked in, and a
     process that finds it taken reads the one that won."""
     try:
+        try:
+            return _read(path)
+        except FileNotFoundError:
+            pass
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        atomic_write(tmp, secrets.token_bytes(_KEY_BYTES), 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
         return _read(path)
-    except FileNotFoundError:
-        pass
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    atomic_write(tmp, secrets.token_bytes(_KEY_BYTES), 0o600)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return _read(path)
+    except OSError as e:
+        raise ChallengeKeyError(
+            f"cannot read or make the challenge key {path} ({e.strerror}); "
+            "check that the data directory is the server user's and writable"
+        ) from None
 
 
 def _read(path: Path) -> bytes:

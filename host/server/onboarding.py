@@ -382,6 +382,16 @@ class Onboarding:
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
         dev = self._eligible(device_id)
+        if dev.state == STATE_ONBOARDED:
+            # An onboarded device may be sending a proof again (it lost the answer): the answer
+            # it missed, before anything is issued or told to its broker. A device onboarding
+            # for the first time cannot have used this challenge (its proof would have
+            # onboarded it); a race of two proofs is settled by the store (finish_proof).
+            used = self.store.challenges.used(cid)
+            if used is not None and used.proof_hash == digest and dev.cert_der:
+                return device_id, self._answer(dev, dev.cert_der)
+            if used is not None:
+                raise _used()
         message = proof_message(challenge, device_id, self.settings.public_host, ota_key)
         if not signature_holds(dev.public_key, message, bytes.fromhex(sig_hex)):
             raise OnboardingRefused(

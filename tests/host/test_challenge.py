@@ -73,3 +73,10 @@ def test_a_changed_expiry_does_not_open() -> None:
     cid, _ = challenges.issue(DEVICE, 1_900_000_000)
     later = (1_900_003_600).to_bytes(4, "big").hex() + cid[8:]
     assert challenges.open(later, DEVICE) is None
+
+
+def test_a_key_that_cannot_be_made_is_a_sentence(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("a file where the data directory should be")
+    with pytest.raises(ChallengeKeyError, match="cannot read or make the challenge key"):
+        load_or_create_key(not_a_dir / "challenge.key")
