@@ -375,3 +375,16 @@ def test_postgres_parameters_are_rewritten_once_and_exactly() -> None:
         "SELECT a FROM t WHERE b = %(b)s AND c LIKE '5%%' AND d = %(d_2)s AND e = x::text"
     )
     assert db.sql(sql) is db.sql(sql)  # cached
+
+
+def test_a_challenge_stored_by_an_older_hello_is_not_a_used_one(reg: Store) -> None:
+    # Before hellos stored nothing, each hello inserted its challenge unused.
+    d = new_device(reg)
+    with reg.db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO challenges (id, device_id, challenge, expires) VALUES (:id, :d, :c, :e)",
+            {"id": "o" * 32, "d": d, "c": b"\x01" * 32, "e": 2**31 - 1},
+        )
+    assert reg.challenges.used("o" * 32) is None
+    assert complete(reg, "c" * 32, d, b"der", 1, 2e9, 1.0)
+    assert reg.challenges.used("c" * 32) is not None

@@ -30,7 +30,9 @@ _USE = (
     " VALUES (:id, :device_id, :challenge, :expires, :now, :hash) ON CONFLICT (id) DO NOTHING"
 )
 _USED = (
-    "SELECT id, device_id, challenge, expires, used_at, proof_hash FROM challenges WHERE id = :id"
+    "SELECT id, device_id, challenge, expires, used_at, proof_hash FROM challenges"
+    # A row without used_at is a challenge a hello stored before hellos stored nothing.
+    " WHERE id = :id AND used_at IS NOT NULL"
 )
 _PURGE = "DELETE FROM challenges WHERE expires < :before"
 # A device leaves the onboarding states only by revocation or disabling: then nothing changes.
