@@ -371,13 +371,9 @@ class Onboarding:
         if now > expires:
             # A device that lost its answer may send the same proof again after the challenge
             # expired: the answer it missed, as long as the used challenge is kept.
-            used = self.store.challenges.used(cid)
-            if used is not None and used.proof_hash == digest:
-                dev = self._eligible(device_id)
-                if dev.state == STATE_ONBOARDED and dev.cert_der:
-                    return device_id, self._answer(dev, dev.cert_der)
-            if used is not None:
-                raise _used()
+            again = self._answer_again(cid, digest, lambda: self._eligible(device_id))
+            if again is not None:
+                return device_id, again
             raise OnboardingRefused(
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
@@ -387,11 +383,9 @@ class Onboarding:
             # it missed, before anything is issued or told to its broker. A device onboarding
             # for the first time cannot have used this challenge (its proof would have
             # onboarded it); a race of two proofs is settled by the store (finish_proof).
-            used = self.store.challenges.used(cid)
-            if used is not None and used.proof_hash == digest and dev.cert_der:
-                return device_id, self._answer(dev, dev.cert_der)
-            if used is not None:
-                raise _used()
+            again = self._answer_again(cid, digest, lambda: dev)
+            if again is not None:
+                return device_id, again
         message = proof_message(challenge, device_id, self.settings.public_host, ota_key)
         if not signature_holds(dev.public_key, message, bytes.fromhex(sig_hex)):
             raise OnboardingRefused(
@@ -454,6 +448,21 @@ class Onboarding:
             cid, dev, cert, cert_der, digest, source, now, driver, challenge, expires, ota_key
         )
 
+    def _answer_again(
+        self, cid: str, digest: str, device: Callable[[], DeviceRecord | None]
+    ) -> dict[str, Any] | None:
+        """For a challenge a proof used: the answer that proof got, when this is the same proof
+        (`digest`: the device lost its answer) and the device (`device()`, read only then)
+        holds its certificate; else 403 `challenge_used`. None when the challenge is unused."""
+        used = self.store.challenges.used(cid)
+        if used is None:
+            return None
+        if used.proof_hash == digest:
+            dev = device()
+            if dev is not None and dev.state == STATE_ONBOARDED and dev.cert_der:
+                return self._answer(dev, dev.cert_der)
+        raise _used()
+
     def _renewal_due(self, cert: x509.Certificate, end: float, now: float) -> bool:
         """Past `renew_at_pct` of the certificate's life, or within the renewal window of its
         end (the store's `not_after`)."""
@@ -494,14 +503,18 @@ class Onboarding:
         if not done:
             # Used meanwhile: by this same proof (the device lost its answer, or sent it twice
             # at once), which gets the certificate recorded then; by another, refused.
-            used = self.store.challenges.used(step.cid)
-            if used is not None and used.proof_hash == step.digest:
-                dev = self.store.devices.get(device_id)
-                if dev is not None and dev.state == STATE_ONBOARDED and dev.cert_der:
-                    return self._answer(dev, dev.cert_der)
-            refused = _used()
-            refused.device_id = device_id
-            raise refused
+            try:
+                again = self._answer_again(
+                    step.cid, step.digest, lambda: self.store.devices.get(device_id)
+                )
+            except OnboardingRefused as e:
+                e.device_id = device_id
+                raise
+            if again is None:  # not used: the device left the onboarding states meanwhile
+                refused = _used()
+                refused.device_id = device_id
+                raise refused
+            return again
         replaced = step.dev.serial
         if replaced is not None and replaced != format(step.cert.serial_number, "x"):
             # The device can always fetch this answer again (the same proof, or hello + proof:
