@@ -395,9 +395,9 @@ class _StoreWork:
     it (host/server/onboarding.py, the same store methods on a SQLite registry of its own): at
     hello the device's row (is it registered?), answered with a challenge made as the server
     makes it (host/server/challenge.py: nothing is written); at proof the device's row, then
-    the challenge recorded as used, the certificate recorded and the audit event written (one
-    transaction). Bodies are parsed with json; no rule is checked, no signature of the device's
-    verified but the floor's own, nothing logged."""
+    the used challenge and the certificate recorded on that row and the audit event written
+    (one transaction). Bodies are parsed with json; no rule is checked, no signature of the
+    device's verified but the floor's own, nothing logged."""
 
     def __init__(self, crypto: _Crypto, registry: Path) -> None:
         from host.server.challenge import Challenges
@@ -419,9 +419,10 @@ class _StoreWork:
             dev = self.store.devices.get(msg["device_id"])
             if dev is None:
                 raise RuntimeError(f"device {msg['device_id']} is not in the floor's registry")
-            expires = math.ceil(now + self.settings.challenge_ttl_s)
-            cid, challenge = self.challenges.issue(dev.device_id, expires)
+            expires_ms = math.ceil((now + self.settings.challenge_ttl_s) * 1000)
+            cid, challenge = self.challenges.issue(dev.device_id, expires_ms)
             self.given[cid] = dev.device_id
+            expires = math.ceil(expires_ms / 1000)
             answer = {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
             return json.dumps(answer).encode()
         cid = msg["challenge_id"]
@@ -430,13 +431,10 @@ class _StoreWork:
         dev = None if device_id is None else self.store.devices.get(device_id)
         if opened is None or dev is None:
             raise RuntimeError("a proof for a challenge the floor did not give")
-        expires, challenge = opened
         cert = self.crypto.server_checks()
         self.store.challenges.complete(
-            cid,
+            opened.order,
             dev,
-            challenge,
-            expires,
             cert.public_bytes(serialization.Encoding.DER),
             cert.serial_number,
             cert.not_valid_after_utc.timestamp(),

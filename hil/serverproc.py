@@ -14,7 +14,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 class ServerStartError(RuntimeError):
@@ -104,17 +107,32 @@ class ServerProcess:
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows of one SQL query on the server's database (SQLite file or PostgreSQL)."""
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import text
 
-        url = self.database_url or f"sqlite:///{self.data_dir / 'registry.sqlite'}"
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        engine = create_engine(url)
+        engine = self._engine()
         try:
             with engine.connect() as conn:
                 return [tuple(r) for r in conn.execute(text(sql))]
         finally:
             engine.dispose()
+
+    def columns(self, table: str) -> list[str]:
+        """The names of a table's columns in the server's database, in order."""
+        from sqlalchemy import inspect
+
+        engine = self._engine()
+        try:
+            return [c["name"] for c in inspect(engine).get_columns(table)]
+        finally:
+            engine.dispose()
+
+    def _engine(self) -> Engine:
+        from sqlalchemy import create_engine
+
+        url = self.database_url or f"sqlite:///{self.data_dir / 'registry.sqlite'}"
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return create_engine(url)
 
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)

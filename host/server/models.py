@@ -7,6 +7,7 @@ the store on both databases.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -42,7 +43,6 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Batch",
-    "Challenge",
     "Command",
     "ConsoleSession",
     "ConsoleUser",
@@ -127,6 +127,17 @@ class Device(Base):
         Index("ix_devices_fw_id", "fw", "device_id"),
         # The live feed's counts of every tenant (Views.summaries), read from the index alone.
         Index("ix_devices_summary", "batch_id", "state", "online", "disabled"),
+        # Only onboarded devices have these; a device's first onboarding then writes one entry
+        # of each index instead of moving one out of the NULLs (the queries all bound them).
+        *(
+            Index(
+                f"ix_devices_{column}",
+                column,
+                sqlite_where=text(f"{column} IS NOT NULL"),
+                postgresql_where=text(f"{column} IS NOT NULL"),
+            )
+            for column in ("not_after", "onboarded_at")
+        ),
     )
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key: Mapped[bytes] = mapped_column(LargeBinary(65))
@@ -139,8 +150,8 @@ class Device(Base):
     policy_exception: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cert_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    not_after: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
-    onboarded_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    onboarded_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_telemetry: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -162,6 +173,11 @@ class Device(Base):
     fw: Mapped[str | None] = mapped_column(String(20), nullable=True)  # from its telemetry
     # When anything the console shows of the device last changed (the live view's cursor).
     changed_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # The order of the last challenge a proof used (host/server/challenge.py: its ID's expiry
+    # and nonce), and that proof's SHA-256: a proof must use a challenge that orders after it,
+    # and the same proof sent again gets the same answer (store/challenges.py).
+    used_challenge: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    used_proof: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TelemetrySample(Base):
@@ -172,17 +188,6 @@ class TelemetrySample(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[float] = mapped_column(Float)
     body: Mapped[str] = mapped_column(Text)  # the message, JSON
-
-
-class Challenge(Base):
-    __tablename__ = "challenges"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
-    challenge: Mapped[bytes] = mapped_column(LargeBinary(32))
-    expires: Mapped[int] = mapped_column(Integer, index=True)
-    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # SHA-256 of the proof that consumed it: the same proof retried gets the same answer.
-    proof_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Command(Base):

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from host.server import ServerError
 from host.server.ca import CertificateAuthority
-from host.server.challenge import Challenges
+from host.server.challenge import Challenges, Opened, expiry_ms
 from host.server.deviceid import BadDeviceId, parse_device_id
 from host.server.policy import (
     Policies,
@@ -68,7 +68,9 @@ def _bad(detail: str) -> OnboardingRefused:
 
 def _used() -> OnboardingRefused:
     return OnboardingRefused(
-        403, "challenge_used", "this challenge was used already; start again with hello"
+        403,
+        "challenge_used",
+        "this challenge was used already, or one given after it was; start again with hello",
     )
 
 
@@ -194,8 +196,7 @@ class Issued:
     source: str
     now: float
     driver: PolicyDriver | None
-    challenge: bytes
-    expires: int
+    order: int  # of its challenge (host/server/challenge.py)
     ota_key: bytes | None = None
 
     @property
@@ -254,7 +255,11 @@ class Onboarding:
 
     def _eligible(self, device_id: str) -> DeviceRecord:
         """The device if it may onboard, else 403."""
-        dev = self.store.devices.get(device_id)
+        return self._may_onboard(self.store.devices.get(device_id), device_id)
+
+    @staticmethod
+    def _may_onboard(dev: DeviceRecord | None, device_id: str) -> DeviceRecord:
+        """`dev` (device `device_id` as read) if it may onboard, else 403."""
         if (
             dev is None
             or not dev.batch_active
@@ -291,8 +296,12 @@ class Onboarding:
             raise OnboardingRefused(
                 403, "not_registered", f"device {device_id} is registered with another key"
             )
-        expires = math.ceil(time.time() + self.settings.challenge_ttl_s)
-        cid, challenge = self.challenges.issue(device_id, expires)
+        expires_ms = math.ceil((time.time() + self.settings.challenge_ttl_s) * 1000)
+        if dev.used_challenge is not None:
+            # After the device's last used challenge, even if the clock went back since.
+            expires_ms = max(expires_ms, expiry_ms(dev.used_challenge) + 1)
+        cid, challenge = self.challenges.issue(device_id, expires_ms)
+        expires = math.ceil(expires_ms / 1000)
         return {"challenge_id": cid, "challenge": challenge.hex(), "expires": expires}
 
     def proof(self, body: dict[str, Any], source: str = "-") -> tuple[str, dict[str, Any]]:
@@ -332,24 +341,22 @@ class Onboarding:
         ota_key = _ota_key(body)
 
         csr = _csr(csr_der)
-        device_id, expires, challenge = self._open(cid, csr)
+        device_id, opened = self._open(cid, csr)
         try:
-            return self._check_proof(
-                cid, device_id, expires, challenge, sig_hex, csr, csr_der, source, ota_key
-            )
+            return self._check_proof(cid, device_id, opened, sig_hex, csr, csr_der, source, ota_key)
         except OnboardingRefused as e:
             e.device_id = device_id
             raise
 
-    def _open(self, cid: str, csr: x509.CertificateSigningRequest) -> tuple[str, int, bytes]:
-        """The device a challenge ID was given to, its expiry and the challenge; 403 when this
+    def _open(self, cid: str, csr: x509.CertificateSigningRequest) -> tuple[str, Opened]:
+        """The device a challenge ID was given to and the challenge it names; 403 when this
         server gave it to none. The proof names no device: the candidates are the one whose
         key the CSR holds (its ID is that key's SHA-256) and the one its subject names, so
         that a CSR with another key or another subject is refused as such further on."""
         for device_id in _candidates(csr):
             opened = self.challenges.open(cid, device_id)
             if opened is not None:
-                return device_id, *opened
+                return device_id, opened
         raise OnboardingRefused(
             403, "unknown_challenge", "no such challenge; start again with hello"
         )
@@ -358,8 +365,7 @@ class Onboarding:
         self,
         cid: str,
         device_id: str,
-        expires: int,
-        challenge: bytes,
+        opened: Opened,
         sig_hex: str,
         csr: x509.CertificateSigningRequest,
         csr_der: bytes,
@@ -368,25 +374,25 @@ class Onboarding:
     ) -> Issued | tuple[str, dict[str, Any]]:
         now = time.time()
         digest = proof_digest(cid, sig_hex, csr_der, ota_key)
-        if now > expires:
+        read = self.store.devices.get(device_id)
+        if now * 1000 > opened.expires_ms:
             # A device that lost its answer may send the same proof again after the challenge
-            # expired: the answer it missed, as long as the used challenge is kept.
-            again = self._answer_again(cid, digest, lambda: self._eligible(device_id))
-            if again is not None:
-                return device_id, again
+            # expired: the answer it missed, while this is the last challenge it used.
+            if read is not None and read.used_challenge == opened.order:
+                again = self._answer_again(opened.order, digest, read)
+                if again is not None:
+                    return device_id, again
             raise OnboardingRefused(
                 403, "challenge_expired", "the challenge expired; start again with hello"
             )
-        dev = self._eligible(device_id)
-        if dev.state == STATE_ONBOARDED:
-            # An onboarded device may be sending a proof again (it lost the answer): the answer
-            # it missed, before anything is issued or told to its broker. A device onboarding
-            # for the first time cannot have used this challenge (its proof would have
-            # onboarded it); a race of two proofs is settled by the store (finish_proof).
-            again = self._answer_again(cid, digest, lambda: dev)
-            if again is not None:
-                return device_id, again
-        message = proof_message(challenge, device_id, self.settings.public_host, ota_key)
+        dev = self._may_onboard(read, device_id)
+        # A device may be sending a proof again (it lost the answer): the answer it missed,
+        # before anything is issued or told to its broker. A race of two proofs is settled by
+        # the store (finish_proof).
+        again = self._answer_again(opened.order, digest, dev)
+        if again is not None:
+            return device_id, again
+        message = proof_message(opened.challenge, device_id, self.settings.public_host, ota_key)
         if not signature_holds(dev.public_key, message, bytes.fromhex(sig_hex)):
             raise OnboardingRefused(
                 403,
@@ -444,22 +450,21 @@ class Onboarding:
             driver = self.policies.onboarding_call(dev)
         except PolicyUnavailable as e:
             raise OnboardingRefused(503, "policy_unavailable", str(e)) from None
-        return Issued(
-            cid, dev, cert, cert_der, digest, source, now, driver, challenge, expires, ota_key
-        )
+        return Issued(cid, dev, cert, cert_der, digest, source, now, driver, opened.order, ota_key)
 
     def _answer_again(
-        self, cid: str, digest: str, device: Callable[[], DeviceRecord | None]
+        self, order: int, digest: str, dev: DeviceRecord | None
     ) -> dict[str, Any] | None:
-        """For a challenge a proof used: the answer that proof got, when this is the same proof
-        (`digest`: the device lost its answer) and the device (`device()`, read only then)
-        holds its certificate; else 403 `challenge_used`. None when the challenge is unused."""
-        used = self.store.challenges.used(cid)
-        if used is None:
+        """None when the challenge of this `order` is still open for the device `dev` (as
+        read): no proof used it or one given after it. Else the answer its proof got, when
+        this is the same proof (`digest`: the device lost its answer) and the device may
+        onboard and holds its certificate; else 403 (`challenge_used`; `not_registered`
+        for the same proof of a device that may no longer onboard)."""
+        if dev is None or dev.used_challenge is None or order > dev.used_challenge:
             return None
-        if used.proof_hash == digest:
-            dev = device()
-            if dev is not None and dev.state == STATE_ONBOARDED and dev.cert_der:
+        if order == dev.used_challenge and dev.used_proof == digest:
+            dev = self._may_onboard(dev, dev.device_id)
+            if dev.state == STATE_ONBOARDED and dev.cert_der:
                 return self._answer(dev, dev.cert_der)
         raise _used()
 
@@ -487,10 +492,8 @@ class Onboarding:
         """Consume the challenge and record the certificate: the proof's answer."""
         device_id = step.device_id
         done = self.store.challenges.complete(
-            step.cid,
+            step.order,
             step.dev,
-            step.challenge,
-            step.expires,
             step.cert_der,
             step.cert.serial_number,
             step.cert.not_valid_after_utc.timestamp(),
@@ -505,7 +508,7 @@ class Onboarding:
             # at once), which gets the certificate recorded then; by another, refused.
             try:
                 again = self._answer_again(
-                    step.cid, step.digest, lambda: self.store.devices.get(device_id)
+                    step.order, step.digest, self.store.devices.get(device_id)
                 )
             except OnboardingRefused as e:
                 e.device_id = device_id

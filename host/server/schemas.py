@@ -231,6 +231,10 @@ class DeviceRecord(DeviceOut):
     target_kind: str | None = Field(default="managed", exclude=True)
     # Its OTA key agreement public key (65 bytes, docs/ota.md), None until its proof sent one.
     ota_key: bytes | None = Field(default=None, exclude=True)
+    # The order of the last challenge a proof used and that proof's digest
+    # (host/server/store/challenges.py).
+    used_challenge: int | None = Field(default=None, exclude=True)
+    used_proof: str | None = Field(default=None, exclude=True)
 
 
 class ReleaseOut(Model):

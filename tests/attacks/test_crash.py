@@ -68,7 +68,7 @@ def test_kill_inside_the_onboarding_transaction(attack: Attack, tmp_path: Path) 
     row = proc.query(
         f"SELECT state, cert_der IS NULL FROM devices WHERE device_id = '{device.device_id}'"
     )[0]
-    used = proc.query("SELECT COUNT(*) FROM challenges WHERE used_at IS NOT NULL")[0][0]
+    used = proc.query("SELECT COUNT(*) FROM devices WHERE used_challenge IS NOT NULL")[0][0]
     events = proc.query("SELECT COUNT(*) FROM audit WHERE action = 'device.onboard'")[0][0]
     again = ServerProcess(tmp_path / "data").start()
     try:

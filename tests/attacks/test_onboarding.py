@@ -63,6 +63,12 @@ def _replayed(fleet: Fleet, d: SimDevice) -> ApiResponse:
     return d.proof(d.proof_body(h))  # signed again: another proof for a used challenge
 
 
+def _earlier_challenge(fleet: Fleet, d: SimDevice) -> ApiResponse:
+    earlier, later = d.hello(), d.hello()
+    assert d.proof(d.proof_body(later)).status == 200
+    return d.proof(d.proof_body(earlier))  # given before the one a proof used
+
+
 def _another_devices_challenge(fleet: Fleet, d: SimDevice) -> ApiResponse:
     h = fleet.take().hello()
     return d.proof(d.proof_body(h))  # signed with its own key, its own CSR
@@ -71,9 +77,9 @@ def _another_devices_challenge(fleet: Fleet, d: SimDevice) -> ApiResponse:
 def _extended_challenge(_fleet: Fleet, d: SimDevice) -> ApiResponse:
     h = d.hello()
     body = d.proof_body(h)
-    cid = bytes.fromhex(h.body["challenge_id"])  # the expiry is its first 4 bytes
-    later = int.from_bytes(cid[:4], "big") + 86_400
-    body["challenge_id"] = (later.to_bytes(4, "big") + cid[4:]).hex()
+    cid = bytes.fromhex(h.body["challenge_id"])  # the expiry (ms) is its first 6 bytes
+    later = int.from_bytes(cid[:6], "big") + 86_400_000
+    body["challenge_id"] = (later.to_bytes(6, "big") + cid[6:]).hex()
     return d.proof(body)
 
 
@@ -107,6 +113,13 @@ CASES: list[tuple[str, str, Cheat, int, str]] = [
         "bad_signature",
     ),
     ("replayed challenge", "a second proof refused", _replayed, 403, "challenge_used"),
+    (
+        "challenge given before the one used",
+        "the earlier proof refused",
+        _earlier_challenge,
+        403,
+        "challenge_used",
+    ),
     (
         "another device's challenge answered",
         "proof refused",

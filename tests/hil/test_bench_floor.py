@@ -134,8 +134,8 @@ def _assert_onboarded(registry: Path, devices: list[SimDevice]) -> None:
         for d in devices:
             dev = store.devices.get(d.device_id)
             assert dev is not None and dev.state == "onboarded" and dev.cert_der
-        used = store.db.all("SELECT used_at FROM challenges")
-        assert len(used) == len(devices) and all(r["used_at"] for r in used)
+        used = store.db.all("SELECT used_proof FROM devices WHERE used_challenge IS NOT NULL")
+        assert len(used) == len(devices) and all(r["used_proof"] for r in used)
         events = store.db.all("SELECT action FROM audit WHERE action = 'device.onboard'")
         assert len(events) == len(devices)
     finally:

@@ -606,6 +606,32 @@ def test_dashboard_and_feed_queries_at_100k(big: Store) -> None:
     assert time.perf_counter() - started < 0.25
 
 
+def test_the_dashboard_reads_onboarding_times_and_expiries_from_their_indexes(
+    big: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexes of `onboarded_at` and `not_after` hold only the devices that have them
+    (a first onboarding writes one entry of each): every query on them bounds the column, so
+    the planner still takes them."""
+    plans: list[str] = []
+    real_all = big.db.all
+
+    def explained(sql: str, params: dict[str, object] | None = None) -> list[dict[str, object]]:
+        if "d.onboarded_at >=" in sql or "d.not_after <" in sql:
+            rows = real_all("EXPLAIN QUERY PLAN " + sql, params)
+            plans.append(" | ".join(str(r["detail"]) for r in rows))
+        return real_all(sql, params)
+
+    monkeypatch.setattr(big.db, "all", explained)
+    for tenant in ("acme", None):
+        big.views.onboardings_per_minute(tenant, 1e9)
+        big.views.alerts(tenant, 1e9)
+    assert len(plans) == 4, plans
+    for plan in plans[0::2]:
+        assert "USING INDEX ix_devices_onboarded_at (onboarded_at>? AND onboarded_at<?)" in plan
+    for plan in plans[1::2]:
+        assert "USING INDEX ix_devices_not_after (not_after<?)" in plan, plan
+
+
 # -- presence through the real broker ----------------------------------------------------------
 
 

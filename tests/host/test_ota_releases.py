@@ -823,11 +823,10 @@ def test_the_release_store_and_the_ota_key_update_on_both_databases(database: st
         reg.batches.import_devices("b", [d.csv_line()])
         point = _point(ec.generate_private_key(ec.SECP256R1()))
         for n, key in enumerate((point, None)):
-            cid = f"{n:032x}"
             dev = reg.devices.get(d.device_id)
             assert dev is not None
             assert reg.challenges.complete(
-                cid, dev, b"\x01" * 32, 2**31 - 1, b"cert", 5 + n, 2e9, 1.0 + n, ota_key=key
+                n, dev, b"cert", 5 + n, 2e9, 1.0 + n, proof_hash=f"h{n}", ota_key=key
             )
             again = reg.devices.get(d.device_id)
             assert again is not None and again.ota_key == point

@@ -150,9 +150,21 @@ def test_retry_by_onboarded_device_returns_same_certificate(api: Api) -> None:
     d = api.device()
     first = api.proof(d.proof_body(api.hello(d)))
     before = api.dump()
-    again = api.proof(d.proof_body(api.hello(d)))
+    hello = api.hello(d)
+    again = api.proof(d.proof_body(hello))
     assert again.status == 200 and again.body == first.body
-    assert api.dump() == before
+    # Only the record of the challenge it used changed.
+    with sqlite3.connect(api.settings.db_path) as db:
+        columns = [c[1] for c in db.execute("PRAGMA table_info(devices)")]
+    used = [columns.index("used_challenge"), columns.index("used_proof")]
+    after = api.dump()
+    row = next(r for r in after[0] if r[0] == d.device_id)
+    assert row[used[0]] == int(hello.body["challenge_id"][:16], 16)
+
+    def kept(dump: tuple[list[Any], list[Any]]) -> list[Any]:
+        return [[v for i, v in enumerate(r) if i not in used] for r in dump[0]] + dump[1]
+
+    assert kept(after) == kept(before)
 
 
 # -- hello ---------------------------------------------------------------------------------
@@ -296,7 +308,7 @@ def test_devices_onboarding_at_once_each_end_as_alone(api: Api) -> None:
         assert dev.cert_der == base64.b64decode(a.body["certificate_b64"])
     with sqlite3.connect(api.settings.db_path) as db:
         used = db.execute(
-            "SELECT COUNT(*) FROM challenges WHERE used_at IS NOT NULL AND device_id IN"
+            "SELECT COUNT(*) FROM devices WHERE used_challenge IS NOT NULL AND device_id IN"
             f" ({','.join('?' * 8)})",
             [d.device_id for d in devices],
         ).fetchone()[0]
@@ -369,15 +381,42 @@ def test_a_hello_writes_nothing(api: Api) -> None:
         assert {h.status for h in hellos} == {200}
         assert len({h.body["challenge_id"] for h in hellos}) == 5
         assert db.execute("PRAGMA data_version").fetchone() == version
-        # The challenge a proof uses is recorded then, as used.
+        # The challenge a proof uses is recorded then, as used, on the device's row: its
+        # order (the ID's first 8 bytes) and the proof's digest.
         assert api.proof(d.proof_body(hellos[2])).status == 200
         assert db.execute("PRAGMA data_version").fetchone() != version
         rows = db.execute(
-            "SELECT id, used_at IS NOT NULL FROM challenges WHERE device_id = ?", (d.device_id,)
+            "SELECT used_challenge, length(used_proof) FROM devices WHERE device_id = ?",
+            (d.device_id,),
         ).fetchall()
-    assert rows == [(hellos[2].body["challenge_id"], 1)]
-    # Every other challenge the device was given still stands (none was dropped for it).
-    assert api.proof(d.proof_body(hellos[0])).status == 200
+    assert rows == [(int(hellos[2].body["challenge_id"][:16], 16), 64)]
+
+
+def test_using_a_challenge_voids_those_given_before_it(api: Api) -> None:
+    d = api.device()
+    hellos = [api.hello(d) for _ in range(4)]
+    ids = [h.body["challenge_id"] for h in hellos]
+    assert ids == sorted(ids)  # given in order
+    assert api.proof(d.proof_body(hellos[2])).status == 200
+    before = api.dump()
+    for earlier in hellos[:2]:
+        refused(api.proof(d.proof_body(earlier)), 403, "challenge_used")
+    assert api.dump() == before
+    # One given after it still stands, and so does a new one.
+    assert api.proof(d.proof_body(hellos[3])).status == 200
+    assert api.proof(d.proof_body(api.hello(d))).status == 200
+
+
+def test_a_hello_after_the_clock_went_back_gives_a_challenge_that_opens(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = api.device()
+    assert api.proof(d.proof_body(api.hello(d))).status == 200
+    now = time.time()
+    monkeypatch.setattr(onboarding, "time", SimpleNamespace(time=lambda: now - 3600))
+    h = api.hello(d)
+    assert h.status == 200 and h.body["expires"] > now  # after the used one's expiry
+    assert api.proof(d.proof_body(h)).status == 200
 
 
 def test_a_challenge_is_bound_to_the_device_it_was_given_to(api: Api) -> None:

@@ -88,9 +88,8 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
     device_id = lines[0].split(",")[0]
     dev = reg.devices.get(device_id)
     assert dev is not None
-    ch = b"\x01" * 32
-    assert reg.challenges.complete("c" * 32, dev, ch, 2**31 - 1, b"cert", 5, 1.0, 2.0)
-    assert not reg.challenges.complete("c" * 32, dev, ch, 2**31 - 1, b"other", 6, 1.0, 3.0)
+    assert reg.challenges.complete(2**56, dev, b"cert", 5, 1.0, 2.0, proof_hash="h1")
+    assert not reg.challenges.complete(2**56, dev, b"other", 6, 1.0, 3.0, proof_hash="h2")
     d = reg.devices.get(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
     assert [a.action for a in reg.audit.list("acme")] == [
@@ -102,8 +101,8 @@ def test_postgres_import_and_onboarding_rules(pg_url: str) -> None:
     reg.close()
 
 
-def _sqlite_at(path: Path, revision: str) -> Path:
-    """A new SQLite database at `path` whose schema is at migration `revision`."""
+def _sqlite_at(path: Path, revision: str, *, down: bool = False) -> Path:
+    """The SQLite database at `path` (new or not) upgraded, or `down`graded, to `revision`."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
@@ -115,9 +114,16 @@ def _sqlite_at(path: Path, revision: str) -> Path:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        (command.downgrade if down else command.upgrade)(cfg, revision)
     engine.dispose()
     return path
+
+
+# Batch 1, made by an older server.
+_OLD_BATCH = (
+    "INSERT INTO batches (id, name, tenant, active, policy, created_at)"
+    " VALUES (1, 'old', 'default', 1, 'mosquitto', 0)"
+)
 
 
 def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: Path) -> None:
@@ -125,10 +131,7 @@ def test_upgrade_from_0001_marks_existing_devices_for_a_broker_clear(tmp_path: P
     the time left there: each is asked to be cleared at its next onboarding; new ones are not."""
     path = _sqlite_at(tmp_path / "r.sqlite", "0001")
     with sqlite3.connect(path) as db:
-        db.execute(
-            "INSERT INTO batches (id, name, tenant, active, policy, created_at) "
-            "VALUES (1, 'old', 'default', 1, 'mosquitto', 0)"
-        )
+        db.execute(_OLD_BATCH)
         db.execute(
             "INSERT INTO devices (device_id, public_key, batch_id, state, disabled) "
             "VALUES (?, ?, 1, 'onboarded', 0)",
@@ -182,3 +185,43 @@ def test_upgrade_from_0002_keeps_every_tenant_that_batches_or_tokens_name(tmp_pa
         reg.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT DISTINCT created_by FROM tenants").fetchall() == [("migration",)]
+
+
+def test_upgrade_from_0008_moves_used_challenges_onto_the_device_row(tmp_path: Path) -> None:
+    """The challenges table goes (its IDs do not open any more: their layout changed), each
+    device gets an empty used-challenge record, and the indexes of the columns only onboarded
+    devices have leave out the NULLs; downgrading brings the table and full indexes back."""
+    path = _sqlite_at(tmp_path / "r.sqlite", "0008")
+    with sqlite3.connect(path) as db:
+        db.execute(_OLD_BATCH)
+        db.execute(
+            "INSERT INTO devices (device_id, public_key, batch_id, state, disabled, not_after,"
+            " onboarded_at) VALUES (?, ?, 1, 'onboarded', 0, 2e9, 1e9)",
+            ("a" * 64, b"\x04" + b"\x01" * 64),
+        )
+        db.execute(
+            "INSERT INTO challenges (id, device_id, challenge, expires, used_at, proof_hash)"
+            " VALUES (?, ?, ?, 2000000000, 1.0, ?)",
+            ("c" * 32, "a" * 64, b"\x01" * 32, "h" * 64),
+        )
+    reg = Store(path)
+    try:
+        dev = reg.devices.get("a" * 64)
+        assert dev is not None and (dev.used_challenge, dev.used_proof) == (None, None)
+        assert (dev.state, dev.not_after, dev.onboarded_at) == ("onboarded", 2e9, 1e9)
+    finally:
+        reg.close()
+
+    def schema() -> dict[str, str]:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+            return {name: sql for name, sql in rows}
+
+    after = schema()
+    assert "challenges" not in after and "ix_challenges_expires" not in after
+    for column in ("not_after", "onboarded_at"):
+        assert after[f"ix_devices_{column}"].endswith(f"WHERE {column} IS NOT NULL")
+    _sqlite_at(path, "0008", down=True)
+    back = schema()
+    assert "challenges" in back and "WHERE" not in back["ix_devices_not_after"]
+    assert "used_challenge" not in back["devices"]

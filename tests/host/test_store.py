@@ -186,14 +186,11 @@ def test_challenge_is_consumed_once(registry: Store) -> None:
     registry.batches.import_devices("b1", [line(device_id, pub)])
     dev = registry.devices.get(device_id)
     assert dev is not None
-    ch = b"\x01" * 32
-    assert registry.challenges.complete("c" * 32, dev, ch, 2**31, b"cert", 5, 1.0, 2.0)
-    assert not registry.challenges.complete("c" * 32, dev, ch, 2**31, b"other", 6, 1.0, 3.0)
+    assert registry.challenges.complete(9, dev, b"cert", 5, 1.0, 2.0, proof_hash="h1")
+    assert not registry.challenges.complete(9, dev, b"other", 6, 1.0, 3.0, proof_hash="h2")
     d = registry.devices.get(device_id)
     assert d is not None and (d.state, d.cert_der, d.serial) == ("onboarded", b"cert", "5")
-    used = registry.challenges.used("c" * 32)
-    assert used is not None
-    assert (used.used_at, used.device_id, used.challenge) == (2.0, device_id, ch)
+    assert (d.used_challenge, d.used_proof) == (9, "h1")
 
 
 def test_telemetry_of_unknown_device_is_not_stored(registry: Store) -> None:

@@ -1,4 +1,4 @@
-"""The store's onboarding path (devices.get, challenges.complete / used on the DBAPI,
+"""The store's onboarding path (devices.get, challenges.complete on the DBAPI,
 host/server/store) answers exactly as an ORM read of the same rows through the schema's
 models, keeps its transactions whole and always gives its connection back to the pool; on
 SQLite and, where its binaries are installed, on a private PostgreSQL."""
@@ -21,9 +21,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from host.server.db import make_engine
-from host.server.models import AuditEvent, Batch, Challenge, Device
+from host.server.models import AuditEvent, Batch, Device
 from host.server.schemas import DeviceRecord
-from host.server.store import LOCAL, Actor, ChallengeInfo, ConstraintViolation, Store
+from host.server.store import LOCAL, Actor, ConstraintViolation, Store
 
 TENANT = "acme"
 _databases = itertools.count()
@@ -57,16 +57,11 @@ def dev(reg: Store, device_id: str) -> DeviceRecord:
 
 
 def complete(
-    reg: Store,
-    cid: str,
-    device_id: str,
-    *args: Any,
-    challenge: bytes = b"\x01" * 32,
-    expires: int = 2**31 - 1,
-    **kw: Any,
+    reg: Store, order: int, device_id: str, *args: Any, proof_hash: str = "h" * 64, **kw: Any
 ) -> bool:
-    """challenges.complete with the device as a proof would have read it."""
-    return reg.challenges.complete(cid, dev(reg, device_id), challenge, expires, *args, **kw)
+    """challenges.complete of the challenge of this `order`, with the device as a proof would
+    have read it."""
+    return reg.challenges.complete(order, dev(reg, device_id), *args, proof_hash=proof_hash, **kw)
 
 
 def orm(reg: Store) -> Session:
@@ -97,16 +92,9 @@ def orm_device(reg: Store, device_id: str) -> DeviceRecord:
             batch_active=b.active,
             policy=b.policy,
             policy_exception=d.policy_exception,
+            used_challenge=d.used_challenge,
+            used_proof=d.used_proof,
         )
-    s.get_bind().dispose()  # type: ignore[union-attr]
-    return out
-
-
-def orm_challenge(reg: Store, cid: str) -> ChallengeInfo:
-    with orm(reg) as s:
-        c = s.get(Challenge, cid)
-        assert c is not None
-        out = ChallengeInfo(c.id, c.device_id, c.challenge, c.expires, c.used_at, c.proof_hash)
     s.get_bind().dispose()  # type: ignore[union-attr]
     return out
 
@@ -125,16 +113,10 @@ def assert_same(hot: Any, orm: Any) -> None:
         assert type(a[name]) is type(b[name]), (name, a[name], b[name])
 
 
-def challenge_row(reg: Store, cid: str) -> tuple[Any, ...]:
-    return (orm_challenge(reg, cid).used_at, orm_challenge(reg, cid).proof_hash)
-
-
-def recorded(reg: Store, cid: str) -> bool:
-    """Whether the challenge is recorded as used (as the ORM reads the table)."""
-    with orm(reg) as s:
-        found = s.get(Challenge, cid) is not None
-    s.get_bind().dispose()  # type: ignore[union-attr]
-    return found
+def used(reg: Store, device_id: str) -> tuple[int | None, str | None]:
+    """The device's last used challenge and its proof's digest, as the ORM reads them."""
+    d = orm_device(reg, device_id)
+    return d.used_challenge, d.used_proof
 
 
 def audit_count(reg: Store) -> int:
@@ -182,9 +164,9 @@ def test_device_reads_as_the_orm_does(reg: Store) -> None:
     plain = new_device(reg)
     busy = new_device(reg)
     revoked = new_device(reg)
-    assert complete(reg, "r" * 32, revoked, b"der", 0x5A, 1.8e9, 999.0)
+    assert complete(reg, 1, revoked, b"der", 0x5A, 1.8e9, 999.0)
     reg.devices.revoke(dev(reg, revoked), LOCAL)
-    assert complete(reg, "a" * 32, busy, b"\x30\x82cert", 0xABC, 1.9e9, 1000.5)
+    assert complete(reg, 2**56 + 3, busy, b"\x30\x82cert", 0xABC, 1.9e9, 1000.5)
     assert reg.devices.record_telemetry(busy, {"temp": 21.5, "ok": True}, 1001.25, TENANT)
     disable(reg, busy)  # disabled, with a policy exception
     reg.batches.set_active("b1", False)
@@ -203,37 +185,22 @@ def test_device_reads_as_the_orm_does(reg: Store) -> None:
     assert reg.devices.get("0" * 64) is None
 
 
-def test_a_used_challenge_reads_as_the_orm_does(reg: Store) -> None:
+def test_the_used_challenge_is_recorded_on_the_device_row(reg: Store) -> None:
     device_id = new_device(reg)
-    assert reg.challenges.used("c" * 32) is None  # a challenge is recorded once used only
-    assert complete(
-        reg,
-        "c" * 32,
-        device_id,
-        b"cert",
-        5,
-        1.5e9,
-        77.25,
-        challenge=b"\x00\x01" * 16,
-        expires=1_800_000_000,
-        proof_hash="h" * 64,
-    )
-    used = reg.challenges.used("c" * 32)
-    assert used is not None
-    assert_same(used, orm_challenge(reg, "c" * 32))
-    assert (used.device_id, used.challenge, used.expires) == (
-        device_id,
-        b"\x00\x01" * 16,
-        1_800_000_000,
-    )
-    assert (used.used_at, used.proof_hash) == (77.25, "h" * 64)
-    assert reg.challenges.used("d" * 32) is None
+    assert used(reg, device_id) == (None, None)  # a challenge is recorded once used only
+    # An order as large as a challenge ID's head gets (expiry in ms, shifted past the nonce).
+    order = (4_000_000_000_000 << 16) | 0xBEEF
+    assert complete(reg, order, device_id, b"cert", 5, 1.5e9, 77.25, proof_hash="a" * 64)
+    assert used(reg, device_id) == (order, "a" * 64)
+    hot = dev(reg, device_id)
+    assert (hot.used_challenge, hot.used_proof) == (order, "a" * 64)
+    assert_same(hot, orm_device(reg, device_id))
 
 
 def test_onboarding_records_device_and_one_audit_event_per_new_serial(reg: Store) -> None:
     device_id = new_device(reg)
     before = audit_count(reg)
-    ok = complete(reg, "1" * 32, device_id, b"c1", 0x1F, 2e9, 10.0, actor=Actor("x", "y"))
+    ok = complete(reg, 1, device_id, b"c1", 0x1F, 2e9, 10.0, actor=Actor("x", "y"))
     assert ok is True
     d = orm_device(reg, device_id)
     assert (d.state, d.cert_der, d.serial, d.not_after, d.onboarded_at) == (
@@ -247,7 +214,7 @@ def test_onboarding_records_device_and_one_audit_event_per_new_serial(reg: Store
     assert (event.actor, event.source, event.target) == ("x", "y", f"device:{device_id}")
     assert event.detail == {"serial": "1f"}
     # The same serial again (a retry): the first onboarding time stays, nothing new is logged.
-    assert complete(reg, "2" * 32, device_id, b"c2", 0x1F, 2e9, 20.0)
+    assert complete(reg, 2, device_id, b"c2", 0x1F, 2e9, 20.0)
     d = orm_device(reg, device_id)
     assert (d.cert_der, d.onboarded_at) == (b"c2", 10.0)
     assert audit_count(reg) == before + 1
@@ -258,25 +225,30 @@ def test_policy_cleared_onboarding_clears_the_exception(reg: Store) -> None:
     disable(reg, device_id)
     reg.devices.set_disabled(dev(reg, device_id), False, LOCAL)
     reg.devices.set_policy_exception(device_id, True)  # as a crash between deny and enable
-    assert complete(reg, "1" * 32, device_id, b"c", 1, 2e9, 1.0)
+    assert complete(reg, 1, device_id, b"c", 1, 2e9, 1.0)
     assert orm_device(reg, device_id).policy_exception is True
-    assert complete(reg, "2" * 32, device_id, b"c", 1, 2e9, 2.0, policy_cleared=True)
+    assert complete(reg, 2, device_id, b"c", 1, 2e9, 2.0, policy_cleared=True)
     assert orm_device(reg, device_id).policy_exception is False
 
 
-def test_used_challenge_changes_nothing(reg: Store) -> None:
+@pytest.mark.parametrize("again", [5, 4], ids=["the same", "one given before it"])
+def test_a_used_challenge_changes_nothing(reg: Store, again: int) -> None:
     device_id = new_device(reg)
-    assert complete(reg, "c" * 32, device_id, b"first", 5, 2e9, 1.0, proof_hash="h1")
-    device, challenge, events = (
-        orm_device(reg, device_id),
-        challenge_row(reg, "c" * 32),
-        audit_count(reg),
-    )
-    assert complete(reg, "c" * 32, device_id, b"other", 6, 3e9, 2.0, proof_hash="h2") is False
+    assert complete(reg, 5, device_id, b"first", 5, 2e9, 1.0, proof_hash="h1")
+    device, events = orm_device(reg, device_id), audit_count(reg)
+    assert complete(reg, again, device_id, b"other", 6, 3e9, 2.0, proof_hash="h2") is False
     assert orm_device(reg, device_id) == device
-    assert challenge_row(reg, "c" * 32) == challenge == (1.0, "h1")
+    assert used(reg, device_id) == (5, "h1")
     assert audit_count(reg) == events
     assert open_transactions(reg) == 0
+
+
+def test_a_challenge_given_after_the_used_one_opens(reg: Store) -> None:
+    device_id = new_device(reg)
+    assert complete(reg, 10, device_id, b"first", 5, 2e9, 1.0, proof_hash="h1")
+    assert complete(reg, 11, device_id, b"second", 6, 2e9, 2.0, proof_hash="h2")
+    assert used(reg, device_id) == (11, "h2")
+    assert dev(reg, device_id).cert_der == b"second"
 
 
 @pytest.mark.parametrize("change", ["disable", "revoke"])
@@ -288,8 +260,8 @@ def test_device_out_of_onboarding_leaves_its_challenge_unused(reg: Store, change
         else reg.devices.revoke(dev(reg, device_id), LOCAL)
     )
     device, events = orm_device(reg, device_id), audit_count(reg)
-    assert complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h") is False
-    assert not recorded(reg, "c" * 32)  # not used
+    assert complete(reg, 1, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h") is False
+    assert used(reg, device_id) == (None, None)  # not used
     assert orm_device(reg, device_id) == device
     assert audit_count(reg) == events
     assert open_transactions(reg) == 0
@@ -298,8 +270,8 @@ def test_device_out_of_onboarding_leaves_its_challenge_unused(reg: Store, change
 def test_unknown_device_consumes_nothing(reg: Store) -> None:
     device_id = new_device(reg)
     gone = dev(reg, device_id).model_copy(update={"device_id": "0" * 64})
-    assert reg.challenges.complete("c" * 32, gone, b"\x01" * 32, 2**31, b"c", 5, 2e9, 1.0) is False
-    assert not recorded(reg, "c" * 32)
+    assert reg.challenges.complete(1, gone, b"c", 5, 2e9, 1.0, proof_hash="h") is False
+    assert used(reg, device_id) == (None, None)
     assert open_transactions(reg) == 0
 
 
@@ -313,43 +285,24 @@ def test_failure_inside_onboarding_rolls_everything_back(
         "host.server.store.audit.time", SimpleNamespace(time=lambda: None, monotonic=time.monotonic)
     )
     with pytest.raises(ConstraintViolation):
-        complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h")
+        complete(reg, 1, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h")
     monkeypatch.undo()
-    assert not recorded(reg, "c" * 32)
-    assert orm_device(reg, device_id) == device
+    assert orm_device(reg, device_id) == device  # nor its used challenge
     assert audit_count(reg) == events
     assert reg.db.checked_out == 0
     assert open_transactions(reg) == 0
-    assert complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h")
+    assert complete(reg, 1, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h")
 
 
 def test_a_challenge_used_again_is_refused_and_the_connection_goes_back(reg: Store) -> None:
     device_id = new_device(reg)
-    assert complete(reg, "c" * 32, device_id, b"cert", 5, 2e9, 1.0, challenge=b"\x01" * 32)
+    assert complete(reg, 7, device_id, b"cert", 5, 2e9, 1.0, proof_hash="h1")
     for _ in range(10):  # more than a pool keeps
-        assert (
-            complete(reg, "c" * 32, device_id, b"c2", 6, 2e9, 2.0, challenge=b"\x02" * 32) is False
-        )
+        assert complete(reg, 7, device_id, b"c2", 6, 2e9, 2.0, proof_hash="h2") is False
         assert reg.db.checked_out == 0
     assert open_transactions(reg) == 0
-    assert orm_challenge(reg, "c" * 32).challenge == b"\x01" * 32
+    assert used(reg, device_id) == (7, "h1")
     assert dev(reg, device_id).cert_der == b"cert"
-
-
-def test_used_challenges_are_purged_an_hour_past_their_expiry(reg: Store) -> None:
-    d = new_device(reg)
-    for cid, expires in (("old" + "0" * 29, 100), ("new" + "0" * 29, 300)):
-        assert complete(reg, cid, d, b"der", 0x5B, 1.8e9, 50.0, expires=expires)
-    reg.challenges._last_purge = -1e9  # the purge runs at most once a minute
-    # A proof at 3,800.5 s drops what expired before 200.5 s.
-    assert complete(reg, "c" * 32, d, b"der", 0x5B, 1.8e9, 3800.5, expires=4000)
-    assert not recorded(reg, "old" + "0" * 29)
-    assert recorded(reg, "new" + "0" * 29) and recorded(reg, "c" * 32)
-    # Not again within the minute.
-    assert complete(reg, "e" * 32, d, b"der", 0x5B, 1.8e9, 9999.0, expires=10_000)
-    assert recorded(reg, "new" + "0" * 29)
-    assert reg.challenges.purge(350) == 1
-    assert not recorded(reg, "new" + "0" * 29)
 
 
 def test_sqlite_pool_connections_keep_their_pragmas(tmp_path: Path) -> None:
@@ -375,16 +328,3 @@ def test_postgres_parameters_are_rewritten_once_and_exactly() -> None:
         "SELECT a FROM t WHERE b = %(b)s AND c LIKE '5%%' AND d = %(d_2)s AND e = x::text"
     )
     assert db.sql(sql) is db.sql(sql)  # cached
-
-
-def test_a_challenge_stored_by_an_older_hello_is_not_a_used_one(reg: Store) -> None:
-    # Before hellos stored nothing, each hello inserted its challenge unused.
-    d = new_device(reg)
-    with reg.db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO challenges (id, device_id, challenge, expires) VALUES (:id, :d, :c, :e)",
-            {"id": "o" * 32, "d": d, "c": b"\x01" * 32, "e": 2**31 - 1},
-        )
-    assert reg.challenges.used("o" * 32) is None
-    assert complete(reg, "c" * 32, d, b"der", 1, 2e9, 1.0)
-    assert reg.challenges.used("c" * 32) is not None

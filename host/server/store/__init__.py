@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from host.server.store.audit import LOCAL, Actor, AuditLog
 from host.server.store.batches import Batches
-from host.server.store.challenges import ChallengeInfo, Challenges
+from host.server.store.challenges import Challenges
 from host.server.store.commands import Commands
 from host.server.store.database import Database
 from host.server.store.devices import Devices, RevokedCert
@@ -63,7 +63,6 @@ __all__ = [
     "LOCAL",
     "TOKEN_PREFIX",
     "Actor",
-    "ChallengeInfo",
     "Conflict",
     "ConstraintViolation",
     "DatabaseUnavailable",

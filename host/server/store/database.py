@@ -32,7 +32,7 @@ from host.server.store.errors import (
     StoreError,
 )
 
-SCHEMA_HEAD = "0008"  # the newest migration (host/server/migrations/versions)
+SCHEMA_HEAD = "0009"  # the newest migration (host/server/migrations/versions)
 _BUSY_TIMEOUT_MS = 10_000
 _IDLE_KEPT = 8  # idle connections a pool keeps; more are closed when given back
 _PING_AFTER_S = 30.0  # a PostgreSQL connection idle this long is checked before use

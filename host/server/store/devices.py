@@ -29,7 +29,8 @@ REVOKE_SERIAL = (
 SELECT = (
     "SELECT d.device_id, d.public_key, d.state, d.disabled, d.policy_exception, d.cert_der,"
     " d.serial, d.not_after, d.onboarded_at, d.revoked_at, d.last_seen, d.last_telemetry,"
-    " d.puf_used_pct, d.epoch, d.predecessor, d.successor, d.ota_key,"
+    " d.puf_used_pct, d.epoch, d.predecessor, d.successor, d.ota_key, d.used_challenge,"
+    " d.used_proof,"
     " b.name AS batch_name, b.tenant, b.active, b.policy, b.target, t.kind AS target_kind"
     " FROM devices d JOIN batches b ON b.id = d.batch_id"
     " LEFT JOIN targets t ON t.name = b.target"
@@ -91,6 +92,8 @@ def record(m: Mapping[str, Any]) -> DeviceRecord:
         target=m.get("target") or "managed",
         target_kind=m.get("target_kind"),
         ota_key=None if ota_key is None else bytes(ota_key),
+        used_challenge=m.get("used_challenge"),
+        used_proof=m.get("used_proof"),
     )
 
 
