@@ -298,7 +298,8 @@ class Onboarding:
             )
         expires_ms = math.ceil((time.time() + self.settings.challenge_ttl_s) * 1000)
         if dev.used_challenge is not None:
-            # After the device's last used challenge, even if the clock went back since.
+            # After the device's last used challenge, even if the clock went back since (or
+            # the TTL was shortened: then a challenge may live as long as the old TTL said).
             expires_ms = max(expires_ms, expiry_ms(dev.used_challenge) + 1)
         cid, challenge = self.challenges.issue(device_id, expires_ms)
         expires = math.ceil(expires_ms / 1000)
