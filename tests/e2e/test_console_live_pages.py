@@ -74,7 +74,8 @@ def store(server: ServerProcess) -> Iterator[Store]:
 
 def publish_release(server: ServerProcess, tmp: Path) -> str:
     """A small release of the unix board, built and published with the `qlink` CLI; its ID."""
-    version = f"7.{os.getpid() % 10_000}.{int(time.time()) % 100_000}"
+    # Each part at most 65535 (otamanifest.parse_version); new for each run of the module.
+    version = f"7.{os.getpid() % 10_000}.{int(time.time()) % 65_536}"
     tree = tmp / "tree"
     (tree / "agent").mkdir(parents=True)
     (tree / "agent" / "version.py").write_text(f'VERSION = "{version}"\n')
