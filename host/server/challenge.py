@@ -28,7 +28,6 @@ from typing import NamedTuple
 from host.server import ServerError
 from host.server.files import atomic_write
 
-KEY_FILE = "challenge.key"
 _KEY_BYTES = 32
 # v2: the expiry in milliseconds. A v1 ID (expiry in seconds) must not open as a v2 one.
 _ID_LABEL = b"qlink-challenge-id-v2\x00"
@@ -77,10 +76,10 @@ def _read(path: Path) -> bytes:
 
 
 class Opened(NamedTuple):
-    """A challenge ID this server gave the device: its order, expiry and challenge."""
+    """A challenge ID this server gave the device: its order (`expiry_ms` of it: its expiry)
+    and the challenge."""
 
     order: int
-    expires_ms: int
     challenge: bytes
 
 
@@ -123,4 +122,4 @@ class Challenges:
         if len(head) != 8 or not hmac.compare_digest(tag, self._tag(head, device_id)):
             return None
         order = int.from_bytes(head, "big")
-        return Opened(order, expiry_ms(order), self._challenge(cid, device_id))
+        return Opened(order, self._challenge(cid, device_id))

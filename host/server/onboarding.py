@@ -376,7 +376,7 @@ class Onboarding:
         now = time.time()
         digest = proof_digest(cid, sig_hex, csr_der, ota_key)
         read = self.store.devices.get(device_id)
-        if now * 1000 > opened.expires_ms:
+        if now * 1000 > expiry_ms(opened.order):
             # A device that lost its answer may send the same proof again after the challenge
             # expired: the answer it missed, while this is the last challenge it used.
             if read is not None and read.used_challenge == opened.order:

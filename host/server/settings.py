@@ -111,7 +111,7 @@ class Settings:
                 )
         if self.challenge_ttl_s < 1:
             raise SettingsError("challenge TTL must be at least 1 second")
-        if self.challenge_ttl_s > 86_400:  # a challenge's expiry is 4 bytes of its ID
+        if self.challenge_ttl_s > 86_400:  # a challenge given out stands a day at most
             raise SettingsError("challenge TTL must be at most a day (86400 seconds)")
         if not 60 <= self.cert_validity_days * 86400 <= _MAX_DAYS * 86400:
             raise SettingsError(
